@@ -1,0 +1,114 @@
+"""The camcli command line (Typer). Thin: parses, calls camcli.api, hands results to output.
+
+torch is imported only inside commands, so `camcli --help` and completion stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from camcli import __version__
+from camcli.output import CamcliError, Exit, error
+
+app = typer.Typer(
+    name="camcli",
+    help="Class activation maps (Zhou et al., CVPR 2016) and weakly-supervised boxes for "
+    "folders of images.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"camcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Class activation maps and weakly-supervised boxes from GAP networks."""
+
+
+def _register() -> None:
+    from camcli.cli import models_cmd, predict_cmd
+
+    models_cmd.register(app)
+    predict_cmd.register(app)
+    for mod in ("cam_cmd", "bbox_cmd", "eval_cmd", "train_cmd", "merge_cmd"):
+        try:
+            m = __import__(f"camcli.cli.{mod}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"camcli.cli.{mod}":
+                raise
+            continue
+        m.register(app)
+
+
+_register()
+
+
+def _exit_for(exc: BaseException) -> int:
+    from camcli.hub import WeightsError
+    from camcli.io import InputError
+    from camcli.models import ModelError
+    from camcli.registry import RegistryError
+
+    if isinstance(exc, CamcliError):
+        return exc.code
+    if isinstance(exc, WeightsError):
+        return Exit.WEIGHTS
+    if isinstance(exc, InputError):
+        return Exit.NO_INPUT
+    if isinstance(exc, ModelError | RegistryError):
+        return Exit.USAGE
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG."""
+    debug = os.environ.get("CAMCLI_DEBUG") == "1"
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except KeyboardInterrupt:
+        error("interrupted")
+        sys.exit(Exit.INTERRUPTED)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error("interrupted")
+        sys.exit(Exit.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader of stdout went away (`camcli ... | head`): not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        finally:
+            sys.exit(0)
+    except Exception as exc:  # noqa: BLE001
+        try:
+            from typer._click.exceptions import ClickException
+        except ImportError:  # typer versions that depend on click
+            from click.exceptions import ClickException
+
+        if isinstance(exc, ClickException):
+            exc.show()
+            sys.exit(Exit.USAGE)
+        if debug:
+            raise
+        code = _exit_for(exc)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if code == 1 and not isinstance(exc, CamcliError):
+            msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
+        error(msg)
+        sys.exit(code)
+    sys.exit(rv if isinstance(rv, int) else 0)

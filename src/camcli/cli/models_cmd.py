@@ -1,0 +1,72 @@
+"""`camcli models`: the registry, without importing torch."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models)
+
+
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout.")] = False,
+) -> None:
+    """List the registry's networks: architecture, feature map, classes, weights status.
+
+    Networks marked `train first` carry only backbone weights: their new GAP head must be trained
+    with `camcli train` before they give CAMs.
+    """
+    from camcli import hub
+    from camcli.output import stdout_console
+    from camcli.registry import load_registry
+
+    rows = []
+    for e in load_registry().values():
+        cached = bool(e.url) and hub.cached_path(e.url).is_file()
+        if e.needs_training:
+            status = "train first" + (" (backbone cached)" if cached else "")
+        else:
+            status = "cached" if cached else "download"
+        rows.append(
+            {
+                "name": e.name,
+                "architecture": e.architecture,
+                "pool": e.pool,
+                "feature_map": f"{e.feature_channels}x{e.feature_size[0]}x{e.feature_size[1]}",
+                "input_size": e.preprocess.input_size,
+                "classes": e.num_classes,
+                "weights": status,
+                "url": e.url,
+                "sha256": e.sha256,
+                "description": e.description,
+            }
+        )
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    from rich.table import Table
+
+    t = Table(
+        title="camcli models",
+        caption="torchvision:<name> also takes any torchvision "
+        "classifier ending in global pooling + one linear layer",
+    )
+    for col in ("name", "architecture", "pool", "feature map", "input", "classes", "weights"):
+        t.add_column(col)
+    for r in rows:
+        colour = {"cached": "green", "download": "cyan"}.get(r["weights"], "yellow")
+        t.add_row(
+            r["name"],
+            r["architecture"],
+            r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP"),
+            r["feature_map"],
+            str(r["input_size"]),
+            str(r["classes"]),
+            f"[{colour}]{r['weights']}[/]",
+        )
+    stdout_console().print(t)

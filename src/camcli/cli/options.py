@@ -1,0 +1,68 @@
+"""Options shared by several commands, defined once as Annotated aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Image files, directories (recursive) or - for paths on stdin.", show_default=False
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Registry name (`camcli models`) or torchvision:<name>; "
+        "may be left out when --weights is a camcli checkpoint.",
+    ),
+]
+Weights = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        "-w",
+        help="Registry weights name, local .pt/.pth/.safetensors "
+        "file or camcli checkpoint, or an https URL.",
+    ),
+]
+TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image.")]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", "-b", min=1, help="Images per forward pass [default: 8 on CPU, 64 on CUDA]."
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Offline = Annotated[
+    bool,
+    typer.Option("--offline", help="Never touch the network; use cached weights only."),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", min=0, help="Decoding worker processes [default: cores, max 4]."),
+]
+Output = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="JSON Lines to FILE, or - for stdout. Without it: a "
+        "table on a terminal, JSON Lines otherwise.",
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse images larger than this many pixels (decompression-bomb guard).",
+    ),
+]
+OutDir = Annotated[Path, typer.Option("--out", help="Output directory.")]

@@ -1,0 +1,221 @@
+"""Weights files: cache, verified streaming download, loading.
+
+A download streams into a temporary file inside the cache directory while its sha256 is computed,
+and is renamed into place only when the digest matches; a mismatch or a broken transfer leaves
+nothing behind. ``offline=True`` never touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+
+
+class WeightsError(RuntimeError):
+    """Weights unavailable, corrupt or unfit for the architecture (exit code 4)."""
+
+
+def cache_dir() -> Path:
+    """``$CAMCLI_CACHE``, else the platform's user cache directory for camcli."""
+    env = os.environ.get("CAMCLI_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("camcli"))
+
+
+def weights_dir() -> Path:
+    return cache_dir() / "weights"
+
+
+def is_url(spec: str) -> bool:
+    return spec.startswith(("https://", "http://"))
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """``URL#sha256=<hex>`` -> (URL, hex); otherwise the hash prefix of a ``name-<hex>.ext``
+    file name (torch.hub's convention), or None when the URL says nothing about its hash."""
+    expected = None
+    if "#" in url:
+        url, frag = url.split("#", 1)
+        m = re.fullmatch(r"sha256=([0-9a-fA-F]{8,64})", frag)
+        if not m:
+            raise WeightsError(f"{url}: fragment must be #sha256=<hex digest>, got #{frag}")
+        expected = m.group(1).lower()
+    if expected is None:
+        m = _HASH_IN_NAME.search(url.rsplit("/", 1)[-1])
+        expected = m.group(1) if m else None
+    return url, expected
+
+
+def cached_path(url: str) -> Path:
+    return weights_dir() / url.rsplit("/", 1)[-1]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_hash(actual: str, expected: str | None, what: str) -> None:
+    if expected and not actual.startswith(expected.lower()):
+        raise WeightsError(
+            f"{what}: sha256 mismatch, expected {expected}..., got {actual}; "
+            "the file is corrupt or not the one the registry names (nothing was cached)"
+        )
+
+
+def download(
+    url: str,
+    expected_sha256: str | None,
+    *,
+    offline: bool = False,
+    progress: bool | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Return the cached file for ``url``, downloading and verifying it when absent."""
+    url, from_url = split_url(url)
+    expected = expected_sha256 or from_url
+    dest = cached_path(url)
+    if dest.is_file():
+        return dest
+    if offline:
+        raise WeightsError(f"--offline: weights not cached; download {url} and place it at {dest}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "camcli"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(req, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            show = sys.stderr.isatty() if progress is None else progress
+            bar = _Progress(dest.name, total) if show else None
+            received = 0
+            try:
+                for chunk in iter(lambda: resp.read(CHUNK), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+                    received += len(chunk)
+                    if bar:
+                        bar.advance(len(chunk))
+            finally:
+                if bar:
+                    bar.close()
+            if total is not None and received != total:
+                raise WeightsError(
+                    f"{url}: download broken off after {received} of {total} bytes; try again"
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        check_hash(h.hexdigest(), expected, url)
+        os.replace(tmp, dest)
+    except WeightsError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsError(
+            f"{url}: download failed ({reason}); check the network, or use --offline "
+            f"with the file placed at {dest}"
+        ) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+class _Progress:
+    def __init__(self, name: str, total: int | None) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TransferSpeedColumn,
+        )
+
+        from camcli.output import stderr_console
+
+        self._p = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self._p.start()
+        self._task = self._p.add_task(name, total=total)
+
+    def advance(self, n: int) -> None:
+        self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+@dataclass
+class LoadedWeights:
+    """What a weights file holds: a state_dict, plus metadata for camcli checkpoints."""
+
+    state_dict: dict
+    source: str
+    sha256: str | None
+    checkpoint: dict | None = None  # the whole camcli checkpoint (architecture, categories, ...)
+
+
+def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
+    """Load a weights file without executing code (``weights_only=True`` or safetensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} not found: pass an existing file, a registry name or an https URL"
+        )
+    digest = sha256_file(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file as st_load
+
+            obj = st_load(str(path), device="cpu")
+        else:
+            import torch
+
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/format failure is the file's fault
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path}: not a loadable weights file ({msg[:200]}); camcli loads state_dicts, "
+            "camcli checkpoints and .safetensors, never pickled code"
+        ) from exc
+    checkpoint = None
+    if isinstance(obj, dict) and obj.get("format") == "camcli-checkpoint":
+        checkpoint = obj
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        state = obj["model"]
+    elif isinstance(obj, dict):
+        state = obj
+    else:
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+    import torch
+
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: the state_dict holds non-tensor values")
+    return LoadedWeights(state, source or str(path), digest, checkpoint)

@@ -1,0 +1,324 @@
+"""Inputs: discovery, decoding, preprocessing and batched loading.
+
+Inputs are files, directories (recursive, image extensions, sorted) or ``-`` for newline
+separated paths on stdin. Every input becomes one :class:`InputItem`; decoding honours EXIF
+orientation and turns greyscale, palette, RGBA, CMYK and 16-bit images into 8-bit RGB.
+Undecodable files become per-item errors, never exceptions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb error limit
+
+
+class InputError(ValueError):
+    """No usable input at all (exit code 3)."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input: ``path`` as given/found, ``key`` its output name (relative path, no extension,
+    unique within the run, POSIX separators, never absolute and never containing ``..``)."""
+
+    index: int
+    path: str
+    key: str
+
+
+def _safe_part(part: str) -> str:
+    # Undecodable bytes (surrogate escapes) and separators become '_'; '..' can never survive.
+    out = "".join(c if (c.isprintable() and not 0xDC80 <= ord(c) <= 0xDCFF) else "_" for c in part)
+    out = out.replace("/", "_").replace("\\", "_")
+    return "_" if out in ("", ".", "..") else out
+
+
+def _key_for(rel: PurePosixPath) -> str:
+    parts = [_safe_part(p) for p in rel.parts]
+    last = parts[-1]
+    stem = last[: -len(rel.suffix)] if rel.suffix and last.endswith(rel.suffix) else last
+    parts[-1] = _safe_part(stem)
+    return "/".join(parts)
+
+
+def _walk(root: Path) -> list[Path]:
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            continue
+        if ident in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add(ident)
+        dirnames.sort()
+        for f in filenames:
+            if Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / f)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def discover(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> list[InputItem]:
+    """Expand inputs into items in a deterministic order.
+
+    Directories are walked recursively (image extensions only, sorted by relative path; their key
+    is the path relative to the directory). A file argument's key is its name without extension.
+    Keys that would collide (``a.jpg`` and ``a.png``, or two roots with the same relative path)
+    keep their extension, then gain a numeric suffix, so no two inputs share an output name.
+    A path that does not exist still becomes an item: its record will carry the error.
+    """
+    pairs: list[tuple[str, PurePosixPath]] = []
+    for raw in inputs:
+        if raw == "-":
+            lines = stdin if stdin is not None else sys.stdin
+            for line in lines:
+                line = line.rstrip("\n").rstrip("\r")
+                if line.strip():
+                    pairs.append((line, PurePosixPath(Path(line).name or "_")))
+            continue
+        p = Path(raw)
+        if p.is_dir():
+            for f in _walk(p):
+                pairs.append((str(f), PurePosixPath(f.relative_to(p).as_posix())))
+        else:
+            pairs.append((raw, PurePosixPath(p.name or "_")))
+    keys = [_key_for(rel) for _, rel in pairs]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    used: set[str] = set()
+    items: list[InputItem] = []
+    for i, ((path, rel), key) in enumerate(zip(pairs, keys)):
+        if counts[key] > 1 and rel.suffix:
+            key = f"{key}_{_safe_part(rel.suffix[1:])}"
+        base, n = key, 1
+        while key in used:
+            n += 1
+            key = f"{base}_{n}"
+        used.add(key)
+        items.append(InputItem(i, path, key))
+    return items
+
+
+def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` into an RGB uint8 array [H, W, 3], EXIF orientation applied.
+
+    Raises ValueError with a one-line reason on any failure (missing, unreadable, not an image,
+    truncated, decompression bomb, zero-sized).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
+    try:
+        with open(path, "rb") as fh, Image.open(fh) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ValueError(
+                    f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
+                    "(decompression bomb?); raise --max-pixels if it is genuine"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except FileNotFoundError:
+        raise ValueError("file not found") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory, not an image") from None
+    except PermissionError:
+        raise ValueError("permission denied: the file cannot be read") from None
+    except UnidentifiedImageError:
+        raise ValueError("not an image file (cannot identify its format)") from None
+    except ValueError:
+        raise
+    except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot decode image ({msg})") from None
+
+
+def _to_rgb(im) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im)
+        if mode == "I" and arr.max(initial=0) <= 255:
+            arr8 = np.clip(arr, 0, 255).astype(np.uint8)
+        else:
+            arr8 = (
+                np.round(arr.astype(np.float64) * (255.0 / 65535.0)).clip(0, 255).astype(np.uint8)
+            )
+        out = np.repeat(arr8[:, :, None], 3, axis=2)
+    elif mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        out = np.repeat(np.clip(arr, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    elif mode in ("RGB",):
+        out = np.asarray(im)
+    elif mode in ("P", "PA") and "transparency" in im.info or mode in ("RGBA", "LA", "PA"):
+        out = np.asarray(im.convert("RGBA"))[:, :, :3]
+    else:
+        out = np.asarray(im.convert("RGB"))
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        raise ValueError("image has zero width or height")
+    return np.array(out, dtype=np.uint8, order="C", copy=True)
+
+
+@dataclass
+class Sample:
+    """A decoded, preprocessed input (or its error)."""
+
+    item: InputItem
+    tensor: object | None  # torch uint8 [3, S, S]
+    size: tuple[int, int] | None  # original (H, W)
+    image: object | None = None  # torch uint8 [3, H, W] original, when kept
+    error: str | None = None
+
+
+def preprocess_uint8(img, preprocess) -> object:
+    """[3, H, W] uint8 tensor -> [3, S, S] uint8 tensor per the spec's geometry.
+
+    Resize with antialias (torchvision semantics); normalisation happens later, batched.
+    """
+    import torch
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    interp = {
+        "bilinear": InterpolationMode.BILINEAR,
+        "bicubic": InterpolationMode.BICUBIC,
+        "nearest": InterpolationMode.NEAREST,
+    }[preprocess.interpolation]
+    s = preprocess.input_size
+    if preprocess.resize == "resize":
+        out = F.resize(img, [s, s], interpolation=interp, antialias=True)
+    else:
+        out = F.resize(img, preprocess.resize_size, interpolation=interp, antialias=True)
+        out = F.center_crop(out, [s, s])
+    return out.contiguous() if isinstance(out, torch.Tensor) else out
+
+
+def normalize_batch(x, preprocess, dtype=None):
+    """uint8 [B, 3, S, S] (any device) -> float normalised, ImageNet mean/std of the spec."""
+    import torch
+
+    dtype = dtype or torch.float32
+    mean = torch.tensor(preprocess.mean, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(preprocess.std, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    return (x.to(dtype) - mean) / std
+
+
+class ImageDataset:
+    """Map-style dataset over items: decode + preprocess in DataLoader workers."""
+
+    def __init__(
+        self,
+        items: list[InputItem],
+        preprocess,
+        *,
+        keep_image: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.items = items
+        self.preprocess = preprocess
+        self.keep_image = keep_image
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Sample:
+        import torch
+
+        item = self.items[i]
+        try:
+            arr = decode_image(item.path, self.max_pixels)
+        except ValueError as exc:
+            return Sample(item, None, None, error=str(exc))
+        img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        try:
+            t = preprocess_uint8(img, self.preprocess)
+        except Exception as exc:  # noqa: BLE001
+            return Sample(item, None, None, error=f"cannot preprocess image ({exc})")
+        return Sample(item, t, (arr.shape[0], arr.shape[1]), image=img if self.keep_image else None)
+
+
+@dataclass
+class Batch:
+    """Good samples stacked (``x`` uint8 [B, 3, S, S]) and the failed ones, in input order."""
+
+    samples: list[Sample]  # good ones, aligned with x
+    x: object | None
+    failed: list[Sample]
+
+
+def collate(samples: list[Sample]) -> Batch:
+    import torch
+
+    good = [s for s in samples if s.error is None]
+    bad = [s for s in samples if s.error is not None]
+    x = torch.stack([s.tensor for s in good]) if good else None
+    if x is not None:
+        for s in good:
+            s.tensor = None
+    return Batch(good, x, bad)
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def default_workers() -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def iter_batches(
+    items: list[InputItem],
+    preprocess,
+    *,
+    batch_size: int,
+    workers: int | None = None,
+    keep_image: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Decode in DataLoader workers, yield :class:`Batch` objects in input order."""
+    import torch
+
+    ds = ImageDataset(items, preprocess, keep_image=keep_image, max_pixels=max_pixels)
+    workers = default_workers() if workers is None else workers
+    workers = min(workers, max(1, len(items) // max(1, batch_size)))
+    if len(items) == 0:
+        return
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=_worker_init if workers else None,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+    )
+    yield from loader

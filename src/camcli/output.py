@@ -1,0 +1,171 @@
+"""The one sink: JSON Lines on stdout or a file, rich tables and messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import IntEnum
+from functools import cache
+from pathlib import Path
+from typing import IO
+
+
+class Exit(IntEnum):
+    """Exit codes (public API, documented in the README)."""
+
+    OK = 0
+    SOME_FAILED = 1
+    USAGE = 2
+    NO_INPUT = 3
+    WEIGHTS = 4
+    INTERRUPTED = 130
+
+
+class CamcliError(Exception):
+    """An error ending the run with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: int = Exit.USAGE) -> None:
+        super().__init__(message)
+        self.code = int(code)
+
+
+@cache
+def stderr_console():
+    from rich.console import Console
+
+    return Console(
+        stderr=True,
+        no_color=bool(os.environ.get("NO_COLOR")) or None,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@cache
+def stdout_console():
+    from rich.console import Console
+
+    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+
+def error(message: str) -> None:
+    """One line on stderr."""
+    stderr_console().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    stderr_console().print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def info(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        stderr_console().print(message, markup=False, highlight=False)
+
+
+def dumps(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.integer):
+            return int(o)
+        if isinstance(o, np.floating):
+            return float(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class JsonlWriter:
+    """JSON Lines to stdout (``-``) or a file; every record is one whole line, flushed.
+
+    A file is written under a temporary name beside it and renamed into place on close, so the
+    named file is never half-written; ``append=True`` continues an existing file instead.
+    """
+
+    def __init__(self, target: str | os.PathLike | None, *, append: bool = False) -> None:
+        self.target = None if target in (None, "-") else Path(target)
+        self._tmp: Path | None = None
+        self._fh: IO[str]
+        if self.target is None:
+            self._fh = sys.stdout
+        elif append:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.target, "a", encoding="utf-8")
+        else:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.target.with_name(f".{self.target.name}.tmp")
+            self._fh = open(self._tmp, "w", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._fh.write(dumps(record) + "\n")
+        self._fh.flush()
+
+    def close(self, *, commit: bool = True) -> None:
+        if self.target is None:
+            self._fh.flush()
+            return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self._tmp is not None:
+            if commit:
+                os.replace(self._tmp, self.target)
+            else:
+                self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # An interrupted run keeps the complete lines written so far.
+        self.close(commit=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def print_predictions_table(records: list[dict], title: str = "predictions") -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    table.add_column("image", overflow="fold")
+    table.add_column("size")
+    table.add_column("rank", justify="right")
+    table.add_column("class")
+    table.add_column("score", justify="right")
+    for r in records:
+        if "error" in r:
+            table.add_row(r["image"], "", "", f"[red]error: {r['error']}[/]", "")
+            continue
+        for j, p in enumerate(r["predictions"]):
+            table.add_row(
+                r["image"] if j == 0 else "",
+                f"{r['width']}x{r['height']}" if j == 0 else "",
+                str(j + 1),
+                f"{p['label']} ({p['class_index']})",
+                f"{p['score']:.4f}",
+            )
+    stdout_console().print(table)
