@@ -59,6 +59,21 @@ def split_url(url: str) -> tuple[str, str | None]:
     return url, expected
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def packaged_file(url: str, expected_sha256: str | None) -> Path:
+    """``package:assets/demo.pt`` -> that file inside the installed camcli package, verified."""
+    from importlib import resources
+
+    rel = url[len(PACKAGE_PREFIX) :]
+    path = Path(str(resources.files("camcli") / rel))
+    if not path.is_file():
+        raise WeightsError(f"{url}: the bundled file {path} is missing; reinstall camcli")
+    check_hash(sha256_file(path), expected_sha256, str(path))
+    return path
+
+
 def cached_path(url: str) -> Path:
     return weights_dir() / url.rsplit("/", 1)[-1]
 
@@ -88,6 +103,8 @@ def download(
     timeout: float = 60.0,
 ) -> Path:
     """Return the cached file for ``url``, downloading and verifying it when absent."""
+    if url.startswith(PACKAGE_PREFIX):
+        return packaged_file(url, expected_sha256)
     url, from_url = split_url(url)
     expected = expected_sha256 or from_url
     dest = cached_path(url)

@@ -297,6 +297,7 @@ def build_model(
     preprocess: Preprocess | None = None,
     pool: str | None = None,
     backbone_state: dict | None = None,
+    arch_options: dict | None = None,
 ) -> GapModel:
     """Build the adapter for ``entry``.
 
@@ -330,7 +331,7 @@ def build_model(
     elif entry.builder == "small":
         from camcli.small import build_small_trunk
 
-        trunk, k = build_small_trunk(entry)
+        trunk, k = build_small_trunk(entry, **(arch_options or {}))
         model = GapModel(
             trunk, nn.Linear(k, n), pool, name=entry.name, preprocess=pre, categories=cats
         )
@@ -387,6 +388,12 @@ def load_model(
         path = hub.download(wentry.url, wentry.sha256, offline=offline)
         loaded = hub.load_file(path, source=wentry.url)
     entry = entry_for(name)
+    if loaded is None and entry.builder != "paper":
+        if entry.url is None:
+            raise hub.WeightsError(f"{name}: no default weights; pass --weights")
+        path = hub.download(entry.url, entry.sha256, offline=offline)
+        loaded = hub.load_file(path, source=entry.url)
+        ckpt = loaded.checkpoint
     if ckpt is not None:
         if ckpt.get("model") not in (None, name) and entry_for(ckpt["model"]).architecture != (
             entry.architecture
@@ -395,42 +402,32 @@ def load_model(
                 f"{loaded.source}: checkpoint is for {ckpt['model']!r}, not {name!r}; "
                 f"use --model {ckpt['model']} or leave --model out"
             )
+        pre = ckpt.get("preprocess")
         model = build_model(
             entry,
             loaded.state_dict,
             num_classes=len(ckpt["categories"]),
             categories=ckpt["categories"],
-            preprocess=Preprocess.from_dict(ckpt["preprocess"]) if ckpt.get("preprocess") else None,
+            preprocess=Preprocess.from_dict(pre) if pre else None,
             pool=ckpt.get("pool"),
+            arch_options=ckpt.get("arch_options"),
         )
     elif entry.builder == "paper":
         if loaded is None:
             path = hub.download(entry.url, entry.sha256, offline=offline)
             loaded = hub.load_file(path, source=entry.url)
-            if require_trained_head:
-                raise hub.WeightsError(
-                    f"{name}: the registry holds only its backbone weights; its GAP head is "
-                    f"untrained. Train it first: `camcli train DATA --model {name} --out RUN`, "
-                    "then pass --weights RUN/best.pt"
-                )
-            model = build_model(entry, None, backbone_state=loaded.state_dict)
-            model.head_trained = False
-        elif any(k.startswith("trunk.") for k in loaded.state_dict):
+        if any(k.startswith("trunk.") for k in loaded.state_dict):
             model = build_model(entry, loaded.state_dict)
         else:
-            model = build_model(entry, None, backbone_state=loaded.state_dict)
-            model.head_trained = False
             if require_trained_head:
                 raise hub.WeightsError(
-                    f"{loaded.source}: backbone weights only; {name}'s GAP head is untrained. "
-                    f"Train it: `camcli train DATA --model {name} --out RUN`"
+                    f"{name}: {loaded.source} holds backbone weights only and the GAP head is "
+                    f"untrained; train it first (`camcli train DATA --model {name} --out RUN`) "
+                    "and pass --weights RUN/best.pt"
                 )
+            model = build_model(entry, None, backbone_state=loaded.state_dict)
+            model.head_trained = False
     else:
-        if loaded is None:
-            if entry.url is None:
-                raise hub.WeightsError(f"{name}: no default weights; pass --weights")
-            path = hub.download(entry.url, entry.sha256, offline=offline)
-            loaded = hub.load_file(path, source=entry.url)
         model = build_model(entry, loaded.state_dict)
     model.weights_sha256 = loaded.sha256
     model.weights_source = loaded.source
