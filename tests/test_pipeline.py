@@ -331,8 +331,8 @@ def test_ten_crop_pixels():
     assert crops.shape == (20, 2, 5, 5)
     offsets = [(0, 0), (0, 4), (3, 0), (3, 4), (2, 2)]
     for b in range(2):
-        for j, (t, l) in enumerate(offsets):
-            piece = x[b, :, t : t + 5, l : l + 5]
+        for j, (t, x0) in enumerate(offsets):
+            piece = x[b, :, t : t + 5, x0 : x0 + 5]
             assert torch.equal(crops[b * 10 + j], piece)
             assert torch.equal(crops[b * 10 + j + 5], piece.flip(-1))
 
@@ -355,8 +355,8 @@ def _coverage_count(size: int, crop: int) -> torch.Tensor:
     count = torch.zeros(size, size)
     far = size - crop
     mid = round(far / 2.0)
-    for t, l in [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]:
-        count[t : t + crop, l : l + crop] += 2  # the crop and its mirror
+    for t, x0 in [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]:
+        count[t : t + crop, x0 : x0 + crop] += 2  # the crop and its mirror
     return count
 
 
@@ -383,3 +383,23 @@ def test_ten_crop_scores_mean_softmax():
     probs = ten_crop_scores(logits)
     assert probs.shape == (1, 2)
     assert probs[0].tolist() == pytest.approx([0.625, 0.375], abs=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_results_match_cpu_and_stay_on_device():
+    torch.manual_seed(3)
+    feats = torch.randn(2, 8, 7, 7)
+    weight = torch.randn(5, 8)
+    logits = torch.randn(2, 5)
+    geoms = [Geometry(300, 500), Geometry(120, 90, mode="center_crop")]
+    results = {}
+    for dev in ("cpu", "cuda"):
+        _, idx = topk_predictions(logits.to(dev), 3)
+        cams = cams_from_features(feats.to(dev).half(), weight.to(dev), idx)
+        up = upsample_to_images(normalize_cams(cams), geoms, "bicubic")
+        merged = merge_ten_crop(cams.unsqueeze(1).expand(-1, 10, -1, -1, -1), 256, 224)
+        assert cams.device.type == dev and up.maps[1].device.type == dev
+        assert up.coverage[1].device.type == dev and merged.device.type == dev
+        results[dev] = (cams, up.maps[0], up.maps[1], merged)
+    for a, b in zip(results["cpu"], results["cuda"], strict=True):
+        torch.testing.assert_close(b.cpu(), a, atol=2e-3, rtol=1e-3)

@@ -118,3 +118,15 @@ def test_grid_scales_very_wide_rows_down():
     w = (4096 - 2 * 4) // 3
     assert out.shape[2] == 3 * w + 8
     assert (out[:, :150, :w] == 0).all() and (out[:, :150, w + 4 : 2 * w + 4] == 255).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_render_on_cuda_matches_cpu():
+    torch.manual_seed(1)
+    image = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8)
+    maps = torch.rand(2, 30, 40)
+    cpu = overlay(image, maps, "viridis", 0.5)
+    gpu = overlay(image.cuda(), maps.cuda(), "viridis", 0.5)
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+    g = grid(image.cuda(), gpu, ["a 0.5", "b 0.2"])
+    assert g.device.type == "cuda" and torch.equal(g.cpu(), grid(image, cpu, ["a 0.5", "b 0.2"]))

@@ -361,7 +361,7 @@ def ten_crop_offsets(height: int, width: int, crop: int = 224) -> list[tuple[int
     b, r = height - crop, width - crop
     ct, cl = round(b / 2.0), round(r / 2.0)
     five = [(0, 0), (0, r), (b, 0), (b, r), (ct, cl)]
-    return [(t, l, False) for t, l in five] + [(t, l, True) for t, l in five]
+    return [(t, x, False) for t, x in five] + [(t, x, True) for t, x in five]
 
 
 def ten_crop(x: Tensor, crop: int = 224) -> Tensor:
