@@ -1,0 +1,195 @@
+"""Batched heat-map overlays, on the device of the inputs.
+
+Images are ``[3, H, W]`` (or ``[N, 3, H, W]``) uint8 RGB tensors; maps are float in [0, 1].
+Colormaps are 256 x 3 uint8 RGB lookup tables equal to OpenCV's ``cv2.applyColorMap`` (read once
+from OpenCV on a 0..255 ramp and cached; OpenCV's BGR is turned into RGB). No matplotlib.
+Only :func:`grid` leaves the device, to draw caption text with PIL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "COLORMAPS",
+    "DEFAULT_COLORMAP",
+    "MAX_GRID_WIDTH",
+    "blend",
+    "colorize",
+    "colormap_lut",
+    "grid",
+    "overlay",
+]
+
+# name -> OpenCV constant name ("gray" is the identity ramp).
+_CV2_NAMES: dict[str, str] = {
+    "jet": "COLORMAP_JET",
+    "turbo": "COLORMAP_TURBO",
+    "viridis": "COLORMAP_VIRIDIS",
+    "inferno": "COLORMAP_INFERNO",
+    "magma": "COLORMAP_MAGMA",
+    "plasma": "COLORMAP_PLASMA",
+    "cividis": "COLORMAP_CIVIDIS",
+    "parula": "COLORMAP_PARULA",
+    "hot": "COLORMAP_HOT",
+    "bone": "COLORMAP_BONE",
+    "rainbow": "COLORMAP_RAINBOW",
+}
+COLORMAPS: tuple[str, ...] = (*_CV2_NAMES, "gray")
+DEFAULT_COLORMAP = "jet"
+MAX_GRID_WIDTH = 4096
+
+
+@cache
+def _lut_cpu(name: str) -> Tensor:
+    if name not in COLORMAPS:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+    ramp = np.arange(256, dtype=np.uint8)
+    if name == "gray":
+        rgb = np.repeat(ramp[:, None], 3, axis=1)
+    else:
+        import cv2
+
+        bgr = cv2.applyColorMap(ramp.reshape(256, 1), getattr(cv2, _CV2_NAMES[name]))
+        rgb = bgr.reshape(256, 3)[:, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(rgb))
+
+
+def colormap_lut(name: str, device: torch.device | str | None = None) -> Tensor:
+    """The [256, 3] uint8 RGB lookup table of colormap ``name`` (cached), on ``device``.
+
+    Row ``i`` is the colour of level ``i``; equals ``cv2.applyColorMap`` on a 0..255 ramp
+    (channels reversed from OpenCV's BGR). ``gray`` is the identity ramp.
+    """
+    lut = _lut_cpu(name)
+    return lut if device is None else lut.to(device)
+
+
+def colorize(maps: Tensor, name: str = DEFAULT_COLORMAP) -> Tensor:
+    """Colour [N, H, W] float maps in [0, 1] -> [N, 3, H, W] uint8 RGB, on the maps' device.
+
+    Level = ``round(255 * m)`` clamped to [0, 255] (NaN counts as 0), then a LUT gather.
+    """
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be [N, H, W], got shape {tuple(maps.shape)}")
+    lut = colormap_lut(name, maps.device)
+    levels = torch.nan_to_num(maps.to(torch.float32) * 255.0, nan=0.0)
+    levels = levels.round().clamp(0, 255).to(torch.long)
+    return lut[levels].permute(0, 3, 1, 2).contiguous()
+
+
+def blend(images: Tensor, heat: Tensor, alpha: float = 0.5) -> Tensor:
+    """``round((1 - alpha) * images + alpha * heat)`` as uint8 (round half to even, like OpenCV).
+
+    images, heat: uint8 tensors of the same (broadcastable) shape, e.g. [N, 3, H, W].
+    ``alpha`` in [0, 1] is the weight of the heat map.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    mixed = (1.0 - alpha) * images.to(torch.float32) + alpha * heat.to(torch.float32)
+    return mixed.round().clamp(0, 255).to(torch.uint8)
+
+
+def overlay(
+    image: Tensor, maps: Tensor, colormap: str = DEFAULT_COLORMAP, alpha: float = 0.5
+) -> Tensor:
+    """Overlay k maps on one image: image [3, H, W] uint8, maps [k, H, W] in [0, 1].
+
+    Returns [k, 3, H, W] uint8, ``blend(image, colorize(maps, colormap), alpha)`` for all k
+    classes at once, on the image's device.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be [3, H, W], got shape {tuple(image.shape)}")
+    if maps.ndim != 3 or maps.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"maps must be [k, {image.shape[1]}, {image.shape[2]}], got shape {tuple(maps.shape)}"
+        )
+    heat = colorize(maps.to(image.device), colormap)
+    return blend(image.unsqueeze(0), heat, alpha)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError, ImportError):  # bitmap-only Pillow
+        return ImageFont.load_default()
+
+
+def _caption_strips(captions: Sequence[str], width: int, font_size: int) -> np.ndarray:
+    """[n, strip_h, width, 3] uint8: black text on white, ellipsised to fit ``width``."""
+    from PIL import Image, ImageDraw
+
+    font = _font(font_size)
+    pad = max(2, font_size // 3)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    top, bottom = probe.textbbox((0, 0), "Hg|", font=font)[1::2]
+    strip_h = (bottom - top) + 2 * pad
+    strips = []
+    for text in captions:
+        text = str(text)
+        if probe.textlength(text, font=font) > width - 2 * pad:
+            while text and probe.textlength(text + "...", font=font) > width - 2 * pad:
+                text = text[:-1]
+            text += "..."
+        img = Image.new("RGB", (width, strip_h), (255, 255, 255))
+        ImageDraw.Draw(img).text((pad, pad - top), text, fill=(0, 0, 0), font=font)
+        strips.append(np.asarray(img))
+    return np.stack(strips)
+
+
+def grid(
+    image: Tensor,
+    overlays: Tensor,
+    captions: Sequence[str],
+    title: str = "input",
+    max_width: int = MAX_GRID_WIDTH,
+    gap: int = 4,
+) -> Tensor:
+    """The original and its k overlays side by side, each above a caption strip (paper Fig. 4).
+
+    image: [3, H, W] uint8; overlays: [k, 3, H, W] uint8; captions: k strings (e.g.
+    ``"golden retriever 0.93"``); ``title`` captions the original. Panels are separated by
+    ``gap`` white pixels; when the row would be wider than ``max_width`` every panel is scaled
+    down (antialiased) so it fits. Captions use PIL's default font. Returns [3, H', W'] uint8 on
+    the image's device.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be [3, H, W], got shape {tuple(image.shape)}")
+    if overlays.ndim != 4 or overlays.shape[1:] != image.shape:
+        raise ValueError(
+            f"overlays must be [k, {', '.join(map(str, image.shape))}], "
+            f"got shape {tuple(overlays.shape)}"
+        )
+    if len(captions) != overlays.shape[0]:
+        raise ValueError(f"got {len(captions)} captions for {overlays.shape[0]} overlays")
+    panels = torch.cat([image.unsqueeze(0), overlays.to(image.device)], dim=0)  # [n, 3, H, W]
+    n, _, h, w = panels.shape
+    room = max_width - (n - 1) * gap
+    if n * w > room:
+        new_w = max(1, room // n)
+        new_h = max(1, round(h * new_w / w))
+        panels = F.interpolate(
+            panels.to(torch.float32), size=(new_h, new_w), mode="bilinear", antialias=True
+        )
+        panels = panels.round().clamp(0, 255).to(torch.uint8)
+        h, w = new_h, new_w
+    font_size = max(10, min(48, w // 16))
+    strips = _caption_strips([title, *captions], w, font_size)  # [n, sh, w, 3]
+    strips_t = torch.from_numpy(strips).to(image.device).permute(0, 3, 1, 2)  # [n, 3, sh, w]
+    sh = strips_t.shape[2]
+    out = torch.full(
+        (3, h + sh, n * w + (n - 1) * gap), 255, dtype=torch.uint8, device=image.device
+    )
+    for i in range(n):
+        x0 = i * (w + gap)
+        out[:, :h, x0 : x0 + w] = panels[i]
+        out[:, h:, x0 : x0 + w] = strips_t[i]
+    return out
