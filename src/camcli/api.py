@@ -144,3 +144,153 @@ def exit_code(stats: dict) -> int:
 
 def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------------------
+# CAM: one forward pass, the maps of every requested class, mapped onto the original images.
+
+
+@dataclass
+class CamOptions:
+    """What maps to compute. ``classes``: fixed class indices for every image (else top-k)."""
+
+    top_k: int = 5
+    classes: list[int] | None = None
+    norm: str = "minmax"
+    interpolation: str = "bilinear"
+    ten_crop: bool = False
+
+
+@dataclass
+class CamResult:
+    """The maps of one image: ``cams`` float32 [k, H, W] on the device, normalised as asked,
+    in original-image pixels; ``coverage`` bool [H, W] for centre-crop preprocessing."""
+
+    sample: io.Sample
+    class_indices: list[int]
+    scores: list[float]
+    cams: torch.Tensor
+    coverage: torch.Tensor | None
+    predictions: list[dict]
+
+    @property
+    def record(self) -> dict:
+        h, w = self.sample.size
+        return {
+            "image": self.sample.item.path,
+            "width": w,
+            "height": h,
+            "predictions": self.predictions,
+        }
+
+
+def resolve_classes(model: GapModel, classes: list[str] | None) -> list[int] | None:
+    """Class names or indices -> indices; a one-line error naming the unknown one."""
+    if not classes:
+        return None
+    out = []
+    lower = {c.lower(): i for i, c in enumerate(model.categories)}
+    for c in classes:
+        if c.isdigit() and int(c) < model.num_classes:
+            out.append(int(c))
+        elif c.lower() in lower:
+            out.append(lower[c.lower()])
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(c, model.categories, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CamcliError(
+                f"--class {c!r}: not a class index 0..{model.num_classes - 1} or a category name "
+                f"of {model.name}{hint}"
+            )
+    return out
+
+
+def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
+    from camcli.pipeline import Geometry
+
+    h, w = size
+    if ten_crop:
+        return Geometry(h, w, size=256)
+    return Geometry(h, w, size=pre.input_size, mode=pre.resize, short_side=pre.resize_size)
+
+
+def iter_cams(
+    session: Session, items: list[io.InputItem], opts: CamOptions, *, keep_image: bool = False
+) -> Iterator[CamResult | io.Sample]:
+    """Yield, in input order, a :class:`CamResult` per decoded image or the failed Sample."""
+    from camcli import pipeline as P
+    from camcli.registry import Preprocess
+
+    model = session.model
+    weight, _ = model.classifier
+    pre = model.preprocess
+    if opts.ten_crop:
+        pre = Preprocess(
+            input_size=256, mean=pre.mean, std=pre.std, interpolation=pre.interpolation
+        )
+    k = len(opts.classes) if opts.classes else max(1, min(opts.top_k, model.num_classes))
+    fixed = (
+        torch.tensor(opts.classes, dtype=torch.long, device=session.device)
+        if opts.classes
+        else None
+    )
+    for batch in io.iter_batches(
+        items,
+        pre,
+        batch_size=session.batch_size,
+        workers=session.workers,
+        keep_image=keep_image,
+        max_pixels=session.max_pixels,
+        pin_memory=session.device.type == "cuda",
+    ):
+        out: dict[int, CamResult | io.Sample] = {}
+        for s in batch.failed:
+            out[s.item.index] = s
+            session.stats["failed"] += 1
+        if batch.x is not None:
+            x = io.normalize_batch(batch.x.to(session.device, non_blocking=True), pre)
+            b = x.shape[0]
+            if opts.ten_crop:
+                x = P.ten_crop(x, crop=model.preprocess.input_size)
+            if session.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                feats, logits = model.forward_features(x)
+                if opts.ten_crop:
+                    probs = P.ten_crop_scores(logits.float().view(b, 10, -1))
+                else:
+                    probs = torch.softmax(logits.float(), dim=1)
+                if fixed is not None:
+                    idx = fixed.unsqueeze(0).expand(b, -1)
+                    scores = probs.gather(1, idx)
+                else:
+                    scores, idx = probs.topk(k, dim=1)
+                if opts.ten_crop:
+                    crop_idx = idx.repeat_interleave(10, dim=0)
+                    cams = P.cams_from_features(feats, weight, crop_idx)
+                    cams = cams.view(b, 10, k, *cams.shape[-2:])
+                    cams = P.merge_ten_crop(
+                        cams,
+                        size=256,
+                        crop=model.preprocess.input_size,
+                        interpolation=opts.interpolation,
+                    )
+                else:
+                    cams = P.cams_from_features(feats, weight, idx)
+                cams = P.normalize_cams(cams, opts.norm)
+                geoms = [
+                    _geometry(model.preprocess, s.size, ten_crop=opts.ten_crop)
+                    for s in batch.samples
+                ]
+                up = P.upsample_to_images(cams, geoms, interpolation=opts.interpolation)
+            preds = prediction_list(model, scores.cpu(), idx.cpu())
+            idx_l, sc_l = idx.tolist(), scores.tolist()
+            for j, s in enumerate(batch.samples):
+                out[s.item.index] = CamResult(
+                    s, idx_l[j], sc_l[j], up.maps[j], up.coverage[j], preds[j]
+                )
+                session.stats["ok"] += 1
+        for i in sorted(out):
+            yield out[i]

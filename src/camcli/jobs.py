@@ -1,0 +1,142 @@
+"""Folder jobs: ``cam`` (overlays, grids, raw maps) over a stream of CamResults.
+
+Rendering (colormap, blend) runs batched on the device of the maps; encoding and writing run in
+background threads of the OutDir, so inference never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camcli import api, io
+from camcli.outdir import OutDir, encode_image, safe_label, save_npz_atomic, write_atomic
+
+
+@dataclass
+class CamWriteOptions:
+    colormap: str = "jet"
+    alpha: float = 0.5
+    fmt: str = "jpg"
+    overlays: bool = True
+    grid: bool = False
+    save_maps: bool = False
+
+
+def _encode_and_write(path: Path, rgb: np.ndarray, fmt: str) -> None:
+    write_atomic(path, encode_image(rgb, fmt))
+
+
+def _to_hwc(t: torch.Tensor) -> np.ndarray:
+    return t.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def cam_outputs(res: api.CamResult, out: OutDir, wopts: CamWriteOptions) -> tuple[dict, list]:
+    """Render and queue the files of one image; returns (outputs dict, futures)."""
+    from camcli import render
+
+    key = res.sample.item.key
+    labels = [p["label"] for p in res.predictions]
+    files: list[str] = []
+    futures = []
+    outputs: dict = {}
+    if wopts.overlays or wopts.grid:
+        img = res.sample.image.to(res.cams.device)
+        ov = render.overlay(img, res.cams, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
+        if wopts.overlays:
+            paths = []
+            ov_np = ov.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            for r, (label, rgb) in enumerate(zip(labels, ov_np), start=1):
+                p = out.root / key / f"{r}_{safe_label(label)}.{wopts.fmt}"
+                futures.append(out.submit(_encode_and_write, p, rgb, wopts.fmt))
+                paths.append(out.rel(p))
+            outputs["overlays"] = paths
+            files += paths
+        if wopts.grid:
+            captions = [f"{p['label']} {p['score']:.3f}" for p in res.predictions]
+            g = render.grid(img, ov, captions)
+            p = out.root / key / f"grid.{wopts.fmt}"
+            futures.append(out.submit(_encode_and_write, p, _to_hwc(g), wopts.fmt))
+            outputs["grid"] = out.rel(p)
+            files.append(outputs["grid"])
+    if wopts.save_maps:
+        p = out.root / f"{key}.npz"
+        arrays = {
+            "cams": res.cams.float().cpu().numpy(),
+            "class_indices": np.asarray(res.class_indices, dtype=np.int64),
+            "scores": np.asarray(res.scores, dtype=np.float32),
+            "labels": np.asarray(labels),
+            "image": np.asarray(res.sample.item.path),
+        }
+        if res.coverage is not None:
+            arrays["coverage"] = res.coverage.cpu().numpy()
+        futures.append(out.submit(lambda p=p, a=arrays: save_npz_atomic(p, **a)))
+        outputs["maps"] = out.rel(p)
+        files.append(outputs["maps"])
+    outputs["files"] = files
+    return outputs, futures
+
+
+def run_info(session: api.Session, command: str, options: dict, started: float) -> dict:
+    import platform
+
+    import torchvision
+
+    from camcli import __version__
+
+    m = session.model
+    return {
+        "command": command,
+        "camcli": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "model": m.name,
+        "weights": m.weights_source,
+        "weights_sha256": m.weights_sha256,
+        "num_classes": m.num_classes,
+        "preprocess": m.preprocess.to_dict(),
+        "device": str(session.device),
+        "batch_size": session.batch_size,
+        "options": options,
+        "counts": dict(session.stats),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+
+
+def run_cam(
+    session: api.Session,
+    items: list[io.InputItem],
+    opts: api.CamOptions,
+    wopts: CamWriteOptions,
+    out: OutDir,
+    *,
+    on_record=None,
+) -> dict:
+    """The `cam` job over ``items`` (already filtered for --resume). Returns session.stats."""
+    keep = wopts.overlays or wopts.grid
+    for res in api.iter_cams(session, items, opts, keep_image=keep):
+        if isinstance(res, io.Sample):
+            rec = {"image": res.item.path, "key": res.item.key, "error": res.error}
+            out.record(res.item.index, rec)
+        else:
+            outputs, futures = cam_outputs(res, out, wopts)
+            rec = {**res.record, "key": res.sample.item.key, "outputs": outputs}
+            out.record(res.sample.item.index, rec, futures)
+        out.check_errors()
+        if on_record:
+            on_record(rec)
+    out.drain()
+    out.check_errors()
+    return session.stats
+
+
+def options_dict(*objs) -> dict:
+    d: dict = {}
+    for o in objs:
+        d.update(asdict(o))
+    return d
