@@ -46,9 +46,7 @@ def test_threshold_uses_each_maps_own_max():
         ]
     )
     got = threshold_masks(maps, 0.5)
-    expected = torch.tensor(
-        [[[True, False], [True, False]], [[True, False], [True, False]]]
-    )
+    expected = torch.tensor([[[True, False], [True, False]], [[True, False], [True, False]]])
     assert torch.equal(got, expected)
     assert got.device == maps.device
     np.testing.assert_array_equal(threshold_masks(maps.numpy(), 0.5), expected.numpy())
@@ -57,9 +55,7 @@ def test_threshold_uses_each_maps_own_max():
 def test_threshold_all_zero_map_keeps_nothing_and_tau_zero_keeps_positive():
     assert not threshold_masks(np.zeros((1, 3, 3), np.float32), 0.2).any()
     m = np.array([[0.0, 0.5], [1e-6, 0.0]], np.float32)
-    np.testing.assert_array_equal(
-        threshold_masks(m, 0.0), [[False, True], [True, False]]
-    )
+    np.testing.assert_array_equal(threshold_masks(m, 0.0), [[False, True], [True, False]])
     with pytest.raises(ValueError, match="tau"):
         threshold_masks(m, float("nan"))
 
@@ -107,9 +103,7 @@ def test_paper_empty_mask_gives_none():
 def test_paper_border_and_non_square():
     h, w = 3, 7
     assert paper_box(np.ones((h, w), bool)) == (0, 0, w - 1, h - 1)
-    m = _mask(
-        h, w, [(2, 6), (1, 6), (2, 5), (0, 0)]
-    )  # bottom-right corner blob + a dot
+    m = _mask(h, w, [(2, 6), (1, 6), (2, 5), (0, 0)])  # bottom-right corner blob + a dot
     assert paper_box(m) == (5, 1, 6, 2)
     assert component_boxes(m) == [(5, 1, 6, 2), (0, 0, 0, 0)]
     # a torch CPU mask is accepted as well

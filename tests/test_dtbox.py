@@ -37,9 +37,7 @@ def _square(size: int, lo: int, hi: int, value: int = 200) -> np.ndarray:
 # --------------------------------------------------------------------------- official reference
 
 
-@pytest.mark.skipif(
-    _official_dir() is None, reason="official-cam-dtbox data folder absent"
-)
+@pytest.mark.skipif(_official_dir() is None, reason="official-cam-dtbox data folder absent")
 def test_official_heatmap_6_exact():
     d = _official_dir()
     # the binary read it with cvLoadImage(path, 0): greyscale
@@ -101,9 +99,7 @@ def test_erosion_matches_scipy_exact_edt():
         mask = cv2.GaussianBlur(rng.random((h, w)), (0, 0), 2.0) > 0.5
         if mask.all() or not mask.any():
             continue
-        d = scipy_ndimage.distance_transform_edt(
-            mask
-        )  # float64, outside is not background
+        d = scipy_ndimage.distance_transform_edt(mask)  # float64, outside is not background
         ref = np.floor(d * (255.0 / d.max()) + 0.5) > 10
         np.testing.assert_array_equal(_dt_erode(mask), ref)
 
@@ -132,9 +128,7 @@ def test_ccomp_gives_hole_contours_too():
 def test_clamps_reproduce_the_c_code_including_negative_width():
     m = np.zeros((30, 30), np.uint8)
     m[20:28, 18:28] = 200  # rect (18, 20, 10, 8): w <= 30-18-5 = 7, h <= 30-20-5 = 5
-    m[2:11, 26:29] = (
-        200  # rect (26, 2, 3, 9): x -> 25, w -> LIMIT(3, 0, -1) = -1 (C quirk)
-    )
+    m[2:11, 26:29] = 200  # rect (26, 2, 3, 9): x -> 25, w -> LIMIT(3, 0, -1) = -1 (C quirk)
     assert dt_boxes(m, (100,)) == [(18, 20, 7, 5), (25, 2, -1, 9)]
     assert dt_boxes_inclusive(m, (100,)) == [(18, 20, 24, 24), (25, 2, 25, 10)]
 

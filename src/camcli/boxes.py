@@ -26,16 +26,8 @@ def box_iou(a, b) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
     area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    iw = (
-        np.minimum(a[:, None, 2], b[None, :, 2])
-        - np.maximum(a[:, None, 0], b[None, :, 0])
-        + 1
-    )
-    ih = (
-        np.minimum(a[:, None, 3], b[None, :, 3])
-        - np.maximum(a[:, None, 1], b[None, :, 1])
-        + 1
-    )
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
     inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
@@ -115,9 +107,7 @@ def _components(mask) -> list[tuple[int, Box]]:
     m = np.ascontiguousarray(m != 0, dtype=np.uint8)
     if not m.any():
         return []
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(
-        m, connectivity=8, ltype=cv2.CV_32S
-    )
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8, ltype=cv2.CV_32S)
     # first raster index of every label (label 0 is the background)
     lab, first = np.unique(labels.ravel(), return_index=True)
     first_of = dict(zip(lab.tolist(), first.tolist(), strict=True))
@@ -195,9 +185,7 @@ def _dt_erode(binary: np.ndarray) -> np.ndarray:
     """
     if binary.all() or not binary.any():
         return binary.copy()
-    d = cv2.distanceTransform(
-        binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-    )
+    d = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     # cv2 returns float32; recover the exact integer squared distances and redo the C maths in
     # float64: sqrt, then s = d * (255 / (max - min)) with min = 0, then (int)(s + 0.5).
     dist = np.sqrt(np.rint(d.astype(np.float64) ** 2))
@@ -431,9 +419,7 @@ def boxes_for_maps(
         for m in _to_numpy(maps):
             boxes = dt_boxes_inclusive(m, thresholds)
             out.append(
-                [(boxes[0], "loose"), (boxes[min(1, len(boxes) - 1)], "tight")]
-                if boxes
-                else []
+                [(boxes[0], "loose"), (boxes[min(1, len(boxes) - 1)], "tight")] if boxes else []
             )
         return out
     masks = threshold_masks(maps, tau)
