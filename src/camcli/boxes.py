@@ -108,13 +108,18 @@ def _components(mask) -> list[tuple[int, Box]]:
     if not m.any():
         return []
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8, ltype=cv2.CV_32S)
-    # first raster index of every label (label 0 is the background)
-    lab, first = np.unique(labels.ravel(), return_index=True)
-    first_of = dict(zip(lab.tolist(), first.tolist(), strict=True))
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    # raster position of each component's first pixel, computed only where areas tie: it lies
+    # in the component's top row, at the leftmost pixel of that label in that row
+    uniq, counts = np.unique(areas, return_counts=True)
+    tied = set(uniq[counts > 1].tolist())
     comps = []
     for k in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[k])
-        comps.append((area, first_of[k], (x, y, x + w - 1, y + h - 1)))
+        first = 0
+        if area in tied:
+            first = y * m.shape[1] + int(np.flatnonzero(labels[y, x : x + w] == k)[0]) + x
+        comps.append((area, first, (x, y, x + w - 1, y + h - 1)))
     comps.sort(key=lambda c: (-c[0], c[1]))
     return [(area, box) for area, _, box in comps]
 
