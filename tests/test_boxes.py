@@ -1,0 +1,206 @@
+"""Box rules `paper` and `all`, thresholding, IoU, tight/loose and boxes_for_maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from camcli.boxes import (
+    Guess,
+    box_iou,
+    boxes_for_maps,
+    component_boxes,
+    paper_box,
+    threshold_masks,
+    tight_loose_boxes,
+)
+
+
+def _mask(h: int, w: int, pixels) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    for y, x in pixels:
+        m[y, x] = True
+    return m
+
+
+# --------------------------------------------------------------------------- thresholding
+
+
+def test_threshold_is_strict_numpy_and_torch():
+    row = [1.0, 0.2, 0.21, 0.19, 0.0]
+    expected = np.array([[True, False, True, False, False]])
+    got_np = threshold_masks(np.array([row], np.float32), 0.2)
+    assert got_np.dtype == bool
+    np.testing.assert_array_equal(got_np, expected)
+    got_t = threshold_masks(torch.tensor([row], dtype=torch.float32), 0.2)
+    assert got_t.dtype == torch.bool
+    np.testing.assert_array_equal(got_t.numpy(), expected)
+
+
+def test_threshold_uses_each_maps_own_max():
+    maps = torch.tensor(
+        [
+            [[2.0, 1.0], [1.01, 0.0]],  # max 2, tau*max = 1.0: 1.0 is NOT kept
+            [[0.5, 0.25], [0.26, 0.1]],  # max 0.5, tau*max = 0.25
+        ]
+    )
+    got = threshold_masks(maps, 0.5)
+    expected = torch.tensor([[[True, False], [True, False]], [[True, False], [True, False]]])
+    assert torch.equal(got, expected)
+    assert got.device == maps.device
+    np.testing.assert_array_equal(threshold_masks(maps.numpy(), 0.5), expected.numpy())
+
+
+def test_threshold_all_zero_map_keeps_nothing_and_tau_zero_keeps_positive():
+    assert not threshold_masks(np.zeros((1, 3, 3), np.float32), 0.2).any()
+    m = np.array([[0.0, 0.5], [1e-6, 0.0]], np.float32)
+    np.testing.assert_array_equal(threshold_masks(m, 0.0), [[False, True], [True, False]])
+    with pytest.raises(ValueError, match="tau"):
+        threshold_masks(m, float("nan"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_threshold_stays_on_cuda():
+    maps = torch.tensor([[[1.0, 0.2], [0.3, 0.0]]], device="cuda")
+    got = threshold_masks(maps, 0.2)
+    assert got.device.type == "cuda"
+    assert got.cpu().tolist() == [[[True, False], [True, False]]]
+
+
+# --------------------------------------------------------------------------- paper / all
+
+
+def test_paper_diagonal_pixels_form_one_component():
+    # a diagonal staircase of 4 pixels (only corner contact) vs a 3-pixel bar
+    m = _mask(6, 8, [(0, 0), (1, 1), (2, 2), (3, 3), (5, 5), (5, 6), (5, 7)])
+    assert paper_box(m) == (0, 0, 3, 3)
+    assert component_boxes(m) == [(0, 0, 3, 3), (5, 5, 7, 5)]
+
+
+def test_paper_four_connected_would_split_but_eight_does_not():
+    # an X shape: 5 pixels, all touching only diagonally through the centre
+    m = _mask(3, 3, [(0, 0), (0, 2), (1, 1), (2, 0), (2, 2)])
+    assert component_boxes(m) == [(0, 0, 2, 2)]
+
+
+def test_paper_tie_goes_to_first_component_in_raster_order():
+    # A: row 1, columns 0..2; B: row 0, columns 5..7. Same size (3 px). B's first pixel (0, 5)
+    # comes before A's (1, 0) in row-major order, although A is further left.
+    m = _mask(4, 9, [(1, 0), (1, 1), (1, 2), (0, 5), (0, 6), (0, 7)])
+    assert paper_box(m) == (5, 0, 7, 0)
+    assert component_boxes(m) == [(5, 0, 7, 0), (0, 1, 2, 1)]
+    # the bigger one wins regardless of position
+    m[3, 0] = m[3, 1] = m[3, 2] = m[3, 3] = True
+    assert paper_box(m) == (0, 3, 3, 3)
+
+
+def test_paper_empty_mask_gives_none():
+    assert paper_box(np.zeros((5, 7), bool)) is None
+    assert component_boxes(np.zeros((5, 7), bool)) == []
+
+
+def test_paper_border_and_non_square():
+    h, w = 3, 7
+    assert paper_box(np.ones((h, w), bool)) == (0, 0, w - 1, h - 1)
+    m = _mask(h, w, [(2, 6), (1, 6), (2, 5), (0, 0)])  # bottom-right corner blob + a dot
+    assert paper_box(m) == (5, 1, 6, 2)
+    assert component_boxes(m) == [(5, 1, 6, 2), (0, 0, 0, 0)]
+    # a torch CPU mask is accepted as well
+    assert paper_box(torch.from_numpy(m)) == (5, 1, 6, 2)
+
+
+def test_all_rule_sorted_by_pixel_count_not_box_area():
+    # a long thin diagonal (5 px, box 5x5) vs a compact 2x3 block (6 px, box 3x2)
+    diag = [(i, i) for i in range(5)]
+    block = [(y, x) for y in range(6, 8) for x in range(6, 9)]
+    m = _mask(9, 10, diag + block + [(0, 9)])
+    assert component_boxes(m) == [(6, 6, 8, 7), (0, 0, 4, 4), (9, 0, 9, 0)]
+    assert paper_box(m) == (6, 6, 8, 7)
+
+
+def test_mask_must_be_2d():
+    with pytest.raises(ValueError, match="2-D"):
+        paper_box(np.zeros((1, 3, 3), bool))
+
+
+# --------------------------------------------------------------------------- IoU
+
+
+def test_box_iou_inclusive_formula():
+    iou = box_iou([[1, 2, 5, 6]], [[3, 1, 4, 5]])
+    assert iou.shape == (1, 1)
+    assert iou[0, 0] == pytest.approx(8 / 27, abs=1e-15)
+    assert box_iou([[0, 0, 0, 0]], [[0, 0, 0, 0]])[0, 0] == 1.0  # one pixel, one pixel
+    assert box_iou([[0, 0, 1, 1]], [[2, 2, 3, 3]])[0, 0] == 0.0
+
+
+# --------------------------------------------------------------------------- tight / loose
+
+
+def test_tight_loose_pattern():
+    a, b, c, d = (0, 0, 9, 9), (1, 1, 5, 5), (2, 2, 3, 3), (4, 4, 8, 8)
+    e, f = (0, 0, 1, 1), (5, 5, 6, 6)
+    guesses = tight_loose_boxes([[a, b, c], [d], [e, f], [(7, 7, 7, 7)]])
+    assert [(g.class_rank, g.kind, g.box) for g in guesses] == [
+        (0, "loose", a),
+        (0, "tight", b),
+        (1, "loose", d),
+        (1, "tight", d),  # one box: repeated as tight
+        (2, "loose", e),  # class 3 only gets its loose box; a 4th class is ignored
+    ]
+    assert all(g.reason is None for g in guesses)
+
+
+def test_tight_loose_class_without_boxes_gives_no_box_with_reason():
+    a, b = (0, 0, 9, 9), (1, 1, 5, 5)
+    guesses = tight_loose_boxes([[a, b], [], [b]])
+    assert len(guesses) == 5
+    assert guesses[2] == Guess(1, "loose", None, guesses[2].reason)
+    assert guesses[3].box is None and guesses[3].kind == "tight"
+    assert "no dt-box box" in guesses[2].reason
+    assert guesses[4] == Guess(2, "loose", b)
+    assert [g.box for g in tight_loose_boxes([[a]])] == [
+        a,
+        a,
+    ]  # fewer classes: fewer guesses
+
+
+# --------------------------------------------------------------------------- boxes_for_maps
+
+
+def _two_maps() -> torch.Tensor:
+    maps = torch.zeros(2, 12, 16)
+    maps[0, 2:5, 3:9] = 1.0  # 18 px
+    maps[0, 8:10, 12:14] = 0.5  # 4 px
+    maps[0, 0, 15] = 0.2  # exactly tau*max: dropped
+    return maps  # map 1 stays all zero
+
+
+def test_boxes_for_maps_paper_and_all():
+    maps = _two_maps()
+    assert boxes_for_maps(maps, "paper", 0.2) == [[((3, 2, 8, 4), "largest")], []]
+    assert boxes_for_maps(maps.numpy(), "all", 0.2) == [
+        [((3, 2, 8, 4), "component"), ((12, 8, 13, 9), "component")],
+        [],
+    ]
+    # tau = 0.6 drops the 0.5 blob
+    assert boxes_for_maps(maps, "all", 0.6)[0] == [((3, 2, 8, 4), "component")]
+
+
+def test_boxes_for_maps_dt_box_loose_and_tight():
+    maps = torch.zeros(2, 60, 60)
+    maps[0, 10:50, 10:50] = 50 / 255
+    maps[0, 20:40, 20:40] = 150 / 255
+    maps[1, 10:50, 10:50] = 1.0
+    got = boxes_for_maps(maps, "dt-box")
+    assert got[0] == [((10, 10, 49, 49), "loose"), ((20, 20, 39, 39), "tight")]
+    assert got[1] == [((10, 10, 49, 49), "loose"), ((10, 10, 49, 49), "tight")]
+    assert boxes_for_maps(torch.zeros(1, 8, 8), "dt-box") == [[]]
+
+
+def test_boxes_for_maps_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown box rule"):
+        boxes_for_maps(torch.zeros(1, 4, 4), "largest")
+    with pytest.raises(ValueError, match=r"\[k, H, W\]"):
+        boxes_for_maps(torch.zeros(4, 4), "paper")
