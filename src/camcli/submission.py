@@ -17,6 +17,7 @@ the original image, written as they are.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -289,10 +290,8 @@ def _atomic_write(path: str | os.PathLike, text: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -349,7 +348,7 @@ def write_ilsvrc_submission(
     readers; :func:`read_ilsvrc_submission` accepts it.) The file is written atomically.
     """
     lines = []
-    for name, groups in _sorted_items(items):
+    for _name, groups in _sorted_items(items):
         parts = []
         for c, (x0, y0, x1, y1) in groups:
             parts.append(f"{synsets.ilsvrc_id(c)} {x0} {y0} {x1} {y1}")

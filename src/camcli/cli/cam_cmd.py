@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -12,18 +12,18 @@ from camcli.cli import options as o
 from camcli.io import DEFAULT_MAX_PIXELS
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     minmax = "minmax"
     max = "max"
     none = "none"
 
 
-class Interp(str, Enum):
+class Interp(StrEnum):
     bilinear = "bilinear"
     bicubic = "bicubic"
 
 
-class Fmt(str, Enum):
+class Fmt(StrEnum):
     jpg = "jpg"
     png = "png"
 
