@@ -294,3 +294,64 @@ def iter_cams(
                 session.stats["ok"] += 1
         for i in sorted(out):
             yield out[i]
+
+
+def iter_maps(root: str, items_filter=None) -> Iterator[CamResult | io.Sample]:
+    """CamResults from maps saved by ``cam --save-maps`` (``root/**/*.npz``), sorted by path.
+
+    A file with only ``cams`` [k, H, W] and ``class_indices`` [k] (another tool's) works too:
+    its own path stands in for the image, labels default to ``class_<i>``, scores to NaN.
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    base = Path(root)
+    if not base.is_dir():
+        raise CamcliError(f"--from-maps {root}: not a folder of .npz map files", Exit.NO_INPUT)
+    files = sorted(base.rglob("*.npz"), key=lambda p: p.relative_to(base).as_posix())
+    if not files:
+        raise CamcliError(
+            f"--from-maps {root}: no .npz files found; write them with "
+            "`camcli cam ... --save-maps`",
+            Exit.NO_INPUT,
+        )
+    for i, f in enumerate(files):
+        key = f.relative_to(base).with_suffix("").as_posix()
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                cams = np.asarray(z["cams"], dtype=np.float32)
+                cls = np.asarray(z["class_indices"], dtype=np.int64).reshape(-1)
+                image = str(z["image"]) if "image" in z else str(f)
+                scores = (
+                    np.asarray(z["scores"], dtype=np.float32).reshape(-1)
+                    if "scores" in z
+                    else np.full(len(cls), np.nan, np.float32)
+                )
+                labels = (
+                    [str(x) for x in z["labels"].reshape(-1)]
+                    if "labels" in z
+                    else [f"class_{c}" for c in cls]
+                )
+            if cams.ndim == 2:
+                cams = cams[None]
+            if cams.ndim != 3 or cams.shape[0] != len(cls) or min(cams.shape[1:]) < 1:
+                raise ValueError(
+                    f"cams has shape {list(cams.shape)}, expected [k, H, W] with "
+                    f"k = {len(cls)} class_indices"
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            item = io.InputItem(i, str(f), key)
+            yield io.Sample(item, None, None, error=f"cannot read map file ({exc})")
+            continue
+        item = io.InputItem(i, image, key)
+        sample = io.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
+        preds = [
+            {
+                "class_index": int(c),
+                "label": lab,
+                "score": None if np.isnan(s) else round(float(s), 6),
+            }
+            for c, lab, s in zip(cls.tolist(), labels, scores.tolist())
+        ]
+        yield CamResult(sample, cls.tolist(), scores.tolist(), torch.from_numpy(cams), None, preds)

@@ -140,3 +140,101 @@ def options_dict(*objs) -> dict:
     for o in objs:
         d.update(asdict(o))
     return d
+
+
+# --------------------------------------------------------------------------------------------
+# bbox
+
+
+@dataclass
+class BoxOptions:
+    rule: str = "paper"
+    threshold: float = 0.2
+    tight_loose: bool = False
+
+
+def box_entries(res: api.CamResult, bopts: BoxOptions) -> list[dict]:
+    """The ``boxes`` list of a bbox record (see README: JSON record schema)."""
+    from camcli import boxes as B
+
+    preds = res.predictions
+    entries: list[dict] = []
+
+    def entry(rank: int, box, kind: str, reason: str | None = None) -> dict:
+        p = preds[rank]
+        e = {
+            "rank": rank + 1,
+            "class_index": p["class_index"],
+            "label": p["label"],
+            "score": p["score"],
+            "box": list(box) if box is not None else None,
+            "kind": kind,
+        }
+        if reason:
+            e["reason"] = reason
+        return e
+
+    if bopts.tight_loose:
+        # boxes_for_maps gives [loose, tight] per class (tight = loose when there is one box).
+        dt = [[b for b, _ in lst] for lst in B.boxes_for_maps(res.cams[:3], "dt-box")]
+        for g in B.tight_loose_boxes(dt):
+            entries.append(entry(g.class_rank, g.box, g.kind, g.reason))
+        return entries
+    per_class = B.boxes_for_maps(res.cams, bopts.rule, bopts.threshold)
+    for r, lst in enumerate(per_class):
+        if not lst:
+            kind = {"paper": "largest", "all": "component", "dt-box": "loose"}[bopts.rule]
+            why = (
+                f"no pixel above {bopts.threshold:g} x max"
+                if bopts.rule != "dt-box"
+                else "no dt-box box at thresholds 20/100/110"
+            )
+            entries.append(entry(r, None, kind, why))
+        for box, kind in lst:
+            entries.append(entry(r, box, kind))
+    return entries
+
+
+def submission_guesses(entries: list[dict], tight_loose: bool) -> list[tuple[int, tuple]]:
+    """Up to five (class_index, box) guesses: the heuristic's five, else each class's first box."""
+    out: list[tuple[int, tuple]] = []
+    seen: set[int] = set()
+    for e in entries:
+        if e["box"] is None:
+            continue
+        if not tight_loose:
+            if e["rank"] in seen:
+                continue
+            seen.add(e["rank"])
+        out.append((e["class_index"], tuple(e["box"])))
+    return out[:5]
+
+
+def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
+    """uint8 [3, H, W] -> RGB [H, W, 3] with each box, its label and score drawn."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    draw = ImageDraw.Draw(img)
+    colours = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255)]
+    lw = max(1, round(max(img.size) / 250))
+    try:
+        font = ImageFont.load_default(size=max(10, round(max(img.size) / 40)))
+    except TypeError:  # pragma: no cover - old Pillow
+        font = ImageFont.load_default()
+    for e in entries:
+        if e["box"] is None:
+            continue
+        c = colours[(e["rank"] - 1) % len(colours)]
+        x0, y0, x1, y1 = e["box"]
+        draw.rectangle([x0, y0, x1, y1], outline=c, width=lw)
+        score = "" if e["score"] is None else f" {e['score']:.2f}"
+        text = f"{e['rank']}. {e['label']}{score}" + (
+            f" ({e['kind']})" if e["kind"] in ("loose", "tight") else ""
+        )
+        tb = draw.textbbox((x0, y0), text, font=font)
+        ty = y0 - (tb[3] - tb[1]) - 2 if y0 - (tb[3] - tb[1]) - 2 >= 0 else y0 + lw
+        tb = draw.textbbox((x0 + lw, ty), text, font=font)
+        draw.rectangle(tb, fill=c)
+        draw.text((x0 + lw, ty), text, fill=(0, 0, 0), font=font)
+    return np.asarray(img)

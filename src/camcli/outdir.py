@@ -213,3 +213,45 @@ class OutDir:
 
 
 _MANIFEST_LOCK = threading.Lock()
+
+
+class RecordFile:
+    """JSON Lines records to FILE, resumable: lines go to ``.FILE.partial`` as images finish
+    (flushed each), and FILE is written atomically in input order at the end (also on Ctrl-C).
+    ``resume=True`` keeps the error-free records of FILE and of a partial file left by a killed
+    run, keyed by ``image``; ``done`` holds them."""
+
+    def __init__(self, target: Path, *, resume: bool) -> None:
+        self.target = Path(target)
+        self.partial = self.target.with_name(f".{self.target.name}.partial")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, dict] = {}
+        if resume:
+            for src in (self.target, self.partial):
+                if src.is_file():
+                    for line in src.read_text(encoding="utf-8", errors="replace").split("\n"):
+                        try:
+                            rec = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(rec, dict) and "image" in rec and "error" not in rec:
+                            self.done[rec["image"]] = rec
+        self._fh = open(self.partial, "w", encoding="utf-8")
+        for rec in self.done.values():
+            self._fh.write(dumps(rec) + "\n")
+        self._fh.flush()
+        self.new: dict[str, dict] = {}
+
+    def write(self, rec: dict) -> None:
+        self._fh.write(dumps(rec) + "\n")
+        self._fh.flush()
+        self.new[rec["image"]] = rec
+
+    def finish(self, order: list[str]) -> list[dict]:
+        """Write FILE in input order (records of this run and resumed ones); returns them."""
+        self._fh.close()
+        by_image = {**self.done, **self.new}
+        recs = [by_image[p] for p in order if p in by_image]
+        write_atomic(self.target, "".join(dumps(r) + "\n" for r in recs).encode("utf-8"))
+        self.partial.unlink(missing_ok=True)
+        return recs

@@ -1,0 +1,283 @@
+"""`camcli bbox`: weakly-supervised boxes from thresholded CAMs; ILSVRC/Kaggle submissions."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from camcli.cli import options as o
+from camcli.cli.cam_cmd import Interp, InterpOpt, Norm, NormOpt, Resume, TenCrop
+from camcli.io import DEFAULT_MAX_PIXELS
+
+
+class Rule(StrEnum):
+    paper = "paper"
+    dt_box = "dt-box"
+    all = "all"
+
+
+class SubFormat(StrEnum):
+    ilsvrc = "ilsvrc"
+    kaggle = "kaggle"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bbox")(bbox)
+
+
+def bbox(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Image files, directories (recursive) or - for paths on stdin "
+            "(not with --from-maps).",
+            show_default=False,
+        ),
+    ] = None,
+    model: o.Model = None,
+    weights: o.Weights = None,
+    top_k: o.TopK = 5,
+    threshold: Annotated[
+        float,
+        typer.Option("--threshold", "-t", min=0.0, max=1.0, help="tau: keep pixels > tau x max."),
+    ] = 0.2,
+    box_rule: Annotated[
+        Rule,
+        typer.Option(
+            "--box-rule",
+            help="paper: largest 8-connected "
+            "component; dt-box: the official generator; all: "
+            "every component.",
+        ),
+    ] = Rule.paper,
+    tight_loose: Annotated[
+        bool,
+        typer.Option(
+            "--tight-loose-heuristic", help="The five dt-box guesses of the 37.1% ILSVRC entry."
+        ),
+    ] = False,
+    output: o.Output = None,
+    draw: Annotated[
+        Path | None,
+        typer.Option("--draw", help="Write each image with its boxes to DIR/<name>/boxes.jpg."),
+    ] = None,
+    submission: Annotated[
+        Path | None, typer.Option("--submission", help="Also write a submission file.")
+    ] = None,
+    submission_format: Annotated[SubFormat, typer.Option("--submission-format")] = (
+        SubFormat.ilsvrc
+    ),
+    synsets: Annotated[
+        Path | None,
+        typer.Option(
+            "--synsets", help="meta.mat, map_clsloc.txt or LOC_synset_mapping.txt (kaggle only)."
+        ),
+    ] = None,
+    from_maps: Annotated[
+        Path | None,
+        typer.Option("--from-maps", help="Boxes from maps saved by `cam --save-maps`; no network."),
+    ] = None,
+    gt: Annotated[
+        Path | None,
+        typer.Option("--gt", help="Ground truth: report the metrics of `camcli eval` at the end."),
+    ] = None,
+    norm: NormOpt = Norm.minmax,
+    interpolation: InterpOpt = Interp.bilinear,
+    ten_crop: TenCrop = False,
+    resume: Resume = False,
+    batch_size: o.BatchSize = None,
+    device: o.Device = "auto",
+    offline: o.Offline = False,
+    workers: o.Workers = None,
+    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    quiet: o.Quiet = False,
+) -> int:
+    """Boxes of the top-k classes: threshold each CAM, keep its largest component's box.
+
+    Example: camcli bbox images/ --model resnet50 --tight-loose-heuristic --submission sub.txt
+    --synsets map_clsloc.txt --output boxes.jsonl
+    """
+    from camcli import api, jobs
+    from camcli.cli.run import open_session, progress_bar, resolve_inputs
+    from camcli.outdir import OutDir, RecordFile
+    from camcli.output import CamcliError, Exit, JsonlWriter, info
+
+    if from_maps is not None and inputs:
+        raise CamcliError("give either INPUT paths or --from-maps DIR, not both")
+    if from_maps is None and not inputs:
+        raise CamcliError("no input: give image files or folders, - for stdin, or --from-maps")
+    if resume and output in (None, "-"):
+        raise CamcliError("--resume needs --output FILE (records on stdout cannot be resumed)")
+    if submission is not None and synsets is None:
+        raise CamcliError(
+            f"--submission {submission}: pass --synsets (devkit meta.mat or "
+            "map_clsloc.txt; LOC_synset_mapping.txt for --submission-format kaggle)"
+        )
+    rule = Rule.dt_box.value if tight_loose else box_rule.value
+    if tight_loose and box_rule is not Rule.paper and box_rule is not Rule.dt_box:
+        raise CamcliError("--tight-loose-heuristic uses the dt-box rule; drop --box-rule all")
+    if tight_loose:
+        top_k = max(top_k, 3)
+
+    session = None
+    num_classes = 1000
+    if from_maps is None:
+        items = resolve_inputs(inputs)
+        session = open_session(
+            model,
+            weights,
+            device=device,
+            batch_size=batch_size,
+            offline=offline,
+            workers=workers,
+            max_pixels=max_pixels,
+        )
+        num_classes = session.model.num_classes
+    synmap = _load_synsets(synsets, submission_format, num_classes) if synsets else None
+    evaluator = _evaluator(gt, synsets) if gt is not None else None
+
+    bopts = jobs.BoxOptions(rule=rule, threshold=threshold, tight_loose=tight_loose)
+    if from_maps is not None:
+        stats = {"ok": 0, "failed": 0}
+        results = api.iter_maps(str(from_maps))
+        total = None
+    else:
+        opts = api.CamOptions(
+            top_k=top_k, norm=norm.value, interpolation=interpolation.value, ten_crop=ten_crop
+        )
+        stats = session.stats
+        total = len(items)
+
+    rfile = RecordFile(Path(output), resume=resume) if output not in (None, "-") else None
+    stdout = JsonlWriter("-") if output in (None, "-") else None
+    drawdir = OutDir(draw, resume=resume) if draw is not None else None
+    if from_maps is None:
+        done = rfile.done if rfile else {}
+        todo = [it for it in items if it.path not in done]
+        if len(todo) < len(items):
+            info(f"resume: {len(items) - len(todo)} of {len(items)} inputs already done", quiet)
+        results = api.iter_cams(session, todo, opts, keep_image=draw is not None)
+        total = len(todo)
+    bar = progress_bar(total or 0, quiet, "bbox") if total else None
+    order: list[str] = []
+    records: list[dict] = []
+    interrupted = False
+    try:
+        for res in results:
+            if isinstance(res, api.io.Sample):
+                rec = {"image": res.item.path, "error": res.error}
+                if from_maps is not None:
+                    stats["failed"] += 1
+                if not quiet and output not in (None, "-"):
+                    info(f"{res.item.path}: {res.error}")
+            else:
+                if from_maps is not None:
+                    stats["ok"] += 1
+                rec = {**res.record, "boxes": jobs.box_entries(res, bopts)}
+                if drawdir is not None:
+                    _draw(drawdir, res, rec)
+            order.append(rec["image"])
+            records.append(rec)
+            if rfile:
+                rfile.write(rec)
+            else:
+                stdout.write(rec)
+            if bar:
+                bar.advance(bar.task)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if bar:
+            bar.stop()
+        if drawdir is not None:
+            drawdir.close(order=None, cancel=interrupted)
+        if rfile:
+            if from_maps is None:
+                order = [it.path for it in items]
+            records = rfile.finish(order)
+    if not records and stats["failed"] == 0 and from_maps is None and rfile and rfile.done:
+        records = list(rfile.done.values())
+    if submission is not None:
+        _write_submission(submission, submission_format, synmap, records, tight_loose)
+        info(f"submission: {submission} ({submission_format.value})", quiet)
+    if evaluator is not None:
+        evaluator(records)
+    info(f"bbox: {stats['ok']} done, {stats['failed']} failed", quiet or not sys.stderr.isatty())
+    if stats["ok"] == 0 and stats["failed"] > 0:
+        return Exit.NO_INPUT
+    return Exit.SOME_FAILED if stats["failed"] else Exit.OK
+
+
+def _load_synsets(path: Path, fmt: SubFormat, num_classes: int):
+    from camcli.output import CamcliError
+    from camcli.submission import SynsetError, load_synsets
+
+    try:
+        m = load_synsets(path, num_classes=num_classes)
+    except SynsetError as exc:
+        raise CamcliError(str(exc)) from None
+    if fmt is SubFormat.ilsvrc and not m.has_ilsvrc_ids:
+        raise CamcliError(
+            f"--synsets {path}: has WNIDs but no ILSVRC2012_IDs; an ilsvrc submission needs "
+            "the devkit's meta.mat or map_clsloc.txt (or use --submission-format kaggle)"
+        )
+    return m
+
+
+def _write_submission(
+    path: Path, fmt: SubFormat, synmap, records: list[dict], tight_loose: bool
+) -> None:
+    from camcli import jobs
+    from camcli.submission import write_ilsvrc_submission, write_kaggle_submission
+
+    items = [
+        (r["image"], jobs.submission_guesses(r["boxes"], tight_loose))
+        for r in records
+        if "boxes" in r
+    ]
+    if fmt is SubFormat.ilsvrc:
+        write_ilsvrc_submission(path, items, synmap)
+    else:
+        write_kaggle_submission(path, items, synmap)
+
+
+def _draw(drawdir, res, rec: dict) -> None:
+    import os
+
+    from camcli import io, jobs
+
+    img = res.sample.image
+    if img is None:  # from maps: the source image, when it is still there
+        if not os.path.isfile(res.sample.item.path):
+            return
+        try:
+            arr = io.decode_image(res.sample.item.path)
+        except ValueError:
+            return
+        import torch
+
+        img = torch.from_numpy(arr).permute(2, 0, 1)
+        if tuple(img.shape[1:]) != tuple(res.sample.size):
+            return
+    path = drawdir.root / res.sample.item.key / "boxes.jpg"
+    fut = drawdir.submit(jobs._encode_and_write, path, jobs.draw_boxes(img, rec["boxes"]), "jpg")
+    drawdir.record(
+        res.sample.item.index,
+        {**rec, "key": res.sample.item.key, "outputs": {"files": [drawdir.rel(path)]}},
+        [fut],
+    )
+
+
+def _evaluator(gt: Path, synsets: Path | None):
+    try:
+        from camcli.metrics import report_for_records  # provided by the eval module
+    except ImportError:
+        from camcli.output import CamcliError
+
+        raise CamcliError("--gt needs the eval module, which this build lacks") from None
+    return lambda records: report_for_records(records, gt, synsets)
