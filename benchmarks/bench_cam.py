@@ -59,9 +59,17 @@ def make_weights(model: str, path: Path) -> None:
     torch.manual_seed(0)
     m = random_model(model)
     entry = entry_for(model)
-    torch.save({"format": "camcli-checkpoint", "model": model, "state_dict": m.state_dict(),
-                "categories": m.categories, "preprocess": entry.preprocess.to_dict(),
-                "pool": m.pool}, path)
+    torch.save(
+        {
+            "format": "camcli-checkpoint",
+            "model": model,
+            "state_dict": m.state_dict(),
+            "categories": m.categories,
+            "preprocess": entry.preprocess.to_dict(),
+            "pool": m.pool,
+        },
+        path,
+    )
 
 
 def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int]:
@@ -73,8 +81,9 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):
-        print(f"  ! {shlex.join(cmd)} exited {proc.returncode}: {err.strip()[-500:]}",
-              file=sys.stderr)
+        print(
+            f"  ! {shlex.join(cmd)} exited {proc.returncode}: {err.strip()[-500:]}", file=sys.stderr
+        )
     return wall, usage.ru_maxrss / 1024, proc.returncode
 
 
@@ -85,8 +94,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["resnet50", "vgg-gap"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--batch-sizes", default="1,2,4,8,16,32",
-                    help="sweep for the limit (and camcli's --batch-size when given)")
+    ap.add_argument(
+        "--batch-sizes",
+        default="1,2,4,8,16,32",
+        help="sweep for the limit (and camcli's --batch-size when given)",
+    )
     ap.add_argument("--camcli-batch-size", type=int, default=None)
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="run only these configurations")
@@ -106,37 +118,83 @@ def main() -> None:
         if not wpath.is_file():
             make_weights(model, wpath)
         # Limit: best batch size by a sweep (in one process per batch size, short set).
-        limit_cmd = [py, str(HERE / "limit.py"), str(imgs), "--weights", str(wpath),
-                     "--device", args.device, "--precision", args.precision]
+        limit_cmd = [
+            py,
+            str(HERE / "limit.py"),
+            str(imgs),
+            "--weights",
+            str(wpath),
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+        ]
         sweep = {}
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            out = subprocess.run(limit_cmd + ["--batch-size", str(bs), "--max-images", "64"],
-                                 env=env, capture_output=True, text=True)
+            out = subprocess.run(
+                limit_cmd + ["--batch-size", str(bs), "--max-images", "64"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             try:
                 sweep[bs] = json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
             except (IndexError, ValueError):
                 print(out.stderr[-800:], file=sys.stderr)
         best_bs = max(sweep, key=sweep.get)
-        print(f"[{model}] limit batch-size sweep (img/s, steady state): "
-              + ", ".join(f"{b}: {v:.2f}" for b, v in sweep.items()) + f" -> {best_bs}")
+        print(
+            f"[{model}] limit batch-size sweep (img/s, steady state): "
+            + ", ".join(f"{b}: {v:.2f}" for b, v in sweep.items())
+            + f" -> {best_bs}"
+        )
         bs_args = ["--batch-size", str(args.camcli_batch_size)] if args.camcli_batch_size else []
         common = ["--weights", str(wpath), "--device", args.device, "-q"] + bs_args
         if args.precision != "fp32":
             common += ["--precision", args.precision]
         configs = {
             "limit": limit_cmd + ["--batch-size", str(best_bs)],
-            "cam_top1": [py, "-m", "camcli", "cam", str(imgs), "--out", str(work / "o1"),
-                         "--top-k", "1"] + common,
-            "cam_top5_maps": [py, "-m", "camcli", "cam", str(imgs), "--out", str(work / "o5"),
-                              "--top-k", "5", "--save-maps"] + common,
-            "bbox": [py, "-m", "camcli", "bbox", str(imgs), "--output",
-                     str(work / "boxes.jsonl")] + common,
+            "cam_top1": [
+                py,
+                "-m",
+                "camcli",
+                "cam",
+                str(imgs),
+                "--out",
+                str(work / "o1"),
+                "--top-k",
+                "1",
+            ]
+            + common,
+            "cam_top5_maps": [
+                py,
+                "-m",
+                "camcli",
+                "cam",
+                str(imgs),
+                "--out",
+                str(work / "o5"),
+                "--top-k",
+                "5",
+                "--save-maps",
+            ]
+            + common,
+            "bbox": [py, "-m", "camcli", "bbox", str(imgs), "--output", str(work / "boxes.jsonl")]
+            + common,
         }
         if not args.no_peers:
             for peer in ("gradcam", "torchcam"):
-                configs[peer] = [py, str(HERE / "peers.py"), peer, str(imgs), "--weights",
-                                 str(wpath), "--out", str(work / f"peer_{peer}"), "--device",
-                                 args.device]
+                configs[peer] = [
+                    py,
+                    str(HERE / "peers.py"),
+                    peer,
+                    str(imgs),
+                    "--weights",
+                    str(wpath),
+                    "--out",
+                    str(work / f"peer_{peer}"),
+                    "--device",
+                    args.device,
+                ]
         if args.only:
             configs = {k: v for k, v in configs.items() if k in args.only or k == "limit"}
         runs: dict[str, list] = {k: [] for k in configs}
@@ -144,13 +202,19 @@ def main() -> None:
             for name, cmd in configs.items():
                 wall, rss, rc = run_measured(cmd, env)
                 runs[name].append({"wall_s": wall, "rss_mib": rss, "rc": rc})
-                print(f"  [{model}] round {r + 1} {name:14s} {args.images / wall:7.2f} img/s "
-                      f"{rss:8.0f} MiB", flush=True)
+                print(
+                    f"  [{model}] round {r + 1} {name:14s} {args.images / wall:7.2f} img/s "
+                    f"{rss:8.0f} MiB",
+                    flush=True,
+                )
         summary = {}
         for name, rs in runs.items():
             wall = statistics.median(x["wall_s"] for x in rs)
-            summary[name] = {"images_per_s": args.images / wall,
-                             "peak_rss_mib": max(x["rss_mib"] for x in rs), "runs": rs}
+            summary[name] = {
+                "images_per_s": args.images / wall,
+                "peak_rss_mib": max(x["rss_mib"] for x in rs),
+                "runs": rs,
+            }
         summary["limit"]["batch_size"] = best_bs
         summary["limit"]["sweep"] = sweep
         results[model] = summary
@@ -167,14 +231,23 @@ def main() -> None:
                         line += f"   / {peer} {ratio:5.2f}"
                 print(line)
         if "cam_top1" in summary and "cam_top5_maps" in summary:
-            extra = summary["cam_top1"]["images_per_s"] / summary["cam_top5_maps"][
-                "images_per_s"] - 1
+            extra = (
+                summary["cam_top1"]["images_per_s"] / summary["cam_top5_maps"]["images_per_s"] - 1
+            )
             print(f"  top-5 + maps costs {100 * extra:+.1f} % over top-1")
         print()
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": args.images, "device": args.device,
-                                               "precision": args.precision,
-                                               "results": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "images": args.images,
+                    "device": args.device,
+                    "precision": args.precision,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,16 @@ def main() -> None:
     items = io.discover([args.images])[: args.max_images]
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     n, t_first = 0, None
-    for b in io.iter_batches(items, m.preprocess, batch_size=args.batch_size,
-                             pin_memory=dev.type == "cuda"):
+    for b in io.iter_batches(
+        items, m.preprocess, batch_size=args.batch_size, pin_memory=dev.type == "cuda"
+    ):
         x = io.normalize_batch(b.x.to(dev, non_blocking=True), m.preprocess)
         if dev.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype,
-                                                    enabled=dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None),
+        ):
             m(x)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -50,8 +53,14 @@ def main() -> None:
         else:
             n += x.shape[0]
     end = time.perf_counter()
-    print(json.dumps({"images_per_s": n / max(end - t_first, 1e-9),
-                      "process_images_per_s": len(items) / (end - t_start)}))
+    print(
+        json.dumps(
+            {
+                "images_per_s": n / max(end - t_first, 1e-9),
+                "process_images_per_s": len(items) / (end - t_start),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camcli import io
 from camcli.models import load_model
 
 
@@ -42,8 +41,9 @@ def main() -> None:
         from torchcam.methods import CAM
         from torchcam.utils import overlay_mask
 
-        cam = CAM(m, target_layer="trunk", fc_layer="fc",
-                  input_shape=(3, pre.input_size, pre.input_size))
+        cam = CAM(
+            m, target_layer="trunk", fc_layer="fc", input_shape=(3, pre.input_size, pre.input_size)
+        )
     for p in sorted(Path(args.images).glob("*.jpg")):
         rgb = np.asarray(Image.open(p).convert("RGB"))
         h, w = rgb.shape[:2]
@@ -62,7 +62,6 @@ def main() -> None:
             mask = Image.fromarray(maps[0].squeeze(0).cpu().numpy(), mode="F")
             vis = overlay_mask(Image.fromarray(rgb), mask, alpha=0.5)
             vis.save(out / f"{p.stem}.jpg")
-    del io  # camcli's loader is not used: the peers decode one image at a time
 
 
 if __name__ == "__main__":
