@@ -35,33 +35,89 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
+def _render_and_write_cpu(
+    image: torch.Tensor,
+    levels: np.ndarray,
+    paths: list[Path],
+    grid_path: Path | None,
+    captions: list[str],
+    wopts: CamWriteOptions,
+) -> None:
+    """CPU path, in a writer thread: OpenCV overlays (GIL released), then encode and write."""
+    from camcli import render
+
+    hwc = image.permute(1, 2, 0).contiguous().numpy()
+    ovs = [render.overlay_cv2(hwc, lv, wopts.colormap, wopts.alpha) for lv in levels]
+    for p, rgb in zip(paths, ovs):
+        write_atomic(p, encode_image(rgb, wopts.fmt))
+    if grid_path is not None:
+        g = render.grid(image, torch.from_numpy(np.stack(ovs)).permute(0, 3, 1, 2), captions)
+        write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt))
+
+
+def _write_device_overlays(
+    ov_np: np.ndarray,
+    paths: list[Path],
+    grid_rgb: np.ndarray | None,
+    grid_path: Path | None,
+    fmt: str,
+) -> None:
+    for p, rgb in zip(paths, ov_np):
+        write_atomic(p, encode_image(rgb, fmt))
+    if grid_path is not None:
+        write_atomic(grid_path, encode_image(grid_rgb, fmt))
+
+
 def cam_outputs(res: api.CamResult, out: OutDir, wopts: CamWriteOptions) -> tuple[dict, list]:
-    """Render and queue the files of one image; returns (outputs dict, futures)."""
+    """Render and queue the files of one image; returns (outputs dict, futures).
+
+    On the CPU the maps are quantised here (one batched op) and the overlays are rendered with
+    OpenCV in a writer thread; on a GPU they are rendered batched on the device.
+    """
     from camcli import render
 
     key = res.sample.item.key
     labels = [p["label"] for p in res.predictions]
+    captions = [f"{p['label']} {p['score']:.3f}" for p in res.predictions]
     files: list[str] = []
     futures = []
     outputs: dict = {}
     if wopts.overlays or wopts.grid:
-        img = res.sample.image.to(res.cams.device)
-        ov = render.overlay(img, res.cams, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
-        if wopts.overlays:
-            paths = []
+        paths = (
+            [
+                out.root / key / f"{r}_{safe_label(label)}.{wopts.fmt}"
+                for r, label in enumerate(labels, start=1)
+            ]
+            if wopts.overlays
+            else []
+        )
+        grid_path = out.root / key / f"grid.{wopts.fmt}" if wopts.grid else None
+        if res.cams.device.type == "cpu":
+            levels = render.levels_u8(res.cams).numpy()
+            futures.append(
+                out.submit(
+                    _render_and_write_cpu,
+                    res.sample.image,
+                    levels,
+                    paths,
+                    grid_path,
+                    captions,
+                    wopts,
+                )
+            )
+        else:
+            img = res.sample.image.to(res.cams.device, non_blocking=True)
+            ov = render.overlay(img, res.cams, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
+            grid_rgb = _to_hwc(render.grid(img, ov, captions)) if wopts.grid else None
             ov_np = ov.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-            for r, (label, rgb) in enumerate(zip(labels, ov_np), start=1):
-                p = out.root / key / f"{r}_{safe_label(label)}.{wopts.fmt}"
-                futures.append(out.submit(_encode_and_write, p, rgb, wopts.fmt))
-                paths.append(out.rel(p))
-            outputs["overlays"] = paths
-            files += paths
+            futures.append(
+                out.submit(_write_device_overlays, ov_np, paths, grid_rgb, grid_path, wopts.fmt)
+            )
+        if wopts.overlays:
+            outputs["overlays"] = [out.rel(p) for p in paths]
+            files += outputs["overlays"]
         if wopts.grid:
-            captions = [f"{p['label']} {p['score']:.3f}" for p in res.predictions]
-            g = render.grid(img, ov, captions)
-            p = out.root / key / f"grid.{wopts.fmt}"
-            futures.append(out.submit(_encode_and_write, p, _to_hwc(g), wopts.fmt))
-            outputs["grid"] = out.rel(p)
+            outputs["grid"] = out.rel(grid_path)
             files.append(outputs["grid"])
     if wopts.save_maps:
         p = out.root / f"{key}.npz"
