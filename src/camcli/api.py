@@ -11,6 +11,7 @@ import torch
 from camcli import io
 from camcli.models import GapModel, load_model
 from camcli.output import CamcliError, Exit
+from camcli.profiling import Profiler
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -44,7 +45,13 @@ class Session:
     batch_size: int
     workers: int | None = None
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    precision: str = "fp32"
+    profiler: Profiler | None = None
     stats: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
+
+    def __post_init__(self) -> None:
+        if self.profiler is None:
+            self.profiler = Profiler(False)
 
     @classmethod
     def open(
@@ -57,36 +64,75 @@ class Session:
         offline: bool = False,
         workers: int | None = None,
         max_pixels: int = io.DEFAULT_MAX_PIXELS,
+        precision: str = "fp32",
+        profile: bool = False,
     ) -> Session:
         dev = resolve_device(device)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise CamcliError(f"--precision {precision!r}: use fp32, bf16 or fp16")
+        if precision == "fp16" and dev.type == "cpu":
+            raise CamcliError("--precision fp16 needs a GPU; on the CPU use bf16")
         m = load_model(model, weights, offline=offline).to(dev).eval()
         if dev.type == "cpu":
             m = m.to(memory_format=torch.channels_last)
-        return cls(m, dev, batch_size or default_batch_size(dev), workers, max_pixels)
+        bs = batch_size or default_batch_size(dev)
+        return cls(m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev))
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    def loader(
+        self, items: list[io.InputItem], preprocess, *, keep_image: bool = False
+    ) -> Iterator[io.Batch]:
+        """Decoded batches in input order; the time spent waiting for them is profiled."""
+        it = io.iter_batches(
+            items,
+            preprocess,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            keep_image=keep_image,
+            max_pixels=self.max_pixels,
+            pin_memory=self.device.type == "cuda",
+        )
+        prof = self.profiler
+        while True:
+            with prof.stage("wait for decode"):
+                batch = next(it, None)
+            if batch is None:
+                return
+            prof.decode_worker_s += sum(s.decode_s for s in batch.samples + batch.failed)
+            yield batch
+
+    def to_input(self, x_uint8: torch.Tensor, preprocess) -> torch.Tensor:
+        """uint8 [B, 3, S, S] (pinned on CUDA) -> normalised float on the device."""
+        with self.profiler.stage("transfer"):
+            x = x_uint8.to(self.device, non_blocking=True)
+            x = io.normalize_batch(x, preprocess)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [B, K, h, w], logits [B, C]) under inference_mode and --precision."""
+        dtype = self.autocast_dtype
+        with (
+            self.profiler.stage("forward"),
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
+        ):
+            return self.model.forward_features(x)
 
     def batches(
         self, items: list[io.InputItem], *, keep_image: bool = False
     ) -> Iterator[tuple[io.Batch, torch.Tensor | None, torch.Tensor | None]]:
         """Yield (batch, features [B, K, h, w], logits [B, C]) on the device, input order."""
         pre = self.model.preprocess
-        for batch in io.iter_batches(
-            items,
-            pre,
-            batch_size=self.batch_size,
-            workers=self.workers,
-            keep_image=keep_image,
-            max_pixels=self.max_pixels,
-            pin_memory=self.device.type == "cuda",
-        ):
+        for batch in self.loader(items, pre, keep_image=keep_image):
             if batch.x is None:
                 yield batch, None, None
                 continue
-            x = batch.x.to(self.device, non_blocking=True)
-            x = io.normalize_batch(x, pre)
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                feats, logits = self.model.forward_features(x)
+            feats, logits = self.forward(self.to_input(batch.x, pre))
             yield batch, feats, logits
 
 
@@ -236,28 +282,19 @@ def iter_cams(
         if opts.classes
         else None
     )
-    for batch in io.iter_batches(
-        items,
-        pre,
-        batch_size=session.batch_size,
-        workers=session.workers,
-        keep_image=keep_image,
-        max_pixels=session.max_pixels,
-        pin_memory=session.device.type == "cuda",
-    ):
+    prof = session.profiler
+    for batch in session.loader(items, pre, keep_image=keep_image):
         out: dict[int, CamResult | io.Sample] = {}
         for s in batch.failed:
             out[s.item.index] = s
             session.stats["failed"] += 1
         if batch.x is not None:
-            x = io.normalize_batch(batch.x.to(session.device, non_blocking=True), pre)
+            x = session.to_input(batch.x, pre)
             b = x.shape[0]
             if opts.ten_crop:
                 x = P.ten_crop(x, crop=model.preprocess.input_size)
-            if session.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                feats, logits = model.forward_features(x)
+            feats, logits = session.forward(x)
+            with prof.stage("cam"), torch.inference_mode():
                 if opts.ten_crop:
                     probs = P.ten_crop_scores(logits.float().view(b, 10, -1))
                 else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -185,6 +186,7 @@ class Sample:
     size: tuple[int, int] | None  # original (H, W)
     image: object | None = None  # torch uint8 [3, H, W] original, when kept
     error: str | None = None
+    decode_s: float = 0.0  # decode + preprocess seconds in the worker (--profile)
 
 
 def preprocess_uint8(img, preprocess) -> object:
@@ -243,16 +245,19 @@ class ImageDataset:
         import torch
 
         item = self.items[i]
+        t0 = time.perf_counter()
         try:
             arr = decode_image(item.path, self.max_pixels)
         except ValueError as exc:
-            return Sample(item, None, None, error=str(exc))
+            return Sample(item, None, None, error=str(exc), decode_s=time.perf_counter() - t0)
         img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
         try:
             t = preprocess_uint8(img, self.preprocess)
         except Exception as exc:  # noqa: BLE001
             return Sample(item, None, None, error=f"cannot preprocess image ({exc})")
-        return Sample(item, t, (arr.shape[0], arr.shape[1]), image=img if self.keep_image else None)
+        keep = img if self.keep_image else None
+        size = (arr.shape[0], arr.shape[1])
+        return Sample(item, t, size, image=keep, decode_s=time.perf_counter() - t0)
 
 
 @dataclass

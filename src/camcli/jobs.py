@@ -175,12 +175,14 @@ def run_cam(
 ) -> dict:
     """The `cam` job over ``items`` (already filtered for --resume). Returns session.stats."""
     keep = wopts.overlays or wopts.grid
+    out.profiler = session.profiler
     for res in api.iter_cams(session, items, opts, keep_image=keep):
         if isinstance(res, io.Sample):
             rec = {"image": res.item.path, "key": res.item.key, "error": res.error}
             out.record(res.item.index, rec)
         else:
-            outputs, futures = cam_outputs(res, out, wopts)
+            with session.profiler.stage("post-process"):
+                outputs, futures = cam_outputs(res, out, wopts)
             rec = {**res.record, "key": res.sample.item.key, "outputs": outputs}
             out.record(res.sample.item.index, rec, futures)
         out.check_errors()

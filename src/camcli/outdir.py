@@ -19,6 +19,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -111,6 +112,7 @@ class OutDir:
         self._max_pending = max_pending
         self.new_records: dict[int, dict] = {}
         self._write_errors: list[BaseException] = []
+        self.profiler = None  # a camcli.profiling.Profiler, to time the background writes
 
     def _clean_stray(self) -> None:
         for dirpath, _, files in os.walk(self.root):
@@ -147,7 +149,19 @@ class OutDir:
         """Run a write in the background; blocks when too many are pending (flat memory)."""
         while len(self._pending) >= self._max_pending:
             self._pending.popleft().result()
-        fut = self._pool.submit(fn, *args)
+        prof = self.profiler
+        if prof is not None and prof.enabled:
+
+            def timed(*a):
+                t = time.perf_counter()
+                try:
+                    return fn(*a)
+                finally:
+                    prof.add("encode+write", time.perf_counter() - t)
+
+            fut = self._pool.submit(timed, *args)
+        else:
+            fut = self._pool.submit(fn, *args)
         self._pending.append(fut)
         return fut
 

@@ -94,6 +94,8 @@ def bbox(
     offline: o.Offline = False,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    precision: o.Precision = "fp32",
+    profile: o.Profile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Boxes of the top-k classes: threshold each CAM, keep its largest component's box.
@@ -130,6 +132,8 @@ def bbox(
         session = open_session(
             model,
             weights,
+            precision=precision,
+            profile=profile,
             device=device,
             batch_size=batch_size,
             offline=offline,
@@ -202,6 +206,9 @@ def bbox(
             records = rfile.finish(order)
     if not records and stats["failed"] == 0 and from_maps is None and rfile and rfile.done:
         records = list(rfile.done.values())
+    if profile and session is not None:
+        session.profiler.images = stats["ok"]
+        info(session.profiler.report())
     if submission is not None:
         _write_submission(submission, submission_format, synmap, records, tight_loose)
         info(f"submission: {submission} ({submission_format.value})", quiet)

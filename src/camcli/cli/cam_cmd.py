@@ -91,6 +91,8 @@ def cam(
     offline: o.Offline = False,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    precision: o.Precision = "fp32",
+    profile: o.Profile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Class activation maps of the top-k (or named) classes, mapped onto each original image.
@@ -114,6 +116,8 @@ def cam(
     session = open_session(
         model,
         weights,
+        precision=precision,
+        profile=profile,
         device=device,
         batch_size=batch_size,
         offline=offline,
@@ -168,6 +172,9 @@ def cam(
                 )
             )
     st = session.stats
+    if profile:
+        session.profiler.images = st["ok"]
+        info(session.profiler.report())
     if not quiet:
         info(
             f"cam: {st['ok']} done, {st['failed']} failed, {skipped} skipped; outputs in {out}",

@@ -66,3 +66,19 @@ MaxPixels = Annotated[
     ),
 ]
 OutDir = Annotated[Path, typer.Option("--out", help="Output directory.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32, bf16 (autocast; CPUs with AVX512-BF16/AMX and "
+        "GPUs) or fp16 (GPU only). Maps are always computed in fp32.",
+    ),
+]
+Profile = Annotated[
+    bool,
+    typer.Option(
+        "--profile",
+        help="Print where the time went (decode, transfer, forward, "
+        "CAM, post-processing, encode+write) at the end.",
+    ),
+]

@@ -25,6 +25,8 @@ def predict(
     offline: o.Offline = False,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    precision: o.Precision = "fp32",
+    profile: o.Profile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Classify images: one JSON Lines record per input, softmax scores, best first.
@@ -37,6 +39,8 @@ def predict(
     session = open_session(
         model,
         weights,
+        precision=precision,
+        profile=profile,
         device=device,
         batch_size=batch_size,
         offline=offline,
@@ -47,6 +51,12 @@ def predict(
 
     as_table = output is None and sys.stdout.isatty()
     records = api.predict(session, items, top_k=top_k)
-    return stream_records(
+    code = stream_records(
         records, session, items, output=output, table=as_table, quiet=quiet, what="predict"
     )
+    if profile:
+        from camcli.output import info
+
+        session.profiler.images = session.stats["ok"]
+        info(session.profiler.report())
+    return code
