@@ -64,7 +64,15 @@ def info(message: str, quiet: bool = False) -> None:
 
 
 def dumps(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    """One JSON line, UTF-8 text. Paths with undecodable bytes (surrogate escapes) are written
+    as ``\\udcXX`` escapes, which keeps the line valid UTF-8 and lets
+    ``os.fsencode(json.loads(line)["image"])`` give the original bytes back."""
+    text = json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record, ensure_ascii=True, separators=(", ", ": "), default=_json_default)
+    return text
 
 
 def _json_default(o):
