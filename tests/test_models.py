@@ -205,3 +205,10 @@ def test_offline_without_cache_names_the_path(monkeypatch, tmp_path):
         models.load_model("resnet18", offline=True)
     assert str(tmp_path / "weights" / "resnet18-f37072fd.pth") in str(ei.value)
     assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
+
+
+def test_check_gap_head_before_any_download():
+    models.check_gap_head(entry_for("torchvision:regnet_y_400mf"))  # tensor-computing builder
+    models.check_gap_head(entry_for("torchvision:mnasnet0_5"))
+    with pytest.raises(ModelError, match="vgg-gap"):
+        models.check_gap_head(entry_for("torchvision:vgg11"))

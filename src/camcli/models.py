@@ -159,6 +159,17 @@ def split_gap_classifier(net: nn.Module, name: str) -> tuple[nn.Module, nn.Linea
     return nn.Sequential(*mods), fc, pool
 
 
+def check_gap_head(entry: ModelEntry) -> None:
+    """Raise ModelError unless ``entry``'s torchvision network ends in global pooling + one
+    linear layer; builds it without real weights where torch allows (meta device)."""
+    try:
+        with torch.device("meta"):
+            net = _tv_model(entry.architecture, entry.num_classes)
+    except NotImplementedError:  # builders that compute with tensors (regnet widths)
+        net = _tv_model(entry.architecture, entry.num_classes)
+    split_gap_classifier(net, entry.name)
+
+
 def _tv_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
     import torchvision
 
@@ -396,6 +407,10 @@ def load_model(
     loaded = None
     from pathlib import Path
 
+    if name is not None:  # refuse an unknown or unfit network before reading or downloading
+        first = entry_for(name)
+        if first.builder == "torchvision" and name.startswith(TV_PREFIX):
+            check_gap_head(first)
     if weights is not None and not hub.is_url(weights) and Path(weights).exists():
         loaded = hub.load_file(Path(weights))
     elif weights is not None and hub.is_url(weights):
