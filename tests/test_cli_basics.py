@@ -202,3 +202,19 @@ def test_stdin_dash_reads_paths(capsys, monkeypatch, image):
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{image}\n"))
     code, _, err = _cli(capsys, "predict", "-", "-m", "resnet18", "--offline")
     assert code == 4 and "--offline: weights not cached" in err  # the input was taken
+
+
+def test_early_errors_do_not_import_torch(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code = (
+        "import sys\n"
+        "from camcli.cli import main\n"
+        "try:\n"
+        f"    main(['predict', {str(tmp_path / 'empty')!r}, '-m', 'resnet18'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 3, e.code\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "no images found" in r.stderr
