@@ -49,13 +49,20 @@ def stdout_console():
     return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+def _escape(text: object) -> str:
+    """Text shown literally inside rich markup (paths may hold ``[...]``)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def error(message: str) -> None:
     """One line on stderr."""
-    stderr_console().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    stderr_console().print(f"[bold red]error:[/] {_escape(message)}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    stderr_console().print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    stderr_console().print(f"[yellow]warning:[/] {_escape(message)}", markup=True, highlight=False)
 
 
 def info(message: str, quiet: bool = False) -> None:
@@ -64,7 +71,15 @@ def info(message: str, quiet: bool = False) -> None:
 
 
 def dumps(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    """One JSON line, UTF-8 text. Paths with undecodable bytes (surrogate escapes) are written
+    as ``\\udcXX`` escapes, which keeps the line valid UTF-8 and lets
+    ``os.fsencode(json.loads(line)["image"])`` give the original bytes back."""
+    text = json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record, ensure_ascii=True, separators=(", ", ": "), default=_json_default)
+    return text
 
 
 def _json_default(o):
@@ -158,14 +173,14 @@ def print_predictions_table(records: list[dict], title: str = "predictions") -> 
     table.add_column("score", justify="right")
     for r in records:
         if "error" in r:
-            table.add_row(r["image"], "", "", f"[red]error: {r['error']}[/]", "")
+            table.add_row(_escape(r["image"]), "", "", f"[red]error: {_escape(r['error'])}[/]", "")
             continue
         for j, p in enumerate(r["predictions"]):
             table.add_row(
-                r["image"] if j == 0 else "",
+                _escape(r["image"]) if j == 0 else "",
                 f"{r['width']}x{r['height']}" if j == 0 else "",
                 str(j + 1),
-                f"{p['label']} ({p['class_index']})",
+                f"{_escape(p['label'])} ({p['class_index']})",
                 f"{p['score']:.4f}",
             )
     stdout_console().print(table)

@@ -59,19 +59,19 @@ _register()
 
 
 def _exit_for(exc: BaseException) -> int:
-    from camcli.hub import WeightsError
-    from camcli.io import InputError
-    from camcli.models import ModelError
-    from camcli.registry import RegistryError
-
     if isinstance(exc, CamcliError):
         return exc.code
-    if isinstance(exc, WeightsError):
-        return Exit.WEIGHTS
-    if isinstance(exc, InputError):
-        return Exit.NO_INPUT
-    if isinstance(exc, ModelError | RegistryError):
-        return Exit.USAGE
+    # Only a module already imported can have raised its error: looking the classes up in
+    # sys.modules keeps an early error (no images found) from importing torch (~2 s).
+    for module, cls, code in (
+        ("camcli.hub", "WeightsError", Exit.WEIGHTS),
+        ("camcli.io", "InputError", Exit.NO_INPUT),
+        ("camcli.models", "ModelError", Exit.USAGE),
+        ("camcli.registry", "RegistryError", Exit.USAGE),
+    ):
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(exc, getattr(mod, cls)):
+            return code
     return 1
 
 

@@ -49,15 +49,20 @@ def models(
         for r in rows:
             typer.echo(json.dumps(r))
         return
+    from rich import box
     from rich.table import Table
 
+    # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(
         title="camcli models",
         caption="torchvision:<name> also takes any torchvision "
         "classifier ending in global pooling + one linear layer",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    for col in ("name", "architecture", "pool", "feature map", "input", "classes", "weights"):
-        t.add_column(col)
+    for col in ("name", "architecture", "pool", "feature map", "classes", "weights"):
+        # names are what users copy: never cut or wrapped
+        t.add_column(col, no_wrap=col == "name", overflow="fold")
     for r in rows:
         colour = {"cached": "green", "download": "cyan"}.get(r["weights"], "yellow")
         t.add_row(
@@ -65,7 +70,6 @@ def models(
             r["architecture"],
             r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP"),
             r["feature_map"],
-            str(r["input_size"]),
             str(r["classes"]),
             f"[{colour}]{r['weights']}[/]",
         )
