@@ -1,4 +1,4 @@
-"""Exact tests of camcli.metrics on hand-made cases, and parity with wsolevaluation's box vectors."""
+"""Exact tests of camcli.metrics on hand-made cases; parity with wsolevaluation box vectors."""
 
 from __future__ import annotations
 
@@ -195,13 +195,25 @@ WSOL_TAUS = np.arange(0, 1, 0.2)
 
 def test_wsol_vectors_unimodal():
     sb = scoremap_boxes(UNIMODAL, WSOL_TAUS)
-    assert sb.largest.tolist() == [[1, 1, 4, 3], [1, 1, 4, 3], [2, 1, 4, 3], [2, 2, 4, 3], [2, 2, 3, 3]]
+    assert sb.largest.tolist() == [
+        [1, 1, 4, 3],
+        [1, 1, 4, 3],
+        [2, 1, 4, 3],
+        [2, 2, 4, 3],
+        [2, 2, 3, 3],
+    ]
     assert sb.has_box.all()
 
 
 def test_wsol_vectors_multimodal():
     sb = scoremap_boxes(MULTIMODAL, WSOL_TAUS)
-    assert sb.largest.tolist() == [[0, 0, 4, 3], [0, 0, 2, 2], [0, 3, 3, 3], [2, 3, 3, 3], [0, 3, 1, 3]]
+    assert sb.largest.tolist() == [
+        [0, 0, 4, 3],
+        [0, 0, 2, 2],
+        [0, 3, 3, 3],
+        [2, 3, 3, 3],
+        [0, 3, 1, 3],
+    ]
     # All contours (MaxBoxAccV2's multi-contour boxes), tau by tau.
     assert sb.counts.tolist() == [1, 2, 1, 2, 1]
     assert [sb.boxes_at(t).tolist() for t in range(5)] == [
@@ -231,7 +243,13 @@ def test_wsol_vectors_nan_rejected():
 
 def test_tight_boxes_unimodal():
     sb = scoremap_boxes(UNIMODAL, WSOL_TAUS, wsol_boxes=False)
-    assert sb.largest.tolist() == [[1, 1, 4, 3], [1, 1, 4, 3], [2, 1, 4, 3], [2, 2, 3, 2], [2, 2, 2, 2]]
+    assert sb.largest.tolist() == [
+        [1, 1, 4, 3],
+        [1, 1, 4, 3],
+        [2, 1, 4, 3],
+        [2, 2, 3, 2],
+        [2, 2, 2, 2],
+    ]
 
 
 def test_quantisation_truncates_like_wsolevaluation():

@@ -266,7 +266,9 @@ def report(
 
 
 def _names(xs: list, n: int = 5) -> str:
-    shown = ", ".join(str(x.get("image") if isinstance(x, dict) else x) for x in xs[:n])
+    shown = ", ".join(
+        f"{x.get('image')} ({x.get('error')})" if isinstance(x, dict) else str(x) for x in xs[:n]
+    )
     return shown + (f", ... ({len(xs) - n} more)" if len(xs) > n else "")
 
 
