@@ -102,9 +102,10 @@ def test_boxes_output_file_missing_image_and_exit_1(small, capsys):
     )
     assert code == 1
     r = json.loads(out_file.read_text())
-    assert r["missing"] == ["val/b.jpg", "val/c.jpg"] and r["n_failed"] == 1
+    assert r["missing"] == ["val/c.jpg"] and r["n_missing"] == 1 and r["n_failed"] == 1
+    assert r["failed"] == [{"image": "/d/val/b.jpg", "error": "broken"}]
     assert r["top1_cls_error"] == pytest.approx(2 / 3)
-    assert "2 ground-truth images have no usable prediction" in err
+    assert "1 ground-truth images have no prediction (counted wrong): val/c.jpg" in err
     assert "broken" in err
     # --subset: c (no record) leaves the denominators; b (failed) stays; still exit 1.
     code, out, _ = run(
@@ -267,3 +268,27 @@ def test_python_m_camcli_eval_help():
     )
     assert out.returncode == 0
     assert "--submission" in out.stdout and "--maps" in out.stdout
+
+
+def test_boxes_from_stdin(small, capsys, monkeypatch):
+    import io
+
+    gt, boxes, _ = small
+    monkeypatch.setattr(sys, "stdin", io.StringIO(boxes.read_text()))
+    code, out, _ = run(["eval", "--gt", str(gt), "--boxes", "-", "-o", "-"], capsys)
+    assert code == 0 and json.loads(out)["top1_loc_error"] == pytest.approx(2 / 3)
+
+
+def test_report_for_bbox_keeps_stdout_clean(small, tmp_path, capsys):
+    """What `bbox --gt` calls: the table goes to stderr, JSON only to a file."""
+    from camcli import gt as gtm
+    from camcli.cli.eval_cmd import report
+
+    gt, boxes, _ = small
+    result = gtm.evaluate_records(gtm.read_box_records(str(boxes)), gtm.read_ground_truth(str(gt)))
+    target = tmp_path / "m.json"
+    code = report(result, output=str(target), table_on_stderr=True)
+    out = capsys.readouterr()
+    assert code == 0 and out.out == ""
+    assert "top-1 localization error" in out.err and "66.67 %" in out.err
+    assert json.loads(target.read_text())["top1_cls_error"] == pytest.approx(1 / 3)

@@ -183,6 +183,12 @@ def test_inferred_label_map_counts_unknown_labels_as_new_classes():
     assert unknown == ["okapi"]
     with pytest.raises(GtError, match="okapi"):
         gt.targets(LabelMap(["cat", "dog"]))
+    # WNIDs cannot be guessed from the predictions' names: an error, not a silent 100 % error.
+    wn = GroundTruth([GtImage("a", [("n01440764",)])])
+    with pytest.raises(GtError, match="--synsets"):
+        wn.targets(lm)
+    # ... unless another column of the row maps.
+    assert GroundTruth([GtImage("a", [("n01440764", "dog")])]).targets(lm)[0][0].classes == (1,)
 
 
 def test_load_label_map_categories(tmp_path):
@@ -302,7 +308,7 @@ def small_records():
 def test_evaluate_records_exact():
     r = gtm.evaluate_records(small_records(), small_gt())
     assert r["n_images"] == 4 and r["n_gt_images"] == 4
-    assert r["n_missing"] == 2 and r["missing"] == ["imgs/c.jpg", "imgs/d.jpg"]
+    assert r["n_missing"] == 1 and r["missing"] == ["imgs/d.jpg"]
     assert r["n_failed"] == 1 and r["failed"] == [
         {"image": "/x/imgs/c.jpg", "error": "cannot decode image"}
     ]
@@ -322,9 +328,9 @@ def test_evaluate_records_blacklist_and_subset(tmp_path):
     assert r["top1_loc_error"] == pytest.approx(2 / 3)
     # --subset: d (no record at all) leaves the denominators; c (failed) stays in.
     s = gtm.evaluate_records(small_records(), small_gt(), subset=True)
-    assert s["n_images"] == 3 and s["n_missing"] == 2
+    assert s["n_images"] == 3 and s["n_missing"] == 1 and s["n_failed"] == 1
     assert s["top1_cls_error"] == pytest.approx(2 / 3)
-    assert s["missing"] == ["imgs/c.jpg", "imgs/d.jpg"]
+    assert s["missing"] == ["imgs/d.jpg"]
     # A blacklist file of names.
     bl = tmp_path / "bl.txt"
     bl.write_text("b\n")
@@ -339,7 +345,7 @@ def test_evaluate_records_duplicates_and_empty_predictions():
     ]
     r = gtm.evaluate_records(recs, small_gt())
     assert r["n_duplicates"] == 1
-    assert r["missing"] == ["imgs/c.jpg"]
+    assert r["missing"] == ["imgs/c.jpg"] and r["n_missing"] == 1
     assert r["top1_cls_error"] == 0.75
     assert r["top1_loc_error"] == 0.75
 

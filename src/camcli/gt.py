@@ -71,6 +71,10 @@ class GtError(CamcliError):
     """Unreadable or inconsistent ground truth / predictions (usage error, exit 2)."""
 
 
+class NeedSynsets(KeyError):
+    """A WNID label, and no WNID mapping to read it with."""
+
+
 # --------------------------------------------------------------------------------------------
 # Ground-truth data
 # --------------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ class GroundTruth:
                 classes = tuple(dict.fromkeys(labels.index(lab) for lab in im.labels))
                 objects = tuple((labels.index(lab), b) for lab, b in im.boxes)
             except KeyError as exc:
-                if labels.explicit:
+                if labels.explicit or isinstance(exc, NeedSynsets):
                     raise GtError(
                         f"{self.source}: image {im.name!r}: {exc.args[0]}", Exit.USAGE
                     ) from None
@@ -248,13 +252,15 @@ class LabelMap:
     def index(self, label: Label | str | int) -> int:
         """Class index of a label (its fallbacks tried in turn). Raises KeyError(reason)."""
         alts = (label,) if isinstance(label, str | int) else tuple(label)
-        reason = ""
+        errors: list[KeyError] = []
         for alt in alts:
             try:
                 return self._one(alt)
             except KeyError as exc:
-                reason = reason or exc.args[0]
-        raise KeyError(reason)
+                errors.append(exc)
+        if errors and all(isinstance(e, NeedSynsets) for e in errors):
+            raise errors[0]
+        raise KeyError(errors[0].args[0] if errors else "empty label")
 
     def index_or_new(self, label: Label | str) -> int:
         """Like :meth:`index`, but an unknown label gets its own negative index."""
@@ -274,7 +280,7 @@ class LabelMap:
             return i
         if WNID_RE.match(s):
             if not self.wnids:
-                raise KeyError(
+                raise NeedSynsets(
                     f"label {s!r} is a WordNet id; pass --synsets (Kaggle "
                     "LOC_synset_mapping.txt, devkit map_clsloc.txt or meta.mat) to map WNIDs "
                     "to class indices"
@@ -351,7 +357,8 @@ def load_label_map(
     elif model:
         from camcli.registry import get_entry, load_categories
 
-        cat_names = list(load_categories(get_entry(model).categories))
+        cat_set = "imagenet1k" if model.startswith("torchvision:") else get_entry(model).categories
+        cat_names = list(load_categories(cat_set))
         src.append(f"model {model}")
     if cat_names is not None:
         if wnids is not None and len(wnids) != len(cat_names):
@@ -758,7 +765,9 @@ def order_result(out: dict) -> dict:
 
 def _finish(out: dict, gt: GroundTruth, m: _Matched, unknown_labels: list[str]) -> dict:
     """The lists every result carries: what was missing, unmatched, failed, duplicated."""
-    out["missing"] = [gt.images[i].name for i in range(len(gt)) if i not in m.preds]
+    tried = m.attempted
+    out["missing"] = [gt.images[i].name for i in range(len(gt)) if i not in tried]
+    out["n_missing"] = len(out["missing"])
     out["n_unmatched"] = len(m.unmatched)
     out["unmatched"] = m.unmatched
     out["n_failed"] = len(m.failed)
@@ -803,8 +812,6 @@ def _score(
     tried = m.attempted
     keep = [i for i in range(len(gt)) if not subset or i in tried]
     out = score_predictions(((targets[i], m.preds.get(i), flags[i]) for i in keep), iou=iou)
-    # n_missing: every GT image without a usable prediction (failed ones included).
-    out["n_missing"] = len(gt) - len(m.preds)
     out["n_gt_images"] = len(gt)
     out["iou"] = iou
     return _finish(out, gt, m, unknown)
@@ -822,9 +829,9 @@ def evaluate_records(
     """Score ``predict`` / ``bbox`` records against ground truth (what ``bbox --gt`` reports).
 
     Returns the metrics of :func:`camcli.metrics.score_predictions` plus ``missing`` (GT image
-    names without a usable prediction), ``unmatched`` (record images matching no GT image),
-    ``failed`` (error records), ``n_duplicates`` and ``iou``. A GT image without a usable record
-    counts as wrong; with ``subset`` the GT images without any record are left out of the
+    names without any record), ``failed`` (error records of GT images), ``unmatched`` (record
+    images matching no GT image), ``n_duplicates``, ``n_gt_images`` and ``iou``. A missing or
+    failed image counts as wrong; with ``subset`` the missing ones are left out of the
     denominators (still counted in ``n_missing`` and listed).
     """
     records = list(records)
@@ -1147,10 +1154,9 @@ def evaluate_maps(
             acc.add_failed()
     for i in file_of:
         if i not in m.failed:
-            m.preds[i] = ImagePrediction()
+            m.preds[i] = ImagePrediction()  # a map was there (scored or blacklisted)
     out: dict = {
         "n_images": len(keep),
-        "n_missing": len(gt) - len(file_of),
         "n_gt_images": len(gt),
         "n_loc_images": acc.n,
         "n_blacklisted": n_black,
@@ -1167,7 +1173,4 @@ def evaluate_maps(
             out["pxap"] = pxap.result()
         except ValueError as exc:
             out["pxap_error"] = str(exc)
-    out = _finish(out, gt, m, unknown)
-    # for maps, "missing" means: no map file at all
-    out["missing"] = [gt.images[i].name for i in range(len(gt)) if i not in file_of]
-    return order_result(out)
+    return _finish(out, gt, m, unknown)

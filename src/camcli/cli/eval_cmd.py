@@ -222,16 +222,18 @@ def report(
     plot: str | None = None,
     quiet: bool = False,
     gt: str = "",
+    table_on_stderr: bool = False,
 ) -> int:
-    """Warnings, table / JSON and plot for an evaluation result; returns the exit code.
+    """Warnings, table / JSON and plot for an evaluation result; returns the exit code
+    (0; 1 when images are missing or failed; raises exit 3 when nothing matched).
 
-    Also what ``bbox --gt`` calls at the end of its run (with ``output=None`` it prints the
-    table on stdout when that is a terminal, JSON otherwise).
+    ``output``: a file for the JSON object, ``-`` for stdout, None for a table on a terminal
+    (JSON otherwise). ``bbox --gt`` calls it with ``table_on_stderr=True``: its stdout carries
+    records, so the table goes to stderr and JSON only to an ``output`` file.
     """
-    from camcli.output import atomic_write_text, dumps
+    from camcli.output import atomic_write_bytes, atomic_write_text, dumps
 
-    matched = len(result.get("missing", [])) < result.get("n_gt_images", result["n_images"])
-    if not matched:
+    if len(result.get("missing", [])) >= result.get("n_gt_images", result["n_images"]):
         first = result.get("unmatched", [])[:1]
         hint = f" (first prediction: {first[0]!r})" if first else ""
         raise CamcliError(
@@ -242,16 +244,18 @@ def report(
     if not quiet:
         warn_mismatches(result)
     if plot is not None:
-        img = boxacc_plot(result)
         import io as _io
 
-        from camcli.output import atomic_write_bytes
-
         buf = _io.BytesIO()
-        img.save(buf, format="PNG")
+        boxacc_plot(result).save(buf, format="PNG")
         atomic_write_bytes(Path(plot), buf.getvalue())
     text = dumps(result) + "\n"
-    if output == "-" or (output is None and not sys.stdout.isatty()):
+    if table_on_stderr:
+        if output not in (None, "-"):
+            atomic_write_text(Path(output), text)
+        if not quiet:
+            print_metrics_table(result, stderr=True)
+    elif output == "-" or (output is None and not sys.stdout.isatty()):
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
@@ -259,9 +263,8 @@ def report(
             atomic_write_text(Path(output), text)
         if sys.stdout.isatty() or output is None:
             print_metrics_table(result)
-    bad = result.get("n_failed", 0) or (
-        result.get("n_missing", 0) and result.get("n_images", 0) == result.get("n_gt_images", 0)
-    )
+    subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
+    bad = result.get("n_failed", 0) or (result.get("n_missing", 0) and not subset)
     return Exit.SOME_FAILED if bad else Exit.OK
 
 
@@ -278,14 +281,9 @@ def warn_mismatches(result: dict) -> None:
 
     miss = result.get("missing") or []
     if miss:
-        counted = (
-            "counted wrong"
-            if result.get("n_images") == result.get("n_gt_images")
-            else ("left out (--subset)")
-        )
-        warn(
-            f"{len(miss)} ground-truth images have no usable prediction ({counted}): {_names(miss)}"
-        )
+        subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
+        counted = "left out (--subset)" if subset else "counted wrong"
+        warn(f"{len(miss)} ground-truth images have no prediction ({counted}): {_names(miss)}")
     if result.get("unmatched"):
         warn(
             f"{len(result['unmatched'])} predictions match no ground-truth image (ignored): "
@@ -319,10 +317,11 @@ def warn_mismatches(result: dict) -> None:
         warn(result["pxap_error"])
 
 
-def print_metrics_table(result: dict, title: str = "evaluation") -> None:
+def print_metrics_table(result: dict, title: str = "evaluation", *, stderr: bool = False) -> None:
+    """The headline figures (percentages) and counts as a rich table on stdout (or stderr)."""
     from rich.table import Table
 
-    from camcli.output import stdout_console
+    from camcli.output import stderr_console, stdout_console
 
     table = Table(title=title)
     table.add_column("metric")
@@ -338,7 +337,7 @@ def print_metrics_table(result: dict, title: str = "evaluation") -> None:
     for d, v in by.items():
         tau = (result.get("best_tau_v2") or {}).get(d)
         table.add_row(f"  BoxAcc at IoU {d} (best tau {tau:g})", f"{100 * v:.2f} %")
-    stdout_console().print(table)
+    (stderr_console() if stderr else stdout_console()).print(table)
 
 
 # --------------------------------------------------------------------------------------------
