@@ -446,7 +446,18 @@ def test_evaluate_maps_pxap_with_masks_dir(tmp_path):
     assert r["pxap"] == 1.0
 
 
-def test_evaluate_maps_parallel_equals_serial(tmp_path):
+def test_evaluate_maps_parallel_equals_serial(tmp_path, monkeypatch):
+    import concurrent.futures as cf
+
+    used = []
+
+    class Pool(cf.ProcessPoolExecutor):
+        def __init__(self, *a, **k):
+            used.append(True)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(gtm, "POOL_MIN_SECONDS", 0.0)  # use the pool however fast the maps
     rng = np.random.default_rng(0)
     images, maps = [], tmp_path / "maps"
     for i in range(70):
@@ -456,7 +467,9 @@ def test_evaluate_maps_parallel_equals_serial(tmp_path):
         images.append(GtImage(f"{i:03d}.jpg", [("0",)], [(("0",), (x0, y0, x0 + 7, y0 + 3))]))
     gt = GroundTruth(images)
     serial = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), workers=0)
+    assert not used
     parallel = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), workers=2)
+    assert used
     assert serial == parallel
     assert serial["n_loc_images"] == 70
 

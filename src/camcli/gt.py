@@ -1035,22 +1035,46 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _run_jobs(jobs: list[_MapJob], workers: int, progress) -> Iterator[tuple]:
-    if workers <= 1 or len(jobs) < 64:
-        for j in jobs:
-            yield _score_map_job(j)
-            if progress is not None:
-                progress()
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+def _pool_usable() -> bool:
+    """forkserver/spawn children re-import ``__main__`` from its file: not possible for code read
+    from stdin (``python - <<EOF``)."""
+    f = getattr(sys.modules.get("__main__"), "__file__", None)
+    return f is None or os.path.exists(f)
 
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as ex:
-        for r in ex.map(_score_map_job, jobs, chunksize=16):
-            yield r
-            if progress is not None:
-                progress()
+
+POOL_MIN_SECONDS = 2.0
+
+
+def _run_jobs(jobs: list[_MapJob], workers: int, progress) -> Iterator[tuple]:
+    """Results of the jobs in order. The first jobs run here; the rest go to ``workers``
+    processes when that pays (slow maps, many of them), else run here too."""
+    import time
+
+    probe = min(len(jobs), 32)
+    t0 = time.perf_counter()
+    for j in jobs[:probe]:
+        yield _score_map_job(j)
+        if progress is not None:
+            progress()
+    rest = jobs[probe:]
+    per_job = (time.perf_counter() - t0) / max(probe, 1)
+    # A process pool costs about a second to start; worth it above ~2 s of remaining work.
+    if workers > 1 and per_job * len(rest) >= POOL_MIN_SECONDS and _pool_usable():
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as ex:
+            for r in ex.map(_score_map_job, rest, chunksize=16):
+                yield r
+                if progress is not None:
+                    progress()
+        return
+    for j in rest:
+        yield _score_map_job(j)
+        if progress is not None:
+            progress()
 
 
 def default_map_workers() -> int:
@@ -1068,7 +1092,7 @@ def evaluate_maps(
     blacklist: str | Sequence[bool] | None = None,
     subset: bool = False,
     wsol_boxes: bool = True,
-    workers: int | None = None,
+    workers: int = 0,
     progress: Callable[[], None] | None = None,
 ) -> dict:
     """BoxAcc curves, MaxBoxAccV1/V2, best tau and (with masks) PxAP from saved maps.
@@ -1081,8 +1105,9 @@ def evaluate_maps(
     the image size and the map has another, GT boxes are scaled to the map (wsolevaluation's
     ``resize_bbox``). PxAP uses the images with masks (JSON Lines ``mask`` / ``ignore``, or
     ``--masks DIR`` holding ``<name>.png`` and optional ``<name>_ignore.png``; nonzero pixels are
-    foreground / ignored). ``workers`` processes share the maps (default: the CPU cores, max 8;
-    small splits run in-process); ``progress`` is called once per scored image.
+    foreground / ignored). ``workers`` > 1: processes share the maps when the split is slow
+    enough to pay for them (the caller's ``__main__`` must be import-safe, as multiprocessing
+    requires; the CLI's is); ``progress`` is called once per scored image.
     """
     base = Path(maps_dir)
     headers = [(f, _map_header(f, base)) for f in iter_map_files(maps_dir)]
@@ -1131,7 +1156,6 @@ def evaluate_maps(
             _MapJob(str(file_of[i]), cls, gboxes, size, tuple(mpaths), ignore, tau_t, wsol_boxes)
         )
         job_of.append(i)
-    workers = default_map_workers() if workers is None else workers
     missing_cls: list[str] = []
     renorm = n_masked = 0
     for i, job, r in zip(job_of, jobs, _run_jobs(jobs, workers, progress)):

@@ -307,24 +307,25 @@ class ScoremapBoxes:
         return self.boxes[start : start + int(self.counts[t])]
 
 
-def _contour_boxes(binary: np.ndarray, wsol_boxes: bool) -> tuple[np.ndarray, int]:
-    """uint8 [H, W] (0 / 255) -> (int64 [n, 4] boxes of all contours, index of the largest)."""
+def _contour_boxes(binary: np.ndarray, wsol_boxes: bool) -> tuple[list[tuple], int]:
+    """uint8 [H, W] (0 / 255) -> (boxes of all contours, index of the largest or -1)."""
     import cv2
 
     h, w = binary.shape
     contours, _ = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
-        return np.zeros((0, 4), dtype=np.int64), -1
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
-    areas = np.array([cv2.contourArea(c) for c in contours], dtype=np.float64)
-    x, y, rw, rh = rects.T
+        return [], -1
+    rects = [cv2.boundingRect(c) for c in contours]
     if wsol_boxes:
         # wsolevaluation: (x, y, x + w, y + h) with the end clipped to W - 1 / H - 1.
-        x1, y1 = np.minimum(x + rw, w - 1), np.minimum(y + rh, h - 1)
+        boxes = [(x, y, min(x + rw, w - 1), min(y + rh, h - 1)) for x, y, rw, rh in rects]
     else:
-        x1, y1 = x + rw - 1, y + rh - 1
-    # np.argmax takes the first of equal areas, as Python's max(contours, key=contourArea).
-    return np.stack([x, y, x1, y1], axis=1), int(np.argmax(areas))
+        boxes = [(x, y, x + rw - 1, y + rh - 1) for x, y, rw, rh in rects]
+    if len(contours) == 1:
+        return boxes, 0
+    areas = [cv2.contourArea(c) for c in contours]
+    # the first of equal areas, as Python's max(contours, key=cv2.contourArea)
+    return boxes, max(range(len(areas)), key=areas.__getitem__)
 
 
 def scoremap_boxes(
@@ -334,7 +335,8 @@ def scoremap_boxes(
 
     scoremap: [H, W] float in [0, 1]. The map is quantised ``q = trunc(255 m)``; at each tau the
     binary mask is ``q > int(tau * max q)``; ``cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)``
-    gives the contours (holes included) and ``cv2.boundingRect`` their boxes.
+    gives the contours (holes included) and ``cv2.boundingRect`` their boxes; the largest is the
+    first of those with the largest ``cv2.contourArea``.
 
     ``wsol_boxes=True`` (default) reproduces wsolevaluation's box ``(x, y, x + w, y + h)`` clipped
     to ``W - 1`` / ``H - 1``, one pixel wider and taller than the tight box away from the right and
@@ -352,35 +354,36 @@ def scoremap_boxes(
     q = quantise_scoremap(scoremap)
     qmax = int(q.max())
     values = np.flatnonzero(np.bincount(q.ravel(), minlength=256))
-    thr = np.array([int(t * qmax) for t in taus], dtype=np.int64)
+    thr = [int(t * qmax) for t in taus.tolist()]
     # The mask q > thr only depends on how many distinct values are <= thr.
-    level = np.searchsorted(values, thr, side="right")
-    cache: dict[int, tuple[np.ndarray, int]] = {}
-    per_tau: list[tuple[np.ndarray, int]] = []
-    for lv in level.tolist():
+    levels = np.searchsorted(values, thr, side="right").tolist()
+    cache: dict[int, tuple[list[tuple], int]] = {}
+    largest: list[tuple] = []
+    has_box: list[bool] = []
+    boxes: list[tuple] = []
+    counts: list[int] = []
+    for lv in levels:
         if lv not in cache:
             if lv >= len(values):
-                cache[lv] = (np.zeros((0, 4), dtype=np.int64), -1)
+                cache[lv] = ([], -1)
             else:
                 if lv > 0:
                     _, binary = cv2.threshold(q, int(values[lv - 1]), 255, cv2.THRESH_BINARY)
                 else:
                     binary = np.full_like(q, 255)
                 cache[lv] = _contour_boxes(binary, wsol_boxes)
-        per_tau.append(cache[lv])
-    t = len(taus)
-    largest = np.zeros((t, 4), dtype=np.int64)
-    has_box = np.zeros(t, dtype=bool)
-    for i, (bx, j) in enumerate(per_tau):
-        if j >= 0:
-            largest[i], has_box[i] = bx[j], True
-    counts = np.array([len(bx) for bx, _ in per_tau], dtype=np.int64)
-    boxes = (
-        np.concatenate([bx for bx, _ in per_tau], axis=0)
-        if counts.sum()
-        else np.zeros((0, 4), dtype=np.int64)
+        bx, j = cache[lv]
+        largest.append(bx[j] if j >= 0 else (0, 0, 0, 0))
+        has_box.append(j >= 0)
+        boxes.extend(bx)
+        counts.append(len(bx))
+    return ScoremapBoxes(
+        taus,
+        np.array(largest, dtype=np.int64).reshape(-1, 4),
+        np.array(has_box, dtype=bool),
+        np.array(boxes, dtype=np.int64).reshape(-1, 4),
+        np.array(counts, dtype=np.int64),
     )
-    return ScoremapBoxes(taus, largest, has_box, boxes, counts)
 
 
 def best_iou_per_tau(

@@ -205,7 +205,7 @@ def eval_command(
                 blacklist=blacklist,
                 subset=subset,
                 wsol_boxes=wsol_boxes,
-                workers=workers,
+                workers=gtm.default_map_workers() if workers is None else workers,
                 progress=(lambda: bar.advance(bar.task)) if bar else None,
             )
         finally:
