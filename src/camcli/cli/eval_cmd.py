@@ -31,7 +31,8 @@ _ROWS = (
     ("n_images", "images", False),
     ("n_loc_images", "images scored for localization", False),
     ("n_blacklisted", "blacklisted (localization only)", False),
-    ("n_missing", "missing (counted wrong)", False),
+    ("n_missing", "missing", False),
+    ("n_failed", "failed (counted wrong)", False),
     ("n_missing_gt_class", "no map of the GT class (counted wrong)", False),
     ("n_unmatched", "predictions matching no GT image", False),
 )
@@ -326,17 +327,21 @@ def print_metrics_table(result: dict, title: str = "evaluation", *, stderr: bool
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
     for key, label, frac in _ROWS:
         if key not in result:
             continue
         v = result[key]
-        table.add_row(
-            label, f"{100 * v:.2f} %" if frac else (f"{v:g}" if key == "best_tau" else str(v))
-        )
-    by = result.get("maxboxacc_v2_by_iou") or {}
-    for d, v in by.items():
-        tau = (result.get("best_tau_v2") or {}).get(d)
-        table.add_row(f"  BoxAcc at IoU {d} (best tau {tau:g})", f"{100 * v:.2f} %")
+        if key == "n_missing":
+            label += " (left out, --subset)" if subset else " (counted wrong)"
+        if frac:
+            table.add_row(label, f"{100 * v:.2f} %")
+        else:
+            table.add_row(label, f"{v:g}" if isinstance(v, float) else str(v))
+        if key == "maxboxacc_v2":
+            for d, acc in (result.get("maxboxacc_v2_by_iou") or {}).items():
+                tau = (result.get("best_tau_v2") or {}).get(d, float("nan"))
+                table.add_row(f"  IoU {d}: MaxBoxAcc (best tau {tau:g})", f"{100 * acc:.2f} %")
     (stderr_console() if stderr else stdout_console()).print(table)
 
 
