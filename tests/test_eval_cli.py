@@ -292,3 +292,21 @@ def test_report_for_bbox_keeps_stdout_clean(small, tmp_path, capsys):
     assert code == 0 and out.out == ""
     assert "top-1 localization error" in out.err and "66.67 %" in out.err
     assert json.loads(target.read_text())["top1_cls_error"] == pytest.approx(1 / 3)
+
+
+def test_report_for_records_hook_of_bbox(small, capsys):
+    """`bbox --gt` calls camcli.metrics.report_for_records(records, gt, synsets)."""
+    from camcli.metrics import report_for_records
+
+    gt, boxes, tmp = small
+    recs = [json.loads(x) for x in boxes.read_text().splitlines()]
+    r = report_for_records(recs, gt, None)
+    out = capsys.readouterr()
+    assert out.out == "" and "top-1 classification error" in out.err
+    assert r["top1_cls_error"] == pytest.approx(1 / 3)
+    # A ground truth that matches nothing is a warning, not the end of the bbox run.
+    assert (
+        report_for_records(recs, write_gt_csv(tmp / "o.csv", [("zz.jpg", "cat", 0, 0, 1, 1)]))
+        is None
+    )
+    assert "no metrics" in capsys.readouterr().err

@@ -269,6 +269,38 @@ def report(
     return Exit.SOME_FAILED if bad else Exit.OK
 
 
+def report_for_records(
+    records: list[dict],
+    gt: str | Path,
+    synsets: str | Path | None = None,
+    *,
+    categories: str | None = None,
+    iou: float = 0.5,
+    blacklist: str | None = None,
+    output: str | None = None,
+    quiet: bool = False,
+) -> dict | None:
+    """What ``camcli bbox --gt GT`` runs at the end: score the run's records against ``gt`` and
+    print warnings and the table on stderr (stdout carries the records); JSON to ``output`` when
+    it is a file. Never ends the bbox run: a problem with the ground truth becomes a warning.
+    Returns the result, or None when it could not be computed."""
+    from camcli import gt as gtm
+    from camcli.output import warn
+
+    try:
+        truth = gtm.read_ground_truth(str(gt))
+        labels = gtm.load_label_map(
+            synsets=str(synsets) if synsets else None, categories=categories
+        )
+        result = gtm.evaluate_records(records, truth, labels, iou=iou, blacklist=blacklist)
+        result = gtm.order_result({"source": "boxes", **result})
+        report(result, output=output, quiet=quiet, gt=str(gt), table_on_stderr=True)
+    except CamcliError as exc:
+        warn(f"--gt {gt}: no metrics ({exc})")
+        return None
+    return result
+
+
 def _names(xs: list, n: int = 5) -> str:
     shown = ", ".join(
         f"{x.get('image')} ({x.get('error')})" if isinstance(x, dict) else str(x) for x in xs[:n]
