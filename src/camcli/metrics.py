@@ -479,13 +479,15 @@ class BoxAccumulator:
         i1 = int(np.argmax(acc1))
         i2 = np.argmax(acc2, axis=1)
         by_iou = {_key(d): float(acc2[j, i2[j]]) for j, d in enumerate(self.v2_ious)}
+        # Taus are reported rounded (0.47, not 0.47000000000000003); they are labels here.
+        taus = [round(float(t), 12) for t in self.taus]
         return {
             "maxboxacc_v1": float(acc1[i1]),
-            "best_tau": float(self.taus[i1]),
+            "best_tau": taus[i1],
             "maxboxacc_v2": float(np.mean(list(by_iou.values()))),
             "maxboxacc_v2_by_iou": by_iou,
-            "best_tau_v2": {_key(d): float(self.taus[i2[j]]) for j, d in enumerate(self.v2_ious)},
-            "taus": self.taus.tolist(),
+            "best_tau_v2": {_key(d): taus[i2[j]] for j, d in enumerate(self.v2_ious)},
+            "taus": taus,
             "boxacc": self.curves(),
         }
 
