@@ -315,7 +315,7 @@ def warn_mismatches(result: dict) -> None:
     miss = result.get("missing") or []
     if miss:
         subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
-        counted = "left out (--subset)" if subset else "counted wrong"
+        counted = "left out by --subset" if subset else "counted wrong"
         warn(f"{len(miss)} ground-truth images have no prediction ({counted}): {_names(miss)}")
     if result.get("unmatched"):
         warn(
