@@ -207,12 +207,18 @@ def resolve_classes(model: GapModel, classes: list[str] | None) -> list[int] | N
     return out
 
 
+def ten_crop_canvas(input_size: int) -> int:
+    """Side of the square the image is resized to before its ten crops: 256 for 224 crops (the
+    official pipeline), the same 256/224 ratio for other input sizes (so the crops tile it)."""
+    return round(input_size * 256 / 224)
+
+
 def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
     from camcli.pipeline import Geometry
 
     h, w = size
     if ten_crop:
-        return Geometry(h, w, size=256)
+        return Geometry(h, w, size=ten_crop_canvas(pre.input_size))
     return Geometry(h, w, size=pre.input_size, mode=pre.resize, short_side=pre.resize_size)
 
 
@@ -228,7 +234,10 @@ def iter_cams(
     pre = model.preprocess
     if opts.ten_crop:
         pre = Preprocess(
-            input_size=256, mean=pre.mean, std=pre.std, interpolation=pre.interpolation
+            input_size=ten_crop_canvas(pre.input_size),
+            mean=pre.mean,
+            std=pre.std,
+            interpolation=pre.interpolation,
         )
     k = len(opts.classes) if opts.classes else max(1, min(opts.top_k, model.num_classes))
     fixed = (
@@ -273,7 +282,7 @@ def iter_cams(
                     cams = cams.view(b, 10, k, *cams.shape[-2:])
                     cams = P.merge_ten_crop(
                         cams,
-                        size=256,
+                        size=pre.input_size,
                         crop=model.preprocess.input_size,
                         interpolation=opts.interpolation,
                     )
