@@ -89,6 +89,18 @@ def cli_images(tmp_path_factory) -> Path:
     return make_image_tree(tmp_path_factory.mktemp("images") / "imgs")
 
 
+@pytest.fixture(scope="module")
+def cli_one_thread():
+    """torch on one intra-op thread for a module: several times faster on a small, shared CPU,
+    and the same float maths as a ``python -m camcli`` subprocess run with OMP_NUM_THREADS=1."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def camcli_run(capsys):
     """Run ``camcli.cli.main(argv)`` in-process -> (exit code, stdout, stderr)."""

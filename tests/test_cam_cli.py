@@ -28,6 +28,8 @@ from conftest import (
     subprocess_env,
 )
 
+pytestmark = pytest.mark.usefixtures("cli_one_thread")
+
 GOOD = [rel for rel, _ in CLI_IMAGES]
 SIZES = dict(CLI_IMAGES)
 
@@ -448,16 +450,8 @@ def test_labels_cannot_escape_dir(tmp_path, cli_model, cli_images):
 # --- SIGINT mid-folder, then --resume ---------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread in-process, as the subprocess (OMP_NUM_THREADS=1): same float maths."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt, one_thread):
+def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt):
+    """In-process runs use one thread (cli_one_thread), as the subprocess: same float maths."""
     imgs = tmp_path / "many"
     for i in range(40):
         make_image(imgs / f"d{i % 3}" / f"img{i:02d}.jpg", (30 + i, 50 - i), seed=i)

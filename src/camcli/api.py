@@ -305,11 +305,12 @@ def iter_cams(
             yield out[i]
 
 
-def iter_maps(root: str, items_filter=None) -> Iterator[CamResult | io.Sample]:
+def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | io.Sample]:
     """CamResults from maps saved by ``cam --save-maps`` (``root/**/*.npz``), sorted by path.
 
     A file with only ``cams`` [k, H, W] and ``class_indices`` [k] (another tool's) works too:
     its own path stands in for the image, labels default to ``class_<i>``, scores to NaN.
+    ``top_k``: keep only the first (most confident) ``top_k`` maps of each file.
     """
     from pathlib import Path
 
@@ -353,6 +354,8 @@ def iter_maps(root: str, items_filter=None) -> Iterator[CamResult | io.Sample]:
             item = io.InputItem(i, str(f), key)
             yield io.Sample(item, None, None, error=f"cannot read map file ({exc})")
             continue
+        if top_k is not None:
+            cams, cls, scores, labels = cams[:top_k], cls[:top_k], scores[:top_k], labels[:top_k]
         item = io.InputItem(i, image, key)
         sample = io.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
         preds = [
