@@ -253,12 +253,18 @@ def resolve_classes(model: GapModel, classes: list[str] | None) -> list[int] | N
     return out
 
 
+def ten_crop_canvas(input_size: int) -> int:
+    """Side of the square the image is resized to before its ten crops: 256 for 224 crops (the
+    official pipeline), the same 256/224 ratio for other input sizes (so the crops tile it)."""
+    return round(input_size * 256 / 224)
+
+
 def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
     from camcli.pipeline import Geometry
 
     h, w = size
     if ten_crop:
-        return Geometry(h, w, size=256)
+        return Geometry(h, w, size=ten_crop_canvas(pre.input_size))
     return Geometry(h, w, size=pre.input_size, mode=pre.resize, short_side=pre.resize_size)
 
 
@@ -274,7 +280,10 @@ def iter_cams(
     pre = model.preprocess
     if opts.ten_crop:
         pre = Preprocess(
-            input_size=256, mean=pre.mean, std=pre.std, interpolation=pre.interpolation
+            input_size=ten_crop_canvas(pre.input_size),
+            mean=pre.mean,
+            std=pre.std,
+            interpolation=pre.interpolation,
         )
     k = len(opts.classes) if opts.classes else max(1, min(opts.top_k, model.num_classes))
     fixed = (
@@ -310,7 +319,7 @@ def iter_cams(
                     cams = cams.view(b, 10, k, *cams.shape[-2:])
                     cams = P.merge_ten_crop(
                         cams,
-                        size=256,
+                        size=pre.input_size,
                         crop=model.preprocess.input_size,
                         interpolation=opts.interpolation,
                     )
@@ -333,11 +342,12 @@ def iter_cams(
             yield out[i]
 
 
-def iter_maps(root: str, items_filter=None) -> Iterator[CamResult | io.Sample]:
+def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | io.Sample]:
     """CamResults from maps saved by ``cam --save-maps`` (``root/**/*.npz``), sorted by path.
 
     A file with only ``cams`` [k, H, W] and ``class_indices`` [k] (another tool's) works too:
     its own path stands in for the image, labels default to ``class_<i>``, scores to NaN.
+    ``top_k``: keep only the first (most confident) ``top_k`` maps of each file.
     """
     from pathlib import Path
 
@@ -381,6 +391,8 @@ def iter_maps(root: str, items_filter=None) -> Iterator[CamResult | io.Sample]:
             item = io.InputItem(i, str(f), key)
             yield io.Sample(item, None, None, error=f"cannot read map file ({exc})")
             continue
+        if top_k is not None:
+            cams, cls, scores, labels = cams[:top_k], cls[:top_k], scores[:top_k], labels[:top_k]
         item = io.InputItem(i, image, key)
         sample = io.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
         preds = [

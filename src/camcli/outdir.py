@@ -178,6 +178,8 @@ class OutDir:
                 remaining[0] -= 1
                 if remaining[0]:
                     return
+            if any(f.cancelled() for f in futures):
+                return  # Ctrl-C cancelled a write: no record, the image is redone on --resume
             failed = [f.exception() for f in futures if f.exception() is not None]
             if failed:
                 self._write_errors.append(failed[0])

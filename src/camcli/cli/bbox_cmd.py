@@ -126,7 +126,7 @@ def bbox(
         top_k = max(top_k, 3)
 
     session = None
-    num_classes = 1000
+    num_classes = _maps_num_classes(from_maps) if from_maps is not None else None
     if from_maps is None:
         items = resolve_inputs(inputs)
         session = open_session(
@@ -147,7 +147,7 @@ def bbox(
     bopts = jobs.BoxOptions(rule=rule, threshold=threshold, tight_loose=tight_loose)
     if from_maps is not None:
         stats = {"ok": 0, "failed": 0}
-        results = api.iter_maps(str(from_maps))
+        results = api.iter_maps(str(from_maps), top_k=top_k)
         total = None
     else:
         opts = api.CamOptions(
@@ -156,6 +156,7 @@ def bbox(
         stats = session.stats
         total = len(items)
 
+    skipped = 0
     rfile = RecordFile(Path(output), resume=resume) if output not in (None, "-") else None
     stdout = JsonlWriter("-") if output in (None, "-") else None
     drawdir = OutDir(draw, resume=resume) if draw is not None else None
@@ -166,6 +167,7 @@ def bbox(
             info(f"resume: {len(items) - len(todo)} of {len(items)} inputs already done", quiet)
         results = api.iter_cams(session, todo, opts, keep_image=draw is not None)
         total = len(todo)
+        skipped = len(items) - len(todo)
     bar = progress_bar(total or 0, quiet, "bbox") if total else None
     order: list[str] = []
     records: list[dict] = []
@@ -210,17 +212,31 @@ def bbox(
         session.profiler.images = stats["ok"]
         info(session.profiler.report())
     if submission is not None:
-        _write_submission(submission, submission_format, synmap, records, tight_loose)
+        _write_submission(
+            submission, submission_format, synmap, records, tight_loose, from_maps is None
+        )
         info(f"submission: {submission} ({submission_format.value})", quiet)
     if evaluator is not None:
         evaluator(records)
     info(f"bbox: {stats['ok']} done, {stats['failed']} failed", quiet or not sys.stderr.isatty())
-    if stats["ok"] == 0 and stats["failed"] > 0:
+    if stats["ok"] + skipped == 0 and stats["failed"] > 0:  # resumed inputs count as done
         return Exit.NO_INPUT
     return Exit.SOME_FAILED if stats["failed"] else Exit.OK
 
 
-def _load_synsets(path: Path, fmt: SubFormat, num_classes: int):
+def _maps_num_classes(from_maps: Path) -> int | None:
+    """The class count `cam --save-maps` recorded in DIR/run.json; None when unknown."""
+    import json
+
+    try:
+        n = json.loads((from_maps / "run.json").read_text(encoding="utf-8"))["num_classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def _load_synsets(path: Path, fmt: SubFormat, num_classes: int | None):
+    """num_classes: the model's; None (maps of unknown origin): any class count is accepted."""
     from camcli.output import CamcliError
     from camcli.submission import SynsetError, load_synsets
 
@@ -237,20 +253,31 @@ def _load_synsets(path: Path, fmt: SubFormat, num_classes: int):
 
 
 def _write_submission(
-    path: Path, fmt: SubFormat, synmap, records: list[dict], tight_loose: bool
+    path: Path, fmt: SubFormat, synmap, records: list[dict], tight_loose: bool, images: bool
 ) -> None:
+    """images: records of input images (not map files): an image that failed still gets its
+    (empty) line, so the lines stay aligned with the sorted image list the evaluator expects."""
     from camcli import jobs
-    from camcli.submission import write_ilsvrc_submission, write_kaggle_submission
+    from camcli.output import CamcliError
+    from camcli.submission import (
+        SubmissionError,
+        SynsetError,
+        write_ilsvrc_submission,
+        write_kaggle_submission,
+    )
 
     items = [
-        (r["image"], jobs.submission_guesses(r["boxes"], tight_loose))
+        (r["image"], jobs.submission_guesses(r["boxes"], tight_loose) if "boxes" in r else [])
         for r in records
-        if "boxes" in r
+        if "boxes" in r or images
     ]
-    if fmt is SubFormat.ilsvrc:
-        write_ilsvrc_submission(path, items, synmap)
-    else:
-        write_kaggle_submission(path, items, synmap)
+    try:
+        if fmt is SubFormat.ilsvrc:
+            write_ilsvrc_submission(path, items, synmap)
+        else:
+            write_kaggle_submission(path, items, synmap)
+    except (SubmissionError, SynsetError) as exc:
+        raise CamcliError(f"--submission {path}: {exc}") from None
 
 
 def _draw(drawdir, res, rec: dict) -> None:

@@ -37,7 +37,11 @@ Classes = Annotated[
 NormOpt = Annotated[Norm, typer.Option("--norm", help="Map normalisation (SPEC section 1).")]
 InterpOpt = Annotated[Interp, typer.Option("--interpolation", help="Map upsampling.")]
 TenCrop = Annotated[
-    bool, typer.Option("--ten-crop", help="Official ILSVRC ten-crop merge (256x256 canvas).")
+    bool,
+    typer.Option(
+        "--ten-crop",
+        help="Official ILSVRC ten-crop merge (256x256 canvas for 224 crops; same ratio otherwise).",
+    ),
 ]
 Resume = Annotated[
     bool,
@@ -180,6 +184,6 @@ def cam(
             f"cam: {st['ok']} done, {st['failed']} failed, {skipped} skipped; outputs in {out}",
             quiet=not sys.stderr.isatty() and quiet,
         )
-    if skipped and st["ok"] == 0 and st["failed"] == 0:
-        return 0
-    return api.exit_code(st)
+    # Inputs completed by an earlier run count as done: a resumed run whose only new input
+    # fails has failed partly (1), not found no input (3).
+    return api.exit_code({"ok": st["ok"] + skipped, "failed": st["failed"]})
