@@ -47,6 +47,7 @@ class Session:
     max_pixels: int = io.DEFAULT_MAX_PIXELS
     precision: str = "fp32"
     profiler: Profiler | None = None
+    device_codec: bool = False  # JPEG decode (and overlay render/encode) on the device
     stats: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
 
     def __post_init__(self) -> None:
@@ -66,6 +67,7 @@ class Session:
         max_pixels: int = io.DEFAULT_MAX_PIXELS,
         precision: str = "fp32",
         profile: bool = False,
+        codec: str = "auto",
     ) -> Session:
         dev = resolve_device(device)
         if precision not in ("fp32", "bf16", "fp16"):
@@ -76,7 +78,10 @@ class Session:
         if dev.type == "cpu":
             m = m.to(memory_format=torch.channels_last)
         bs = batch_size or default_batch_size(dev)
-        return cls(m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev))
+        if codec not in ("auto", "cpu", "device"):
+            raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")
+        device_codec = codec == "device" or (codec == "auto" and dev.type == "cuda")
+        return cls(m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev), device_codec)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -94,6 +99,7 @@ class Session:
             keep_image=keep_image,
             max_pixels=self.max_pixels,
             pin_memory=self.device.type == "cuda",
+            raw_jpeg=self.device_codec,
         )
         prof = self.profiler
         while True:
@@ -101,7 +107,12 @@ class Session:
                 batch = next(it, None)
             if batch is None:
                 return
-            prof.decode_worker_s += sum(s.decode_s for s in batch.samples + batch.failed)
+            prof.decode_worker_s += sum(
+                s.decode_s for s in batch.samples + batch.failed + batch.raw
+            )
+            if self.device_codec:
+                with prof.stage("decode (device)"):
+                    batch = io.device_decode(batch, preprocess, self.device, keep_image=keep_image)
             yield batch
 
     def to_input(self, x_uint8: torch.Tensor, preprocess) -> torch.Tensor:

@@ -25,6 +25,7 @@ class CamWriteOptions:
     overlays: bool = True
     grid: bool = False
     save_maps: bool = False
+    device_render: bool = False  # render + encode on the maps' device (GPU path)
 
 
 def _encode_and_write(path: Path, rgb: np.ndarray, fmt: str) -> None:
@@ -55,12 +56,27 @@ def _render_and_write_cpu(
         write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt))
 
 
-def _write_device_overlays(
-    ov_np: np.ndarray,
-    paths: list[Path],
-    grid_rgb: np.ndarray | None,
-    grid_path: Path | None,
-    fmt: str,
+def _write_encoded(blobs: list[bytes], paths: list[Path]) -> None:
+    for p, data in zip(paths, blobs):
+        write_atomic(p, data)
+
+
+def _encode_on_device(images: torch.Tensor | list[torch.Tensor], fmt: str) -> list | None:
+    """JPEG-encode uint8 [3, H, W] images where they are (nvJPEG on CUDA, one batched call);
+    None when the format or device cannot (PNG: the writer threads encode it)."""
+    if fmt != "jpg":
+        return None
+    import warnings
+
+    from torchvision.io import encode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [t.cpu().numpy().tobytes() for t in encode_jpeg(list(images), quality=90)]
+
+
+def _encode_and_write_all(
+    ov_np: np.ndarray, paths: list[Path], grid_rgb, grid_path, fmt: str
 ) -> None:
     for p, rgb in zip(paths, ov_np):
         write_atomic(p, encode_image(rgb, fmt))
@@ -92,8 +108,8 @@ def cam_outputs(res: api.CamResult, out: OutDir, wopts: CamWriteOptions) -> tupl
             else []
         )
         grid_path = out.root / key / f"grid.{wopts.fmt}" if wopts.grid else None
-        if res.cams.device.type == "cpu":
-            levels = render.levels_u8(res.cams).numpy()
+        if not wopts.device_render:
+            levels = render.levels_u8(res.cams).cpu().numpy()
             futures.append(
                 out.submit(
                     _render_and_write_cpu,
@@ -108,11 +124,19 @@ def cam_outputs(res: api.CamResult, out: OutDir, wopts: CamWriteOptions) -> tupl
         else:
             img = res.sample.image.to(res.cams.device, non_blocking=True)
             ov = render.overlay(img, res.cams, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
-            grid_rgb = _to_hwc(render.grid(img, ov, captions)) if wopts.grid else None
-            ov_np = ov.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-            futures.append(
-                out.submit(_write_device_overlays, ov_np, paths, grid_rgb, grid_path, wopts.fmt)
+            grid = render.grid(img, ov, captions) if wopts.grid else None
+            blobs = _encode_on_device(
+                [*ov[: len(paths)], *([grid] if wopts.grid else [])], wopts.fmt
             )
+            if blobs is not None:
+                targets = paths + ([grid_path] if wopts.grid else [])
+                futures.append(out.submit(_write_encoded, blobs, targets))
+            else:
+                ov_np = ov.permute(0, 2, 3, 1).contiguous().cpu().numpy() if paths else []
+                grid_rgb = _to_hwc(grid) if wopts.grid else None
+                futures.append(
+                    out.submit(_encode_and_write_all, ov_np, paths, grid_rgb, grid_path, wopts.fmt)
+                )
         if wopts.overlays:
             outputs["overlays"] = [out.rel(p) for p in paths]
             files += outputs["overlays"]

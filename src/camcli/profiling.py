@@ -6,7 +6,15 @@ import threading
 import time
 from contextlib import contextmanager
 
-STAGES = ("wait for decode", "transfer", "forward", "cam", "post-process", "encode+write")
+STAGES = (
+    "wait for decode",
+    "decode (device)",
+    "transfer",
+    "forward",
+    "cam",
+    "post-process",
+    "encode+write",
+)
 
 
 class Profiler:

@@ -96,6 +96,7 @@ def bbox(
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
     precision: o.Precision = "fp32",
     profile: o.Profile = False,
+    codec: o.Codec = "auto",
     quiet: o.Quiet = False,
 ) -> int:
     """Boxes of the top-k classes: threshold each CAM, keep its largest component's box.
@@ -134,6 +135,7 @@ def bbox(
             weights,
             precision=precision,
             profile=profile,
+            codec=codec,
             device=device,
             batch_size=batch_size,
             offline=offline,

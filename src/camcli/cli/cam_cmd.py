@@ -97,6 +97,7 @@ def cam(
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
     precision: o.Precision = "fp32",
     profile: o.Profile = False,
+    codec: o.Codec = "auto",
     quiet: o.Quiet = False,
 ) -> int:
     """Class activation maps of the top-k (or named) classes, mapped onto each original image.
@@ -122,6 +123,7 @@ def cam(
         weights,
         precision=precision,
         profile=profile,
+        codec=codec,
         device=device,
         batch_size=batch_size,
         offline=offline,
@@ -142,6 +144,7 @@ def cam(
         overlays=not no_overlay,
         grid=grid,
         save_maps=save_maps,
+        device_render=session.device_codec,
     )
     outdir = OutDir(out, resume=resume)
     todo = [it for it in items if it.key not in outdir.done]

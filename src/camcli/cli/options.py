@@ -82,3 +82,11 @@ Profile = Annotated[
         "CAM, post-processing, encode+write) at the end.",
     ),
 ]
+Codec = Annotated[
+    str,
+    typer.Option(
+        "--codec",
+        help="Where JPEGs are decoded and overlays rendered/encoded: auto "
+        "(the device on CUDA, else the CPU), cpu, or device.",
+    ),
+]

@@ -27,6 +27,7 @@ def predict(
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
     precision: o.Precision = "fp32",
     profile: o.Profile = False,
+    codec: o.Codec = "auto",
     quiet: o.Quiet = False,
 ) -> int:
     """Classify images: one JSON Lines record per input, softmax scores, best first.
@@ -41,6 +42,7 @@ def predict(
         weights,
         precision=precision,
         profile=profile,
+        codec=codec,
         device=device,
         batch_size=batch_size,
         offline=offline,
