@@ -86,3 +86,20 @@ def test_bad_codec_is_usage_error(camcli_run, cli_ckpt, cli_images):
     code, _, err = camcli_run("predict", cli_images, "--weights", cli_ckpt, "--codec", "gpu")
     assert code == 2
     assert "--codec" in err
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_predictions(tmp_path, camcli_run, cli_ckpt, cli_images):
+    recs = []
+    for extra in ((), ("--compile",)):
+        out = tmp_path / f"p{len(extra)}.jsonl"
+        code, _, err = camcli_run(
+            "predict", cli_images, "--weights", cli_ckpt, "--output", out, "--workers", "0", *extra
+        )
+        assert code == 1, err
+        recs.append([json.loads(line) for line in out.open()])
+    for a, b in zip(recs[0], recs[1]):
+        assert a.get("error") == b.get("error")
+        for pa, pb in zip(a.get("predictions", []), b.get("predictions", [])):
+            assert pa["class_index"] == pb["class_index"]
+            assert abs(pa["score"] - pb["score"]) < 1e-4

@@ -68,6 +68,7 @@ class Session:
         precision: str = "fp32",
         profile: bool = False,
         codec: str = "auto",
+        compile: bool = False,
     ) -> Session:
         dev = resolve_device(device)
         if precision not in ("fp32", "bf16", "fp16"):
@@ -77,6 +78,9 @@ class Session:
         m = load_model(model, weights, offline=offline).to(dev).eval()
         if dev.type == "cpu":
             m = m.to(memory_format=torch.channels_last)
+        if compile:
+            # Compiles the trunk on first use (slow once); shapes vary only with the batch tail.
+            m.trunk = torch.compile(m.trunk, dynamic=False)
         bs = batch_size or default_batch_size(dev)
         if codec not in ("auto", "cpu", "device"):
             raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")

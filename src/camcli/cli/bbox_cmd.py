@@ -97,6 +97,7 @@ def bbox(
     precision: o.Precision = "fp32",
     profile: o.Profile = False,
     codec: o.Codec = "auto",
+    compile: o.Compile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Boxes of the top-k classes: threshold each CAM, keep its largest component's box.
@@ -136,6 +137,7 @@ def bbox(
             precision=precision,
             profile=profile,
             codec=codec,
+            compile=compile,
             device=device,
             batch_size=batch_size,
             offline=offline,

@@ -98,6 +98,7 @@ def cam(
     precision: o.Precision = "fp32",
     profile: o.Profile = False,
     codec: o.Codec = "auto",
+    compile: o.Compile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Class activation maps of the top-k (or named) classes, mapped onto each original image.
@@ -124,6 +125,7 @@ def cam(
         precision=precision,
         profile=profile,
         codec=codec,
+        compile=compile,
         device=device,
         batch_size=batch_size,
         offline=offline,

@@ -90,3 +90,10 @@ Codec = Annotated[
         "(the device on CUDA, else the CPU), cpu, or device.",
     ),
 ]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the network (slow first batch; pays off on long runs, mostly on GPUs).",
+    ),
+]

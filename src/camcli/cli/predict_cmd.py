@@ -28,6 +28,7 @@ def predict(
     precision: o.Precision = "fp32",
     profile: o.Profile = False,
     codec: o.Codec = "auto",
+    compile: o.Compile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Classify images: one JSON Lines record per input, softmax scores, best first.
@@ -43,6 +44,7 @@ def predict(
         precision=precision,
         profile=profile,
         codec=codec,
+        compile=compile,
         device=device,
         batch_size=batch_size,
         offline=offline,
