@@ -19,6 +19,7 @@ class Exit(IntEnum):
     USAGE = 2
     NO_INPUT = 3
     WEIGHTS = 4
+    WRITE = 5  # an output could not be written (disk full, permissions); rerun with --resume
     INTERRUPTED = 130
 
 
@@ -28,6 +29,16 @@ class CamcliError(Exception):
     def __init__(self, message: str, code: int = Exit.USAGE) -> None:
         super().__init__(message)
         self.code = int(code)
+
+
+def write_error(exc: OSError, where: object, *, resumable: bool = True) -> CamcliError:
+    """The one-line error (exit 5) of an output that could not be written."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = "free space or fix permissions, then rerun"
+    return CamcliError(
+        f"cannot write to {where}: {reason}; {fix}" + (" with --resume" if resumable else ""),
+        Exit.WRITE,
+    )
 
 
 @cache
