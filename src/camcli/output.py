@@ -132,8 +132,13 @@ class JsonlWriter:
             self._fh = open(self._tmp, "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._fh.write(dumps(record) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(dumps(record) + "\n")
+            self._fh.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise write_error(exc, self.target or "stdout", resumable=False) from None
 
     def close(self, *, commit: bool = True) -> None:
         if self.target is None:

@@ -29,6 +29,7 @@ from camcli.output import CamcliError, Exit
 PART_RE = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<suffix>(\.[^.]*)?)$")
 MANIFEST = "manifest.jsonl"
 RUN_JSON = "run.json"
+DRAW_MARK = "bbox --draw"  # the command of a bbox --draw shard's run json (a marker only)
 
 
 @dataclass(frozen=True)
@@ -251,10 +252,11 @@ def shard_names(index: int, count: int) -> tuple[str, str]:
     return f"manifest.{tag}.jsonl", f"run.{tag}.json"
 
 
-def merge_outdir(root: Path, *, keep_parts: bool = False) -> int:
+def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None = None) -> int:
     """Join ``manifest.shard-I-of-N.jsonl`` of an output folder into ``manifest.jsonl`` and the
     shards' ``run.shard-I-of-N.json`` into ``run.json`` (counts summed). A shard is finished when
-    its run json is there. Returns the number of records."""
+    its run json is there. ``keys``: the inputs' keys in order, when known (torchrun's rank 0);
+    else the manifests are interleaved. Returns the number of records."""
     found: dict[int, dict[int, Path]] = {}
     for p in root.iterdir():
         m = PART_RE.match(p.name)
@@ -290,7 +292,11 @@ def merge_outdir(root: Path, *, keep_parts: bool = False) -> int:
             f"manifest or run.shard json); run them (with --resume) and merge again",
             Exit.NO_INPUT,
         )
-    lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
+    if keys is not None:
+        by_key = {json.loads(x)["key"]: x for p in parts for x in read_jsonl(p)}
+        lines = [by_key[k] for k in keys if k in by_key]
+    else:
+        lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
     total = sum(int(x.get("inputs_total", -1)) for x in infos[:1])
     if total >= 0 and total != len(lines):
         raise CamcliError(
@@ -299,9 +305,11 @@ def merge_outdir(root: Path, *, keep_parts: bool = False) -> int:
             Exit.NO_INPUT,
         )
     _write_lines(root / MANIFEST, lines)
-    from camcli.outdir import write_atomic
+    if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
+        from camcli.outdir import write_atomic
 
-    write_atomic(root / RUN_JSON, (json.dumps(merged_run_info(infos), indent=2) + "\n").encode())
+        info = merged_run_info(infos)
+        write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())
     if not keep_parts:
         for i in range(n):
             for name in shard_names(i, n):

@@ -180,6 +180,7 @@ def _bbox(
     from camcli.cli.run import RecordSink, open_session, progress_bar, report_errors
     from camcli.outdir import OutDir
     from camcli.output import Exit, info
+    from camcli.shards import DRAW_MARK
 
     session = None
     num_classes = _maps_num_classes(from_maps) if from_maps is not None else None
@@ -236,6 +237,8 @@ def _bbox(
                 rec = {"image": res.item.path, "error": res.error}
                 if from_maps is not None:
                     stats["failed"] += 1
+                if drawdir is not None:  # every input has its manifest line, as in `cam`
+                    drawdir.record(res.item.index, {**rec, "key": res.item.key})
             else:
                 if from_maps is not None:
                     stats["ok"] += 1
@@ -275,7 +278,7 @@ def _bbox(
         if completed and sharded:
             drawdir.write_run_json(
                 {
-                    "command": "bbox --draw",
+                    "command": DRAW_MARK,
                     "shard": str(split.shard),
                     "inputs_total": len(items),
                     "counts": dict(stats),
@@ -291,7 +294,7 @@ def _bbox(
         if split.main and drawdir is not None:
             from camcli.shards import merge_outdir
 
-            merge_outdir(drawdir.root)
+            merge_outdir(drawdir.root, keys=[it.key for it in items])
         if joined is not None:
             records = joined
     if profile_on(session):

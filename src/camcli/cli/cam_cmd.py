@@ -219,7 +219,7 @@ def _cam(
     if split.dist is not None and split.main:
         from camcli.shards import merge_outdir
 
-        merge_outdir(outdir.root)
+        merge_outdir(outdir.root, keys=[it.key for it in items])
     if session.profiler.enabled:
         session.profiler.images = st["ok"]
         info(session.profiler.report())
