@@ -119,6 +119,7 @@ class JsonlWriter:
 
     def __init__(self, target: str | os.PathLike | None, *, append: bool = False) -> None:
         self.target = None if target in (None, "-") else Path(target)
+        self.failed = False
         self._tmp: Path | None = None
         self._fh: IO[str]
         if self.target is None:
@@ -138,11 +139,13 @@ class JsonlWriter:
         except BrokenPipeError:
             raise
         except OSError as exc:
+            self.failed = True
             raise write_error(exc, self.target or "stdout", resumable=False) from None
 
     def close(self, *, commit: bool = True) -> None:
         if self.target is None:
-            self._fh.flush()
+            if not self.failed:
+                self._fh.flush()
             return
         self._fh.flush()
         os.fsync(self._fh.fileno())
