@@ -1149,8 +1149,12 @@ def evaluate_maps(
     m = _Matched()
     file_of: dict[int, Path] = {}
     for f, h in headers:
-        if isinstance(h, str):
-            m.unmatched.append(str(f))
+        if isinstance(h, str):  # unreadable: matched by its own name, it fails that image
+            i = gt.match(f.relative_to(base).as_posix())
+            if i is None or i in m.failed:
+                m.unmatched.append(str(f))
+            else:
+                m.failed[i] = {"image": str(f), "error": h}
             continue
         i = gt.match(h[0])
         if i is None:

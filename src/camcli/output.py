@@ -60,11 +60,17 @@ def stdout_console():
     return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+def shown(text: object) -> str:
+    """Text that any stream can print: undecodable bytes of file names (surrogate escapes)
+    appear as ``\\udcXX``, as in JSON records."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _escape(text: object) -> str:
     """Text shown literally inside rich markup (paths may hold ``[...]``)."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(shown(text))
 
 
 def error(message: str) -> None:
@@ -78,7 +84,7 @@ def warn(message: str) -> None:
 
 def info(message: str, quiet: bool = False) -> None:
     if not quiet:
-        stderr_console().print(message, markup=False, highlight=False)
+        stderr_console().print(shown(message), markup=False, highlight=False)
 
 
 def dumps(record: dict) -> str:
