@@ -86,8 +86,8 @@ def plan_split(
         raise CamcliError("--shard and torchrun both split the inputs: use one of them")
     if inputs and "-" in inputs:
         raise CamcliError(
-            "- (paths on stdin) cannot be split across torchrun ranks; list the "
-            "paths in a file's folder or pass them as arguments"
+            "- (paths on stdin) cannot be shared by torchrun ranks: pass the files or "
+            "folders as arguments"
         )
     if not stdout_ok and output in (None, "-"):
         raise CamcliError(
