@@ -29,8 +29,7 @@ def merge(
 ) -> int:
     """Join shard outputs: records in the order of the unsharded run, byte for byte.
 
-    Every shard must have finished (rerun an interrupted one with --resume first); nothing is
-    written otherwise.
+    All shards must have finished (rerun an interrupted one with --resume), else nothing is written.
 
     Example: camcli merge boxes.jsonl cams/
     """
