@@ -151,7 +151,7 @@ def test_usage_errors(small, capsys):
     bad = tmp / "bad.jsonl"
     bad.write_text("{not json\n")
     code, _, err = run(["eval", "--gt", str(gt), "--boxes", str(bad)], capsys)
-    assert code == 2 and "line 1" in err
+    assert code == 3 and "line 1" in err  # no readable record at all
     code, _, err = run(["eval", "--gt", str(gt), "--submission", str(boxes)], capsys)
     assert code == 2 and "--synsets" in err
 

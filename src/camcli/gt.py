@@ -116,9 +116,12 @@ def _parts(name: str) -> tuple[str, ...]:
 class GroundTruth:
     """Ground-truth images in source order, with stem-based matching of prediction paths."""
 
-    def __init__(self, images: Sequence[GtImage], source: str = "") -> None:
+    def __init__(
+        self, images: Sequence[GtImage], source: str = "", skipped: Sequence[str] = ()
+    ) -> None:
         self.images = list(images)
         self.source = source
+        self.skipped = list(skipped)  # one-line reasons of unreadable GT files left out
         self._by_stem: dict[str, list[int]] = {}
         for i, im in enumerate(self.images):
             parts = _parts(im.name)
@@ -419,30 +422,50 @@ def read_xml_folder(path: str | os.PathLike) -> GroundTruth:
     if not files:
         raise GtError(f"--gt {path}: no .xml files in this folder", Exit.NO_INPUT)
     images = []
+    skipped: list[str] = []
     for f in files:
         rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
         try:
-            tree = ET.parse(f)
-        except (ET.ParseError, OSError) as exc:
-            raise GtError(f"--gt {f}: not readable XML ({exc})") from None
-        ann = tree.getroot()
-        im = GtImage(name=rel[: -len(".xml")] if rel.lower().endswith(".xml") else rel)
-        size = ann.find("size")
-        if size is not None:
-            im.width = _opt_int(size.findtext("width"))
-            im.height = _opt_int(size.findtext("height"))
-        for k, obj in enumerate(ann.iter("object"), 1):
-            name = (obj.findtext("name") or "").strip()
-            if not name:
-                raise GtError(f"--gt {f}: object {k} has no <name>")
-            lab = (name,)
-            im.add_label(lab)
-            bb = obj.find("bndbox")
-            if bb is not None:
-                vals = [bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")]
-                im.boxes.append((lab, _box(vals, f"--gt {f} object {k}")))
-        images.append(im)
-    return GroundTruth(images, str(path))
+            images.append(_read_xml(f, rel, ET))
+        except GtError as exc:
+            if not root.is_dir():
+                raise
+            skipped.append(str(exc))  # one bad file of a folder: left out, reported
+    if not images:
+        raise GtError(
+            f"--gt {path}: no readable XML file ({skipped[0]})"
+            if skipped
+            else f"--gt {path}: no .xml files in this folder",
+            Exit.NO_INPUT,
+        )
+    return GroundTruth(images, str(path), skipped)
+
+
+def _read_xml(f: Path, rel: str, ET) -> GtImage:
+    """One ILSVRC / VOC annotation file; GtError with a one-line reason."""
+    if not f.is_file():  # a FIFO would block, a folder named *.xml is no annotation
+        raise GtError(f"--gt {f}: not a regular file")
+    try:
+        tree = ET.parse(f)
+    except (ET.ParseError, OSError) as exc:
+        raise GtError(f"--gt {f}: not readable XML ({exc})") from None
+    ann = tree.getroot()
+    im = GtImage(name=rel[: -len(".xml")] if rel.lower().endswith(".xml") else rel)
+    size = ann.find("size")
+    if size is not None:
+        im.width = _opt_int(size.findtext("width"))
+        im.height = _opt_int(size.findtext("height"))
+    for k, obj in enumerate(ann.iter("object"), 1):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise GtError(f"--gt {f}: object {k} has no <name>")
+        lab = (name,)
+        im.add_label(lab)
+        bb = obj.find("bndbox")
+        if bb is not None:
+            vals = [bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")]
+            im.boxes.append((lab, _box(vals, f"--gt {f} object {k}")))
+    return im
 
 
 def read_kaggle_solution(path: str | os.PathLike) -> GroundTruth:
@@ -651,9 +674,11 @@ def read_blacklist(path: str | os.PathLike, gt: GroundTruth) -> list[bool]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_box_records(path: str) -> Iterator[dict]:
-    """JSON Lines records from a file or ``-`` (stdin); a bad line is a usage error."""
-    fh = sys.stdin if path == "-" else open(path, encoding="utf-8-sig")  # noqa: SIM115
+def read_box_records(path: str, bad: list[str] | None = None) -> Iterator[dict]:
+    """JSON Lines records from a file or ``-`` (stdin). A bad line is a usage error, or, with
+    ``bad`` given, appended to it as a one-line reason and skipped."""
+    enc = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+    fh = sys.stdin if path == "-" else open(path, **enc)  # noqa: SIM115
     try:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -661,10 +686,15 @@ def read_box_records(path: str) -> Iterator[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise GtError(f"--boxes {path} line {n}: not JSON ({exc.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-                raise GtError(f'--boxes {path} line {n}: a record needs an "image" path')
-            yield rec
+                why = f"--boxes {path} line {n}: not JSON ({exc.msg})"
+            else:
+                if isinstance(rec, dict) and isinstance(rec.get("image"), str):
+                    yield rec
+                    continue
+                why = f'--boxes {path} line {n}: a record needs an "image" path'
+            if bad is None:
+                raise GtError(why)
+            bad.append(why)
     finally:
         if fh is not sys.stdin:
             fh.close()
@@ -1119,8 +1149,12 @@ def evaluate_maps(
     m = _Matched()
     file_of: dict[int, Path] = {}
     for f, h in headers:
-        if isinstance(h, str):
-            m.unmatched.append(str(f))
+        if isinstance(h, str):  # unreadable: matched by its own name, it fails that image
+            i = gt.match(f.relative_to(base).as_posix())
+            if i is None or i in m.failed:
+                m.unmatched.append(str(f))
+            else:
+                m.failed[i] = {"image": str(f), "error": h}
             continue
         i = gt.match(h[0])
         if i is None:

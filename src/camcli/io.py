@@ -9,6 +9,7 @@ Undecodable files become per-item errors, never exceptions.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import warnings
@@ -46,11 +47,17 @@ def _safe_part(part: str) -> str:
     return "_" if out in ("", ".", "..") else out
 
 
+# Names an output folder keeps for itself (camcli.outdir): no input's key may take them.
+_RESERVED = re.compile(r"^\.?(manifest|run)(\.shard-\d+-of-\d+)?\.jsonl?(\.tmp)?$", re.IGNORECASE)
+
+
 def _key_for(rel: PurePosixPath) -> str:
     parts = [_safe_part(p) for p in rel.parts]
     last = parts[-1]
     stem = last[: -len(rel.suffix)] if rel.suffix and last.endswith(rel.suffix) else last
     parts[-1] = _safe_part(stem)
+    if _RESERVED.match(parts[0]):  # an image named manifest.jsonl.jpg or run.json.png
+        parts[0] += "_"
     return "/".join(parts)
 
 
@@ -125,6 +132,7 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
+    _check_regular_file(path)
     try:
         with open(path, "rb") as fh, Image.open(fh) as im:
             w, h = im.size
@@ -151,6 +159,34 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"cannot decode image ({msg})") from None
+
+
+def _check_regular_file(path: str) -> None:
+    """A one-line ValueError for what is no image file at all, before opening it: broken or
+    looping symbolic links, FIFOs (opening one would block), devices, empty files."""
+    import errno
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ValueError(
+                f"file not found (broken symbolic link to {os.readlink(path)!r})"
+            ) from None
+        raise ValueError("file not found") from None
+    except PermissionError:
+        raise ValueError("permission denied: the file cannot be read") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("cannot decode image (symbolic link loop)") from None
+        raise ValueError(f"cannot open ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError("is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file (a FIFO, socket or device), not an image")
+    if st.st_size == 0:
+        raise ValueError("not an image file (empty: 0 bytes)")
 
 
 def _to_rgb(im) -> np.ndarray:

@@ -19,6 +19,7 @@ class Exit(IntEnum):
     USAGE = 2
     NO_INPUT = 3
     WEIGHTS = 4
+    WRITE = 5  # an output could not be written (disk full, permissions); rerun with --resume
     INTERRUPTED = 130
 
 
@@ -28,6 +29,16 @@ class CamcliError(Exception):
     def __init__(self, message: str, code: int = Exit.USAGE) -> None:
         super().__init__(message)
         self.code = int(code)
+
+
+def write_error(exc: OSError, where: object, *, resumable: bool = True) -> CamcliError:
+    """The one-line error (exit 5) of an output that could not be written."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = "free space or fix permissions, then rerun"
+    return CamcliError(
+        f"cannot write to {where}: {reason}; {fix}" + (" with --resume" if resumable else ""),
+        Exit.WRITE,
+    )
 
 
 @cache
@@ -49,11 +60,17 @@ def stdout_console():
     return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+def shown(text: object) -> str:
+    """Text that any stream can print: undecodable bytes of file names (surrogate escapes)
+    appear as ``\\udcXX``, as in JSON records."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _escape(text: object) -> str:
     """Text shown literally inside rich markup (paths may hold ``[...]``)."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(shown(text))
 
 
 def error(message: str) -> None:
@@ -67,7 +84,7 @@ def warn(message: str) -> None:
 
 def info(message: str, quiet: bool = False) -> None:
     if not quiet:
-        stderr_console().print(message, markup=False, highlight=False)
+        stderr_console().print(shown(message), markup=False, highlight=False)
 
 
 def dumps(record: dict) -> str:
@@ -108,6 +125,7 @@ class JsonlWriter:
 
     def __init__(self, target: str | os.PathLike | None, *, append: bool = False) -> None:
         self.target = None if target in (None, "-") else Path(target)
+        self.failed = False
         self._tmp: Path | None = None
         self._fh: IO[str]
         if self.target is None:
@@ -121,12 +139,19 @@ class JsonlWriter:
             self._fh = open(self._tmp, "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._fh.write(dumps(record) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(dumps(record) + "\n")
+            self._fh.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.failed = True
+            raise write_error(exc, self.target or "stdout", resumable=False) from None
 
     def close(self, *, commit: bool = True) -> None:
         if self.target is None:
-            self._fh.flush()
+            if not self.failed:
+                self._fh.flush()
             return
         self._fh.flush()
         os.fsync(self._fh.fileno())

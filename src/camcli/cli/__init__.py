@@ -5,6 +5,7 @@ torch is imported only inside commands, so `camcli --help` and completion stay f
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated
@@ -58,6 +59,10 @@ def _register() -> None:
 _register()
 
 
+# errno values of a failed write: disk full, quota, file too large, read-only file system
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
 def _exit_for(exc: BaseException) -> int:
     if isinstance(exc, CamcliError):
         return exc.code
@@ -105,6 +110,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(Exit.USAGE)
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            from camcli.output import write_error
+
+            werr = write_error(exc, exc.filename or "the output", resumable=False)
+            error(str(werr))
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no second failure at exit
+            sys.exit(werr.code)
         code = _exit_for(exc)
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if code == 1 and not isinstance(exc, CamcliError):

@@ -89,6 +89,7 @@ def bbox(
     interpolation: InterpOpt = Interp.bilinear,
     ten_crop: TenCrop = False,
     resume: Resume = False,
+    shard: o.Shard = None,
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
     offline: o.Offline = False,
@@ -105,10 +106,9 @@ def bbox(
     Example: camcli bbox images/ --model resnet50 --tight-loose-heuristic --submission sub.txt
     --synsets map_clsloc.txt --output boxes.jsonl
     """
-    from camcli import api, jobs
-    from camcli.cli.run import open_session, progress_bar, resolve_inputs
-    from camcli.outdir import OutDir, RecordFile
-    from camcli.output import CamcliError, Exit, JsonlWriter, info
+    from camcli.cli.run import plan_split, resolve_inputs
+    from camcli.output import CamcliError
+    from camcli.shards import torchrun_world
 
     if from_maps is not None and inputs:
         raise CamcliError("give either INPUT paths or --from-maps DIR, not both")
@@ -121,29 +121,76 @@ def bbox(
             f"--submission {submission}: pass --synsets (devkit meta.mat or "
             "map_clsloc.txt; LOC_synset_mapping.txt for --submission-format kaggle)"
         )
+    if from_maps is not None and (shard is not None or torchrun_world() is not None):
+        raise CamcliError("--from-maps runs in one process: drop --shard (or torchrun)")
+    if shard is not None and (submission is not None or gt is not None):
+        raise CamcliError(
+            f"--shard {shard}: a shard holds part of the images, so --submission and --gt "
+            "need them all: join the parts with `camcli merge`, then score the joined file "
+            "with `camcli eval --boxes`, or run the shards together under torchrun"
+        )
     rule = Rule.dt_box.value if tight_loose else box_rule.value
     if tight_loose and box_rule is not Rule.paper and box_rule is not Rule.dt_box:
         raise CamcliError("--tight-loose-heuristic uses the dt-box rule; drop --box-rule all")
     if tight_loose:
         top_k = max(top_k, 3)
 
+    items = resolve_inputs(inputs) if from_maps is None else None
+    split = plan_split(shard, inputs, stdout_ok=False, output=output)
+    try:
+        return _bbox(
+            items,
+            split,
+            model=model,
+            weights=weights,
+            top_k=top_k,
+            threshold=threshold,
+            rule=rule,
+            tight_loose=tight_loose,
+            output=output,
+            draw=draw,
+            submission=submission,
+            submission_format=submission_format,
+            synsets=synsets,
+            from_maps=from_maps,
+            gt=gt,
+            norm=norm,
+            interpolation=interpolation,
+            ten_crop=ten_crop,
+            resume=resume,
+            session_kw={
+                "precision": precision,
+                "profile": profile,
+                "codec": codec,
+                "compile": compile,
+                "device": device,
+                "batch_size": batch_size,
+                "offline": offline,
+                "workers": workers,
+                "max_pixels": max_pixels,
+            },
+            quiet=quiet,
+        )
+    finally:
+        split.close()
+
+
+def _bbox(
+    items, split, *, model, weights, top_k, threshold, rule, tight_loose, output, draw,
+    submission, submission_format, synsets, from_maps, gt, norm, interpolation, ten_crop,
+    resume, session_kw, quiet,
+) -> int:  # fmt: skip
+    from camcli import api, jobs
+    from camcli.cli.run import RecordSink, open_session, progress_bar, report_errors
+    from camcli.outdir import OutDir
+    from camcli.output import Exit, info
+    from camcli.shards import DRAW_MARK
+
     session = None
     num_classes = _maps_num_classes(from_maps) if from_maps is not None else None
+    mine = split.select(items) if items is not None else None
     if from_maps is None:
-        items = resolve_inputs(inputs)
-        session = open_session(
-            model,
-            weights,
-            precision=precision,
-            profile=profile,
-            codec=codec,
-            compile=compile,
-            device=device,
-            batch_size=batch_size,
-            offline=offline,
-            workers=workers,
-            max_pixels=max_pixels,
-        )
+        session = open_session(model, weights, split=split, **session_kw)
         num_classes = session.model.num_classes
     synmap = _load_synsets(synsets, submission_format, num_classes) if synsets else None
     evaluator = _evaluator(gt, synsets) if gt is not None else None
@@ -158,32 +205,44 @@ def bbox(
             top_k=top_k, norm=norm.value, interpolation=interpolation.value, ten_crop=ten_crop
         )
         stats = session.stats
-        total = len(items)
 
     skipped = 0
-    rfile = RecordFile(Path(output), resume=resume) if output not in (None, "-") else None
-    stdout = JsonlWriter("-") if output in (None, "-") else None
-    drawdir = OutDir(draw, resume=resume) if draw is not None else None
+    sink = RecordSink(output, split, resume=resume)
+    sharded = split.shard is not None
+    drawdir = (
+        OutDir(
+            draw,
+            resume=resume,
+            shard=split.shard,
+            own_keys={it.key for it in mine} if sharded else None,
+        )
+        if draw is not None
+        else None
+    )
     if from_maps is None:
-        done = rfile.done if rfile else {}
-        todo = [it for it in items if it.path not in done]
-        if len(todo) < len(items):
-            info(f"resume: {len(items) - len(todo)} of {len(items)} inputs already done", quiet)
+        # done: a record in FILE and, with --draw, its drawing in DIR's manifest
+        todo = [
+            it
+            for it in mine
+            if it.path not in sink.done or (drawdir is not None and it.key not in drawdir.done)
+        ]
+        if len(todo) < len(mine):
+            info(f"resume: {len(mine) - len(todo)} of {len(mine)} inputs already done", quiet)
         results = api.iter_cams(session, todo, opts, keep_image=draw is not None)
         total = len(todo)
-        skipped = len(items) - len(todo)
-    bar = progress_bar(total or 0, quiet, "bbox") if total else None
+        skipped = len(mine) - len(todo)
+    bar = progress_bar(total or 0, quiet or not split.main, "bbox") if total else None
     order: list[str] = []
     records: list[dict] = []
-    interrupted = False
+    interrupted = completed = False
     try:
         for res in results:
             if isinstance(res, api.io.Sample):
                 rec = {"image": res.item.path, "error": res.error}
                 if from_maps is not None:
                     stats["failed"] += 1
-                if not quiet and output not in (None, "-"):
-                    info(f"{res.item.path}: {res.error}")
+                if drawdir is not None:  # every input has its manifest line, as in `cam`
+                    drawdir.record(res.item.index, {**rec, "key": res.item.key})
             else:
                 if from_maps is not None:
                     stats["ok"] += 1
@@ -192,12 +251,14 @@ def bbox(
                     _draw(drawdir, res, rec)
             order.append(rec["image"])
             records.append(rec)
-            if rfile:
-                rfile.write(rec)
-            else:
-                stdout.write(rec)
+            sink.write(rec)
+            if sink.stdout is None:
+                report_errors(rec, quiet)
+            if drawdir is not None:
+                drawdir.check_errors()
             if bar:
                 bar.advance(bar.task)
+        completed = True
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -205,27 +266,76 @@ def bbox(
         if bar:
             bar.stop()
         if drawdir is not None:
-            drawdir.close(order=None, cancel=interrupted)
-        if rfile:
-            if from_maps is None:
-                order = [it.path for it in items]
-            records = rfile.finish(order)
-    if not records and stats["failed"] == 0 and from_maps is None and rfile and rfile.done:
-        records = list(rfile.done.values())
-    if profile and session is not None:
+            drawdir.close(order=_draw_order(mine, drawdir), cancel=interrupted)
+        if from_maps is None:
+            order = [it.path for it in mine]
+        try:
+            got = sink.finish(order, complete=completed and not (drawdir and drawdir.failed))
+        except Exception:
+            if completed:
+                raise
+            got = None  # the error in flight says more
+        if got is not None:
+            records = got
+    if drawdir is not None:
+        drawdir.check_errors()
+        if completed and sharded:
+            drawdir.write_run_json(
+                {
+                    "command": DRAW_MARK,
+                    "shard": str(split.shard),
+                    "inputs_total": len(items),
+                    "counts": dict(stats),
+                    "options": {"resumed": skipped},
+                }
+            )
+    if not records and stats["failed"] == 0 and from_maps is None and sink.rfile and sink.done:
+        records = list(sink.done.values())
+    ok, failed, skipped = split.total([stats["ok"], stats["failed"], skipped])
+    split.barrier()
+    if split.dist is not None:
+        joined = sink.join(items)
+        if split.main and drawdir is not None:
+            from camcli.shards import merge_outdir
+
+            merge_outdir(drawdir.root, keys=[it.key for it in items])
+        if joined is not None:
+            records = joined
+    if profile_on(session):
         session.profiler.images = stats["ok"]
         info(session.profiler.report())
-    if submission is not None:
-        _write_submission(
-            submission, submission_format, synmap, records, tight_loose, from_maps is None
-        )
-        info(f"submission: {submission} ({submission_format.value})", quiet)
-    if evaluator is not None:
-        evaluator(records)
-    info(f"bbox: {stats['ok']} done, {stats['failed']} failed", quiet or not sys.stderr.isatty())
-    if stats["ok"] + skipped == 0 and stats["failed"] > 0:  # resumed inputs count as done
+    if split.main:
+        if submission is not None:
+            _write_submission(
+                submission, submission_format, synmap, records, tight_loose, from_maps is None
+            )
+            info(f"submission: {submission} ({submission_format.value})", quiet)
+        if evaluator is not None:
+            evaluator(records)
+    where = f" (shard {split.shard}: {len(mine)} of {len(items)} inputs)" if sharded else ""
+    if split.dist is not None:
+        where = f" ({split.dist.world} ranks)"
+    info(
+        f"bbox: {ok} done, {failed} failed{where}",
+        quiet or not split.main or not sys.stderr.isatty(),
+    )
+    split.barrier()
+    if not split.main:
+        return Exit.OK
+    if ok + skipped == 0 and failed > 0:  # resumed inputs count as done
         return Exit.NO_INPUT
-    return Exit.SOME_FAILED if stats["failed"] else Exit.OK
+    return Exit.SOME_FAILED if failed else Exit.OK
+
+
+def profile_on(session) -> bool:
+    return session is not None and session.profiler.enabled
+
+
+def _draw_order(mine, drawdir) -> list[tuple[int, str]] | None:
+    """(index, key) of the inputs for the --draw manifest; from maps: the records' own order."""
+    if mine is not None:
+        return [(it.index, it.key) for it in mine]
+    return None
 
 
 def _maps_num_classes(from_maps: Path) -> int | None:

@@ -33,6 +33,7 @@ _ROWS = (
     ("n_blacklisted", "blacklisted (localization only)", False),
     ("n_missing", "missing", False),
     ("n_failed", "failed (counted wrong)", False),
+    ("n_unreadable", "unreadable records / GT files (skipped)", False),
     ("n_missing_gt_class", "no map of the GT class (counted wrong)", False),
     ("n_unmatched", "predictions matching no GT image", False),
 )
@@ -53,8 +54,12 @@ def eval_command(
         ),
     ],
     boxes: Annotated[
-        str | None,
-        typer.Option("--boxes", help="JSON Lines records of `camcli bbox` (or `predict`), or -."),
+        list[str] | None,
+        typer.Option(
+            "--boxes",
+            help="JSON Lines records of `camcli bbox` (or `predict`), or -; repeat it to score "
+            "several files together (the parts of a sharded run).",
+        ),
     ] = None,
     maps: Annotated[
         str | None,
@@ -161,8 +166,10 @@ def eval_command(
         tau_grid = metrics.parse_taus(taus)
     except ValueError as exc:
         raise CamcliError(str(exc)) from None
+    if boxes is not None and boxes.count("-") > 1:
+        raise CamcliError("--boxes - (records on stdin) may be given once")
     for flag, path in (
-        ("--boxes", boxes),
+        *(("--boxes", b) for b in boxes or ()),
         ("--submission", submission),
         ("--blacklist", blacklist),
     ):
@@ -173,9 +180,17 @@ def eval_command(
 
     truth = gtm.read_ground_truth(gt, gt_format)
     labels = gtm.load_label_map(synsets=synsets, categories=categories, model=model)
+    unreadable = list(truth.skipped)
     if boxes is not None:
+        recs = [r for b in boxes for r in gtm.read_box_records(b, bad=unreadable)]
+        if not recs:
+            raise CamcliError(
+                f"--boxes {' '.join(boxes)}: no readable record"
+                + (f" ({unreadable[-1]})" if unreadable else ""),
+                Exit.NO_INPUT,
+            )
         result = gtm.evaluate_records(
-            gtm.read_box_records(boxes),
+            recs,
             truth,
             labels,
             iou=iou,
@@ -212,6 +227,9 @@ def eval_command(
         finally:
             if bar:
                 bar.stop()
+    if unreadable:
+        result["unreadable"] = unreadable
+        result["n_unreadable"] = len(unreadable)
     result = gtm.order_result({"source": given[0], **result})
     return report(result, output=output, plot=plot, quiet=quiet, gt=gt)
 
@@ -265,7 +283,11 @@ def report(
         if sys.stdout.isatty() or output is None:
             print_metrics_table(result)
     subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
-    bad = result.get("n_failed", 0) or (result.get("n_missing", 0) and not subset)
+    bad = (
+        result.get("n_failed", 0)
+        or (result.get("n_missing", 0) and not subset)
+        or result.get("n_unreadable", 0)
+    )
     return Exit.SOME_FAILED if bad else Exit.OK
 
 
@@ -312,6 +334,8 @@ def warn_mismatches(result: dict) -> None:
     """One warning line per kind of image that was not scored as predicted."""
     from camcli.output import warn
 
+    for why in result.get("unreadable") or []:
+        warn(f"{why} (skipped)")
     miss = result.get("missing") or []
     if miss:
         subset = result.get("n_images", 0) < result.get("n_gt_images", 0)

@@ -97,3 +97,17 @@ Compile = Annotated[
         help="torch.compile the network (slow first batch; pays off on long runs, mostly on GPUs).",
     ),
 ]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Process only shard I of N (0-based): inputs I, I+N, I+2N, ... of the sorted list. "
+        "N jobs with I = 0..N-1 cover the inputs exactly once; each writes its own part "
+        "(FILE.shard-I-of-N, DIR/manifest.shard-I-of-N.jsonl); join them with `camcli merge`.",
+    ),
+]
+ResumeFile = Annotated[
+    bool,
+    typer.Option("--resume", help="Keep the records already in --output FILE; do only the rest."),
+]
