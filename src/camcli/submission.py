@@ -17,10 +17,8 @@ the original image, written as they are.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -279,20 +277,10 @@ Item = tuple[str | os.PathLike, Sequence[tuple[int, Sequence[int]]]]
 
 
 def _atomic_write(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    from camcli.outdir import write_atomic
+
+    write_atomic(Path(path), text.encode("utf-8"))
 
 
 def _check_box(box: Sequence[int], where: str) -> Box:

@@ -250,7 +250,8 @@ def report(
     (JSON otherwise). ``bbox --gt`` calls it with ``table_on_stderr=True``: its stdout carries
     records, so the table goes to stderr and JSON only to an ``output`` file.
     """
-    from camcli.output import atomic_write_bytes, atomic_write_text, dumps
+    from camcli.outdir import write_atomic
+    from camcli.output import dumps
 
     if len(result.get("missing", [])) >= result.get("n_gt_images", result["n_images"]):
         first = result.get("unmatched", [])[:1]
@@ -267,11 +268,11 @@ def report(
 
         buf = _io.BytesIO()
         boxacc_plot(result).save(buf, format="PNG")
-        atomic_write_bytes(Path(plot), buf.getvalue())
+        write_atomic(Path(plot), buf.getvalue())
     text = dumps(result) + "\n"
     if table_on_stderr:
         if output not in (None, "-"):
-            atomic_write_text(Path(output), text)
+            write_atomic(Path(output), text.encode("utf-8"))
         if not quiet:
             print_metrics_table(result, stderr=True)
     elif output == "-" or (output is None and not sys.stdout.isatty()):
@@ -279,7 +280,7 @@ def report(
         sys.stdout.flush()
     else:
         if output is not None:
-            atomic_write_text(Path(output), text)
+            write_atomic(Path(output), text.encode("utf-8"))
         if sys.stdout.isatty() or output is None:
             print_metrics_table(result)
     subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
