@@ -391,8 +391,8 @@ def test_linear_probe_trains_only_the_classifier(shapes, tmp_path, monkeypatch):
     for k, v in donor.trunk.state_dict().items():
         assert torch.equal(v, res.model.trunk.state_dict()[k]), k
     assert res.model.fc.out_features == 3
-    # mirrored copies double the cached training features: 36 images -> 72 feature rows
-    assert rep.records[0]["train_images"] == 72  # 9 full batches of 8
+    # 36 cached feature rows in batches of 8, drop_last
+    assert rep.records[0]["train_images"] == 32
     saved = t.load_checkpoint(tmp_path / "probe" / "last.pt")
     assert saved["arch_options"] == TINY and saved["epoch"] == 3
     assert torch.equal(saved["state_dict"]["fc.weight"], res.model.fc.weight.detach())

@@ -1371,9 +1371,9 @@ def _linear_probe(
             **common,
         )
 
-    reporter.info("linear probe: computing pooled features once (and of mirrored images)")
+    reporter.info("linear probe: computing the pooled features once")
     ftr, ytr = pooled_features(
-        model, loader(train_ds), device=dev, precision=o.precision, mirror=True, dist=dist
+        model, loader(train_ds), device=dev, precision=o.precision, mirror=False, dist=dist
     )
     fva, yva = (
         pooled_features(
