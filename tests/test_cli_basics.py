@@ -100,10 +100,14 @@ def test_models_table_and_json(capsys):
     for r in rows:
         e = reg[r["name"]]
         assert r["feature_map"] == f"{e.feature_channels}x{e.feature_size[0]}x{e.feature_size[1]}"
-        assert r["classes"] == 1000 and r["input_size"] == 224
+        assert r["classes"] == e.num_classes and r["input_size"] == e.preprocess.input_size
+        if e.categories == "imagenet1k":
+            assert r["classes"] == 1000 and r["input_size"] == 224
         assert r["url"] == e.url and r["sha256"] == e.sha256
-        if e.builder == "paper":
+        if e.needs_training:
             assert r["weights"] == "train first"
+        elif e.url.startswith("package:"):
+            assert r["weights"] == "bundled"
         else:
             assert r["weights"] == "download"
 

@@ -188,8 +188,14 @@ def _tv_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
     return builder(weights=None, num_classes=num_classes, **kwargs)
 
 
-def _paper_trunk(arch: str, backbone_state: dict | None, star: bool) -> nn.Module:
-    """The paper's trunks (SPEC section 6) with the new conv layer(s) of the GAP head."""
+def _paper_trunk(
+    arch: str, backbone_state: dict | None, star: bool, transform_input: bool | None = None
+) -> nn.Module:
+    """The paper's trunks (SPEC section 6) with the new conv layer(s) of the GAP head.
+
+    transform_input (googlenet): prepend torchvision's parameter-free input re-normalisation
+    (default: yes, so trunk.* keys never shift). Checkpoints record it (``arch_options``).
+    """
     import torchvision
 
     if arch == "vgg16":
@@ -206,9 +212,11 @@ def _paper_trunk(arch: str, backbone_state: dict | None, star: bool) -> nn.Modul
         net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
         if backbone_state is not None:
             _load_strict(net, _tv_state(net, backbone_state), "googlenet backbone")
-        # Always present (it has no parameters), so trunk.* keys are the same whether the
+        # Present by default (it has no parameters), so trunk.* keys are the same whether the
         # trunk was built from the backbone or from a trained checkpoint.
-        body = [_TransformInput()]
+        if transform_input is None:
+            transform_input = True
+        body = [_TransformInput()] if transform_input else []
         order = [
             "conv1",
             "maxpool1",
@@ -365,7 +373,8 @@ def build_model(
         model = GapModel(trunk, fc, tv_pool, name=entry.name, preprocess=pre, categories=cats)
     elif entry.builder == "paper":
         star = entry.name.startswith("alexnet-star")
-        trunk = _paper_trunk(entry.architecture, backbone_state, star)
+        transform = (arch_options or {}).get("transform_input")
+        trunk = _paper_trunk(entry.architecture, backbone_state, star, transform)
         model = GapModel(
             trunk, nn.Linear(1024, n), pool, name=entry.name, preprocess=pre, categories=cats
         )

@@ -134,9 +134,7 @@ def parse_registry(data: dict) -> dict[str, ModelEntry]:
         if merged["head"] not in HEADS:
             raise RegistryError(f"[models.{name}] head must be one of {HEADS}")
         sha = merged["sha256"]
-        if sha is not None and (
-            len(sha) < 8 or len(sha) > 64 or any(c not in "0123456789abcdef" for c in sha)
-        ):
+        if sha and (len(sha) < 8 or len(sha) > 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise RegistryError(f"[models.{name}] sha256 must be 8-64 lowercase hex digits")
         pre = Preprocess.from_dict(merged)
         known = set(ModelEntry.__dataclass_fields__) | set(Preprocess.__dataclass_fields__)

@@ -26,11 +26,12 @@ def models(
 
     rows = []
     for e in load_registry().values():
-        cached = bool(e.url) and hub.cached_path(e.url).is_file()
+        bundled = bool(e.url) and e.url.startswith(hub.PACKAGE_PREFIX)
+        cached = bool(e.url) and not bundled and hub.cached_path(e.url).is_file()
         if e.needs_training:
             status = "train first" + (" (backbone cached)" if cached else "")
         else:
-            status = "cached" if cached else "download"
+            status = "bundled" if bundled else "cached" if cached else "download"
         rows.append(
             {
                 "name": e.name,
@@ -64,7 +65,9 @@ def models(
         # names are what users copy: never cut or wrapped
         t.add_column(col, no_wrap=col == "name", overflow="fold")
     for r in rows:
-        colour = {"cached": "green", "download": "cyan"}.get(r["weights"], "yellow")
+        colour = {"cached": "green", "bundled": "green", "download": "cyan"}.get(
+            r["weights"], "yellow"
+        )
         t.add_row(
             r["name"],
             r["architecture"],

@@ -1,0 +1,368 @@
+"""`camcli train`: fine-tune or train a GAP network on an ImageFolder tree.
+
+Thin: parses, builds :class:`camcli.train.TrainOptions`, runs :func:`camcli.train.train_folder`
+and prints progress (a bar on a terminal, one plain line per epoch otherwise) on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from camcli.cli import options as o
+from camcli.io import DEFAULT_MAX_PIXELS
+
+
+class Optim(StrEnum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Schedule(StrEnum):
+    step = "step"
+    cosine = "cosine"
+
+
+class Pool(StrEnum):
+    gap = "gap"
+    gmp = "gmp"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+# Options whose value --resume takes from the checkpoint instead of the command line.
+_FROM_CHECKPOINT = (
+    "model",
+    "val_split",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "schedule",
+    "image_size",
+    "pretrained",
+    "head_lr_mult",
+    "freeze_backbone",
+    "pool",
+    "precision",
+    "seed",
+    "weight_decay",
+    "warmup_epochs",
+    "arch_option",
+)
+
+
+def train(
+    ctx: typer.Context,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="ImageFolder tree: one folder per class, or train/ and val/ holding them.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Run folder: last.pt, best.pt, metrics.jsonl.", show_default=False
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Registry name (`camcli models`) or torchvision:<name>, e.g. camnet-small "
+            "(from scratch, CPU-sized), vgg-gap, resnet50. Not needed with --resume.",
+        ),
+    ] = None,
+    val: Annotated[
+        Path | None,
+        typer.Option("--val", help="Validation ImageFolder [default: DATA/val if present]."),
+    ] = None,
+    val_split: Annotated[
+        float,
+        typer.Option(
+            "--val-split",
+            min=0.0,
+            max=0.9,
+            help="Share of each class held out for validation when there is no val folder.",
+        ),
+    ] = 0.1,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", min=1, help="[default: 10 fine-tuning, 30 from scratch]"),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", "-b", min=2, help="Images per step and process [default: 64]."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr", min=0.0, help="Base learning rate [default: 1e-3 sgd fine-tuning, 2e-3 adamw]."
+        ),
+    ] = None,
+    optimizer: Annotated[
+        Optim | None,
+        typer.Option("--optimizer", help="[default: sgd fine-tuning, adamw from scratch]"),
+    ] = None,
+    schedule: Annotated[
+        Schedule | None,
+        typer.Option(
+            "--schedule",
+            help="step: x0.1 every third of the epochs; cosine: to 0 after warm-up "
+            "[default: step fine-tuning, cosine from scratch].",
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", min=16, help="Network input side S [default: the model's]."),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Start from the registry's backbone weights [default: where they exist].",
+        ),
+    ] = None,
+    head_lr_mult: Annotated[
+        float | None,
+        typer.Option(
+            "--head-lr-mult",
+            min=0.0,
+            help="Learning-rate multiplier of the new layers [default: 10 fine-tuning].",
+        ),
+    ] = None,
+    freeze_backbone: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-backbone",
+            help="Linear probe: train only the linear layer on pooled features, computed once.",
+        ),
+    ] = False,
+    pool: Annotated[
+        Pool | None,
+        typer.Option(
+            "--pool", help="Global average (gap) or max (gmp) pooling [default: model's]."
+        ),
+    ] = None,
+    precision: Annotated[
+        Precision,
+        typer.Option("--precision", help="bf16/fp16 autocast (fp16 on CUDA, with loss scaling)."),
+    ] = Precision.fp32,
+    workers: o.Workers = None,
+    seed: Annotated[int, typer.Option("--seed", help="Initialisation, split, order, crops.")] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue RUN/last.pt after its last completed epoch (its options; --epochs "
+            "may be raised).",
+        ),
+    ] = False,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option("--weight-decay", min=0.0, help="[default: 5e-4 sgd, 0.05 adamw]"),
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None,
+        typer.Option("--warmup-epochs", min=0.0, help="[default: 1 from scratch, else 0]"),
+    ] = None,
+    arch_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arch-option",
+            help="KEY=VALUE architecture option (repeatable), e.g. camnet-small width=24, "
+            "downsamplings=2 (a larger last feature map).",
+        ),
+    ] = None,
+    device: o.Device = "auto",
+    offline: o.Offline = False,
+    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    quiet: o.Quiet = False,
+) -> int:
+    """Train a GAP network on labelled folders; checkpoints load with `--weights` alone.
+
+    Examples:
+      camcli train shapes/ --model camnet-small --out runs/shapes --epochs 20 --image-size 64
+      camcli train birds/ --model vgg-gap --out runs/birds          (fine-tune, paper recipe)
+      camcli train birds/ --model resnet50 --freeze-backbone --out runs/probe
+      torchrun --nproc-per-node 4 -m camcli train birds/ --model vgg-gap --out runs/birds
+    """
+    from camcli import train as t
+    from camcli.output import CamcliError, Exit, warn
+
+    if model is None and not resume:
+        raise CamcliError(
+            "--model is required: a registry name (`camcli models`), e.g. camnet-small or vgg-gap"
+        )
+    opts = t.TrainOptions(
+        model=model or "",
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer.value if optimizer else None,
+        schedule=schedule.value if schedule else None,
+        image_size=image_size,
+        pretrained=pretrained,
+        head_lr_mult=head_lr_mult,
+        freeze_backbone=freeze_backbone,
+        pool=pool.value if pool else None,
+        precision=precision.value,
+        workers=workers,
+        seed=seed,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        val_split=val_split,
+        arch_options=t.parse_arch_options(arch_option or []),
+    )
+    if resume:
+        given = [n for n in _FROM_CHECKPOINT if _explicit(ctx, n)]
+        if given:
+            warn(
+                "--resume continues with the checkpoint's options; ignoring "
+                + ", ".join("--" + n.replace("_", "-") for n in given)
+            )
+    rank0 = _rank() == 0
+    reporter = CliReporter(quiet=quiet or not rank0)
+    try:
+        result = t.train_folder(
+            data,
+            out,
+            opts,
+            val=val,
+            resume=resume,
+            device=device,
+            offline=offline,
+            reporter=reporter,
+            max_pixels=max_pixels,
+        )
+    except t.TrainingError as exc:
+        code = Exit.SOME_FAILED if "non-finite" in str(exc) else Exit.USAGE
+        raise CamcliError(str(exc), code) from None
+    finally:
+        reporter.close()
+    if rank0 and not quiet and result.best:
+        b = result.best
+        what = b["by"].replace("_top1", " top-1")
+        reporter.info(
+            f"best {what} {100 * b['val_top1']:.2f}% at epoch {b['epoch']}: {out / 'best.pt'}"
+            f"  (try: camcli predict IMAGES --weights {out / 'best.pt'})"
+        )
+    if result.skipped:
+        if rank0 and not quiet:
+            warn(
+                f"{len(result.skipped)} image(s) could not be used (see above); trained on the rest"
+            )
+        return Exit.SOME_FAILED
+    return Exit.OK
+
+
+def _explicit(ctx: typer.Context, name: str) -> bool:
+    try:
+        src = ctx.get_parameter_source(name)
+    except Exception:  # noqa: BLE001 - older click: no sources, assume not given
+        return False
+    return src is not None and getattr(src, "name", "") == "COMMANDLINE"
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+class CliReporter:
+    """Progress on stderr: a rich bar per epoch on a terminal, one plain line per epoch
+    otherwise; warnings always (every rank), info and epoch lines unless quiet."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._bar = None
+        self._task = None
+        self._t0 = time.perf_counter()
+
+    def info(self, text: str) -> None:
+        from camcli.output import info
+
+        info(text, self.quiet)
+
+    def warn(self, text: str) -> None:
+        from camcli.output import warn
+
+        warn(text)
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        if self.quiet or not self.tty:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        from camcli.output import stderr_console
+
+        self._bar = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("train", total=steps, loss="-")
+
+    def step(self, loss: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, loss=f"{loss:.4f}")
+
+    def epoch_end(self, record: dict) -> None:
+        self.close()
+        if self.quiet:
+            return
+        self.info(format_record(record))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def format_record(r: dict) -> str:
+    """One line per epoch: losses, top-1/top-5, lr, throughput."""
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    val = (
+        f"val loss {r['val_loss']:.4f} top-1 {pct(r['val_top1'])} top-5 {pct(r['val_top5'])}"
+        if r.get("val_loss") is not None
+        else "no validation"
+    )
+    ips = r.get("images_per_s") or 0.0
+    return (
+        f"epoch {r['epoch']}/{r['epochs']}  train loss {r['train_loss']:.4f} "
+        f"top-1 {pct(r['train_top1'])}  {val}  lr {r['lr']:.3g}  "
+        f"{ips:.0f} img/s  {r['epoch_seconds']:.1f} s" + ("  *best" if r.get("best") else "")
+    )
