@@ -100,7 +100,14 @@ def main() -> None:
         help="sweep for the limit (and camcli's --batch-size when given)",
     )
     ap.add_argument("--camcli-batch-size", type=int, default=None)
+    ap.add_argument("--sweep-images", type=int, default=48)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument(
+        "--peer-rounds",
+        type=int,
+        default=None,
+        help="rounds for the (slow) peers; default: --rounds",
+    )
     ap.add_argument("--only", nargs="*", default=None, help="run only these configurations")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
@@ -198,8 +205,11 @@ def main() -> None:
         if args.only:
             configs = {k: v for k, v in configs.items() if k in args.only or k == "limit"}
         runs: dict[str, list] = {k: [] for k in configs}
+        peers = {"gradcam", "torchcam"}
         for r in range(args.rounds):
             for name, cmd in configs.items():
+                if name in peers and args.peer_rounds is not None and r >= args.peer_rounds:
+                    continue
                 wall, rss, rc = run_measured(cmd, env)
                 runs[name].append({"wall_s": wall, "rss_mib": rss, "rc": rc})
                 print(
