@@ -293,7 +293,9 @@ def submission_guesses(entries: list[dict], tight_loose: bool) -> list[tuple[int
 
 
 def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
-    """uint8 [3, H, W] -> RGB [H, W, 3] with each box, its label and score drawn."""
+    """uint8 [3, H, W] -> RGB [H, W, 3] with each box, its label and score drawn.
+
+    Drawn from the last guess to the first, so the best class's box and label end on top."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
@@ -304,7 +306,7 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
         font = ImageFont.load_default(size=max(10, round(max(img.size) / 40)))
     except TypeError:  # pragma: no cover - old Pillow
         font = ImageFont.load_default()
-    for e in entries:
+    for e in reversed(entries):
         if e["box"] is None:
             continue
         c = colours[(e["rank"] - 1) % len(colours)]
