@@ -24,5 +24,16 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
+# The main job, offline, on the bundled demo model and the sample images in examples/.
+demo: $(STAMP)
+	$(PY) -m camcli cam examples/ --out demo-out/cams --model demo --top-k 3 --grid --offline
+	$(PY) -m camcli bbox examples/ --model demo --output demo-out/boxes.jsonl \
+		--draw demo-out/boxes --offline
+	@echo "overlays and grids: demo-out/cams/   boxes: demo-out/boxes.jsonl   drawn: demo-out/boxes/"
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) benchmarks/bench_cam.py --images 256 --rounds 2
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

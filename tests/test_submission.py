@@ -281,10 +281,10 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, clsloc, monkeyp
     out.parent.mkdir()
     out.write_text("old\n")
 
-    def boom(_fd):
+    def boom(*_args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("camcli.submission.os.fsync", boom)
+    monkeypatch.setattr("camcli.outdir.os.replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_kaggle_submission(out, [("a.jpg", [(0, (0, 0, 1, 1))])], clsloc)
     assert out.read_text() == "old\n"

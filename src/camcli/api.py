@@ -11,6 +11,7 @@ import torch
 from camcli import io
 from camcli.models import GapModel, load_model
 from camcli.output import CamcliError, Exit
+from camcli.profiling import Profiler
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -44,7 +45,14 @@ class Session:
     batch_size: int
     workers: int | None = None
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    precision: str = "fp32"
+    profiler: Profiler | None = None
+    device_codec: bool = False  # JPEG decode (and overlay render/encode) on the device
     stats: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
+
+    def __post_init__(self) -> None:
+        if self.profiler is None:
+            self.profiler = Profiler(False)
 
     @classmethod
     def open(
@@ -57,36 +65,89 @@ class Session:
         offline: bool = False,
         workers: int | None = None,
         max_pixels: int = io.DEFAULT_MAX_PIXELS,
+        precision: str = "fp32",
+        profile: bool = False,
+        codec: str = "auto",
+        compile: bool = False,
     ) -> Session:
         dev = resolve_device(device)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise CamcliError(f"--precision {precision!r}: use fp32, bf16 or fp16")
+        if precision == "fp16" and dev.type == "cpu":
+            raise CamcliError("--precision fp16 needs a GPU; on the CPU use bf16")
         m = load_model(model, weights, offline=offline).to(dev).eval()
         if dev.type == "cpu":
             m = m.to(memory_format=torch.channels_last)
-        return cls(m, dev, batch_size or default_batch_size(dev), workers, max_pixels)
+        if compile:
+            # Compiles the trunk on first use (slow once); shapes vary only with the batch tail.
+            m.trunk = torch.compile(m.trunk, dynamic=False)
+        bs = batch_size or default_batch_size(dev)
+        if codec not in ("auto", "cpu", "device"):
+            raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")
+        device_codec = codec == "device" or (codec == "auto" and dev.type == "cuda")
+        return cls(m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev), device_codec)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    def loader(
+        self, items: list[io.InputItem], preprocess, *, keep_image: bool = False
+    ) -> Iterator[io.Batch]:
+        """Decoded batches in input order; the time spent waiting for them is profiled."""
+        it = io.iter_batches(
+            items,
+            preprocess,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            keep_image=keep_image,
+            max_pixels=self.max_pixels,
+            pin_memory=self.device.type == "cuda",
+            raw_jpeg=self.device_codec,
+        )
+        prof = self.profiler
+        while True:
+            with prof.stage("wait for decode"):
+                batch = next(it, None)
+            if batch is None:
+                return
+            prof.decode_worker_s += sum(
+                s.decode_s for s in batch.samples + batch.failed + batch.raw
+            )
+            if self.device_codec:
+                with prof.stage("decode (device)"):
+                    batch = io.device_decode(batch, preprocess, self.device, keep_image=keep_image)
+            yield batch
+
+    def to_input(self, x_uint8: torch.Tensor, preprocess) -> torch.Tensor:
+        """uint8 [B, 3, S, S] (pinned on CUDA) -> normalised float on the device."""
+        with self.profiler.stage("transfer"):
+            x = x_uint8.to(self.device, non_blocking=True)
+            x = io.normalize_batch(x, preprocess)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [B, K, h, w], logits [B, C]) under inference_mode and --precision."""
+        dtype = self.autocast_dtype
+        with (
+            self.profiler.stage("forward"),
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
+        ):
+            return self.model.forward_features(x)
 
     def batches(
         self, items: list[io.InputItem], *, keep_image: bool = False
     ) -> Iterator[tuple[io.Batch, torch.Tensor | None, torch.Tensor | None]]:
         """Yield (batch, features [B, K, h, w], logits [B, C]) on the device, input order."""
         pre = self.model.preprocess
-        for batch in io.iter_batches(
-            items,
-            pre,
-            batch_size=self.batch_size,
-            workers=self.workers,
-            keep_image=keep_image,
-            max_pixels=self.max_pixels,
-            pin_memory=self.device.type == "cuda",
-        ):
+        for batch in self.loader(items, pre, keep_image=keep_image):
             if batch.x is None:
                 yield batch, None, None
                 continue
-            x = batch.x.to(self.device, non_blocking=True)
-            x = io.normalize_batch(x, pre)
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                feats, logits = self.model.forward_features(x)
+            feats, logits = self.forward(self.to_input(batch.x, pre))
             yield batch, feats, logits
 
 
@@ -207,12 +268,18 @@ def resolve_classes(model: GapModel, classes: list[str] | None) -> list[int] | N
     return out
 
 
+def ten_crop_canvas(input_size: int) -> int:
+    """Side of the square the image is resized to before its ten crops: 256 for 224 crops (the
+    official pipeline), the same 256/224 ratio for other input sizes (so the crops tile it)."""
+    return round(input_size * 256 / 224)
+
+
 def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
     from camcli.pipeline import Geometry
 
     h, w = size
     if ten_crop:
-        return Geometry(h, w, size=256)
+        return Geometry(h, w, size=ten_crop_canvas(pre.input_size))
     return Geometry(h, w, size=pre.input_size, mode=pre.resize, short_side=pre.resize_size)
 
 
@@ -228,7 +295,10 @@ def iter_cams(
     pre = model.preprocess
     if opts.ten_crop:
         pre = Preprocess(
-            input_size=256, mean=pre.mean, std=pre.std, interpolation=pre.interpolation
+            input_size=ten_crop_canvas(pre.input_size),
+            mean=pre.mean,
+            std=pre.std,
+            interpolation=pre.interpolation,
         )
     k = len(opts.classes) if opts.classes else max(1, min(opts.top_k, model.num_classes))
     fixed = (
@@ -236,28 +306,19 @@ def iter_cams(
         if opts.classes
         else None
     )
-    for batch in io.iter_batches(
-        items,
-        pre,
-        batch_size=session.batch_size,
-        workers=session.workers,
-        keep_image=keep_image,
-        max_pixels=session.max_pixels,
-        pin_memory=session.device.type == "cuda",
-    ):
+    prof = session.profiler
+    for batch in session.loader(items, pre, keep_image=keep_image):
         out: dict[int, CamResult | io.Sample] = {}
         for s in batch.failed:
             out[s.item.index] = s
             session.stats["failed"] += 1
         if batch.x is not None:
-            x = io.normalize_batch(batch.x.to(session.device, non_blocking=True), pre)
+            x = session.to_input(batch.x, pre)
             b = x.shape[0]
             if opts.ten_crop:
                 x = P.ten_crop(x, crop=model.preprocess.input_size)
-            if session.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                feats, logits = model.forward_features(x)
+            feats, logits = session.forward(x)
+            with prof.stage("cam"), torch.inference_mode():
                 if opts.ten_crop:
                     probs = P.ten_crop_scores(logits.float().view(b, 10, -1))
                 else:
@@ -273,7 +334,7 @@ def iter_cams(
                     cams = cams.view(b, 10, k, *cams.shape[-2:])
                     cams = P.merge_ten_crop(
                         cams,
-                        size=256,
+                        size=pre.input_size,
                         crop=model.preprocess.input_size,
                         interpolation=opts.interpolation,
                     )
@@ -294,3 +355,67 @@ def iter_cams(
                 session.stats["ok"] += 1
         for i in sorted(out):
             yield out[i]
+
+
+def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | io.Sample]:
+    """CamResults from maps saved by ``cam --save-maps`` (``root/**/*.npz``), sorted by path.
+
+    A file with only ``cams`` [k, H, W] and ``class_indices`` [k] (another tool's) works too:
+    its own path stands in for the image, labels default to ``class_<i>``, scores to NaN.
+    ``top_k``: keep only the first (most confident) ``top_k`` maps of each file.
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    base = Path(root)
+    if not base.is_dir():
+        raise CamcliError(f"--from-maps {root}: not a folder of .npz map files", Exit.NO_INPUT)
+    files = sorted(base.rglob("*.npz"), key=lambda p: p.relative_to(base).as_posix())
+    if not files:
+        raise CamcliError(
+            f"--from-maps {root}: no .npz files found; write them with "
+            "`camcli cam ... --save-maps`",
+            Exit.NO_INPUT,
+        )
+    for i, f in enumerate(files):
+        key = f.relative_to(base).with_suffix("").as_posix()
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                cams = np.asarray(z["cams"], dtype=np.float32)
+                cls = np.asarray(z["class_indices"], dtype=np.int64).reshape(-1)
+                image = str(z["image"]) if "image" in z else str(f)
+                scores = (
+                    np.asarray(z["scores"], dtype=np.float32).reshape(-1)
+                    if "scores" in z
+                    else np.full(len(cls), np.nan, np.float32)
+                )
+                labels = (
+                    [str(x) for x in z["labels"].reshape(-1)]
+                    if "labels" in z
+                    else [f"class_{c}" for c in cls]
+                )
+            if cams.ndim == 2:
+                cams = cams[None]
+            if cams.ndim != 3 or cams.shape[0] != len(cls) or min(cams.shape[1:]) < 1:
+                raise ValueError(
+                    f"cams has shape {list(cams.shape)}, expected [k, H, W] with "
+                    f"k = {len(cls)} class_indices"
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            item = io.InputItem(i, str(f), key)
+            yield io.Sample(item, None, None, error=f"cannot read map file ({exc})")
+            continue
+        if top_k is not None:
+            cams, cls, scores, labels = cams[:top_k], cls[:top_k], scores[:top_k], labels[:top_k]
+        item = io.InputItem(i, image, key)
+        sample = io.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
+        preds = [
+            {
+                "class_index": int(c),
+                "label": lab,
+                "score": None if np.isnan(s) else round(float(s), 6),
+            }
+            for c, lab, s in zip(cls.tolist(), labels, scores.tolist())
+        ]
+        yield CamResult(sample, cls.tolist(), scores.tolist(), torch.from_numpy(cams), None, preds)

@@ -8,11 +8,13 @@ nothing behind. ``offline=True`` never touches the network.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,15 +77,28 @@ def packaged_file(url: str, expected_sha256: str | None) -> Path:
 
 
 def cached_path(url: str) -> Path:
-    return weights_dir() / url.rsplit("/", 1)[-1]
+    """Where the file of ``url`` (fragment already removed) lives in the cache: its file name,
+    or a name derived from the whole URL when the path has none."""
+    name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    if not name or name in (".", ".."):
+        name = "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+    return weights_dir() / name
+
+
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a file; remembered per (path, inode, size, mtime) within the process."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def check_hash(actual: str, expected: str | None, what: str) -> None:
@@ -109,7 +124,15 @@ def download(
     expected = expected_sha256 or from_url
     dest = cached_path(url)
     if dest.is_file():
-        return dest
+        actual = sha256_file(dest)
+        if not expected or actual.startswith(expected.lower()):
+            return dest
+        if offline:
+            raise WeightsError(
+                f"--offline: the cached {dest} does not match its sha256 ({expected}...); "
+                f"replace it with a good copy of {url}"
+            )
+        # A corrupt cached copy: download again, replacing it atomically.
     if offline:
         raise WeightsError(f"--offline: weights not cached; download {url} and place it at {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +167,7 @@ def download(
     except WeightsError:
         tmp.unlink(missing_ok=True)
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         raise WeightsError(

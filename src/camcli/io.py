@@ -9,10 +9,13 @@ Undecodable files become per-item errors, never exceptions.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from io import BytesIO as _BytesIO
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -44,11 +47,17 @@ def _safe_part(part: str) -> str:
     return "_" if out in ("", ".", "..") else out
 
 
+# Names an output folder keeps for itself (camcli.outdir): no input's key may take them.
+_RESERVED = re.compile(r"^\.?(manifest|run)(\.shard-\d+-of-\d+)?\.jsonl?(\.tmp)?$", re.IGNORECASE)
+
+
 def _key_for(rel: PurePosixPath) -> str:
     parts = [_safe_part(p) for p in rel.parts]
     last = parts[-1]
     stem = last[: -len(rel.suffix)] if rel.suffix and last.endswith(rel.suffix) else last
     parts[-1] = _safe_part(stem)
+    if _RESERVED.match(parts[0]):  # an image named manifest.jsonl.jpg or run.json.png
+        parts[0] += "_"
     return "/".join(parts)
 
 
@@ -123,6 +132,7 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
+    _check_regular_file(path)
     try:
         with open(path, "rb") as fh, Image.open(fh) as im:
             w, h = im.size
@@ -149,6 +159,34 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"cannot decode image ({msg})") from None
+
+
+def _check_regular_file(path: str) -> None:
+    """A one-line ValueError for what is no image file at all, before opening it: broken or
+    looping symbolic links, FIFOs (opening one would block), devices, empty files."""
+    import errno
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ValueError(
+                f"file not found (broken symbolic link to {os.readlink(path)!r})"
+            ) from None
+        raise ValueError("file not found") from None
+    except PermissionError:
+        raise ValueError("permission denied: the file cannot be read") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("cannot decode image (symbolic link loop)") from None
+        raise ValueError(f"cannot open ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError("is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file (a FIFO, socket or device), not an image")
+    if st.st_size == 0:
+        raise ValueError("not an image file (empty: 0 bytes)")
 
 
 def _to_rgb(im) -> np.ndarray:
@@ -185,6 +223,8 @@ class Sample:
     size: tuple[int, int] | None  # original (H, W)
     image: object | None = None  # torch uint8 [3, H, W] original, when kept
     error: str | None = None
+    decode_s: float = 0.0  # decode + preprocess seconds in the worker (--profile)
+    raw: object | None = None  # JPEG bytes (uint8 tensor) left for the device decoder
 
 
 def preprocess_uint8(img, preprocess) -> object:
@@ -230,11 +270,13 @@ class ImageDataset:
         *,
         keep_image: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        raw_jpeg: bool = False,
     ) -> None:
         self.items = items
         self.preprocess = preprocess
         self.keep_image = keep_image
         self.max_pixels = max_pixels
+        self.raw_jpeg = raw_jpeg
 
     def __len__(self) -> int:
         return len(self.items)
@@ -243,37 +285,126 @@ class ImageDataset:
         import torch
 
         item = self.items[i]
+        t0 = time.perf_counter()
+        if self.raw_jpeg:
+            fast = _jpeg_fast_path(item.path, self.max_pixels)
+            if fast is not None:
+                return Sample(item, None, fast[1], raw=fast[0], decode_s=time.perf_counter() - t0)
         try:
             arr = decode_image(item.path, self.max_pixels)
         except ValueError as exc:
-            return Sample(item, None, None, error=str(exc))
+            return Sample(item, None, None, error=str(exc), decode_s=time.perf_counter() - t0)
         img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
         try:
             t = preprocess_uint8(img, self.preprocess)
         except Exception as exc:  # noqa: BLE001
             return Sample(item, None, None, error=f"cannot preprocess image ({exc})")
-        return Sample(item, t, (arr.shape[0], arr.shape[1]), image=img if self.keep_image else None)
+        keep = img if self.keep_image else None
+        size = (arr.shape[0], arr.shape[1])
+        return Sample(item, t, size, image=keep, decode_s=time.perf_counter() - t0)
 
 
 @dataclass
 class Batch:
-    """Good samples stacked (``x`` uint8 [B, 3, S, S]) and the failed ones, in input order."""
+    """Good samples stacked (``x`` uint8 [B, 3, S, S]) and the failed ones, in input order.
+
+    With device decoding, ``raw`` holds the samples whose JPEG bytes (``Sample.raw``) are still
+    to be decoded on the device (:func:`device_decode` merges them into ``samples`` / ``x``).
+    """
 
     samples: list[Sample]  # good ones, aligned with x
     x: object | None
     failed: list[Sample]
+    raw: list[Sample] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader (pin_memory=True): page-locked input for async copies."""
+        if self.x is not None:
+            self.x = self.x.pin_memory()
+        return self
 
 
 def collate(samples: list[Sample]) -> Batch:
     import torch
 
-    good = [s for s in samples if s.error is None]
+    good = [s for s in samples if s.error is None and s.raw is None]
+    raw = [s for s in samples if s.error is None and s.raw is not None]
     bad = [s for s in samples if s.error is not None]
     x = torch.stack([s.tensor for s in good]) if good else None
     if x is not None:
         for s in good:
             s.tensor = None
-    return Batch(good, x, bad)
+    return Batch(good, x, bad, raw)
+
+
+def _jpeg_fast_path(path: str, max_pixels: int):
+    """(bytes tensor, (H, W)) when the file is a plain baseline RGB/grey JPEG with no EXIF
+    rotation that a device decoder can take as is; None otherwise (decode on the CPU)."""
+    import torch
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        if data[:3] != b"\xff\xd8\xff":
+            return None
+        with Image.open(_BytesIO(data)) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            if im.getexif().get(0x0112, 1) not in (1, None):
+                return None
+            w, h = im.size
+        if w * h > max_pixels or w < 1 or h < 1:
+            return None
+    except Exception:  # noqa: BLE001 - anything odd goes through the CPU path and its errors
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8), (h, w)
+
+
+def device_decode(batch: Batch, preprocess, device, *, keep_image: bool) -> Batch:
+    """Decode ``batch.raw`` JPEGs on ``device`` (nvJPEG on CUDA, one batched call), preprocess
+    them there, and merge them with the CPU-decoded samples in input order; ``x`` ends on the
+    device. A file the device decoder refuses is decoded on the CPU instead (same errors)."""
+    import warnings
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not batch.raw:
+        if batch.x is not None:
+            batch.x = batch.x.to(device, non_blocking=True)
+        return batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            imgs = decode_jpeg([s.raw for s in batch.raw], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            imgs = [None] * len(batch.raw)
+    decoded: list[Sample] = []
+    for s, img in zip(batch.raw, imgs):
+        if img is None or tuple(img.shape[1:]) != s.size:
+            try:
+                arr = decode_image(s.item.path)
+            except ValueError as exc:
+                s.error, s.raw = str(exc), None
+                batch.failed.append(s)
+                continue
+            img = torch.from_numpy(arr).permute(2, 0, 1).to(device)
+        s.raw = None
+        s.tensor = preprocess_uint8(img, preprocess)
+        s.image = img if keep_image else None
+        decoded.append(s)
+    cpu_x = batch.x.to(device, non_blocking=True) if batch.x is not None else None
+    pairs = [(s, cpu_x[j]) for j, s in enumerate(batch.samples)] if cpu_x is not None else []
+    pairs += [(s, s.tensor) for s in decoded]
+    pairs.sort(key=lambda p: p[0].item.index)
+    for s in decoded:
+        s.tensor = None
+    batch.samples = [p[0] for p in pairs]
+    batch.x = torch.stack([p[1] for p in pairs]) if pairs else None
+    batch.failed.sort(key=lambda s: s.item.index)
+    batch.raw = []
+    return batch
 
 
 def _worker_init(_: int) -> None:
@@ -302,11 +433,17 @@ def iter_batches(
     keep_image: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     pin_memory: bool = False,
+    raw_jpeg: bool = False,
 ) -> Iterator[Batch]:
-    """Decode in DataLoader workers, yield :class:`Batch` objects in input order."""
+    """Decode in DataLoader workers, yield :class:`Batch` objects in input order.
+
+    raw_jpeg: plain JPEGs are only read (not decoded) in the workers, for :func:`device_decode`.
+    """
     import torch
 
-    ds = ImageDataset(items, preprocess, keep_image=keep_image, max_pixels=max_pixels)
+    ds = ImageDataset(
+        items, preprocess, keep_image=keep_image, max_pixels=max_pixels, raw_jpeg=raw_jpeg
+    )
     workers = default_workers() if workers is None else workers
     workers = min(workers, max(1, len(items) // max(1, batch_size)))
     if len(items) == 0:

@@ -10,6 +10,7 @@ torchvision model can be named as ``torchvision:<name>``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,8 +96,16 @@ class _TransformInput(nn.Module):
 
 
 # Pooling that some torchvision models do functionally in forward(): class name -> pool kind.
-_FUNCTIONAL_POOL = {"ShuffleNetV2": "avg", "MNASNet": "avg"}
+_FUNCTIONAL_POOL = {"ShuffleNetV2": "avg", "MNASNet": "avg", "MobileNetV2": "avg"}
 _SKIP_CHILDREN = ("aux1", "aux2", "AuxLogits")
+# Networks whose published torchvision weights expect ``transform_input=True``.
+_TRANSFORM_INPUT = ("GoogLeNet", "Inception3")
+# DenseNet files published before module names lost their dots: ``...denselayer1.norm.1.weight``.
+_LEGACY_DENSE_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$"
+)
+_AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+_NBT = "num_batches_tracked"
 
 
 def _is_global_pool(m: nn.Module) -> str | None:
@@ -144,10 +153,21 @@ def split_gap_classifier(net: nn.Module, name: str) -> tuple[nn.Module, nn.Linea
             "CAM; use a registry network (`camcli models`), e.g. vgg-gap in place of vgg16"
         )
     mods: list[nn.Module] = []
-    if cls == "GoogLeNet" and getattr(net, "transform_input", False):
+    if cls in _TRANSFORM_INPUT and getattr(net, "transform_input", False):
         mods.append(_TransformInput())
     mods.extend(m for _, m in body)
     return nn.Sequential(*mods), fc, pool
+
+
+def check_gap_head(entry: ModelEntry) -> None:
+    """Raise ModelError unless ``entry``'s torchvision network ends in global pooling + one
+    linear layer; builds it without real weights where torch allows (meta device)."""
+    try:
+        with torch.device("meta"):
+            net = _tv_model(entry.architecture, entry.num_classes)
+    except NotImplementedError:  # builders that compute with tensors (regnet widths)
+        net = _tv_model(entry.architecture, entry.num_classes)
+    split_gap_classifier(net, entry.name)
 
 
 def _tv_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
@@ -159,12 +179,12 @@ def _tv_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
         raise ModelError(
             f"unknown torchvision model {arch!r}: see torchvision.models.list_models()"
         ) from exc
-    if arch == "googlenet":
+    if arch == "googlenet" or arch.startswith("inception"):
         kwargs.setdefault("aux_logits", False)
         kwargs.setdefault("init_weights", False)
-    if arch.startswith("inception"):
-        kwargs.setdefault("aux_logits", False)
-        kwargs.setdefault("init_weights", False)
+        # torchvision's own weights for these were trained on [-1, 1] input (its builders set
+        # transform_input=True whenever weights are given; camcli loads them afterwards).
+        kwargs.setdefault("transform_input", True)
     return builder(weights=None, num_classes=num_classes, **kwargs)
 
 
@@ -173,9 +193,8 @@ def _paper_trunk(
 ) -> nn.Module:
     """The paper's trunks (SPEC section 6) with the new conv layer(s) of the GAP head.
 
-    transform_input (googlenet): prepend torchvision's input re-normalisation; default: when
-    ImageNet backbone weights are loaded. Checkpoints record it (``arch_options``) so the
-    trained trunk is rebuilt with the same module indices.
+    transform_input (googlenet): prepend torchvision's parameter-free input re-normalisation
+    (default: yes, so trunk.* keys never shift). Checkpoints record it (``arch_options``).
     """
     import torchvision
 
@@ -192,9 +211,11 @@ def _paper_trunk(
     elif arch == "googlenet":
         net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
         if backbone_state is not None:
-            _load_strict(net, backbone_state, "googlenet backbone")
+            _load_strict(net, _tv_state(net, backbone_state), "googlenet backbone")
+        # Present by default (it has no parameters), so trunk.* keys are the same whether the
+        # trunk was built from the backbone or from a trained checkpoint.
         if transform_input is None:
-            transform_input = backbone_state is not None
+            transform_input = True
         body = [_TransformInput()] if transform_input else []
         order = [
             "conv1",
@@ -221,6 +242,23 @@ def _paper_trunk(
     return nn.Sequential(*body, *head)
 
 
+def _tv_state(net: nn.Module, state: dict) -> dict:
+    """A published torchvision file in the form ``net`` loads: DenseNet's old ``norm.1`` keys
+    renamed, auxiliary classifiers' tensors dropped when ``net`` has none (as torchvision's
+    own builders do). Keys ``net`` already has are never touched."""
+    own = net.state_dict()
+    out = {}
+    for k, v in state.items():
+        if k not in own:
+            m = _LEGACY_DENSE_KEY.match(k)
+            if m:
+                k = m.group(1) + m.group(2)
+            elif k.startswith(_AUX_PREFIXES):
+                continue
+        out[k] = v
+    return out
+
+
 def _load_strict(net: nn.Module, state: dict, what: str) -> None:
     """load_state_dict with a one-line error naming the first mismatching tensor."""
     own = net.state_dict()
@@ -230,6 +268,8 @@ def _load_strict(net: nn.Module, state: dict, what: str) -> None:
                 f"{what}: tensor {k!r} has shape {list(v.shape)} but the architecture expects "
                 f"{list(own[k].shape)}; these weights are for another network"
             )
+    # Files saved before BatchNorm had num_batches_tracked lack it (torch fills it in too).
+    state = {**{k: v for k, v in own.items() if k.endswith(_NBT) and k not in state}, **state}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
@@ -328,7 +368,7 @@ def build_model(
     if entry.builder == "torchvision":
         net = _tv_model(entry.architecture, n)
         if state is not None and not gap_state:
-            _load_strict(net, state, entry.name)
+            _load_strict(net, _tv_state(net, state), entry.name)
         trunk, fc, tv_pool = split_gap_classifier(net, entry.name)
         model = GapModel(trunk, fc, tv_pool, name=entry.name, preprocess=pre, categories=cats)
     elif entry.builder == "paper":
@@ -376,6 +416,10 @@ def load_model(
     loaded = None
     from pathlib import Path
 
+    if name is not None:  # refuse an unknown or unfit network before reading or downloading
+        first = entry_for(name)
+        if first.builder == "torchvision" and name.startswith(TV_PREFIX):
+            check_gap_head(first)
     if weights is not None and not hub.is_url(weights) and Path(weights).exists():
         loaded = hub.load_file(Path(weights))
     elif weights is not None and hub.is_url(weights):
@@ -424,6 +468,11 @@ def load_model(
         )
     elif entry.builder == "paper":
         if loaded is None:
+            if require_trained_head:  # fail before downloading a backbone that cannot help
+                raise hub.WeightsError(
+                    f"{name}: no trained GAP head; train it first (`camcli train DATA --model "
+                    f"{name} --out RUN`) and pass --weights RUN/best.pt"
+                )
             path = hub.download(entry.url, entry.sha256, offline=offline)
             loaded = hub.load_file(path, source=entry.url)
         if any(k.startswith("trunk.") for k in loaded.state_dict):

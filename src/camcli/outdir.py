@@ -8,6 +8,10 @@ Layout (``cam`` and ``bbox --draw`` share it)::
     DIR/manifest.jsonl               one record per input, appended and flushed per image
     DIR/run.json                     versions, model, options, counts, wall time
 
+A run of shard I of N (``--shard I/N`` or a torchrun rank) writes ``manifest.shard-I-of-N.jsonl``
+and ``run.shard-I-of-N.json`` instead, and on start cleans only its own inputs' temporary files,
+so several shards can write into one DIR at once; ``camcli merge DIR`` joins them.
+
 ``key`` is the input's path relative to its root, without extension (camcli.io.discover), so
 nothing is ever written outside DIR. A manifest line is written only after every file of its
 image is in place, so a record in the manifest means a complete image: ``--resume`` skips those.
@@ -19,14 +23,18 @@ import json
 import os
 import re
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from camcli.output import CamcliError, Exit, dumps
+from camcli.output import CamcliError, Exit, dumps, write_error
 
 TMP_MARK = ".camcli-tmp"
+# .<name>.camcli-tmp<pid>-<thread id>: a file being written (see write_atomic)
+_TMP_RE = re.compile(r"^\.(?P<name>.*)" + re.escape(TMP_MARK) + r"\d+-\d+$", re.DOTALL)
 _LABEL_BAD = re.compile(r"[^\w.+-]+", re.UNICODE)
+_TMP_NAME_MAX = 120  # characters of the target's name kept in a temporary name (NAME_MAX)
 
 
 def safe_label(label: str) -> str:
@@ -36,7 +44,10 @@ def safe_label(label: str) -> str:
 
 
 def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
+    # Long names are cut so the temporary name stays within the file system's 255 bytes.
+    return path.with_name(
+        f".{path.name[:_TMP_NAME_MAX]}{TMP_MARK}{os.getpid()}-{threading.get_ident()}"
+    )
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -66,25 +77,48 @@ def save_npz_atomic(path: Path, **arrays) -> None:
 
 
 def encode_image(rgb, fmt: str, quality: int = 90) -> bytes:
-    """uint8 [H, W, 3] RGB numpy -> encoded bytes (OpenCV; releases the GIL)."""
-    import cv2
-    import numpy as np
+    """uint8 [H, W, 3] RGB numpy -> encoded bytes. JPEG through Pillow (libjpeg-turbo, straight
+    from RGB), PNG through OpenCV (fast deflate level); both release the GIL while encoding."""
+    if fmt == "png":
+        import cv2
+        import numpy as np
 
-    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-    ext = ".png" if fmt == "png" else ".jpg"
-    params = (
-        [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    )
-    ok, buf = cv2.imencode(ext, bgr, params)
-    if not ok:  # pragma: no cover - OpenCV failing to encode a valid uint8 image
-        raise OSError(f"cannot encode {fmt}")
-    return buf.tobytes()
+        ok, buf = cv2.imencode(
+            ".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+        )
+        if not ok:  # pragma: no cover - OpenCV failing on a valid uint8 image
+            raise OSError("cannot encode png")
+        return buf.tobytes()
+    import io as _io
+
+    from PIL import Image
+
+    bio = _io.BytesIO()
+    Image.fromarray(rgb).save(bio, "JPEG", quality=quality)
+    return bio.getvalue()
 
 
 class OutDir:
-    """Manages DIR: stray temporary files, the manifest, resume state, background writes."""
+    """Manages DIR: stray temporary files, the manifest, resume state, background writes.
 
-    def __init__(self, root: Path, *, resume: bool, workers: int = 2, max_pending: int = 16):
+    ``shard``: this run is one shard (camcli.shards.Shard): its own manifest and run json, and
+    ``own_keys`` (the keys of its inputs) limit the clean-up of stray temporary files to its own.
+    A write that fails (disk full, permissions) is kept and raised by :meth:`check_errors` as a
+    one-line error (exit 5); the manifest then still lists only complete images.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        resume: bool,
+        workers: int = 2,
+        max_pending: int = 16,
+        shard=None,
+        own_keys: set[str] | None = None,
+    ):
+        from camcli.shards import shard_names
+
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -92,29 +126,66 @@ class OutDir:
             raise CamcliError(
                 f"--out {root}: cannot create the folder ({exc.strerror})", Exit.USAGE
             ) from None
-        self.manifest_path = self.root / "manifest.jsonl"
+        self.shard = shard
+        man, run = (
+            shard_names(shard.index, shard.count) if shard else ("manifest.jsonl", "run.json")
+        )
+        self.manifest_path = self.root / man
+        self.run_json_path = self.root / run
+        self._manifest_tmp = self.root / f".{man}.tmp"
         self.done: dict[str, dict] = {}
-        self._clean_stray()
-        if resume and self.manifest_path.is_file():
-            self.done = self._read_manifest()
-        elif self.manifest_path.exists():
-            self.manifest_path.unlink()
-        self._manifest = open(self.manifest_path, "a", encoding="utf-8")
+        self._write_errors: list[BaseException] = []
+        try:
+            self._clean_stray(own_keys)
+            if shard is not None:
+                # A shard is finished when its run json is there (camcli merge checks).
+                self.run_json_path.unlink(missing_ok=True)
+                if resume and (self.root / "manifest.jsonl").is_file():
+                    # records of a merged earlier run (read only: other shards read it too)
+                    self.done = self._read_manifest(self.root / "manifest.jsonl", rewrite=False)
+            if resume and self.manifest_path.is_file():
+                self.done.update(self._read_manifest(self.manifest_path))
+            elif self.manifest_path.exists():
+                self.manifest_path.unlink()
+            self._manifest = open(self.manifest_path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise write_error(exc, self.root) from None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camcli-write")
         self._pending: deque[Future] = deque()
         self._max_pending = max_pending
         self.new_records: dict[int, dict] = {}
-        self._write_errors: list[BaseException] = []
+        self.profiler = None  # a camcli.profiling.Profiler, to time the background writes
 
-    def _clean_stray(self) -> None:
+    def _clean_stray(self, own_keys: set[str] | None) -> None:
+        """Remove temporary files a killed run left (only those of ``own_keys`` when given)."""
+        own_sorted = sorted(own_keys) if own_keys is not None else None
+
+        def mine(dirpath: str, name: str) -> bool:
+            if own_keys is None:
+                return True
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            rel = "" if rel == "." else rel
+            if name.endswith(".npz"):  # DIR/<key>.npz
+                return (f"{rel}/" if rel else "") + name[: -len(".npz")] in own_keys
+            if len(name) >= _TMP_NAME_MAX:  # a cut name: any key it may begin
+                import bisect
+
+                pre = (f"{rel}/" if rel else "") + name
+                j = bisect.bisect_left(own_sorted, pre)
+                return j < len(own_sorted) and own_sorted[j].startswith(pre)
+            return rel in own_keys  # DIR/<key>/<file>
+
         for dirpath, _, files in os.walk(self.root):
             for f in files:
-                if TMP_MARK in f or (f.startswith(".manifest.jsonl") and f.endswith(".tmp")):
+                m = _TMP_RE.match(f)
+                if (m and mine(dirpath, m["name"])) or (
+                    dirpath == str(self.root) and f == self._manifest_tmp.name
+                ):
                     Path(dirpath, f).unlink(missing_ok=True)
 
-    def _read_manifest(self) -> dict[str, dict]:
+    def _read_manifest(self, path: Path, *, rewrite: bool = True) -> dict[str, dict]:
         done: dict[str, dict] = {}
-        with open(self.manifest_path, encoding="utf-8", errors="surrogateescape") as fh:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             lines = fh.read().split("\n")
         good = []
         for line in lines:
@@ -128,11 +199,19 @@ class OutDir:
             if all(f.is_file() for f in files):
                 done[rec["key"]] = rec
                 good.append(line)
-        # Rewrite the manifest with complete lines only, so appends start on a fresh line.
-        tmp = self.manifest_path.with_name(".manifest.jsonl.tmp")
-        tmp.write_text("".join(g + "\n" for g in good), encoding="utf-8")
-        os.replace(tmp, self.manifest_path)
+        if rewrite:
+            # Rewrite the manifest with complete lines only, so appends start on a fresh line.
+            self._replace_manifest(good)
         return done
+
+    def _replace_manifest(self, lines: list[str]) -> None:
+        tmp = self._manifest_tmp
+        try:
+            tmp.write_text("".join(g + "\n" for g in lines), encoding="utf-8")
+            os.replace(tmp, self.manifest_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -140,8 +219,20 @@ class OutDir:
     def submit(self, fn, *args) -> Future:
         """Run a write in the background; blocks when too many are pending (flat memory)."""
         while len(self._pending) >= self._max_pending:
-            self._pending.popleft().result()
-        fut = self._pool.submit(fn, *args)
+            self._pending.popleft().exception()  # errors are kept by record(); see check_errors
+        prof = self.profiler
+        if prof is not None and prof.enabled:
+
+            def timed(*a):
+                t = time.perf_counter()
+                try:
+                    return fn(*a)
+                finally:
+                    prof.add("encode+write", time.perf_counter() - t)
+
+            fut = self._pool.submit(timed, *args)
+        else:
+            fut = self._pool.submit(fn, *args)
         self._pending.append(fut)
         return fut
 
@@ -158,6 +249,8 @@ class OutDir:
                 remaining[0] -= 1
                 if remaining[0]:
                     return
+            if any(f.cancelled() for f in futures):
+                return  # Ctrl-C cancelled a write: no record, the image is redone on --resume
             failed = [f.exception() for f in futures if f.exception() is not None]
             if failed:
                 self._write_errors.append(failed[0])
@@ -169,32 +262,45 @@ class OutDir:
 
     def _append(self, index: int, rec: dict) -> None:
         with _MANIFEST_LOCK:
-            self._manifest.write(dumps(rec) + "\n")
-            self._manifest.flush()
+            if self._write_errors:
+                return  # after a failed write, nothing more is recorded: resume redoes it
+            try:
+                self._manifest.write(dumps(rec) + "\n")
+                self._manifest.flush()
+            except OSError as exc:
+                self._write_errors.append(exc)
+                return
             self.new_records[index] = rec
 
+    @property
+    def failed(self) -> bool:
+        return bool(self._write_errors)
+
     def check_errors(self) -> None:
+        """Raise the first failed write as a one-line error (exit 5)."""
         if self._write_errors:
             exc = self._write_errors[0]
-            raise CamcliError(
-                f"writing to {self.root} failed ({getattr(exc, 'strerror', None) or exc}); "
-                "free space or fix permissions, then rerun with --resume",
-                1,
-            )
+            if isinstance(exc, OSError):
+                raise write_error(exc, self.root)
+            raise CamcliError(f"cannot write to {self.root}: {exc}", Exit.WRITE)
 
     def drain(self) -> None:
         while self._pending:
-            self._pending.popleft().result()
+            self._pending.popleft().exception()
 
     def close(self, *, order: list[tuple[int, str]] | None = None, cancel: bool = False) -> None:
         """Finish pending writes; then rewrite the manifest in input order (atomically).
 
         order: (index, key) of every input of the run: records of images completed by an
-        earlier run (resume) keep their place.
+        earlier run (resume) keep their place. Never raises for a failed write (see
+        :meth:`check_errors`): the manifest appended so far is then kept as it is.
         """
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         self._pending.clear()
-        self._manifest.close()
+        try:
+            self._manifest.close()
+        except OSError as exc:
+            self._write_errors.append(exc)
         if order is None:
             return
         by_key = dict(self.done)
@@ -203,13 +309,91 @@ class OutDir:
         for _, key in order:
             rec = by_key.get(key)
             if rec is not None:
-                lines.append(dumps(rec) + "\n")
-        tmp = self.manifest_path.with_name(".manifest.jsonl.tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.replace(tmp, self.manifest_path)
+                lines.append(dumps(rec))
+        try:
+            self._replace_manifest(lines)
+        except OSError as exc:
+            self._write_errors.append(exc)
 
     def write_run_json(self, info: dict) -> None:
-        write_atomic(self.root / "run.json", (json.dumps(info, indent=2) + "\n").encode())
+        try:
+            write_atomic(self.run_json_path, (json.dumps(info, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise write_error(exc, self.root) from None
 
 
 _MANIFEST_LOCK = threading.Lock()
+
+
+class RecordFile:
+    """JSON Lines records to FILE, resumable: lines go to ``.FILE.partial`` as images finish
+    (flushed each), and FILE is written atomically in input order at the end (also on Ctrl-C,
+    except for a shard's part, which is written only when the shard is complete).
+    ``resume=True`` keeps the error-free records of FILE, of a partial file left by a killed
+    run, and of ``also`` (read only: a merged FILE for a part), keyed by ``image``; ``done``
+    holds them. A failed write raises a one-line error (exit 5) and keeps the partial file."""
+
+    def __init__(
+        self, target: Path, *, resume: bool, part: bool = False, also: tuple[Path, ...] = ()
+    ) -> None:
+        self.target = Path(target)
+        self.partial = self.partial_for(self.target)
+        self.part = part
+        self.done: dict[str, dict] = {}
+        self.failed = False
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            if resume:
+                for src in (*also, self.target, self.partial):
+                    if src.is_file():
+                        self._load(src)
+            self._fh = open(self.partial, "w", encoding="utf-8")
+            for rec in self.done.values():
+                self._fh.write(dumps(rec) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            raise write_error(exc, self.target) from None
+        self.new: dict[str, dict] = {}
+
+    @staticmethod
+    def partial_for(target: Path) -> Path:
+        return target.with_name(f".{target.name}.partial")
+
+    def _load(self, src: Path) -> None:
+        for line in src.read_text(encoding="utf-8", errors="replace").split("\n"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "image" in rec and "error" not in rec:
+                self.done[rec["image"]] = rec
+
+    def write(self, rec: dict) -> None:
+        try:
+            self._fh.write(dumps(rec) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            self.failed = True
+            raise write_error(exc, self.target) from None
+        self.new[rec["image"]] = rec
+
+    def finish(self, order: list[str], *, complete: bool = True) -> list[dict]:
+        """Write FILE in input order (records of this run and resumed ones); returns them.
+
+        An incomplete part, or a run whose writes failed, keeps only the partial file (its
+        complete lines are what --resume reads)."""
+        try:
+            self._fh.close()
+        except OSError:
+            self.failed = True
+        by_image = {**self.done, **self.new}
+        recs = [by_image[p] for p in order if p in by_image]
+        if self.failed or (self.part and not complete):
+            return recs
+        try:
+            write_atomic(self.target, "".join(dumps(r) + "\n" for r in recs).encode("utf-8"))
+        except OSError as exc:
+            self.failed = True
+            raise write_error(exc, self.target) from None
+        self.partial.unlink(missing_ok=True)
+        return recs

@@ -19,6 +19,7 @@ class Exit(IntEnum):
     USAGE = 2
     NO_INPUT = 3
     WEIGHTS = 4
+    WRITE = 5  # an output could not be written (disk full, permissions); rerun with --resume
     INTERRUPTED = 130
 
 
@@ -28,6 +29,16 @@ class CamcliError(Exception):
     def __init__(self, message: str, code: int = Exit.USAGE) -> None:
         super().__init__(message)
         self.code = int(code)
+
+
+def write_error(exc: OSError, where: object, *, resumable: bool = True) -> CamcliError:
+    """The one-line error (exit 5) of an output that could not be written."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = "free space or fix permissions, then rerun"
+    return CamcliError(
+        f"cannot write to {where}: {reason}; {fix}" + (" with --resume" if resumable else ""),
+        Exit.WRITE,
+    )
 
 
 @cache
@@ -49,22 +60,43 @@ def stdout_console():
     return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+def shown(text: object) -> str:
+    """Text that any stream can print: undecodable bytes of file names (surrogate escapes)
+    appear as ``\\udcXX``, as in JSON records."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _escape(text: object) -> str:
+    """Text shown literally inside rich markup (paths may hold ``[...]``)."""
+    from rich.markup import escape
+
+    return escape(shown(text))
+
+
 def error(message: str) -> None:
     """One line on stderr."""
-    stderr_console().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    stderr_console().print(f"[bold red]error:[/] {_escape(message)}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    stderr_console().print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    stderr_console().print(f"[yellow]warning:[/] {_escape(message)}", markup=True, highlight=False)
 
 
 def info(message: str, quiet: bool = False) -> None:
     if not quiet:
-        stderr_console().print(message, markup=False, highlight=False)
+        stderr_console().print(shown(message), markup=False, highlight=False)
 
 
 def dumps(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    """One JSON line, UTF-8 text. Paths with undecodable bytes (surrogate escapes) are written
+    as ``\\udcXX`` escapes, which keeps the line valid UTF-8 and lets
+    ``os.fsencode(json.loads(line)["image"])`` give the original bytes back."""
+    text = json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record, ensure_ascii=True, separators=(", ", ": "), default=_json_default)
+    return text
 
 
 def _json_default(o):
@@ -93,6 +125,7 @@ class JsonlWriter:
 
     def __init__(self, target: str | os.PathLike | None, *, append: bool = False) -> None:
         self.target = None if target in (None, "-") else Path(target)
+        self.failed = False
         self._tmp: Path | None = None
         self._fh: IO[str]
         if self.target is None:
@@ -106,12 +139,19 @@ class JsonlWriter:
             self._fh = open(self._tmp, "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._fh.write(dumps(record) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(dumps(record) + "\n")
+            self._fh.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.failed = True
+            raise write_error(exc, self.target or "stdout", resumable=False) from None
 
     def close(self, *, commit: bool = True) -> None:
         if self.target is None:
-            self._fh.flush()
+            if not self.failed:
+                self._fh.flush()
             return
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -130,23 +170,6 @@ class JsonlWriter:
         self.close(commit=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def print_predictions_table(records: list[dict], title: str = "predictions") -> None:
     from rich.table import Table
 
@@ -158,14 +181,14 @@ def print_predictions_table(records: list[dict], title: str = "predictions") -> 
     table.add_column("score", justify="right")
     for r in records:
         if "error" in r:
-            table.add_row(r["image"], "", "", f"[red]error: {r['error']}[/]", "")
+            table.add_row(_escape(r["image"]), "", "", f"[red]error: {_escape(r['error'])}[/]", "")
             continue
         for j, p in enumerate(r["predictions"]):
             table.add_row(
-                r["image"] if j == 0 else "",
+                _escape(r["image"]) if j == 0 else "",
                 f"{r['width']}x{r['height']}" if j == 0 else "",
                 str(j + 1),
-                f"{p['label']} ({p['class_index']})",
+                f"{_escape(p['label'])} ({p['class_index']})",
                 f"{p['score']:.4f}",
             )
     stdout_console().print(table)

@@ -193,3 +193,25 @@ def grid(
         out[:, :h, x0 : x0 + w] = panels[i]
         out[:, h:, x0 : x0 + w] = strips_t[i]
     return out
+
+
+def levels_u8(maps: Tensor) -> Tensor:
+    """[..., H, W] float maps in [0, 1] -> uint8 levels ``round(255 * m)`` (NaN -> 0)."""
+    levels = torch.nan_to_num(maps.to(torch.float32) * 255.0, nan=0.0)
+    return levels.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def overlay_cv2(
+    image_hwc: np.ndarray, levels: np.ndarray, colormap: str = DEFAULT_COLORMAP, alpha: float = 0.5
+) -> np.ndarray:
+    """CPU fast path of :func:`overlay` for ONE map: OpenCV's SIMD LUT and blend, GIL released.
+
+    image_hwc: uint8 [H, W, 3] RGB; levels: uint8 [H, W] (:func:`levels_u8`). Returns uint8
+    [H, W, 3] RGB: the same colours as :func:`colorize` and ``cv2.addWeighted`` rounding
+    (within 1 of :func:`blend`, usually identical).
+    """
+    import cv2
+
+    lut = _lut_cpu(colormap).numpy().reshape(256, 1, 3)
+    heat = cv2.applyColorMap(levels, lut)  # the LUT is RGB-ordered, so heat is RGB
+    return cv2.addWeighted(image_hwc, 1.0 - alpha, heat, alpha, 0.0)

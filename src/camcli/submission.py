@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -278,22 +277,10 @@ Item = tuple[str | os.PathLike, Sequence[tuple[int, Sequence[int]]]]
 
 
 def _atomic_write(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    from camcli.outdir import write_atomic
+
+    write_atomic(Path(path), text.encode("utf-8"))
 
 
 def _check_box(box: Sequence[int], where: str) -> Box:
@@ -349,7 +336,7 @@ def write_ilsvrc_submission(
     readers; :func:`read_ilsvrc_submission` accepts it.) The file is written atomically.
     """
     lines = []
-    for name, groups in _sorted_items(items):
+    for _name, groups in _sorted_items(items):
         parts = []
         for c, (x0, y0, x1, y1) in groups:
             parts.append(f"{synsets.ilsvrc_id(c)} {x0} {y0} {x1} {y1}")

@@ -718,6 +718,7 @@ class FitResult:
     history: list[dict]
     out_dir: Path | None
     options: TrainOptions | None = None
+    skipped: list[str] = field(default_factory=list)  # inputs that could not be decoded
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor | None, torch.Tensor | None, list]:
@@ -975,7 +976,7 @@ def fit(
     dist.barrier()
     final = unwrap(model)
     final.eval()
-    return FitResult(final, options.epochs, best, history, out, options)
+    return FitResult(final, options.epochs, best, history, out, options, sorted(seen.seen))
 
 
 def _nonfinite_message(
@@ -997,9 +998,9 @@ def _nonfinite_message(
 
 
 def _rewrite_metrics(path: Path, history: list[dict]) -> None:
-    from camcli.output import atomic_write_text
+    from camcli.outdir import write_atomic
 
-    atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+    write_atomic(path, "".join(json.dumps(h) + "\n" for h in history).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------

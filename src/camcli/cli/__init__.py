@@ -5,6 +5,7 @@ torch is imported only inside commands, so `camcli --help` and completion stay f
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated
@@ -58,20 +59,24 @@ def _register() -> None:
 _register()
 
 
-def _exit_for(exc: BaseException) -> int:
-    from camcli.hub import WeightsError
-    from camcli.io import InputError
-    from camcli.models import ModelError
-    from camcli.registry import RegistryError
+# errno values of a failed write: disk full, quota, file too large, read-only file system
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
+
+def _exit_for(exc: BaseException) -> int:
     if isinstance(exc, CamcliError):
         return exc.code
-    if isinstance(exc, WeightsError):
-        return Exit.WEIGHTS
-    if isinstance(exc, InputError):
-        return Exit.NO_INPUT
-    if isinstance(exc, ModelError | RegistryError):
-        return Exit.USAGE
+    # Only a module already imported can have raised its error: looking the classes up in
+    # sys.modules keeps an early error (no images found) from importing torch (~2 s).
+    for module, cls, code in (
+        ("camcli.hub", "WeightsError", Exit.WEIGHTS),
+        ("camcli.io", "InputError", Exit.NO_INPUT),
+        ("camcli.models", "ModelError", Exit.USAGE),
+        ("camcli.registry", "RegistryError", Exit.USAGE),
+    ):
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(exc, getattr(mod, cls)):
+            return code
     return 1
 
 
@@ -105,6 +110,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(Exit.USAGE)
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            from camcli.output import write_error
+
+            werr = write_error(exc, exc.filename or "the output", resumable=False)
+            error(str(werr))
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no second failure at exit
+            sys.exit(werr.code)
         code = _exit_for(exc)
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if code == 1 and not isinstance(exc, CamcliError):

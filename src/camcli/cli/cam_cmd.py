@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -12,18 +11,18 @@ from camcli.cli import options as o
 from camcli.io import DEFAULT_MAX_PIXELS
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     minmax = "minmax"
     max = "max"
     none = "none"
 
 
-class Interp(str, Enum):
+class Interp(StrEnum):
     bilinear = "bilinear"
     bicubic = "bicubic"
 
 
-class Fmt(str, Enum):
+class Fmt(StrEnum):
     jpg = "jpg"
     png = "png"
 
@@ -37,7 +36,11 @@ Classes = Annotated[
 NormOpt = Annotated[Norm, typer.Option("--norm", help="Map normalisation (SPEC section 1).")]
 InterpOpt = Annotated[Interp, typer.Option("--interpolation", help="Map upsampling.")]
 TenCrop = Annotated[
-    bool, typer.Option("--ten-crop", help="Official ILSVRC ten-crop merge (256x256 canvas).")
+    bool,
+    typer.Option(
+        "--ten-crop",
+        help="Official ILSVRC ten-crop merge (256x256 canvas for 224 crops; same ratio otherwise).",
+    ),
 ]
 Resume = Annotated[
     bool,
@@ -86,40 +89,85 @@ def cam(
     ] = False,
     ten_crop: TenCrop = False,
     resume: Resume = False,
+    shard: o.Shard = None,
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
     offline: o.Offline = False,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    precision: o.Precision = "fp32",
+    profile: o.Profile = False,
+    codec: o.Codec = "auto",
+    compile: o.Compile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Class activation maps of the top-k (or named) classes, mapped onto each original image.
 
     Example: camcli cam images/ --out cams/ --model resnet50 --top-k 5 --grid --save-maps
     """
-    import time
-
-    from camcli import api, jobs
-    from camcli.cli.run import open_session, progress_bar, resolve_inputs
-    from camcli.outdir import OutDir
-    from camcli.output import CamcliError, info
+    from camcli.cli.run import plan_split, resolve_inputs
+    from camcli.output import CamcliError
     from camcli.render import COLORMAPS
 
     if colormap not in COLORMAPS:
         raise CamcliError(f"--colormap {colormap!r}: choose one of {', '.join(COLORMAPS)}")
     if no_overlay and not grid and not save_maps:
         raise CamcliError("--no-overlay leaves nothing to write: add --grid or --save-maps")
-    started = time.time()
     items = resolve_inputs(inputs)
-    session = open_session(
-        model,
-        weights,
-        device=device,
-        batch_size=batch_size,
-        offline=offline,
-        workers=workers,
-        max_pixels=max_pixels,
-    )
+    split = plan_split(shard, inputs)
+    try:
+        return _cam(
+            items,
+            split,
+            inputs=inputs,
+            out=out,
+            model=model,
+            weights=weights,
+            top_k=top_k,
+            classes=classes,
+            norm=norm,
+            interpolation=interpolation,
+            ten_crop=ten_crop,
+            wopts_kw={
+                "colormap": colormap,
+                "alpha": alpha,
+                "fmt": fmt.value,
+                "overlays": not no_overlay,
+                "grid": grid,
+                "save_maps": save_maps,
+            },
+            resume=resume,
+            session_kw={
+                "precision": precision,
+                "profile": profile,
+                "codec": codec,
+                "compile": compile,
+                "device": device,
+                "batch_size": batch_size,
+                "offline": offline,
+                "workers": workers,
+                "max_pixels": max_pixels,
+            },
+            quiet=quiet,
+        )
+    finally:
+        split.close()
+
+
+def _cam(
+    items, split, *, inputs, out, model, weights, top_k, classes, norm, interpolation, ten_crop,
+    wopts_kw, resume, session_kw, quiet,
+) -> int:  # fmt: skip
+    import time
+
+    from camcli import api, jobs
+    from camcli.cli.run import open_session, progress_bar, report_errors
+    from camcli.outdir import OutDir
+    from camcli.output import info
+
+    started = time.time()
+    mine = split.select(items)
+    session = open_session(model, weights, split=split, **session_kw)
     opts = api.CamOptions(
         top_k=top_k,
         classes=api.resolve_classes(session.model, classes),
@@ -127,52 +175,67 @@ def cam(
         interpolation=interpolation.value,
         ten_crop=ten_crop,
     )
-    wopts = jobs.CamWriteOptions(
-        colormap=colormap,
-        alpha=alpha,
-        fmt=fmt.value,
-        overlays=not no_overlay,
-        grid=grid,
-        save_maps=save_maps,
+    wopts = jobs.CamWriteOptions(**wopts_kw, device_render=session.device_codec)
+    sharded = split.shard is not None
+    outdir = OutDir(
+        out,
+        resume=resume,
+        shard=split.shard,
+        own_keys={it.key for it in mine} if sharded else None,
     )
-    outdir = OutDir(out, resume=resume)
-    todo = [it for it in items if it.key not in outdir.done]
-    skipped = len(items) - len(todo)
+    todo = [it for it in mine if it.key not in outdir.done]
+    skipped = len(mine) - len(todo)
     if skipped:
-        info(f"resume: {skipped} of {len(items)} inputs already complete", quiet)
-    bar = progress_bar(len(todo), quiet, "cam")
-    interrupted = False
+        info(f"resume: {skipped} of {len(mine)} inputs already complete", quiet)
+    bar = progress_bar(len(todo), quiet or not split.main, "cam")
+
+    def on_record(rec: dict) -> None:
+        report_errors(rec, quiet)
+        if bar:
+            bar.advance(bar.task)
+
+    interrupted = completed = False
     try:
-        jobs.run_cam(
-            session,
-            todo,
-            opts,
-            wopts,
-            outdir,
-            on_record=(lambda _r: bar.advance(bar.task)) if bar else None,
-        )
+        jobs.run_cam(session, todo, opts, wopts, outdir, on_record=on_record)
+        completed = True
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         if bar:
             bar.stop()
-        outdir.close(order=[(it.index, it.key) for it in items], cancel=interrupted)
-        if not interrupted:
-            outdir.write_run_json(
-                jobs.run_info(
-                    session,
-                    "cam",
-                    {**jobs.options_dict(opts, wopts), "inputs": list(inputs), "resumed": skipped},
-                    started,
-                )
-            )
+        outdir.close(order=[(it.index, it.key) for it in mine], cancel=interrupted)
+        if completed and not outdir.failed:
+            options = {
+                **jobs.options_dict(opts, wopts),
+                "inputs": list(inputs),
+                "resumed": skipped,
+            }
+            info_ = jobs.run_info(session, "cam", options, started)
+            if sharded:
+                info_["shard"] = str(split.shard)
+                info_["inputs_total"] = len(items)
+            outdir.write_run_json(info_)
+    outdir.check_errors()  # a failed write: one line, exit 5, the manifest lists what is done
     st = session.stats
-    if not quiet:
-        info(
-            f"cam: {st['ok']} done, {st['failed']} failed, {skipped} skipped; outputs in {out}",
-            quiet=not sys.stderr.isatty() and quiet,
-        )
-    if skipped and st["ok"] == 0 and st["failed"] == 0:
-        return 0
-    return api.exit_code(st)
+    ok, failed, skipped_all = split.total([st["ok"], st["failed"], skipped])
+    split.barrier()
+    if split.dist is not None and split.main:
+        from camcli.shards import merge_outdir
+
+        merge_outdir(outdir.root, keys=[it.key for it in items])
+    if session.profiler.enabled:
+        session.profiler.images = st["ok"]
+        info(session.profiler.report())
+    where = f"shard {split.shard} ({len(mine)} of {len(items)} inputs), " if sharded else ""
+    if split.dist is not None:
+        where = f"{split.dist.world} ranks, "
+    info(
+        f"cam: {ok} done, {failed} failed, {skipped_all} skipped; {where}outputs in {out}",
+        quiet=quiet or not split.main,
+    )
+    split.barrier()
+    # Inputs completed by an earlier run count as done: a resumed run whose only new input
+    # fails has failed partly (1), not found no input (3).
+    code = api.exit_code({"ok": ok + skipped_all, "failed": failed})
+    return code if split.main else 0

@@ -26,11 +26,12 @@ def models(
 
     rows = []
     for e in load_registry().values():
-        cached = bool(e.url) and hub.cached_path(e.url).is_file()
+        bundled = bool(e.url) and e.url.startswith(hub.PACKAGE_PREFIX)
+        cached = bool(e.url) and not bundled and hub.cached_path(e.url).is_file()
         if e.needs_training:
             status = "train first" + (" (backbone cached)" if cached else "")
         else:
-            status = "cached" if cached else "download"
+            status = "bundled" if bundled else "cached" if cached else "download"
         rows.append(
             {
                 "name": e.name,
@@ -49,23 +50,29 @@ def models(
         for r in rows:
             typer.echo(json.dumps(r))
         return
+    from rich import box
     from rich.table import Table
 
+    # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(
         title="camcli models",
         caption="torchvision:<name> also takes any torchvision "
         "classifier ending in global pooling + one linear layer",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    for col in ("name", "architecture", "pool", "feature map", "input", "classes", "weights"):
-        t.add_column(col)
+    for col in ("name", "architecture", "pool", "feature map", "classes", "weights"):
+        # names are what users copy: never cut or wrapped
+        t.add_column(col, no_wrap=col == "name", overflow="fold")
     for r in rows:
-        colour = {"cached": "green", "download": "cyan"}.get(r["weights"], "yellow")
+        colour = {"cached": "green", "bundled": "green", "download": "cyan"}.get(
+            r["weights"], "yellow"
+        )
         t.add_row(
             r["name"],
             r["architecture"],
             r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP"),
             r["feature_map"],
-            str(r["input_size"]),
             str(r["classes"]),
             f"[{colour}]{r['weights']}[/]",
         )

@@ -66,3 +66,48 @@ MaxPixels = Annotated[
     ),
 ]
 OutDir = Annotated[Path, typer.Option("--out", help="Output directory.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32, bf16 (autocast; CPUs with AVX512-BF16/AMX and "
+        "GPUs) or fp16 (GPU only). Maps are always computed in fp32.",
+    ),
+]
+Profile = Annotated[
+    bool,
+    typer.Option(
+        "--profile",
+        help="Print where the time went (decode, transfer, forward, "
+        "CAM, post-processing, encode+write) at the end.",
+    ),
+]
+Codec = Annotated[
+    str,
+    typer.Option(
+        "--codec",
+        help="Where JPEGs are decoded and overlays rendered/encoded: auto "
+        "(the device on CUDA, else the CPU), cpu, or device.",
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the network (slow first batch; pays off on long runs, mostly on GPUs).",
+    ),
+]
+Shard = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Process only shard I of N (0-based): inputs I, I+N, I+2N, ... of the sorted list. "
+        "N jobs with I = 0..N-1 cover the inputs exactly once; each writes its own part "
+        "(FILE.shard-I-of-N, DIR/manifest.shard-I-of-N.jsonl); join them with `camcli merge`.",
+    ),
+]
+ResumeFile = Annotated[
+    bool,
+    typer.Option("--resume", help="Keep the records already in --output FILE; do only the rest."),
+]

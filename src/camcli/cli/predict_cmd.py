@@ -22,31 +22,89 @@ def predict(
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
     output: o.Output = None,
+    resume: o.ResumeFile = False,
+    shard: o.Shard = None,
     offline: o.Offline = False,
     workers: o.Workers = None,
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    precision: o.Precision = "fp32",
+    profile: o.Profile = False,
+    codec: o.Codec = "auto",
+    compile: o.Compile = False,
     quiet: o.Quiet = False,
 ) -> int:
     """Classify images: one JSON Lines record per input, softmax scores, best first.
 
     Example: camcli predict photos/ --model resnet50 --top-k 5 --output preds.jsonl
     """
-    from camcli.cli.run import open_session, resolve_inputs, stream_records
+    from camcli.cli.run import (
+        RecordSink,
+        open_session,
+        plan_split,
+        print_table,
+        resolve_inputs,
+        stream_records,
+    )
+    from camcli.output import CamcliError, info
 
+    if resume and output in (None, "-"):
+        raise CamcliError("--resume needs --output FILE (records on stdout cannot be resumed)")
     items = resolve_inputs(inputs)
-    session = open_session(
-        model,
-        weights,
-        device=device,
-        batch_size=batch_size,
-        offline=offline,
-        workers=workers,
-        max_pixels=max_pixels,
-    )
-    from camcli import api
+    split = plan_split(shard, inputs, stdout_ok=False, output=output)
+    try:
+        mine = split.select(items)
+        session = open_session(
+            model,
+            weights,
+            split=split,
+            precision=precision,
+            profile=profile,
+            codec=codec,
+            compile=compile,
+            device=device,
+            batch_size=batch_size,
+            offline=offline,
+            workers=workers,
+            max_pixels=max_pixels,
+        )
+        from camcli import api
 
-    as_table = output is None and sys.stdout.isatty()
-    records = api.predict(session, items, top_k=top_k)
-    return stream_records(
-        records, session, items, output=output, table=as_table, quiet=quiet, what="predict"
-    )
+        sink = RecordSink(
+            output, split, resume=resume, table=output is None and sys.stdout.isatty()
+        )
+        todo = [it for it in mine if it.path not in sink.done]
+        skipped = len(mine) - len(todo)
+        if skipped:
+            info(f"resume: {skipped} of {len(mine)} inputs already done", quiet)
+        complete = False
+        try:
+            complete = stream_records(
+                api.predict(session, todo, top_k=top_k),
+                sink,
+                total=len(todo),
+                quiet=quiet,
+                show_progress=split.main,
+                what="predict",
+            )
+        finally:
+            sink.finish([it.path for it in mine], complete=complete)
+        if sink.table:
+            print_table(sink.collected)
+        st = session.stats
+        ok, failed, skipped = split.total([st["ok"], st["failed"], skipped])
+        split.barrier()
+        sink.join(items)
+        if profile:
+            session.profiler.images = st["ok"]
+            info(session.profiler.report())
+        summary = f"predict: {ok} done, {failed} failed" + (
+            f", {skipped} resumed" if skipped else ""
+        )
+        if split.shard is not None and split.dist is None:
+            summary += f" (shard {split.shard}: {len(mine)} of {len(items)} inputs)"
+        info(summary, quiet or not split.main or not sys.stderr.isatty())
+        split.barrier()
+    finally:
+        split.close()
+    code = api.exit_code({"ok": ok + skipped, "failed": failed})
+    return code if split.main else 0

@@ -278,6 +278,12 @@ def train(
             f"best {what} {100 * b['val_top1']:.2f}% at epoch {b['epoch']}: {out / 'best.pt'}"
             f"  (try: camcli predict IMAGES --weights {out / 'best.pt'})"
         )
+    if result.skipped:
+        if rank0 and not quiet:
+            warn(
+                f"{len(result.skipped)} image(s) could not be used (see above); trained on the rest"
+            )
+        return Exit.SOME_FAILED
     return Exit.OK
 
 

@@ -1,0 +1,254 @@
+"""camcli against the bare forward pass and against peer CAM tools, measured in ONE run.
+
+Generates a set of JPEGs of realistic sizes, random-weight models (no downloads), then runs,
+alternating over rounds, each configuration as a fresh process and records images/s (wall time
+of the whole process, start-up included, as a user sees it) and peak RSS (``wait4``):
+
+- ``limit``: decode + preprocess + forward only (camcli's own loader), at the best batch size
+  found by a sweep;
+- ``camcli cam --top-k 1`` (overlays), ``camcli cam --top-k 5 --save-maps``, ``camcli bbox``;
+- pytorch-grad-cam ``GradCAM`` and torch-cam ``CAM`` doing the same work (top-1 map, overlay
+  at the original size written), one image at a time as their READMEs show.
+
+Usage::
+
+    python benchmarks/bench_cam.py --images 256 --rounds 2 --models resnet50 vgg-gap
+    python benchmarks/bench_cam.py --device cuda --precision bf16      # on a GPU machine
+
+Needs the ``bench`` extra (``pip install -c constraints.txt -e '.[bench]'``) for the peers.
+Prints a table and the ratios camcli / limit and camcli / each peer; ``--json FILE`` keeps all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SIZES = [(500, 375), (375, 500), (640, 480), (500, 333), (800, 600), (333, 500)]
+
+
+def make_images(folder: Path, n: int, seed: int = 0) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        w, h = SIZES[i % len(SIZES)]
+        small = rng.integers(0, 256, (h // 12 + 1, w // 12 + 1, 3), dtype=np.uint8)
+        im = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+        im.save(folder / f"img_{i:05d}.jpg", quality=90)
+
+
+def make_weights(model: str, path: Path) -> None:
+    """Random weights saved as a camcli-loadable file (state_dict or checkpoint)."""
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from camcli.models import entry_for, random_model
+
+    torch.manual_seed(0)
+    m = random_model(model)
+    entry = entry_for(model)
+    torch.save(
+        {
+            "format": "camcli-checkpoint",
+            "model": model,
+            "state_dict": m.state_dict(),
+            "categories": m.categories,
+            "preprocess": entry.preprocess.to_dict(),
+            "pool": m.pool,
+        },
+        path,
+    )
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, exit code) of one fresh process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):
+        print(
+            f"  ! {shlex.join(cmd)} exited {proc.returncode}: {err.strip()[-500:]}", file=sys.stderr
+        )
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--models", nargs="+", default=["resnet50", "vgg-gap"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument(
+        "--batch-sizes",
+        default="1,2,4,8,16,32",
+        help="sweep for the limit (and camcli's --batch-size when given)",
+    )
+    ap.add_argument("--camcli-batch-size", type=int, default=None)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these configurations")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="camcli-bench-"))
+    imgs = work / "images"
+    if not imgs.is_dir() or len(list(imgs.glob("*.jpg"))) != args.images:
+        make_images(imgs, args.images)
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+    py = sys.executable
+    results: dict = {}
+    for model in args.models:
+        wpath = work / f"{model}.pt"
+        if not wpath.is_file():
+            make_weights(model, wpath)
+        # Limit: best batch size by a sweep (in one process per batch size, short set).
+        limit_cmd = [
+            py,
+            str(HERE / "limit.py"),
+            str(imgs),
+            "--weights",
+            str(wpath),
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+        ]
+        sweep = {}
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            out = subprocess.run(
+                limit_cmd + ["--batch-size", str(bs), "--max-images", "64"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            try:
+                sweep[bs] = json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+            except (IndexError, ValueError):
+                print(out.stderr[-800:], file=sys.stderr)
+        best_bs = max(sweep, key=sweep.get)
+        print(
+            f"[{model}] limit batch-size sweep (img/s, steady state): "
+            + ", ".join(f"{b}: {v:.2f}" for b, v in sweep.items())
+            + f" -> {best_bs}"
+        )
+        bs_args = ["--batch-size", str(args.camcli_batch_size)] if args.camcli_batch_size else []
+        common = ["--weights", str(wpath), "--device", args.device, "-q"] + bs_args
+        if args.precision != "fp32":
+            common += ["--precision", args.precision]
+        configs = {
+            "limit": limit_cmd + ["--batch-size", str(best_bs)],
+            "cam_top1": [
+                py,
+                "-m",
+                "camcli",
+                "cam",
+                str(imgs),
+                "--out",
+                str(work / "o1"),
+                "--top-k",
+                "1",
+            ]
+            + common,
+            "cam_top5_maps": [
+                py,
+                "-m",
+                "camcli",
+                "cam",
+                str(imgs),
+                "--out",
+                str(work / "o5"),
+                "--top-k",
+                "5",
+                "--save-maps",
+            ]
+            + common,
+            "bbox": [py, "-m", "camcli", "bbox", str(imgs), "--output", str(work / "boxes.jsonl")]
+            + common,
+        }
+        if not args.no_peers:
+            for peer in ("gradcam", "torchcam"):
+                configs[peer] = [
+                    py,
+                    str(HERE / "peers.py"),
+                    peer,
+                    str(imgs),
+                    "--weights",
+                    str(wpath),
+                    "--out",
+                    str(work / f"peer_{peer}"),
+                    "--device",
+                    args.device,
+                ]
+        if args.only:
+            configs = {k: v for k, v in configs.items() if k in args.only or k == "limit"}
+        runs: dict[str, list] = {k: [] for k in configs}
+        for r in range(args.rounds):
+            for name, cmd in configs.items():
+                wall, rss, rc = run_measured(cmd, env)
+                runs[name].append({"wall_s": wall, "rss_mib": rss, "rc": rc})
+                print(
+                    f"  [{model}] round {r + 1} {name:14s} {args.images / wall:7.2f} img/s "
+                    f"{rss:8.0f} MiB",
+                    flush=True,
+                )
+        summary = {}
+        for name, rs in runs.items():
+            wall = statistics.median(x["wall_s"] for x in rs)
+            summary[name] = {
+                "images_per_s": args.images / wall,
+                "peak_rss_mib": max(x["rss_mib"] for x in rs),
+                "runs": rs,
+            }
+        summary["limit"]["batch_size"] = best_bs
+        summary["limit"]["sweep"] = sweep
+        results[model] = summary
+        lim = summary["limit"]["images_per_s"]
+        print(f"\n{model}: images/s (median of {args.rounds}, whole process) and peak RSS")
+        for name, s in summary.items():
+            print(f"  {name:14s} {s['images_per_s']:7.2f} img/s  {s['peak_rss_mib']:7.0f} MiB")
+        for name in ("cam_top1", "cam_top5_maps", "bbox"):
+            if name in summary:
+                line = f"  {name:14s} / limit {summary[name]['images_per_s'] / lim:5.2f}"
+                for peer in ("gradcam", "torchcam"):
+                    if peer in summary:
+                        ratio = summary[name]["images_per_s"] / summary[peer]["images_per_s"]
+                        line += f"   / {peer} {ratio:5.2f}"
+                print(line)
+        if "cam_top1" in summary and "cam_top5_maps" in summary:
+            extra = (
+                summary["cam_top1"]["images_per_s"] / summary["cam_top5_maps"]["images_per_s"] - 1
+            )
+            print(f"  top-5 + maps costs {100 * extra:+.1f} % over top-1")
+        print()
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "images": args.images,
+                    "device": args.device,
+                    "precision": args.precision,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

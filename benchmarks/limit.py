@@ -1,0 +1,67 @@
+"""The limit: decode + preprocess + forward only, with camcli's own loader (no CAM, no writes).
+
+Prints one JSON line: images/s over the whole process and in steady state (after the first
+batch), for ``bench_cam.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+t_start = time.perf_counter()
+
+import torch  # noqa: E402
+
+from camcli import io  # noqa: E402
+from camcli.api import resolve_device  # noqa: E402
+from camcli.models import load_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("images")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--max-images", type=int, default=None)
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    m = load_model(None, args.weights).to(dev).eval()
+    if dev.type == "cpu":
+        m = m.to(memory_format=torch.channels_last)
+    items = io.discover([args.images])[: args.max_images]
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    n, t_first = 0, None
+    for b in io.iter_batches(
+        items, m.preprocess, batch_size=args.batch_size, pin_memory=dev.type == "cuda"
+    ):
+        x = io.normalize_batch(b.x.to(dev, non_blocking=True), m.preprocess)
+        if dev.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None),
+        ):
+            m(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if t_first is None:
+            t_first = time.perf_counter()
+        else:
+            n += x.shape[0]
+    end = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "images_per_s": n / max(end - t_first, 1e-9),
+                "process_images_per_s": len(items) / (end - t_start),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""``--profile``: where the time of a run went, per stage, printed at the end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+STAGES = (
+    "wait for decode",
+    "decode (device)",
+    "transfer",
+    "forward",
+    "cam",
+    "post-process",
+    "encode+write",
+)
+
+
+class Profiler:
+    """Accumulates wall seconds per stage. Stages of the main thread add up to its wall time;
+    ``encode+write`` runs in writer threads (overlapped) and decode in loader workers, so those
+    are reported as busy time beside it. On CUDA each stage synchronises the device when
+    profiling is on, so the GPU's time lands in the stage that queued it."""
+
+    def __init__(self, enabled: bool, device=None) -> None:
+        self.enabled = enabled
+        self.sync = enabled and device is not None and getattr(device, "type", "") == "cuda"
+        self.totals: dict[str, float] = {}
+        self.decode_worker_s = 0.0
+        self.images = 0
+        self._lock = threading.Lock()
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync:
+                import torch
+
+                torch.cuda.synchronize()
+            self.add(name, time.perf_counter() - t)
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.totals[name] = self.totals.get(name, 0.0) + seconds
+
+    def report(self) -> str:
+        wall = time.perf_counter() - self.started
+        lines = [
+            f"profile: {self.images} images in {wall:.2f} s "
+            f"({self.images / wall if wall else 0:.2f} images/s)"
+        ]
+        main = sum(v for k, v in self.totals.items() if k != "encode+write")
+        for name in STAGES:
+            if name in self.totals:
+                v = self.totals[name]
+                where = "writer threads, overlapped" if name == "encode+write" else "main"
+                lines.append(f"  {name:16s} {v:8.2f} s  {100 * v / wall:5.1f} % of wall  ({where})")
+        if self.decode_worker_s:
+            lines.append(
+                f"  {'decode (workers)':16s} {self.decode_worker_s:8.2f} s  busy time "
+                "in loader workers, overlapped"
+            )
+        lines.append(
+            f"  {'other':16s} {max(0.0, wall - main):8.2f} s  (start-up, model load, "
+            "records, final writes)"
+        )
+        return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""Sharding (issue: reliability at scale): `--shard I/N`, `camcli merge`, eval over parts, and a
+2-process gloo torchrun run equal to the single-process one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from camcli import io
+from camcli.cli import main
+from camcli.shards import Shard, interleave, parse_shard
+from conftest import PYTHON, subprocess_env
+
+pytestmark = pytest.mark.usefixtures("cli_one_thread")
+
+TORCHRUN = Path(PYTHON).with_name("torchrun")
+
+
+def run_main(*argv) -> int:
+    """In-process run; image commands decode in-process, one image per batch: a batch's
+    composition changes the float maths in the last bits (batched kernels), and shards batch
+    different images together, so bit-identical outputs need --batch-size 1."""
+    argv = [str(a) for a in argv]
+    if argv[0] in ("predict", "cam", "bbox") and "--from-maps" not in argv:
+        argv += ["--workers", "0", "--batch-size", "1"]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    raise AssertionError("main() returned without SystemExit")  # pragma: no cover
+
+
+def tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def same_tree(a: Path, b: Path, skip=("run.json",)) -> None:
+    """Same files; same bytes (npz: same arrays) except the files in ``skip``."""
+    assert tree(a) == tree(b)
+    for f in sorted(tree(a) - set(skip)):
+        if f.endswith(".npz"):
+            x, y = npz(a / f), npz(b / f)
+            assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), f
+        else:
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+def test_parse_shard_and_select(cli_images):
+    assert parse_shard("1/3") == Shard(1, 3) and parse_shard(" 0 / 1 ") == Shard(0, 1)
+    items = io.discover([str(cli_images)])
+    assert len(items) == 6
+    parts = [Shard(i, 4).select(items) for i in range(4)]
+    assert [len(p) for p in parts] == [2, 2, 1, 1]
+    assert [it.index for it in parts[1]] == [1, 5]
+    # together: every item exactly once, each keeping its global index and key
+    assert sorted((it for p in parts for it in p), key=lambda it: it.index) == items
+    assert Shard(2, 4).part(Path("d/boxes.jsonl")) == Path("d/boxes.shard-2-of-4.jsonl")
+    assert Shard(0, 2).part(Path("noext")) == Path("noext.shard-0-of-2")
+
+
+@pytest.mark.parametrize("bad", ["3/3", "-1/2", "1/0", "a/b", "1", "0/2/3"])
+def test_bad_shard_is_a_one_line_usage_error(bad, cli_images, cli_ckpt, camcli_run):
+    code, out, err = camcli_run("predict", cli_images, "-w", cli_ckpt, f"--shard={bad}")
+    assert code == 2 and out == ""
+    assert "--shard" in err and len(err.strip().splitlines()) == 1
+
+
+def test_interleave_restores_order_and_checks_sizes():
+    parts = [["a", "d", "g"], ["b", "e"], ["c", "f"]]
+    assert interleave(parts, ["p0", "p1", "p2"]) == list("abcdefg")
+    assert interleave([[], []], ["p0", "p1"]) == []
+    from camcli.output import CamcliError
+
+    for bad in ([["a"], ["b", "c"]], [["a", "c", "e"], ["b"]], [["a", "c"], [], ["b"]]):
+        with pytest.raises(CamcliError, match="do not fit"):
+            interleave(bad, [f"p{i}" for i in range(len(bad))])
+
+
+# --- bbox / predict: parts of --output FILE, camcli merge, eval over parts --------------------
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory, cli_images, cli_ckpt):
+    """Unsharded runs: bbox records + drawings, predict records, cam folder."""
+    t = tmp_path_factory.mktemp("shardref")
+    w = ("--weights", cli_ckpt, "--quiet")
+    assert run_main("bbox", cli_images, *w, "-o", t / "boxes.jsonl", "--draw", t / "draw") == 1
+    assert run_main("predict", cli_images, *w, "-o", t / "preds.jsonl") == 1
+    assert run_main("cam", cli_images, *w, "--out", t / "cam", "--top-k", 2, "--save-maps",
+                    "--grid") == 1  # fmt: skip
+    return t
+
+
+def test_bbox_shards_merge_to_the_unsharded_records(refs, tmp_path, cli_images, cli_ckpt):
+    out, draw = tmp_path / "boxes.jsonl", tmp_path / "draw"
+    w = ("--weights", cli_ckpt, "--quiet", "-o", out, "--draw", draw)
+    # shards of 6 inputs: items {0, 4}, {1, 5}, {2}, {3}; item 2 is the corrupt file
+    codes = [run_main("bbox", cli_images, *w, "--shard", f"{i}/4") for i in (3, 0, 1)]
+    assert codes == [0, 0, 0]
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [
+        f"boxes.shard-{i}-of-4.jsonl" for i in (0, 1, 3)
+    ]
+    # a shard missing: nothing is merged, the error names it
+    assert run_main("merge", out) == 3 and not out.exists()
+    assert run_main("merge", draw) == 3 and not (draw / "manifest.jsonl").exists()
+    assert run_main("bbox", cli_images, *w, "--shard", "2/4") == 3  # nothing usable in it
+    assert run_main("merge", out, draw) == 0
+    assert out.read_bytes() == (refs / "boxes.jsonl").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.jsonl", "draw"]
+    same_tree(draw, refs / "draw")
+
+
+def test_predict_shards_merge_and_eval_reads_the_parts(refs, tmp_path, cli_images, cli_ckpt,
+                                                       capsys):  # fmt: skip
+    out = tmp_path / "preds.jsonl"
+    for i in range(3):
+        code = run_main("predict", cli_images, "-w", cli_ckpt, "-q", "-o", out, "--shard", f"{i}/3")
+        assert code == (1 if i == 2 else 0)  # items 2 and 5: the corrupt file is item 2
+    parts = [str(Shard(i, 3).part(out)) for i in range(3)]
+    # eval over the parts scores the same as over the unsharded file
+    gt = tmp_path / "gt.csv"
+    gt.write_text(
+        "path,label,xmin,ymin,xmax,ymax\n"
+        + "".join(f"{n},class {n[0]},0,0,9,9\n" for n in ["a", "b", "broken", "c", "d", "e"])
+    )
+    cats = tmp_path / "cats.txt"
+    cats.write_text("".join(f"class {c}\n" for c in "abcdefghij"))
+    args = ["eval", "--gt", gt, "--categories", cats, "-o", "-", "-q"]
+    capsys.readouterr()
+    assert run_main(*args, *[x for p in parts for x in ("--boxes", p)]) == 1  # broken: failed
+    split = json.loads(capsys.readouterr().out)
+    assert run_main(*args, "--boxes", refs / "preds.jsonl") == 1
+    whole = json.loads(capsys.readouterr().out)
+    assert split == whole and whole["n_images"] == 6 and whole["n_failed"] == 1
+    assert run_main("merge", out) == 0
+    assert out.read_bytes() == (refs / "preds.jsonl").read_bytes()
+
+
+def test_empty_shard_writes_an_empty_part(tmp_path, cli_images, cli_ckpt):
+    out = tmp_path / "p.jsonl"
+    assert run_main("predict", cli_images, "-w", cli_ckpt, "-q", "-o", out, "--shard", "7/8") == 0
+    assert Shard(7, 8).part(out).read_text() == ""
+
+
+def test_shard_refuses_whole_input_outputs(tmp_path, cli_images, cli_ckpt, camcli_run):
+    syn = tmp_path / "syn.txt"
+    syn.write_text("")
+    code, _, err = camcli_run("bbox", cli_images, "-w", cli_ckpt, "--shard", "0/2",
+                              "--submission", tmp_path / "s.txt", "--synsets", syn)  # fmt: skip
+    assert code == 2 and "camcli merge" in err
+    code, _, err = camcli_run("bbox", "--from-maps", tmp_path, "--shard", "0/2")
+    assert code == 2 and "--from-maps" in err
+
+
+# --- cam: shards writing into one folder ------------------------------------------------------
+
+
+def test_cam_shards_share_one_folder_and_merge(refs, tmp_path, cli_images, cli_ckpt):
+    out = tmp_path / "cam"
+    args = ("--weights", cli_ckpt, "--quiet", "--out", out, "--top-k", 2, "--save-maps", "--grid")
+    assert [run_main("cam", cli_images, *args, "--shard", f"{i}/3") for i in range(3)] == [0, 0, 1]
+    names = {p.name for p in out.iterdir() if p.is_file() and p.suffix != ".npz"}
+    assert names == {f"manifest.shard-{i}-of-3.jsonl" for i in range(3)} | {
+        f"run.shard-{i}-of-3.json" for i in range(3)
+    }
+    assert run_main("merge", out) == 0
+    same_tree(out, refs / "cam")
+    info, ref_info = (json.loads((d / "run.json").read_text()) for d in (out, refs / "cam"))
+    assert info["counts"] == ref_info["counts"] == {"ok": 5, "failed": 1}
+    assert info["shards"] == 3 and info["options"] == ref_info["options"]
+
+
+def test_a_shard_cleans_only_its_own_temporary_files(tmp_path, cli_images, cli_ckpt):
+    """Shards may run at once in one folder: a starting shard must not delete the files another
+    shard is writing (a.jpg is item 0 -> shard 0/2; b.png is item 1 -> shard 1/2)."""
+    out = tmp_path / "cam"
+    theirs = [out / "b" / ".1_x.jpg.camcli-tmp11-22", out / ".b.npz.camcli-tmp11-22"]
+    mine = [out / "a" / ".1_x.jpg.camcli-tmp11-22", out / ".a.npz.camcli-tmp33-44"]
+    for p in theirs + mine:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    two = tmp_path / "two"
+    two.mkdir()
+    for n in ("a.jpg", "b.png"):
+        shutil.copy(cli_images / n, two / n)
+    assert run_main("cam", two, "-w", cli_ckpt, "-q", "--out", out, "--shard", "0/2") == 0
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in mine)
+
+
+def test_resume_of_a_shard_after_merging_redoes_nothing(refs, tmp_path, cli_images, cli_ckpt,
+                                                        monkeypatch):  # fmt: skip
+    import camcli.api
+
+    out = tmp_path / "cam"
+    shutil.copytree(refs / "cam", out)
+    seen: list[str] = []
+    real = camcli.api.iter_cams
+    monkeypatch.setattr(
+        camcli.api, "iter_cams", lambda s, items, *a, **k: seen.extend(it.key for it in items)
+        or real(s, items, *a, **k)
+    )  # fmt: skip
+    args = ("--weights", cli_ckpt, "--quiet", "--out", out, "--top-k", 2, "--save-maps", "--grid")
+    assert run_main("cam", cli_images, *args, "--shard", "0/2", "--resume") == 1
+    assert seen == ["nested/broken"]  # only the failed input is retried
+
+
+# --- torchrun ---------------------------------------------------------------------------------
+
+
+def torchrun(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = subprocess_env()
+    env.pop("CAMCLI_DEBUG", None)
+    return subprocess.run(
+        [str(TORCHRUN), "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "camcli", *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside python")
+def test_torchrun_two_gloo_ranks_equal_one_process(refs, tmp_path, cli_images, cli_ckpt):
+    out, draw = tmp_path / "boxes.jsonl", tmp_path / "draw"
+    r = torchrun("bbox", cli_images, "-w", cli_ckpt, "--device", "cpu", "--workers", "0",
+                 "--batch-size", "1", "-o", out, "--draw", draw, cwd=tmp_path)  # fmt: skip
+    assert r.returncode != 0  # rank 0 reports the corrupt input: exit 1, so torchrun fails
+    assert "exitcode  : 1" in r.stderr and r.stderr.count("broken.jpg: cannot decode") == 1
+    assert out.read_bytes() == (refs / "boxes.jsonl").read_bytes()
+    same_tree(draw, refs / "draw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.jsonl", "draw"]
+    assert not [p for p in tree(draw) if "shard" in p]
+
+
+def test_torchrun_usage_errors_need_no_process_group(tmp_path, cli_images, cli_ckpt, camcli_run,
+                                                     monkeypatch):  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    code, _, err = camcli_run("bbox", cli_images, "-w", cli_ckpt)
+    assert code == 2 and "--output FILE" in err
+    code, _, err = camcli_run("predict", cli_images, "-w", cli_ckpt, "-o", "x", "--shard", "0/2")
+    assert code == 2 and "torchrun" in err
+    assert not os.path.exists("x")
