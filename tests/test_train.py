@@ -549,3 +549,52 @@ def test_two_process_gloo_run_writes_one_checkpoint(shapes, tmp_path):
     assert "gloo" in p.stderr and "x 2 processes" in p.stderr
     m = load_model(None, str(out / "best.pt"))
     assert m.categories == sorted(SHAPES3)
+
+
+# ------------------------------------------------------------------------------ model set-up
+
+
+def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
+    import torchvision
+
+    from camcli.models import _TransformInput
+
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
+    state = tv.state_dict()
+    monkeypatch.setattr(t, "_load_state", lambda url, sha, offline: (state, None))
+    entry = entry_for("googlenet-gap")
+    o = t.resolve_options(t.TrainOptions(model="googlenet-gap", image_size=64), entry)
+    torch.manual_seed(0)
+    model, prefixes = t.initial_model(entry, o, ["a", "b", "c"])
+    assert o.arch_options == {"transform_input": True}
+    n = len(model.trunk)
+    assert prefixes == [f"trunk.{n - 2}.", f"trunk.{n - 1}.", "fc."]
+    assert isinstance(model.trunk[0], _TransformInput)
+    assert torch.equal(model.trunk[1].conv.weight, state["conv1.conv.weight"])
+    lrs = {g["name"]: g["lr"] for g in t.param_groups(model, prefixes, 1e-3, 10.0, 5e-4)}
+    assert lrs == pytest.approx(
+        {
+            "pretrained-decay": 1e-3,
+            "pretrained-no_decay": 1e-3,
+            "new-decay": 1e-2,
+            "new-no_decay": 1e-2,
+        }
+    )
+    ck = t.make_checkpoint(model, options=o, epoch=1, metrics=None, history=[], best=None)
+    again = t.model_from_checkpoint(ck)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model.eval()(x))
+
+
+def test_torchvision_finetune_replaces_the_classifier(monkeypatch):
+    import torchvision
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    monkeypatch.setattr(t, "_load_state", lambda url, sha, offline: (state, None))
+    entry = entry_for("resnet18")
+    o = t.resolve_options(t.TrainOptions(model="resnet18", image_size=32, pool="gmp"), entry)
+    model, prefixes = t.initial_model(entry, o, ["x", "y"])
+    assert prefixes == ["fc."] and model.fc.out_features == 2 and model.pool == "max"
+    assert torch.equal(model.trunk[0].weight, state["conv1.weight"])
+    assert model.preprocess.input_size == 32 and model.categories == ["x", "y"]

@@ -165,7 +165,15 @@ def train(
         Precision,
         typer.Option("--precision", help="bf16/fp16 autocast (fp16 on CUDA, with loss scaling)."),
     ] = Precision.fp32,
-    workers: o.Workers = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Decoding worker processes per training process [default: half the cores, "
+            "max 4, on CPU; up to 8 on CUDA].",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Initialisation, split, order, crops.")] = 0,
     resume: Annotated[
         bool,
@@ -198,11 +206,17 @@ def train(
 ) -> int:
     """Train a GAP network on labelled folders; checkpoints load with `--weights` alone.
 
-    Examples:
-      camcli train shapes/ --model camnet-small --out runs/shapes --epochs 20 --image-size 64
-      camcli train birds/ --model vgg-gap --out runs/birds          (fine-tune, paper recipe)
-      camcli train birds/ --model resnet50 --freeze-backbone --out runs/probe
-      torchrun --nproc-per-node 4 -m camcli train birds/ --model vgg-gap --out runs/birds
+    DATA holds one folder per class (or train/ and val/ holding them). RUN gets last.pt (every
+    epoch), best.pt (best validation top-1) and metrics.jsonl.
+
+    From scratch on a CPU: camcli train shapes/ -m camnet-small --out runs/shapes --epochs 20
+
+    Fine-tune the paper's VGG-GAP: camcli train birds/ -m vgg-gap --out runs/birds
+
+    Linear probe: camcli train birds/ -m resnet50 --freeze-backbone --out runs/probe
+
+    Several GPUs: torchrun --standalone --nproc-per-node 4 -m camcli train birds/ -m vgg-gap
+    --out runs/birds
     """
     from camcli import train as t
     from camcli.output import CamcliError, Exit, warn
