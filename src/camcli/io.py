@@ -294,7 +294,9 @@ class ImageDataset:
             arr = decode_image(item.path, self.max_pixels)
         except ValueError as exc:
             return Sample(item, None, None, error=str(exc), decode_s=time.perf_counter() - t0)
-        img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        # [3, H, W] as a view of the decoder's [H, W, 3] memory: no copy; the CPU overlay path
+        # wants HWC anyway and torchvision's uint8 resize is fastest on channels-last.
+        img = torch.from_numpy(arr).permute(2, 0, 1)
         try:
             t = preprocess_uint8(img, self.preprocess)
         except Exception as exc:  # noqa: BLE001

@@ -38,17 +38,21 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
 
 def _render_and_write_cpu(
     image: torch.Tensor,
-    levels: np.ndarray,
+    maps: np.ndarray,
     paths: list[Path],
     grid_path: Path | None,
     captions: list[str],
     wopts: CamWriteOptions,
 ) -> None:
-    """CPU path, in a writer thread: OpenCV overlays (GIL released), then encode and write."""
+    """CPU path, in a writer thread: quantise, OpenCV overlays (GIL released), encode, write.
+
+    image: uint8 [3, H, W], usually a view of the decoder's [H, W, 3] array (no copy here);
+    maps: float32 [k, H, W] in [0, 1].
+    """
     from camcli import render
 
     hwc = image.permute(1, 2, 0).contiguous().numpy()
-    ovs = [render.overlay_cv2(hwc, lv, wopts.colormap, wopts.alpha) for lv in levels]
+    ovs = [render.overlay_cv2(hwc, render.levels_cv2(m), wopts.colormap, wopts.alpha) for m in maps]
     for p, rgb in zip(paths, ovs):
         write_atomic(p, encode_image(rgb, wopts.fmt))
     if grid_path is not None:
@@ -109,12 +113,11 @@ def cam_outputs(res: api.CamResult, out: OutDir, wopts: CamWriteOptions) -> tupl
         )
         grid_path = out.root / key / f"grid.{wopts.fmt}" if wopts.grid else None
         if not wopts.device_render:
-            levels = render.levels_u8(res.cams).cpu().numpy()
             futures.append(
                 out.submit(
                     _render_and_write_cpu,
                     res.sample.image,
-                    levels,
+                    res.cams.float().cpu().numpy(),
                     paths,
                     grid_path,
                     captions,
