@@ -106,7 +106,7 @@ def bbox(
     Example: camcli bbox images/ --model resnet50 --tight-loose-heuristic --submission sub.txt
     --synsets map_clsloc.txt --output boxes.jsonl
     """
-    from camcli.cli.run import plan_split, resolve_inputs
+    from camcli.cli.run import plan_split, resolve_inputs, session_options
     from camcli.output import CamcliError
     from camcli.shards import torchrun_world
 
@@ -158,17 +158,7 @@ def bbox(
             interpolation=interpolation,
             ten_crop=ten_crop,
             resume=resume,
-            session_kw={
-                "precision": precision,
-                "profile": profile,
-                "codec": codec,
-                "compile": compile,
-                "device": device,
-                "batch_size": batch_size,
-                "offline": offline,
-                "workers": workers,
-                "max_pixels": max_pixels,
-            },
+            session_kw=session_options(locals()),
             quiet=quiet,
         )
     finally:

@@ -105,7 +105,7 @@ def cam(
 
     Example: camcli cam images/ --out cams/ --model resnet50 --top-k 5 --grid --save-maps
     """
-    from camcli.cli.run import plan_split, resolve_inputs
+    from camcli.cli.run import plan_split, resolve_inputs, session_options
     from camcli.output import CamcliError
     from camcli.render import COLORMAPS
 
@@ -137,17 +137,7 @@ def cam(
                 "save_maps": save_maps,
             },
             resume=resume,
-            session_kw={
-                "precision": precision,
-                "profile": profile,
-                "codec": codec,
-                "compile": compile,
-                "device": device,
-                "batch_size": batch_size,
-                "offline": offline,
-                "workers": workers,
-                "max_pixels": max_pixels,
-            },
+            session_kw=session_options(locals()),
             quiet=quiet,
         )
     finally:

@@ -43,6 +43,7 @@ def predict(
         plan_split,
         print_table,
         resolve_inputs,
+        session_options,
         stream_records,
     )
     from camcli.output import CamcliError, info
@@ -53,20 +54,7 @@ def predict(
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:
         mine = split.select(items)
-        session = open_session(
-            model,
-            weights,
-            split=split,
-            precision=precision,
-            profile=profile,
-            codec=codec,
-            compile=compile,
-            device=device,
-            batch_size=batch_size,
-            offline=offline,
-            workers=workers,
-            max_pixels=max_pixels,
-        )
+        session = open_session(model, weights, split=split, **session_options(locals()))
         from camcli import api
 
         sink = RecordSink(

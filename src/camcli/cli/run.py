@@ -25,6 +25,25 @@ def resolve_inputs(inputs: list[str]):
     return items
 
 
+# Options every model-running command takes and hands to api.Session.open unchanged.
+SESSION_OPTIONS = (
+    "device",
+    "batch_size",
+    "offline",
+    "workers",
+    "max_pixels",
+    "precision",
+    "profile",
+    "codec",
+    "compile",
+)
+
+
+def session_options(values: dict) -> dict:
+    """The Session.open keyword arguments among a command's parameters (``locals()``)."""
+    return {k: values[k] for k in SESSION_OPTIONS}
+
+
 def open_session(model, weights, *, split: Split | None = None, **kw):
     from camcli.api import Session
 
