@@ -284,9 +284,17 @@ def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
 
 
 def iter_cams(
-    session: Session, items: list[io.InputItem], opts: CamOptions, *, keep_image: bool = False
+    session: Session,
+    items: list[io.InputItem],
+    opts: CamOptions,
+    *,
+    keep_image: bool = False,
+    before_forward=None,
 ) -> Iterator[CamResult | io.Sample]:
-    """Yield, in input order, a :class:`CamResult` per decoded image or the failed Sample."""
+    """Yield, in input order, a :class:`CamResult` per decoded image or the failed Sample.
+
+    before_forward: called before each batch's forward pass (the CPU job drains its writer
+    threads there, see jobs.run_cam)."""
     from camcli import pipeline as P
     from camcli.registry import Preprocess
 
@@ -313,6 +321,8 @@ def iter_cams(
             out[s.item.index] = s
             session.stats["failed"] += 1
         if batch.x is not None:
+            if before_forward is not None:
+                before_forward()
             x = session.to_input(batch.x, pre)
             b = x.shape[0]
             if opts.ten_crop:

@@ -203,7 +203,19 @@ def run_cam(
     """The `cam` job over ``items`` (already filtered for --resume). Returns session.stats."""
     keep = wopts.overlays or wopts.grid
     out.profiler = session.profiler
-    for res in api.iter_cams(session, items, opts, keep_image=keep):
+    # On the CPU, writer threads running beside the multi-threaded forward pass steal a core
+    # from one of its threads and stall the whole parallel region (stragglers): there the
+    # previous batch's files are finished, in parallel, before the next forward starts. On a
+    # GPU they overlap with it.
+    sync = session.device.type == "cpu" and not wopts.device_render
+
+    def before_forward() -> None:
+        with session.profiler.stage("encode+write (waited)"):
+            out.drain()
+
+    for res in api.iter_cams(
+        session, items, opts, keep_image=keep, before_forward=before_forward if sync else None
+    ):
         if isinstance(res, io.Sample):
             rec = {"image": res.item.path, "key": res.item.key, "error": res.error}
             out.record(res.item.index, rec)

@@ -13,6 +13,7 @@ STAGES = (
     "forward",
     "cam",
     "post-process",
+    "encode+write (waited)",
     "encode+write",
 )
 
