@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -201,10 +200,6 @@ def exit_code(stats: dict) -> int:
     if stats["ok"] == 0 and stats["failed"] > 0:
         return Exit.NO_INPUT
     return Exit.SOME_FAILED if stats["failed"] else Exit.OK
-
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,14 +74,12 @@ def colormap_lut(name: str, device: torch.device | str | None = None) -> Tensor:
 def colorize(maps: Tensor, name: str = DEFAULT_COLORMAP) -> Tensor:
     """Colour [N, H, W] float maps in [0, 1] -> [N, 3, H, W] uint8 RGB, on the maps' device.
 
-    Level = ``round(255 * m)`` clamped to [0, 255] (NaN counts as 0), then a LUT gather.
+    Level = :func:`levels_u8` (``round(255 * m)`` clamped, NaN -> 0), then a LUT gather.
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be [N, H, W], got shape {tuple(maps.shape)}")
     lut = colormap_lut(name, maps.device)
-    levels = torch.nan_to_num(maps.to(torch.float32) * 255.0, nan=0.0)
-    levels = levels.round().clamp(0, 255).to(torch.long)
-    return lut[levels].permute(0, 3, 1, 2).contiguous()
+    return lut[levels_u8(maps).long()].permute(0, 3, 1, 2).contiguous()
 
 
 def blend(images: Tensor, heat: Tensor, alpha: float = 0.5) -> Tensor:
