@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from camcli.render import COLORMAPS, blend, colorize, colormap_lut, grid, overlay
+from camcli.render import (
+    COLORMAPS,
+    blend,
+    colorize,
+    colormap_lut,
+    grid,
+    levels_cv2,
+    levels_u8,
+    overlay,
+    overlay_cv2,
+)
 
 CV2 = {
     "jet": cv2.COLORMAP_JET,
@@ -54,6 +64,32 @@ def test_colorize_quantisation_and_out_of_range():
     # round(255 * m) clamped; NaN -> 0; 127.5 rounds half to even -> 128
     assert out[0, 0, 0].tolist() == [0, 0, 1, 255, 255, 0, 0, 128]
     assert torch.equal(out[0, 0], out[0, 2])
+
+
+def test_levels_cv2_equals_levels_u8_on_hand_values_and_random_maps():
+    m = np.array(
+        [[0.0, 0.49 / 255, 0.51 / 255, 1.0, 1.7, -0.3, np.nan, 0.5, 1.5 / 255]], np.float32
+    )
+    # round(255 m) clamped to [0, 255], NaN -> 0, halves to even (127.5 -> 128, 1.5 -> 2)
+    assert levels_cv2(m).tolist() == [[0, 0, 1, 255, 255, 0, 0, 128, 2]]
+    rng = np.random.default_rng(0)
+    r = (rng.random((37, 53), dtype=np.float32) * 1.4 - 0.2).astype(np.float32)
+    r[3, 4] = np.nan
+    assert np.array_equal(levels_cv2(r), levels_u8(torch.from_numpy(r)).numpy())
+
+
+def test_overlay_cv2_matches_overlay_in_rgb_and_bgr():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    maps = rng.random((2, 9, 11), dtype=np.float32)
+    ref = overlay(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(maps), "turbo", 0.4)
+    for i, m in enumerate(maps):
+        rgb = overlay_cv2(image, levels_cv2(m), "turbo", 0.4)
+        bgr = overlay_cv2(
+            np.ascontiguousarray(image[..., ::-1]), levels_cv2(m), "turbo", 0.4, bgr=True
+        )
+        assert np.array_equal(rgb, bgr[..., ::-1])
+        assert np.abs(rgb.astype(int) - ref[i].permute(1, 2, 0).numpy().astype(int)).max() <= 1
 
 
 def test_blend_hand_values():

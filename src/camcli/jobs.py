@@ -46,17 +46,24 @@ def _render_and_write_cpu(
 ) -> None:
     """CPU path, in a writer thread: quantise, OpenCV overlays (GIL released), encode, write.
 
+    Rendered in BGR, OpenCV's encoder order (one channel swap per image, not one per overlay).
     image: uint8 [3, H, W], usually a view of the decoder's [H, W, 3] array (no copy here);
     maps: float32 [k, H, W] in [0, 1].
     """
+    import cv2
+
     from camcli import render
 
-    hwc = image.permute(1, 2, 0).contiguous().numpy()
-    ovs = [render.overlay_cv2(hwc, render.levels_cv2(m), wopts.colormap, wopts.alpha) for m in maps]
-    for p, rgb in zip(paths, ovs):
-        write_atomic(p, encode_image(rgb, wopts.fmt))
+    bgr = cv2.cvtColor(image.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
+    ovs = [
+        render.overlay_cv2(bgr, render.levels_cv2(m), wopts.colormap, wopts.alpha, bgr=True)
+        for m in maps
+    ]
+    for p, ov in zip(paths, ovs):
+        write_atomic(p, encode_image(ov, wopts.fmt, bgr=True))
     if grid_path is not None:
-        g = render.grid(image, torch.from_numpy(np.stack(ovs)).permute(0, 3, 1, 2), captions)
+        rgb = torch.from_numpy(np.ascontiguousarray(np.stack(ovs)[..., ::-1]))
+        g = render.grid(image, rgb.permute(0, 3, 1, 2), captions)
         write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt))
 
 

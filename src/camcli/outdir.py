@@ -76,26 +76,26 @@ def save_npz_atomic(path: Path, **arrays) -> None:
         raise
 
 
-def encode_image(rgb, fmt: str, quality: int = 90) -> bytes:
-    """uint8 [H, W, 3] RGB numpy -> encoded bytes. JPEG through Pillow (libjpeg-turbo, straight
-    from RGB), PNG through OpenCV (fast deflate level); both release the GIL while encoding."""
+def encode_image(pixels, fmt: str, quality: int = 90, *, bgr: bool = False) -> bytes:
+    """uint8 [H, W, 3] numpy (RGB, or BGR with ``bgr=True``) -> encoded bytes.
+
+    One encoder for every image camcli writes: OpenCV (its bundled libjpeg-turbo; baseline JPEG,
+    4:2:0 chroma, ``quality``; PNG at the fast deflate level 1). OpenCV takes BGR, so the overlay
+    path renders in BGR and skips the channel swap. The GIL is released while encoding.
+    """
+    import cv2
+    import numpy as np
+
+    if fmt not in ("jpg", "png"):
+        raise ValueError(f"unknown image format {fmt!r}; use jpg or png")
+    img = pixels if bgr else cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR)
     if fmt == "png":
-        import cv2
-        import numpy as np
-
-        ok, buf = cv2.imencode(
-            ".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1]
-        )
-        if not ok:  # pragma: no cover - OpenCV failing on a valid uint8 image
-            raise OSError("cannot encode png")
-        return buf.tobytes()
-    import io as _io
-
-    from PIL import Image
-
-    bio = _io.BytesIO()
-    Image.fromarray(rgb).save(bio, "JPEG", quality=quality)
-    return bio.getvalue()
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV failing on a valid uint8 image
+        raise OSError(f"cannot encode {fmt}")
+    return buf.tobytes()
 
 
 class OutDir:

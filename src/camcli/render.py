@@ -200,24 +200,37 @@ def levels_u8(maps: Tensor) -> Tensor:
 
 
 def levels_cv2(m: np.ndarray) -> np.ndarray:
-    """:func:`levels_u8` for one float32 [H, W] map in [0, 1], in one OpenCV SIMD pass
-    (``saturate_cast(|255 m|)``, rounding half to even like ``torch.round``)."""
+    """:func:`levels_u8` for one float32 [H, W] map, in two OpenCV SIMD passes: negatives to 0
+    (``THRESH_TOZERO``), then ``saturate_cast(|255 m|)`` (rounding half to even like
+    ``torch.round``; NaN, which the threshold passes through, saturates to 0)."""
     import cv2
 
-    return cv2.convertScaleAbs(np.nan_to_num(m, nan=0.0, copy=False), alpha=255.0)
+    _, pos = cv2.threshold(m, 0.0, 0.0, cv2.THRESH_TOZERO)
+    return cv2.convertScaleAbs(pos, alpha=255.0)
+
+
+@cache
+def _lut_cv2(name: str, bgr: bool) -> np.ndarray:
+    lut = _lut_cpu(name).numpy()
+    return np.ascontiguousarray(lut[:, ::-1] if bgr else lut).reshape(256, 1, 3)
 
 
 def overlay_cv2(
-    image_hwc: np.ndarray, levels: np.ndarray, colormap: str = DEFAULT_COLORMAP, alpha: float = 0.5
+    image_hwc: np.ndarray,
+    levels: np.ndarray,
+    colormap: str = DEFAULT_COLORMAP,
+    alpha: float = 0.5,
+    *,
+    bgr: bool = False,
 ) -> np.ndarray:
     """CPU fast path of :func:`overlay` for ONE map: OpenCV's SIMD LUT and blend, GIL released.
 
-    image_hwc: uint8 [H, W, 3] RGB; levels: uint8 [H, W] (:func:`levels_u8`). Returns uint8
-    [H, W, 3] RGB: the same colours as :func:`colorize` and ``cv2.addWeighted`` rounding
-    (within 1 of :func:`blend`, usually identical).
+    image_hwc: uint8 [H, W, 3], RGB (or BGR with ``bgr=True``, and so is the result); levels:
+    uint8 [H, W] (:func:`levels_u8`). Returns uint8 [H, W, 3]: the same colours as
+    :func:`colorize` and ``cv2.addWeighted`` rounding (within 1 of :func:`blend`, usually
+    identical).
     """
     import cv2
 
-    lut = _lut_cpu(colormap).numpy().reshape(256, 1, 3)
-    heat = cv2.applyColorMap(levels, lut)  # the LUT is RGB-ordered, so heat is RGB
+    heat = cv2.applyColorMap(levels, _lut_cv2(colormap, bgr))  # channel order of the LUT
     return cv2.addWeighted(image_hwc, 1.0 - alpha, heat, alpha, 0.0)
