@@ -70,6 +70,7 @@ class Session:
         compile: bool = False,
     ) -> Session:
         dev = resolve_device(device)
+        io.sequential_opencv()
         if precision not in ("fp32", "bf16", "fp16"):
             raise CamcliError(f"--precision {precision!r}: use fp32, bf16 or fp16")
         if precision == "fp16" and dev.type == "cpu":

@@ -413,6 +413,16 @@ def _worker_init(_: int) -> None:
     import torch
 
     torch.set_num_threads(1)
+    sequential_opencv()
+
+
+def sequential_opencv() -> None:
+    """Run OpenCV calls on the calling thread (no OpenCV thread pool), process-wide.
+
+    OpenCV's pool busy-waits (``sched_yield``) after every parallel call; on a small CPU those
+    spinning threads steal cycles from torch's forward pass (70,000 yields in one 256-image
+    ``cam`` run on 2 cores). camcli already runs its OpenCV work in several writer threads.
+    """
     try:
         import cv2
 
