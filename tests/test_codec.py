@@ -103,3 +103,15 @@ def test_compile_gives_the_same_predictions(tmp_path, camcli_run, cli_ckpt, cli_
         for pa, pb in zip(a.get("predictions", []), b.get("predictions", [])):
             assert pa["class_index"] == pb["class_index"]
             assert abs(pa["score"] - pb["score"]) < 1e-4
+
+
+def test_session_runs_opencv_without_its_spinning_thread_pool(cli_ckpt):
+    # OpenCV's pool busy-waits after each call and steals CPU from the forward pass.
+    import cv2
+
+    from camcli.api import Session
+
+    cv2.setNumThreads(2)
+    assert cv2.getNumThreads() == 2
+    Session.open(None, str(cli_ckpt), device="cpu")
+    assert cv2.getNumThreads() == 1
