@@ -100,6 +100,11 @@ def main() -> None:
         default="1,2,4,8,16,32",
         help="sweep for the limit (and camcli's --batch-size when given)",
     )
+    ap.add_argument(
+        "--also-precision",
+        default=None,
+        help="also run the limit and cam --top-k 1 at this precision (e.g. bf16 on AMX CPUs)",
+    )
     ap.add_argument("--camcli-batch-size", type=int, default=None)
     ap.add_argument("--sweep-images", type=int, default=48)
     ap.add_argument("--no-peers", action="store_true")
@@ -170,6 +175,16 @@ def main() -> None:
             "bbox": [py, "-m", "camcli", "bbox", str(imgs), "--output", str(work / "boxes.jsonl")]
             + common,
         }
+        if args.also_precision:
+            p = args.also_precision
+            lim_p = list(limit_cmd)
+            lim_p[lim_p.index("--precision") + 1] = p
+            configs[f"limit_{p}"] = lim_p + ["--batch-size", str(best_bs)]
+            configs[f"cam_top1_{p}"] = [
+                *configs["cam_top1"],
+                "--precision",
+                p,
+            ]
         if not args.no_peers:
             for peer in ("gradcam", "torchcam"):
                 configs[peer] = [
@@ -185,7 +200,11 @@ def main() -> None:
                     args.device,
                 ]
         if args.only:
-            configs = {k: v for k, v in configs.items() if k in args.only or k == "limit"}
+            configs = {
+                k: v
+                for k, v in configs.items()
+                if k in args.only or k == "limit" or k.startswith("limit_")
+            }
         runs: dict[str, list] = {k: [] for k in configs}
         peers = {"gradcam", "torchcam"}
         for r in range(args.rounds):
@@ -226,6 +245,10 @@ def main() -> None:
             if "cam_top1" in summary and name in summary:
                 extra = summary["cam_top1"]["images_per_s"] / summary[name]["images_per_s"] - 1
                 print(f"  {name} costs {100 * extra:+.1f} % over cam_top1")
+        p = args.also_precision
+        if p and f"limit_{p}" in summary and f"cam_top1_{p}" in summary:
+            r = summary[f"cam_top1_{p}"]["images_per_s"] / summary[f"limit_{p}"]["images_per_s"]
+            print(f"  cam_top1_{p} / limit_{p} {r:5.2f}")
         print()
     if args.json:
         Path(args.json).write_text(
