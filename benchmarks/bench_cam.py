@@ -5,7 +5,7 @@ alternating over rounds, each configuration as a fresh process and records image
 of the whole process, start-up included, as a user sees it) and peak RSS (``wait4``):
 
 - ``limit``: decode + preprocess + forward only (camcli's own loader), at the best batch size
-  found by a sweep;
+  found by a sweep, and again at camcli's own batch size; camcli is compared with the faster;
 - ``camcli cam --top-k 1`` (overlays), ``camcli cam --top-k 5`` (five overlays),
   ``camcli cam --top-k 5 --save-maps``, ``camcli bbox``;
 - pytorch-grad-cam ``GradCAM`` and torch-cam ``CAM`` doing the same work (top-1 map, overlay
@@ -15,6 +15,11 @@ Usage::
 
     python benchmarks/bench_cam.py --images 256 --rounds 2 --models resnet50 vgg-gap
     python benchmarks/bench_cam.py --device cuda --precision bf16      # on a GPU machine
+
+Rounds alternate the order of the configurations (ABBA). Ratios are printed two ways: of the
+medians over rounds, and per round (configurations run a minute apart, so the machine's drift
+between rounds cancels). ``--also-precision bf16`` adds
+the limit and ``cam --top-k 1`` at bf16 (AMX / AVX512-BF16 CPUs, GPUs).
 
 Needs the ``bench`` extra (``pip install -c constraints.txt -e '.[bench]'``) for the peers.
 Prints a table and the ratios camcli / limit and camcli / each peer; ``--json FILE`` keeps all.
@@ -226,7 +231,10 @@ def main() -> None:
         runs: dict[str, list] = {k: [] for k in configs}
         peers = {"gradcam", "torchcam"}
         for r in range(args.rounds):
-            for name, cmd in configs.items():
+            # ABBA order: even rounds forwards, odd rounds backwards, so a machine that speeds
+            # up or slows down during a round favours no configuration.
+            order = list(configs.items())
+            for name, cmd in order if r % 2 == 0 else order[::-1]:
                 if name in peers and args.peer_rounds is not None and r >= args.peer_rounds:
                     continue
                 wall, rss, rc = run_measured(cmd, env)
