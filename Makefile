@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
-	$(PY) benchmarks/bench_cam.py --images 256 --rounds 2
+	$(PY) benchmarks/bench_cam.py --images 256 --rounds 3 --peer-rounds 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist
