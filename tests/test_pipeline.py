@@ -294,6 +294,10 @@ def test_cpu_bilinear_upsampling_equals_torch_interpolate():
         out = resize_maps(maps, size)
         assert out.shape == ref.shape and out.dtype == torch.float32
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    # maps that need gradients keep the differentiable torch path
+    g = maps.clone().requires_grad_(True)
+    resize_maps(g, (30, 40)).sum().backward()
+    assert g.grad is not None and g.grad.shape == maps.shape
 
 
 def test_bicubic_is_clamped_to_input_range_and_downsampling_is_smooth():

@@ -257,7 +257,12 @@ def resize_maps(
     if maps.shape[-2:] == (out_h, out_w):
         return maps.clone()
     antialias = out_h < maps.shape[-2] or out_w < maps.shape[-1]
-    if interpolation == "bilinear" and not antialias and maps.device.type == "cpu":
+    if (
+        interpolation == "bilinear"
+        and not antialias
+        and maps.device.type == "cpu"
+        and not maps.requires_grad  # OpenCV is not differentiable
+    ):
         return _upsample_bilinear_cv2(maps, out_h, out_w)
     out = F.interpolate(
         maps, size=(out_h, out_w), mode=interpolation, align_corners=False, antialias=antialias
