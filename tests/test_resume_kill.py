@@ -17,7 +17,7 @@ from conftest import PYTHON, make_image, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
-N_IMAGES = 24
+N_IMAGES = 80  # the runs must still be going when the kill lands
 TORCHRUN = Path(PYTHON).with_name("torchrun")
 
 
@@ -52,7 +52,7 @@ def same_files(a: Path, b: Path, skip=("run.json",)) -> None:
 def many(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("many") / "imgs"
     for i in range(N_IMAGES):
-        make_image(d / f"d{i % 3}" / f"img {i:02d}.jpg", (60 + 2 * i, 110 - i), seed=i)
+        make_image(d / f"d{i % 3}" / f"img {i:02d}.jpg", (60 + 2 * (i % 40), 110 - i % 40), seed=i)
     (d / "d1" / "zz broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     return d
 
