@@ -411,3 +411,14 @@ def test_submission_with_two_images_of_one_file_name_is_a_usage_error(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "blocks.npz" in err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_profile_reports_the_box_stage(camcli_run, cli_ckpt, cli_images, tmp_path):
+    # --profile: every stage of the main thread is named; box extraction is one of them
+    code, _, err = camcli_run(
+        "bbox", cli_images, "--weights", cli_ckpt, "--output", tmp_path / "b.jsonl",
+        "--profile", "--quiet",
+    )  # fmt: skip
+    stages = [line.split()[0] for line in err.splitlines() if line.startswith("  ")]
+    assert code in (0, 1) and "profile:" in err
+    assert {"forward", "cam", "boxes", "other"} <= set(stages)

@@ -12,6 +12,7 @@ STAGES = (
     "transfer",
     "forward",
     "cam",
+    "boxes",
     "post-process",
     "encode+write (waited)",
     "encode+write",

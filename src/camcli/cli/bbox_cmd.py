@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -236,7 +237,8 @@ def _bbox(
             else:
                 if from_maps is not None:
                     stats["ok"] += 1
-                rec = {**res.record, "boxes": jobs.box_entries(res, bopts)}
+                with session.profiler.stage("boxes") if session else contextlib.nullcontext():
+                    rec = {**res.record, "boxes": jobs.box_entries(res, bopts)}
                 if drawdir is not None:
                     _draw(drawdir, res, rec)
             order.append(rec["image"])
