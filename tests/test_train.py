@@ -20,6 +20,8 @@ from camcli.models import build_model, entry_for, load_model
 from camcli.registry import Preprocess
 
 TINY = {"width": 4, "stages": 2, "downsamplings": 2, "blocks": 1}
+# the same network as command-line options of `camcli train`
+TINY_ARGS = [a for k, v in TINY.items() for a in ("--arch-option", f"{k}={v}")]
 SHAPES3 = ("circle", "square", "cross")
 
 
@@ -430,14 +432,7 @@ def test_cli_train_and_errors(shapes, tmp_path, capsys):
         "0",
         "--device",
         "cpu",
-        "--arch-option",
-        "width=4",
-        "--arch-option",
-        "stages=2",
-        "--arch-option",
-        "downsamplings=2",
-        "--arch-option",
-        "blocks=1",
+        *TINY_ARGS,
         "--pool",
         "gmp",
     ]
@@ -530,14 +525,7 @@ def test_two_process_gloo_run_writes_one_checkpoint(shapes, tmp_path):
         "0",
         "--device",
         "cpu",
-        "--arch-option",
-        "width=4",
-        "--arch-option",
-        "stages=2",
-        "--arch-option",
-        "downsamplings=2",
-        "--arch-option",
-        "blocks=1",
+        *TINY_ARGS,
     ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
