@@ -1,6 +1,6 @@
 """Weakly-supervised localization on tin-dev10, trained from scratch on CPU.
 
-camnet-small is trained by camcli's own loop (camcli.train.fit, in-memory loaders) on the 5000
+camnet-small is trained by camcli's own loop (camcli.train.core.fit, in-memory loaders) on the 5000
 training images of ../shared/data/tin-dev10 (10 Tiny-ImageNet classes, 64 x 64), once per
 configuration: GAP vs GMP pooling, and two resolutions of the last feature map (8 x 8, and
 16 x 16 with the last downsampling removed: the paper's section 3.1 finding). Then, on the 500
@@ -45,11 +45,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from camcli import boxes, pipeline  # noqa: E402
-from camcli import train as tr  # noqa: E402
-from camcli.io import decode_image, preprocess_uint8  # noqa: E402
-from camcli.models import build_model, entry_for  # noqa: E402
-from camcli.registry import Preprocess  # noqa: E402
+from camcli.cam import boxes, pipeline  # noqa: E402
+from camcli.data.loader import decode_image, preprocess_uint8  # noqa: E402
+from camcli.models.build import build_model, entry_for  # noqa: E402
+from camcli.models.registry import Preprocess  # noqa: E402
+from camcli.train import core as tr  # noqa: E402
 
 # ../shared/data/tin-dev10 beside the checkout (or beside its parent, for git worktrees)
 DEFAULT_DATA = next(
@@ -153,7 +153,7 @@ class EvalLoader:
 def gt_cams(model, split: Split, *, flip_tta: bool) -> tuple[np.ndarray, np.ndarray]:
     """Min-max normalised CAM of the ground-truth class at 64 x 64 (float32 [N, 64, 64]) and
     the top-1 class (int [N])."""
-    from camcli.io import normalize_batch
+    from camcli.data.loader import normalize_batch
 
     model.eval()
     maps, preds = [], []

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from camcli import boxes as B
+from camcli.cam import boxes as B
 from camcli.cli import main
 from conftest import CLI_CORRUPT, CLI_IMAGES
 
@@ -205,7 +205,7 @@ def _groups(tokens: list[str]) -> list[tuple[str, list[int]]]:
 
 
 def test_ilsvrc_submission(runs, cli_images):
-    from camcli.submission import load_synsets
+    from camcli.evaluate.submission import load_synsets
 
     m = load_synsets(runs / "map_clsloc.txt", num_classes=10)
     assert [m.ilsvrc_id(i) for i in range(10)] == IDS and list(m.wnids) == WNIDS
@@ -257,12 +257,12 @@ def test_draw_writes_boxes_at_the_original_size(runs, cli_images):
 @pytest.fixture
 def no_images(monkeypatch):
     """Fail the test if any image gets decoded."""
-    import camcli.io
+    import camcli.data.loader
 
     def boom(*a, **k):
         raise AssertionError("an image was processed")
 
-    monkeypatch.setattr(camcli.io, "iter_batches", boom)
+    monkeypatch.setattr(camcli.data.loader, "iter_batches", boom)
 
 
 @pytest.mark.parametrize("case", ["no-synsets", "9-classes", "ilsvrc-without-ids"])
@@ -378,7 +378,7 @@ def test_hand_maps_dt_box_and_tight_loose_submission(tmp_path, hand_maps):
 
 def test_resume_skips_done_images_and_ends_equal(runs, tmp_path, cli_images, cli_ckpt,
                                                  monkeypatch):  # fmt: skip
-    import camcli.api
+    import camcli.api.session
 
     full = (runs / "img.jsonl").read_text()
     lines = full.splitlines(keepends=True)
@@ -386,13 +386,13 @@ def test_resume_skips_done_images_and_ends_equal(runs, tmp_path, cli_images, cli
     # what a killed run leaves: complete lines for a.jpg and b.png, then a line cut short
     (tmp_path / ".res.jsonl.partial").write_text(lines[0] + lines[1] + lines[3][:25])
     seen: list[str] = []
-    real = camcli.api.iter_cams
+    real = camcli.api.session.iter_cams
 
     def spy(session, items, *a, **k):
         seen.extend(it.path for it in items)
         return real(session, items, *a, **k)
 
-    monkeypatch.setattr(camcli.api, "iter_cams", spy)
+    monkeypatch.setattr(camcli.api.session, "iter_cams", spy)
     code = run_main("bbox", cli_images, "--weights", cli_ckpt, "--output", target, "--resume",
                     "--quiet")  # fmt: skip
     assert code == 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from camcli.boxes import (
+from camcli.cam.boxes import (
     Guess,
     box_iou,
     boxes_for_maps,

@@ -418,7 +418,7 @@ def test_same_stems_and_same_relative_paths_never_collide(tmp_path, cli_ckpt):
 
 def test_labels_cannot_escape_dir(tmp_path, cli_model, cli_images):
     """A checkpoint whose category names hold separators and dots writes only inside DIR."""
-    from camcli.registry import Preprocess
+    from camcli.models.registry import Preprocess
 
     evil = ["../../evil", "a/b", ".hidden", "..", "x" * 300, "/abs", "c:\\win", "sp ace", "é", ""]
     ckpt = tmp_path / "evil.pt"
@@ -502,7 +502,7 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt):
 
 def test_outdir_cancelled_writes_leave_no_record_and_no_noise(tmp_path, capfd, caplog):
     """Ctrl-C with writes still queued: close(cancel=True) drops their records quietly."""
-    from camcli.outdir import OutDir, write_atomic
+    from camcli.runs.outdir import OutDir, write_atomic
 
     od = OutDir(tmp_path / "od", resume=False, workers=1)
     gate = threading.Event()

@@ -14,8 +14,8 @@ import pytest
 
 import camcli
 import camcli.cli
-from camcli import output
-from camcli.registry import load_registry
+from camcli import console as output
+from camcli.models.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}

@@ -109,7 +109,7 @@ def test_session_runs_opencv_without_its_spinning_thread_pool(cli_ckpt):
     # OpenCV's pool busy-waits after each call and steals CPU from the forward pass.
     import cv2
 
-    from camcli.api import Session
+    from camcli.api.session import Session
 
     cv2.setNumThreads(2)
     assert cv2.getNumThreads() == 2

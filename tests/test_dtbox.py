@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from camcli.boxes import (
+from camcli.cam.boxes import (
     _dt_erode,
     _dt_merge,
     dt_boxes,

@@ -206,7 +206,7 @@ def _cats(tmp: Path) -> Path:
 
 def test_submission_round_trip_matches_boxes(tmp_path, capsys):
     """bbox's records and the ILSVRC / Kaggle files written from them score the same."""
-    sub = pytest.importorskip("camcli.submission")
+    sub = pytest.importorskip("camcli.evaluate.submission")
     xml = tmp_path / "xml"
     gt_boxes = {
         1: ("n00000003", [(0, 0, 9, 9), (30, 30, 39, 39)]),
@@ -281,8 +281,8 @@ def test_boxes_from_stdin(small, capsys, monkeypatch):
 
 def test_report_for_bbox_keeps_stdout_clean(small, tmp_path, capsys):
     """What `bbox --gt` calls: the table goes to stderr, JSON only to a file."""
-    from camcli import gt as gtm
     from camcli.cli.eval_cmd import report
+    from camcli.evaluate import gt as gtm
 
     gt, boxes, _ = small
     result = gtm.evaluate_records(gtm.read_box_records(str(boxes)), gtm.read_ground_truth(str(gt)))
@@ -295,8 +295,8 @@ def test_report_for_bbox_keeps_stdout_clean(small, tmp_path, capsys):
 
 
 def test_report_for_records_hook_of_bbox(small, capsys):
-    """`bbox --gt` calls camcli.metrics.report_for_records(records, gt, synsets)."""
-    from camcli.metrics import report_for_records
+    """`bbox --gt` calls camcli.evaluate.metrics.report_for_records(records, gt, synsets)."""
+    from camcli.evaluate.metrics import report_for_records
 
     gt, boxes, tmp = small
     recs = [json.loads(x) for x in boxes.read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""Ground-truth readers, label mapping, matching and the evaluation glue of camcli.gt."""
+"""Ground-truth readers, label mapping, matching and the evaluation glue of camcli.evaluate.gt."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camcli import gt as gtm
-from camcli.gt import GroundTruth, GtError, GtImage, LabelMap
+from camcli.evaluate import gt as gtm
+from camcli.evaluate.gt import GroundTruth, GtError, GtImage, LabelMap
 
 XML = """<annotation>
   <folder>val</folder>

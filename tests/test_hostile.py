@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camcli import io
 from camcli.cli import main
-from camcli.output import shown
+from camcli.console import shown
+from camcli.data import loader as io
 from conftest import make_image
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 import camcli.cli
-from camcli import hub
+from camcli.models import hub
 
 
 class _Server:

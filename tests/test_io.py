@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from camcli import io
+from camcli.data import loader as io
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
@@ -285,7 +285,7 @@ def test_max_pixels_boundary(tmp_path):
 def test_normalize_batch_exact():
     import torch
 
-    from camcli.registry import Preprocess
+    from camcli.models.registry import Preprocess
 
     pre = Preprocess()
     x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
@@ -297,7 +297,7 @@ def test_normalize_batch_exact():
 
 
 def test_batches_keep_order_and_errors(tmp_path):
-    from camcli.registry import Preprocess
+    from camcli.models.registry import Preprocess
 
     pre = Preprocess(input_size=8)
     paths = []

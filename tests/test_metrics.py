@@ -1,4 +1,5 @@
-"""Exact tests of camcli.metrics on hand-made cases; parity with wsolevaluation box vectors."""
+"""Exact tests of camcli.evaluate.metrics on hand-made cases; parity with wsolevaluation box
+vectors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camcli.metrics import (
+from camcli.evaluate.metrics import (
     DEFAULT_TAUS,
     BoxAccumulator,
     GtTarget,

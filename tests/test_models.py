@@ -9,9 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from camcli import hub, models
-from camcli.models import GapModel, ModelError, build_model, entry_for, random_model
-from camcli.registry import load_registry
+from camcli.models import build as models
+from camcli.models import hub
+from camcli.models.build import GapModel, ModelError, build_model, entry_for, random_model
+from camcli.models.registry import load_registry
 
 NAMES = list(load_registry())
 
@@ -31,7 +32,7 @@ def _meta_model(name: str) -> GapModel:
     A bundled model (``package:`` URL) is loaded for real: its checkpoint carries the
     architecture options (e.g. the demo's map resolution) that the registry documents."""
     if (load_registry()[name].url or "").startswith("package:"):
-        from camcli.models import load_model
+        from camcli.models.build import load_model
 
         return load_model(name, offline=True).to("meta")
     try:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from camcli.pipeline import cams_from_features, normalize_cams
+from camcli.cam.pipeline import cams_from_features, normalize_cams
 
 torchcam_methods = pytest.importorskip("torchcam.methods")
 

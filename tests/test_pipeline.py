@@ -7,7 +7,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from camcli.pipeline import (
+from camcli.cam.pipeline import (
     Geometry,
     cams_from_features,
     merge_ten_crop,

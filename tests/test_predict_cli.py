@@ -16,9 +16,9 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import camcli.cli
-from camcli.models import random_model
-from camcli.output import JsonlWriter
-from camcli.registry import load_categories
+from camcli.data.records import JsonlWriter
+from camcli.models.build import random_model
+from camcli.models.registry import load_categories
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from camcli import registry
-from camcli.registry import Preprocess, RegistryError, load_registry, parse_registry
+from camcli.models import registry
+from camcli.models.registry import Preprocess, RegistryError, load_registry, parse_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -105,8 +105,9 @@ def test_torchvision_entries_match_torchvision_weights_meta():
 
 def test_registry_and_cli_import_without_torch():
     code = (
-        "import sys, camcli.registry, camcli.cli, camcli.hub, camcli.output;"
-        "camcli.registry.load_registry();"
+        "import sys, camcli.models.registry, camcli.cli, camcli.models.hub, camcli.console;"
+        "import camcli.errors, camcli.data.records;"
+        "camcli.models.registry.load_registry();"
         "bad = [m for m in ('torch', 'torchvision', 'PIL', 'cv2') if m in sys.modules];"
         "assert not bad, bad"
     )

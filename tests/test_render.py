@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from camcli.render import (
+from camcli.cam.render import (
     COLORMAPS,
     blend,
     colorize,

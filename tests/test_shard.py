@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camcli import io
 from camcli.cli import main
-from camcli.shards import Shard, interleave, parse_shard
+from camcli.data import loader as io
+from camcli.runs.shards import Shard, interleave, parse_shard
 from conftest import PYTHON, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
@@ -83,7 +83,7 @@ def test_interleave_restores_order_and_checks_sizes():
     parts = [["a", "d", "g"], ["b", "e"], ["c", "f"]]
     assert interleave(parts, ["p0", "p1", "p2"]) == list("abcdefg")
     assert interleave([[], []], ["p0", "p1"]) == []
-    from camcli.output import CamcliError
+    from camcli.errors import CamcliError
 
     for bad in ([["a"], ["b", "c"]], [["a", "c", "e"], ["b"]], [["a", "c"], [], ["b"]]):
         with pytest.raises(CamcliError, match="do not fit"):
@@ -203,14 +203,15 @@ def test_a_shard_cleans_only_its_own_temporary_files(tmp_path, cli_images, cli_c
 
 def test_resume_of_a_shard_after_merging_redoes_nothing(refs, tmp_path, cli_images, cli_ckpt,
                                                         monkeypatch):  # fmt: skip
-    import camcli.api
+    import camcli.api.session
 
     out = tmp_path / "cam"
     shutil.copytree(refs / "cam", out)
     seen: list[str] = []
-    real = camcli.api.iter_cams
+    api = camcli.api.session
+    real = api.iter_cams
     monkeypatch.setattr(
-        camcli.api, "iter_cams", lambda s, items, *a, **k: seen.extend(it.key for it in items)
+        api, "iter_cams", lambda s, items, *a, **k: seen.extend(it.key for it in items)
         or real(s, items, *a, **k)
     )  # fmt: skip
     args = ("--weights", cli_ckpt, "--quiet", "--out", out, "--top-k", 2, "--save-maps", "--grid")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camcli import pipeline
-from camcli.models import build_model, entry_for
-from camcli.registry import get_entry
-from camcli.small import (
+from camcli.cam import pipeline
+from camcli.models.build import build_model, entry_for
+from camcli.models.registry import get_entry
+from camcli.models.small import (
     SmallArchError,
     build_small_trunk,
     feature_channels,

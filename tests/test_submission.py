@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camcli.boxes import dt_boxes_inclusive, tight_loose_boxes
-from camcli.submission import (
+from camcli.cam.boxes import dt_boxes_inclusive, tight_loose_boxes
+from camcli.evaluate.submission import (
     SubmissionError,
     SynsetError,
     SynsetMap,
@@ -284,7 +284,7 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, clsloc, monkeyp
     def boom(*_args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("camcli.outdir.os.replace", boom)
+    monkeypatch.setattr("camcli.runs.outdir.os.replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_kaggle_submission(out, [("a.jpg", [(0, (0, 0, 1, 1))])], clsloc)
     assert out.read_text() == "old\n"

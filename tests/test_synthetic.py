@@ -1,4 +1,4 @@
-"""camcli.synthetic: deterministic shapes with exact boxes, ImageFolder layout."""
+"""camcli.data.synthetic: deterministic shapes with exact boxes, ImageFolder layout."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from camcli import synthetic
-from camcli.io import decode_image
+from camcli.data import synthetic
+from camcli.data.loader import decode_image
 
 
 def test_circle_coverage_and_box_exact():

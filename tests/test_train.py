@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from camcli import hub, synthetic
-from camcli import train as t
-from camcli.models import build_model, entry_for, load_model
-from camcli.registry import Preprocess
+from camcli.data import synthetic
+from camcli.models import hub
+from camcli.models.build import build_model, entry_for, load_model
+from camcli.models.registry import Preprocess
+from camcli.train import core as t
 
 TINY = {"width": 4, "stages": 2, "downsamplings": 2, "blocks": 1}
 # the same network as command-line options of `camcli train`
@@ -146,7 +147,7 @@ def test_augmentation_is_a_function_of_seed_epoch_index(shapes):
     assert t.train_resize_size(16) == 18 and t.train_resize_size(224) == 256
     ev = t.FolderImages(fd.train, pre, train=False)
     x, _, _ = ev[(3, 0)]
-    from camcli.io import decode_image, preprocess_uint8
+    from camcli.data.loader import decode_image, preprocess_uint8
 
     ref = preprocess_uint8(torch.from_numpy(decode_image(fd.train[3][0])).permute(2, 0, 1), pre)
     assert torch.equal(x, ref)
@@ -257,7 +258,7 @@ def test_checkpoint_round_trips_through_predict(shapes, tmp_path, capsys):
     assert code == 0, err
     lines = [json.loads(x) for x in stdout.splitlines()]
     assert len(lines) == len(imgs)
-    from camcli.io import decode_image, normalize_batch, preprocess_uint8
+    from camcli.data.loader import decode_image, normalize_batch, preprocess_uint8
 
     m = res.model.cpu().eval()
     x = torch.stack(
@@ -545,7 +546,7 @@ def test_two_process_gloo_run_writes_one_checkpoint(shapes, tmp_path):
 def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
     import torchvision
 
-    from camcli.models import _TransformInput
+    from camcli.models.build import _TransformInput
 
     tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
     state = tv.state_dict()

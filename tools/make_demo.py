@@ -1,6 +1,6 @@
 """Regenerate the bundled demo model and the sample images.
 
-1. camcli.synthetic writes a labelled set of coloured shapes on textured backgrounds
+1. camcli.data.synthetic writes a labelled set of coloured shapes on textured backgrounds
    (5 classes x 300 train + 60 val images, 64 x 64, seed 0) into a temporary folder;
 2. `camcli train` trains camnet-small on it from scratch (the real command, in a subprocess);
 3. best.pt becomes src/camcli/assets/demo.pt (a camcli checkpoint named "demo", < 2 MB);
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from camcli import synthetic  # noqa: E402
+from camcli.data import synthetic as synthetic  # noqa: E402
 
 ASSET = ROOT / "src" / "camcli" / "assets" / "demo.pt"
 EXAMPLES = ROOT / "examples"
@@ -83,13 +83,13 @@ def write_asset(best: Path) -> None:
     """best.pt -> assets/demo.pt: named "demo", nothing machine-specific, no optimizer state."""
     import torch
 
-    from camcli.train import load_checkpoint, save_checkpoint
+    from camcli.train.core import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(best)
     ck.pop("training_state", None)
     ck["model"] = "demo"
     ck["created"] = "by tools/make_demo.py"
-    ck["data"] = "camcli.synthetic.generate(seed=0): coloured shapes, 64 x 64"
+    ck["data"] = "camcli.data.synthetic.generate(seed=0): coloured shapes, 64 x 64"
     ck["state_dict"] = {k: v.contiguous() for k, v in ck["state_dict"].items()}
     torch.manual_seed(0)
     save_checkpoint(ck, ASSET)
@@ -120,12 +120,12 @@ def update_registry(digest: str) -> None:
 
 def check() -> None:
     """Predict the examples with the new weights and print the classes."""
-    from camcli.models import load_model
+    from camcli.models.build import load_model
 
     m = load_model(None, str(ASSET))
     import torch
 
-    from camcli.io import decode_image, normalize_batch, preprocess_uint8
+    from camcli.data.loader import decode_image, normalize_batch, preprocess_uint8
 
     for p in sorted(EXAMPLES.glob("*.jpg")):
         x = preprocess_uint8(torch.from_numpy(decode_image(str(p))).permute(2, 0, 1), m.preprocess)
@@ -136,7 +136,7 @@ def check() -> None:
 
 
 def _sha256(path: Path) -> str:
-    from camcli.hub import sha256_file
+    from camcli.models.hub import sha256_file
 
     return sha256_file(path)
 

@@ -1,4 +1,4 @@
-"""The camcli command line (Typer). Thin: parses, calls camcli.api, hands results to output.
+"""The camcli command line (Typer). Thin: parses, calls camcli.api.session, hands results to output.
 
 torch is imported only inside commands, so `camcli --help` and completion stay fast.
 """
@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from camcli import __version__
-from camcli.output import CamcliError, Exit, error
+from camcli.console import error
+from camcli.errors import CamcliError, Exit
 
 app = typer.Typer(
     name="camcli",
@@ -64,20 +65,9 @@ _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _exit_for(exc: BaseException) -> int:
-    if isinstance(exc, CamcliError):
-        return exc.code
-    # Only a module already imported can have raised its error: looking the classes up in
-    # sys.modules keeps an early error (no images found) from importing torch (~2 s).
-    for module, cls, code in (
-        ("camcli.hub", "WeightsError", Exit.WEIGHTS),
-        ("camcli.io", "InputError", Exit.NO_INPUT),
-        ("camcli.models", "ModelError", Exit.USAGE),
-        ("camcli.registry", "RegistryError", Exit.USAGE),
-    ):
-        mod = sys.modules.get(module)
-        if mod is not None and isinstance(exc, getattr(mod, cls)):
-            return code
-    return 1
+    """The exit code of an exception that ended a command: a domain error carries its own
+    (:mod:`camcli.errors`); anything else is an unexpected failure (1)."""
+    return exc.exit_code if isinstance(exc, CamcliError) else Exit.SOME_FAILED
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-            from camcli.output import write_error
+            from camcli.errors import write_error
 
             werr = write_error(exc, exc.filename or "the output", resumable=False)
             error(str(werr))

@@ -12,7 +12,7 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.cam_cmd import Interp, InterpOpt, Norm, NormOpt, Resume, TenCrop
-from camcli.io import DEFAULT_MAX_PIXELS
+from camcli.data.loader import DEFAULT_MAX_PIXELS
 
 
 class Rule(StrEnum):
@@ -108,8 +108,8 @@ def bbox(
     --synsets map_clsloc.txt --output boxes.jsonl
     """
     from camcli.cli.run import plan_split, resolve_inputs, session_options
-    from camcli.output import CamcliError
-    from camcli.shards import torchrun_world
+    from camcli.errors import CamcliError
+    from camcli.runs.shards import torchrun_world
 
     if from_maps is not None and inputs:
         raise CamcliError("give either INPUT paths or --from-maps DIR, not both")
@@ -171,11 +171,13 @@ def _bbox(
     submission, submission_format, synsets, from_maps, gt, norm, interpolation, ten_crop,
     resume, session_kw, quiet,
 ) -> int:  # fmt: skip
-    from camcli import api, jobs
+    from camcli.api import jobs
+    from camcli.api import session as api
     from camcli.cli.run import RecordSink, open_session, progress_bar, report_errors
-    from camcli.outdir import OutDir
-    from camcli.output import Exit, info
-    from camcli.shards import DRAW_MARK
+    from camcli.console import info
+    from camcli.errors import Exit
+    from camcli.runs.outdir import OutDir
+    from camcli.runs.shards import DRAW_MARK
 
     session = None
     num_classes = _maps_num_classes(from_maps) if from_maps is not None else None
@@ -288,7 +290,7 @@ def _bbox(
     if split.dist is not None:
         joined = sink.join(items)
         if split.main and drawdir is not None:
-            from camcli.shards import merge_outdir
+            from camcli.runs.shards import merge_outdir
 
             merge_outdir(drawdir.root, keys=[it.key for it in items])
         if joined is not None:
@@ -343,8 +345,8 @@ def _maps_num_classes(from_maps: Path) -> int | None:
 
 def _load_synsets(path: Path, fmt: SubFormat, num_classes: int | None):
     """num_classes: the model's; None (maps of unknown origin): any class count is accepted."""
-    from camcli.output import CamcliError
-    from camcli.submission import SynsetError, load_synsets
+    from camcli.errors import CamcliError
+    from camcli.evaluate.submission import SynsetError, load_synsets
 
     try:
         m = load_synsets(path, num_classes=num_classes)
@@ -363,9 +365,9 @@ def _write_submission(
 ) -> None:
     """images: records of input images (not map files): an image that failed still gets its
     (empty) line, so the lines stay aligned with the sorted image list the evaluator expects."""
-    from camcli import jobs
-    from camcli.output import CamcliError
-    from camcli.submission import (
+    from camcli.api import jobs
+    from camcli.errors import CamcliError
+    from camcli.evaluate.submission import (
         SubmissionError,
         SynsetError,
         write_ilsvrc_submission,
@@ -389,7 +391,8 @@ def _write_submission(
 def _draw(drawdir, res, rec: dict) -> None:
     import os
 
-    from camcli import io, jobs
+    from camcli.api import jobs
+    from camcli.data import loader as io
 
     img = res.sample.image
     if img is None:  # from maps: the source image, when it is still there
@@ -415,9 +418,9 @@ def _draw(drawdir, res, rec: dict) -> None:
 
 def _evaluator(gt: Path, synsets: Path | None):
     try:
-        from camcli.metrics import report_for_records  # provided by the eval module
+        from camcli.evaluate.metrics import report_for_records  # provided by the eval module
     except ImportError:
-        from camcli.output import CamcliError
+        from camcli.errors import CamcliError
 
         raise CamcliError("--gt needs the eval module, which this build lacks") from None
     return lambda records: report_for_records(records, gt, synsets)

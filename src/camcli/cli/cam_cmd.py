@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.io import DEFAULT_MAX_PIXELS
+from camcli.data.loader import DEFAULT_MAX_PIXELS
 
 
 class Norm(StrEnum):
@@ -105,9 +105,9 @@ def cam(
 
     Example: camcli cam images/ --out cams/ --model resnet50 --top-k 5 --grid --save-maps
     """
+    from camcli.cam.render import COLORMAPS
     from camcli.cli.run import plan_split, resolve_inputs, session_options
-    from camcli.output import CamcliError
-    from camcli.render import COLORMAPS
+    from camcli.errors import CamcliError
 
     if colormap not in COLORMAPS:
         raise CamcliError(f"--colormap {colormap!r}: choose one of {', '.join(COLORMAPS)}")
@@ -150,10 +150,11 @@ def _cam(
 ) -> int:  # fmt: skip
     import time
 
-    from camcli import api, jobs
+    from camcli.api import jobs
+    from camcli.api import session as api
     from camcli.cli.run import open_session, progress_bar, report_errors
-    from camcli.outdir import OutDir
-    from camcli.output import info
+    from camcli.console import info
+    from camcli.runs.outdir import OutDir
 
     started = time.time()
     mine = split.select(items)
@@ -211,7 +212,7 @@ def _cam(
     ok, failed, skipped_all = split.total([st["ok"], st["failed"], skipped])
     split.barrier()
     if split.dist is not None and split.main:
-        from camcli.shards import merge_outdir
+        from camcli.runs.shards import merge_outdir
 
         merge_outdir(outdir.root, keys=[it.key for it in items])
     if session.profiler.enabled:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from camcli.output import CamcliError, Exit
+from camcli.errors import CamcliError, Exit
 
 SOURCE_KEYS = ("boxes", "maps", "submission")
 
@@ -150,8 +150,8 @@ def eval_command(
     Example: camcli eval --gt val_xml/ --boxes boxes.jsonl --synsets LOC_synset_mapping.txt
     --blacklist ILSVRC2015_clsloc_validation_blacklist.txt
     """
-    from camcli import gt as gtm
-    from camcli import metrics
+    from camcli.evaluate import gt as gtm
+    from camcli.evaluate import metrics
 
     given = [k for k, v in zip(SOURCE_KEYS, (boxes, maps, submission)) if v is not None]
     if len(given) != 1:
@@ -250,8 +250,8 @@ def report(
     (JSON otherwise). ``bbox --gt`` calls it with ``table_on_stderr=True``: its stdout carries
     records, so the table goes to stderr and JSON only to an ``output`` file.
     """
-    from camcli.outdir import write_atomic
-    from camcli.output import dumps
+    from camcli.data.records import dumps
+    from camcli.runs.outdir import write_atomic
 
     if len(result.get("missing", [])) >= result.get("n_gt_images", result["n_images"]):
         first = result.get("unmatched", [])[:1]
@@ -307,8 +307,8 @@ def report_for_records(
     print warnings and the table on stderr (stdout carries the records); JSON to ``output`` when
     it is a file. Never ends the bbox run: a problem with the ground truth becomes a warning.
     Returns the result, or None when it could not be computed."""
-    from camcli import gt as gtm
-    from camcli.output import warn
+    from camcli.console import warn
+    from camcli.evaluate import gt as gtm
 
     try:
         truth = gtm.read_ground_truth(str(gt))
@@ -333,7 +333,7 @@ def _names(xs: list, n: int = 5) -> str:
 
 def warn_mismatches(result: dict) -> None:
     """One warning line per kind of image that was not scored as predicted."""
-    from camcli.output import warn
+    from camcli.console import warn
 
     for why in result.get("unreadable") or []:
         warn(f"{why} (skipped)")
@@ -379,7 +379,7 @@ def print_metrics_table(result: dict, title: str = "evaluation", *, stderr: bool
     """The headline figures (percentages) and counts as a rich table on stdout (or stderr)."""
     from rich.table import Table
 
-    from camcli.output import stderr_console, stdout_console
+    from camcli.console import stderr_console, stdout_console
 
     table = Table(title=title)
     table.add_column("metric")

@@ -33,8 +33,9 @@ def merge(
 
     Example: camcli merge boxes.jsonl cams/
     """
-    from camcli.output import info, write_error
-    from camcli.shards import merge_jsonl, merge_outdir
+    from camcli.console import info
+    from camcli.errors import write_error
+    from camcli.runs.shards import merge_jsonl, merge_outdir
 
     for t in targets:
         try:

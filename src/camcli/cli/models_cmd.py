@@ -20,9 +20,9 @@ def models(
     Networks marked `train first` carry only backbone weights: their new GAP head must be trained
     with `camcli train` before they give CAMs.
     """
-    from camcli import hub
-    from camcli.output import stdout_console
-    from camcli.registry import load_registry
+    from camcli.console import stdout_console
+    from camcli.models import hub
+    from camcli.models.registry import load_registry
 
     rows = []
     for e in load_registry().values():

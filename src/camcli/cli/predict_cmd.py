@@ -7,7 +7,7 @@ import sys
 import typer
 
 from camcli.cli import options as o
-from camcli.io import DEFAULT_MAX_PIXELS
+from camcli.data.loader import DEFAULT_MAX_PIXELS
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +46,8 @@ def predict(
         session_options,
         stream_records,
     )
-    from camcli.output import CamcliError, info
+    from camcli.console import info
+    from camcli.errors import CamcliError
 
     if resume and output in (None, "-"):
         raise CamcliError("--resume needs --output FILE (records on stdout cannot be resumed)")
@@ -55,7 +56,7 @@ def predict(
     try:
         mine = split.select(items)
         session = open_session(model, weights, split=split, **session_options(locals()))
-        from camcli import api
+        from camcli.api import session as api
 
         sink = RecordSink(
             output, split, resume=resume, table=output is None and sys.stdout.isatty()

@@ -7,11 +7,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from camcli.output import CamcliError, Exit, JsonlWriter, info, print_predictions_table
+from camcli.console import info, print_predictions_table
+from camcli.data.records import JsonlWriter
+from camcli.errors import CamcliError, Exit
 
 
 def resolve_inputs(inputs: list[str]):
-    from camcli import io
+    from camcli.data import loader as io
 
     if inputs.count("-") > 1:
         raise CamcliError("'-' (paths on stdin) may be given once")
@@ -45,10 +47,10 @@ def session_options(values: dict) -> dict:
 
 
 def open_session(model, weights, *, split: Split | None = None, **kw):
-    from camcli.api import Session
+    from camcli.api.session import Session
 
     if split is not None and split.dist is not None:
-        from camcli.shards import device_for_rank
+        from camcli.runs.shards import device_for_rank
 
         kw["device"] = device_for_rank(kw.get("device", "auto"), split.dist.local_rank)
     return Session.open(model, weights, **kw)
@@ -63,8 +65,8 @@ class Split:
     """How this process's run is split: ``shard`` None for the whole input; ``dist`` the
     torch.distributed group of a torchrun launch (its shard is RANK/WORLD_SIZE)."""
 
-    shard: object | None = None  # camcli.shards.Shard
-    dist: object | None = None  # camcli.shards.Dist
+    shard: object | None = None  # camcli.runs.shards.Shard
+    dist: object | None = None  # camcli.runs.shards.Dist
 
     @property
     def main(self) -> bool:
@@ -96,7 +98,7 @@ def plan_split(
 ) -> Split:
     """The split of this run: ``--shard I/N``, a torchrun launch, or none (usage errors for
     the combinations that cannot work)."""
-    from camcli.shards import Dist, parse_shard, torchrun_world
+    from camcli.runs.shards import Dist, parse_shard, torchrun_world
 
     world = torchrun_world()
     if world is None:
@@ -122,7 +124,7 @@ class RecordSink:
     ``FILE.shard-I-of-N``), JSON Lines on stdout, or a table (collected)."""
 
     def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
-        from camcli.outdir import RecordFile
+        from camcli.runs.outdir import RecordFile
 
         self.target = None if output in (None, "-") else Path(output)
         self.split = split
@@ -173,15 +175,15 @@ class RecordSink:
 def join_parts(target: Path, count: int, items: list) -> list[dict]:
     import json
 
-    from camcli.outdir import write_atomic
-    from camcli.shards import merge_records_in_order, part_path
+    from camcli.runs.outdir import write_atomic
+    from camcli.runs.shards import merge_records_in_order, part_path
 
     parts = [part_path(target, i, count) for i in range(count)]
     lines = merge_records_in_order([it.path for it in items], parts)
     try:
         write_atomic(target, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
     except OSError as exc:
-        from camcli.output import write_error
+        from camcli.errors import write_error
 
         raise write_error(exc, target) from None
     for p in parts:
@@ -201,7 +203,7 @@ def progress_bar(total: int, quiet: bool, what: str):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from camcli.output import stderr_console
+    from camcli.console import stderr_console
 
     p = Progress(
         "[progress.description]{task.description}",

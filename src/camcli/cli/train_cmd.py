@@ -1,6 +1,7 @@
 """`camcli train`: fine-tune or train a GAP network on an ImageFolder tree.
 
-Thin: parses, builds :class:`camcli.train.TrainOptions`, runs :func:`camcli.train.train_folder`
+Thin: parses, builds :class:`camcli.train.core.TrainOptions`, runs
+:func:`camcli.train.core.train_folder`
 and prints progress (a bar on a terminal, one plain line per epoch otherwise) on stderr.
 """
 
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.io import DEFAULT_MAX_PIXELS
+from camcli.data.loader import DEFAULT_MAX_PIXELS
 
 
 class Optim(StrEnum):
@@ -218,8 +219,9 @@ def train(
     Several GPUs: torchrun --standalone --nproc-per-node 4 -m camcli train birds/ -m vgg-gap
     --out runs/birds
     """
-    from camcli import train as t
-    from camcli.output import CamcliError, Exit, warn
+    from camcli.console import warn
+    from camcli.errors import CamcliError, Exit
+    from camcli.train import core as t
 
     if model is None and not resume:
         raise CamcliError(
@@ -313,12 +315,12 @@ class CliReporter:
         self._t0 = time.perf_counter()
 
     def info(self, text: str) -> None:
-        from camcli.output import info
+        from camcli.console import info
 
         info(text, self.quiet)
 
     def warn(self, text: str) -> None:
-        from camcli.output import warn
+        from camcli.console import warn
 
         warn(text)
 
@@ -333,7 +335,7 @@ class CliReporter:
             TimeRemainingColumn,
         )
 
-        from camcli.output import stderr_console
+        from camcli.console import stderr_console
 
         self._bar = Progress(
             TextColumn(f"epoch {epoch}/{epochs}"),

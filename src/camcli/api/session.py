@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from camcli import io
-from camcli.models import GapModel, load_model
-from camcli.output import CamcliError, Exit
-from camcli.profiling import Profiler
+from camcli.data import loader as io
+from camcli.errors import CamcliError, Exit
+from camcli.models.build import GapModel, load_model
+from camcli.runs.profiling import Profiler
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -271,7 +271,7 @@ def ten_crop_canvas(input_size: int) -> int:
 
 
 def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
-    from camcli.pipeline import Geometry
+    from camcli.cam.pipeline import Geometry
 
     h, w = size
     if ten_crop:
@@ -291,8 +291,8 @@ def iter_cams(
 
     before_forward: called before each batch's forward pass (the CPU job drains its writer
     threads there, see jobs.run_cam)."""
-    from camcli import pipeline as P
-    from camcli.registry import Preprocess
+    from camcli.cam import pipeline as P
+    from camcli.models.registry import Preprocess
 
     model = session.model
     weight, _ = model.classifier

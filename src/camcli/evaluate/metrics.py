@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from camcli.boxes import box_iou
+from camcli.cam.boxes import box_iou
 
 __all__ = [
     "DEFAULT_TAUS",

@@ -12,7 +12,8 @@ A run of shard I of N (``--shard I/N`` or a torchrun rank) writes ``manifest.sha
 and ``run.shard-I-of-N.json`` instead, and on start cleans only its own inputs' temporary files,
 so several shards can write into one DIR at once; ``camcli merge DIR`` joins them.
 
-``key`` is the input's path relative to its root, without extension (camcli.io.discover), so
+``key`` is the input's path relative to its root, without extension
+(camcli.data.loader.discover), so
 nothing is ever written outside DIR. A manifest line is written only after every file of its
 image is in place, so a record in the manifest means a complete image: ``--resume`` skips those.
 """
@@ -28,7 +29,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from camcli.output import CamcliError, Exit, dumps, write_error
+from camcli.data.records import dumps
+from camcli.errors import CamcliError, Exit, write_error
 
 TMP_MARK = ".camcli-tmp"
 # .<name>.camcli-tmp<pid>-<thread id>: a file being written (see write_atomic)
@@ -101,7 +103,7 @@ def encode_image(pixels, fmt: str, quality: int = 90, *, bgr: bool = False) -> b
 class OutDir:
     """Manages DIR: stray temporary files, the manifest, resume state, background writes.
 
-    ``shard``: this run is one shard (camcli.shards.Shard): its own manifest and run json, and
+    ``shard``: this run is one shard (camcli.runs.shards.Shard): its own manifest and run json, and
     ``own_keys`` (the keys of its inputs) limit the clean-up of stray temporary files to its own.
     A write that fails (disk full, permissions) is kept and raised by :meth:`check_errors` as a
     one-line error (exit 5); the manifest then still lists only complete images.
@@ -117,7 +119,7 @@ class OutDir:
         shard=None,
         own_keys: set[str] | None = None,
     ):
-        from camcli.shards import shard_names
+        from camcli.runs.shards import shard_names
 
         self.root = Path(root)
         try:
@@ -154,7 +156,7 @@ class OutDir:
         self._pending: deque[Future] = deque()
         self._max_pending = max_pending
         self.new_records: dict[int, dict] = {}
-        self.profiler = None  # a camcli.profiling.Profiler, to time the background writes
+        self.profiler = None  # a camcli.runs.profiling.Profiler, to time the background writes
 
     def _clean_stray(self, own_keys: set[str] | None) -> None:
         """Remove temporary files a killed run left (only those of ``own_keys`` when given)."""

@@ -26,10 +26,6 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb error limit
 
 
-class InputError(ValueError):
-    """No usable input at all (exit code 3)."""
-
-
 @dataclass(frozen=True)
 class InputItem:
     """One input: ``path`` as given/found, ``key`` its output name (relative path, no extension,
@@ -47,7 +43,7 @@ def _safe_part(part: str) -> str:
     return "_" if out in ("", ".", "..") else out
 
 
-# Names an output folder keeps for itself (camcli.outdir): no input's key may take them.
+# Names an output folder keeps for itself (camcli.runs.outdir): no input's key may take them.
 _RESERVED = re.compile(r"^\.?(manifest|run)(\.shard-\d+-of-\d+)?\.jsonl?(\.tmp)?$", re.IGNORECASE)
 
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from camcli.output import CamcliError, Exit
+from camcli.errors import CamcliError, Exit
 
 PART_RE = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<suffix>(\.[^.]*)?)$")
 MANIFEST = "manifest.jsonl"
@@ -227,7 +227,7 @@ def find_parts(target: Path, *, partial_of=lambda p: p.with_name(f".{p.name}.par
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    from camcli.outdir import write_atomic
+    from camcli.runs.outdir import write_atomic
 
     write_atomic(path, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
 
@@ -235,7 +235,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 def merge_jsonl(target: Path, *, keep_parts: bool = False) -> int:
     """Join the parts of ``target`` (see :func:`find_parts`) into ``target``, input order.
     Returns the number of records."""
-    from camcli.outdir import RecordFile
+    from camcli.runs.outdir import RecordFile
 
     n, parts = find_parts(target, partial_of=lambda p: RecordFile.partial_for(p))
     lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
@@ -306,7 +306,7 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
         )
     _write_lines(root / MANIFEST, lines)
     if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
-        from camcli.outdir import write_atomic
+        from camcli.runs.outdir import write_atomic
 
         info = merged_run_info(infos)
         write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())

@@ -3,7 +3,8 @@
 Layers, from the bottom:
 
 - data: :func:`scan_folders` (ImageFolder layout, or ``train/`` + ``val/`` inside),
-  :class:`FolderImages` (decode with :mod:`camcli.io`, augment with a per-(seed, epoch, image)
+  :class:`FolderImages` (decode with
+  :mod:`camcli.data.loader`, augment with a per-(seed, epoch, image)
   random stream), :class:`EpochSampler` (order from (seed, epoch), sharded across ranks), so a
   run is reproducible whatever the worker count and a resumed run repeats the epochs it lost.
 - the loop: :func:`fit` trains any module over injected loaders (batches ``(x, y)`` or
@@ -36,9 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from camcli import __version__, io
-from camcli.models import GapModel, ModelError, build_model, entry_for
-from camcli.registry import ModelEntry, Preprocess
+from camcli import __version__
+from camcli.data import loader as io
+from camcli.errors import TrainingError
+from camcli.models.build import GapModel, ModelError, build_model, entry_for
+from camcli.models.registry import ModelEntry, Preprocess
 
 CHECKPOINT_FORMAT = "camcli-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -46,10 +49,6 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 POOL_NAMES = {"gap": "avg", "gmp": "max", "avg": "avg", "max": "max"}
-
-
-class TrainingError(RuntimeError):
-    """The run cannot start or cannot go on (bad data layout, non-finite loss, ...)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,7 +474,7 @@ def launched_distributed() -> bool:
 def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
     """Join the torchrun job (env://): nccl with one GPU per local rank, gloo on CPU.
     Outside torchrun: world 1 and the requested device."""
-    from camcli.api import resolve_device
+    from camcli.api.session import resolve_device
 
     if not launched_distributed():
         return DistContext(), resolve_device(device)
@@ -998,7 +997,7 @@ def _nonfinite_message(
 
 
 def _rewrite_metrics(path: Path, history: list[dict]) -> None:
-    from camcli.outdir import write_atomic
+    from camcli.runs.outdir import write_atomic
 
     write_atomic(path, "".join(json.dumps(h) + "\n" for h in history).encode("utf-8"))
 
@@ -1009,7 +1008,7 @@ def _rewrite_metrics(path: Path, history: list[dict]) -> None:
 
 
 def _load_state(url: str, sha: str | None, offline: bool) -> tuple[dict, dict | None]:
-    from camcli import hub
+    from camcli.models import hub
 
     path = hub.download(url, sha, offline=offline)
     loaded = hub.load_file(path, source=url)

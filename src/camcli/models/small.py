@@ -16,13 +16,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from camcli.models import ModelError
+from camcli.errors import SmallArchError
 
 DEFAULT_OPTIONS: dict[str, int] = {"width": 16, "stages": 3, "downsamplings": 3, "blocks": 2}
-
-
-class SmallArchError(ModelError):
-    """Unknown or out-of-range camnet-small option (usage error)."""
 
 
 def small_options(**arch_options: object) -> dict[str, int]:

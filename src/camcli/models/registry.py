@@ -11,15 +11,13 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from camcli.errors import RegistryError
+
 RESIZE_MODES = ("resize", "center_crop")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 POOLS = ("avg", "max")
 BUILDERS = ("torchvision", "paper", "small")
 HEADS = ("pretrained", "untrained")
-
-
-class RegistryError(ValueError):
-    """weights.toml is malformed, or a model name is unknown."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ def _find_weights_toml() -> Path:
     packaged = resources.files("camcli") / "weights.toml"
     if packaged.is_file():
         return Path(str(packaged))
-    repo = Path(__file__).resolve().parents[2] / "weights.toml"
+    repo = Path(__file__).resolve().parents[3] / "weights.toml"
     if repo.is_file():
         return repo
     raise RegistryError("weights.toml not found: reinstall camcli (it ships inside the wheel)")

@@ -19,12 +19,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from camcli.errors import WeightsError
+
 CHUNK = 1 << 20
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
-
-
-class WeightsError(RuntimeError):
-    """Weights unavailable, corrupt or unfit for the architecture (exit code 4)."""
 
 
 def cache_dir() -> Path:
@@ -189,7 +187,7 @@ class _Progress:
             TransferSpeedColumn,
         )
 
-        from camcli.output import stderr_console
+        from camcli.console import stderr_console
 
         self._p = Progress(
             "[progress.description]{task.description}",

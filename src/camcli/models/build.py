@@ -17,14 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from camcli import hub
-from camcli.registry import ModelEntry, Preprocess, RegistryError, get_entry, load_categories
+from camcli.errors import ModelError
+from camcli.models import hub
+from camcli.models.registry import (
+    ModelEntry,
+    Preprocess,
+    RegistryError,
+    get_entry,
+    load_categories,
+)
 
 TV_PREFIX = "torchvision:"
-
-
-class ModelError(ValueError):
-    """A model that camcli cannot run as a GAP network (usage error, exit 2)."""
 
 
 class GapModel(nn.Module):
@@ -379,7 +382,7 @@ def build_model(
             trunk, nn.Linear(1024, n), pool, name=entry.name, preprocess=pre, categories=cats
         )
     elif entry.builder == "small":
-        from camcli.small import build_small_trunk
+        from camcli.models.small import build_small_trunk
 
         trunk, k = build_small_trunk(entry, **(arch_options or {}))
         model = GapModel(

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camcli import api, io
-from camcli.outdir import OutDir, encode_image, safe_label, save_npz_atomic, write_atomic
+from camcli.api import session as api
+from camcli.data import loader as io
+from camcli.runs.outdir import OutDir, encode_image, safe_label, save_npz_atomic, write_atomic
 
 
 @dataclass
@@ -52,7 +53,7 @@ def _render_and_write_cpu(
     """
     import cv2
 
-    from camcli import render
+    from camcli.cam import render
 
     bgr = cv2.cvtColor(image.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
     ovs = [
@@ -101,7 +102,7 @@ def cam_outputs(res: api.CamResult, out: OutDir, wopts: CamWriteOptions) -> tupl
     On the CPU the maps are quantised here (one batched op) and the overlays are rendered with
     OpenCV in a writer thread; on a GPU they are rendered batched on the device.
     """
-    from camcli import render
+    from camcli.cam import render
 
     key = res.sample.item.key
     labels = [p["label"] for p in res.predictions]
@@ -259,7 +260,7 @@ class BoxOptions:
 
 def box_entries(res: api.CamResult, bopts: BoxOptions) -> list[dict]:
     """The ``boxes`` list of a bbox record (see README: JSON record schema)."""
-    from camcli import boxes as B
+    from camcli.cam import boxes as B
 
     preds = res.predictions
     entries: list[dict] = []

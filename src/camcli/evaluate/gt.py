@@ -35,8 +35,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from camcli.io import IMAGE_EXTENSIONS
-from camcli.metrics import (
+from camcli.data.loader import IMAGE_EXTENSIONS
+from camcli.errors import Exit, GtError
+from camcli.evaluate.metrics import (
     DEFAULT_TAUS,
     BoxAccumulator,
     GtTarget,
@@ -46,7 +47,6 @@ from camcli.metrics import (
     score_predictions,
     scoremap_boxes,
 )
-from camcli.output import CamcliError, Exit
 
 __all__ = [
     "GroundTruth",
@@ -65,10 +65,6 @@ Box = tuple[int, int, int, int]
 Label = tuple[str, ...]  # a label and its fallbacks (other columns of the same row)
 WNID_RE = re.compile(r"^n\d{8}$")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
-
-
-class GtError(CamcliError):
-    """Unreadable or inconsistent ground truth / predictions (usage error, exit 2)."""
 
 
 class NeedSynsets(KeyError):
@@ -320,7 +316,7 @@ def load_label_map(
     """The label map the user asked for, or None (then it is inferred from the predictions).
 
     synsets: devkit ``meta.mat``, ``map_clsloc.txt`` or Kaggle ``LOC_synset_mapping.txt`` (read
-    by :mod:`camcli.submission`): WNIDs in sorted order = class indices, names, ILSVRC IDs.
+    by :mod:`camcli.evaluate.submission`): WNIDs in sorted order = class indices, names, ILSVRC IDs.
     categories: a file with one class name per line (class index order) or a packaged set name
     (``imagenet1k``). model: a registry name, for its categories. Names from ``categories`` or
     ``model`` take precedence over the synsets' names.
@@ -329,7 +325,7 @@ def load_label_map(
     wnids = ids = None
     src = []
     if synsets:
-        from camcli.submission import SynsetError, load_synsets
+        from camcli.evaluate.submission import SynsetError, load_synsets
 
         try:
             sm = load_synsets(synsets, num_classes=None)
@@ -347,7 +343,7 @@ def load_label_map(
                 ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()
             ]
         else:
-            from camcli.registry import RegistryError, load_categories
+            from camcli.models.registry import RegistryError, load_categories
 
             try:
                 cat_names = list(load_categories(categories))
@@ -358,7 +354,7 @@ def load_label_map(
                 ) from None
         src.append(f"categories {categories}")
     elif model:
-        from camcli.registry import get_entry, load_categories
+        from camcli.models.registry import get_entry, load_categories
 
         cat_set = "imagenet1k" if model.startswith("torchvision:") else get_entry(model).categories
         cat_names = list(load_categories(cat_set))
@@ -858,7 +854,8 @@ def evaluate_records(
 ) -> dict:
     """Score ``predict`` / ``bbox`` records against ground truth (what ``bbox --gt`` reports).
 
-    Returns the metrics of :func:`camcli.metrics.score_predictions` plus ``missing`` (GT image
+    Returns the metrics of :func:`camcli.evaluate.metrics.score_predictions` plus ``missing``
+    (GT image
     names without any record), ``failed`` (error records of GT images), ``unmatched`` (record
     images matching no GT image), ``n_duplicates``, ``n_gt_images`` and ``iou``. A missing or
     failed image counts as wrong; with ``subset`` the missing ones are left out of the
@@ -882,7 +879,11 @@ def read_submission(
     ILSVRC2012_IDs; Kaggle rows carry WNIDs. The classification of a submission is its guesses'
     labels, in order (duplicates kept, as the devkit counts them).
     """
-    from camcli.submission import SubmissionError, read_ilsvrc_submission, read_kaggle_submission
+    from camcli.evaluate.submission import (
+        SubmissionError,
+        read_ilsvrc_submission,
+        read_kaggle_submission,
+    )
 
     if fmt == "auto":
         with open(path, encoding="utf-8-sig", errors="replace") as fh:

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from camcli.errors import SubmissionError, SynsetError
+
 __all__ = [
     "SubmissionError",
     "SynsetError",
@@ -40,14 +42,6 @@ MAX_GUESSES = 5
 KAGGLE_HEADER = "ImageId,PredictionString"
 
 Box = tuple[int, int, int, int]
-
-
-class SynsetError(ValueError):
-    """A synset mapping file is unreadable, incomplete or cannot answer the question asked."""
-
-
-class SubmissionError(ValueError):
-    """Submission items or a submission file are malformed."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +272,7 @@ Item = tuple[str | os.PathLike, Sequence[tuple[int, Sequence[int]]]]
 
 def _atomic_write(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
-    from camcli.outdir import write_atomic
+    from camcli.runs.outdir import write_atomic
 
     write_atomic(Path(path), text.encode("utf-8"))
 
