@@ -14,9 +14,9 @@ t_start = time.perf_counter()
 
 import torch  # noqa: E402
 
-from camcli.api.session import resolve_device  # noqa: E402
 from camcli.data import loader as io  # noqa: E402
 from camcli.models.build import load_model  # noqa: E402
+from camcli.runs.device import resolve_device  # noqa: E402
 
 
 def main() -> None:

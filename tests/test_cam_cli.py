@@ -502,7 +502,8 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt):
 
 def test_outdir_cancelled_writes_leave_no_record_and_no_noise(tmp_path, capfd, caplog):
     """Ctrl-C with writes still queued: close(cancel=True) drops their records quietly."""
-    from camcli.runs.outdir import OutDir, write_atomic
+    from camcli.atomic import write_atomic
+    from camcli.runs.outdir import OutDir
 
     od = OutDir(tmp_path / "od", resume=False, workers=1)
     gate = threading.Event()

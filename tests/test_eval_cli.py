@@ -295,8 +295,8 @@ def test_report_for_bbox_keeps_stdout_clean(small, tmp_path, capsys):
 
 
 def test_report_for_records_hook_of_bbox(small, capsys):
-    """`bbox --gt` calls camcli.evaluate.metrics.report_for_records(records, gt, synsets)."""
-    from camcli.evaluate.metrics import report_for_records
+    """`bbox --gt` calls camcli.cli.eval_cmd.report_for_records(records, gt, synsets)."""
+    from camcli.cli.eval_cmd import report_for_records
 
     gt, boxes, tmp = small
     recs = [json.loads(x) for x in boxes.read_text().splitlines()]

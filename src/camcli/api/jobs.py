@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from camcli.api import session as api
+from camcli.atomic import save_npz_atomic, write_atomic
 from camcli.data import loader as io
-from camcli.runs.outdir import OutDir, encode_image, safe_label, save_npz_atomic, write_atomic
+from camcli.runs.outdir import OutDir, encode_image, safe_label
 
 
 @dataclass

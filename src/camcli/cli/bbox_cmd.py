@@ -417,10 +417,6 @@ def _draw(drawdir, res, rec: dict) -> None:
 
 
 def _evaluator(gt: Path, synsets: Path | None):
-    try:
-        from camcli.evaluate.metrics import report_for_records  # provided by the eval module
-    except ImportError:
-        from camcli.errors import CamcliError
+    from camcli.cli.eval_cmd import report_for_records
 
-        raise CamcliError("--gt needs the eval module, which this build lacks") from None
     return lambda records: report_for_records(records, gt, synsets)

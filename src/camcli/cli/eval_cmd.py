@@ -250,8 +250,8 @@ def report(
     (JSON otherwise). ``bbox --gt`` calls it with ``table_on_stderr=True``: its stdout carries
     records, so the table goes to stderr and JSON only to an ``output`` file.
     """
+    from camcli.atomic import write_atomic
     from camcli.data.records import dumps
-    from camcli.runs.outdir import write_atomic
 
     if len(result.get("missing", [])) >= result.get("n_gt_images", result["n_images"]):
         first = result.get("unmatched", [])[:1]

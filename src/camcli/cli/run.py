@@ -175,7 +175,7 @@ class RecordSink:
 def join_parts(target: Path, count: int, items: list) -> list[dict]:
     import json
 
-    from camcli.runs.outdir import write_atomic
+    from camcli.atomic import write_atomic
     from camcli.runs.shards import merge_records_in_order, part_path
 
     parts = [part_path(target, i, count) for i in range(count)]

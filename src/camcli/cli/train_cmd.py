@@ -298,9 +298,10 @@ def _explicit(ctx: typer.Context, name: str) -> bool:
 
 
 def _rank() -> int:
-    import os
+    from camcli.sysinfo import torchrun_env
 
-    return int(os.environ.get("RANK", "0"))
+    env = torchrun_env()
+    return env.rank if env is not None else 0
 
 
 class CliReporter:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from camcli.atomic import AtomicFile
 from camcli.errors import write_error
 
 
@@ -54,17 +57,16 @@ class JsonlWriter:
     def __init__(self, target: str | os.PathLike | None, *, append: bool = False) -> None:
         self.target = None if target in (None, "-") else Path(target)
         self.failed = False
-        self._tmp: Path | None = None
+        self._atomic: AtomicFile | None = None
         self._fh: IO[str]
         if self.target is None:
             self._fh = sys.stdout
         elif append:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.target, "a", encoding="utf-8")
+            self._fh = open(self.target, "a", encoding="utf-8")  # noqa: SIM115
         else:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.target.with_name(f".{self.target.name}.tmp")
-            self._fh = open(self._tmp, "w", encoding="utf-8")
+            self._atomic = AtomicFile(self.target, "w", encoding="utf-8", fsync=True)
+            self._fh = self._atomic.file
 
     def write(self, record: dict) -> None:
         try:
@@ -81,14 +83,12 @@ class JsonlWriter:
             if not self.failed:
                 self._fh.flush()
             return
+        if self._atomic is not None:
+            self._atomic.commit() if commit else self._atomic.abort()
+            return
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        if self._tmp is not None:
-            if commit:
-                os.replace(self._tmp, self.target)
-            else:
-                self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> JsonlWriter:
         return self
@@ -96,3 +96,71 @@ class JsonlWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         # An interrupted run keeps the complete lines written so far.
         self.close(commit=True)
+
+
+@dataclass(frozen=True)
+class JsonLine:
+    """One non-blank line of a JSON Lines file.
+
+    Attributes:
+        number: 1-based line number in the file.
+        text: the line without its line break (undecodable bytes as surrogate escapes).
+        value: the parsed JSON object (a dict), or None when the line is bad.
+        error: None, or why the line is bad: ``"not JSON (<reason>)"`` (e.g. a line cut by a
+            kill) or ``"not a JSON object"``.
+    """
+
+    number: int
+    text: str
+    value: dict | None
+    error: str | None
+
+    def where(self, path: object) -> str:
+        """``"<path> line <n>"``, for one-line messages."""
+        return f"{path} line {self.number}"
+
+
+def iter_jsonl(source: str | os.PathLike | IO[str], *, bom: bool = False) -> Iterator[JsonLine]:
+    """The one reader of camcli's JSON Lines files (records, manifests, shard parts).
+
+    Every non-blank line comes back as a :class:`JsonLine`; a line that is not a JSON object is
+    returned with ``error`` set, never dropped silently and never raised here. The one policy
+    for bad lines, applied by the callers: a file being resumed (manifest, partial records)
+    skips them, so that image is done again; a file being read as input (``merge`` parts,
+    ``eval --boxes``) fails naming the file and line (or reports the line and goes on where the
+    command documents that).
+
+    Args:
+        source: a path, ``"-"`` for standard input, or an open text file.
+        bom: accept (and drop) a UTF-8 byte-order mark, for files made by other tools.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    if isinstance(source, (str, os.PathLike)) and str(source) == "-":
+        fh: IO[str] = sys.stdin
+        own = False
+    elif isinstance(source, (str, os.PathLike)):
+        enc = "utf-8-sig" if bom else "utf-8"
+        fh = open(source, encoding=enc, errors="surrogateescape")  # noqa: SIM115
+        own = True
+    else:
+        fh, own = source, False
+    try:
+        for n, raw in enumerate(fh, 1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                msg = getattr(exc, "msg", None) or str(exc)
+                yield JsonLine(n, line, None, f"not JSON ({msg})")
+                continue
+            if not isinstance(value, dict):
+                yield JsonLine(n, line, None, "not a JSON object")
+                continue
+            yield JsonLine(n, line, value, None)
+    finally:
+        if own:
+            fh.close()

@@ -47,6 +47,7 @@ from camcli.evaluate.metrics import (
     score_predictions,
     scoremap_boxes,
 )
+from camcli.sysinfo import available_cores
 
 __all__ = [
     "GroundTruth",
@@ -1109,8 +1110,7 @@ def _run_jobs(jobs: list[_MapJob], workers: int, progress) -> Iterator[tuple]:
 
 
 def default_map_workers() -> int:
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, n))
+    return max(1, min(8, available_cores()))
 
 
 def evaluate_maps(

@@ -45,7 +45,6 @@ __all__ = [
     "loc_error_image",
     "parse_taus",
     "quantise_scoremap",
-    "report_for_records",
     "score_predictions",
     "scoremap_boxes",
     "tau_grid",
@@ -557,11 +556,3 @@ class PxAPAccumulator:
         fp = self.neg[::-1].cumsum()
         nz = (tp + fp)[1:] > 0
         return float((precision[1:] * np.diff(recall))[nz].sum())
-
-
-def report_for_records(records, gt, synsets=None, **kw):
-    """``camcli bbox --gt``'s hook: see :func:`camcli.cli.eval_cmd.report_for_records` (the
-    printing lives in the CLI layer; imported lazily so that this module stays pure)."""
-    from camcli.cli.eval_cmd import report_for_records as run
-
-    return run(records, gt, synsets, **kw)

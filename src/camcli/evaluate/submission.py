@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from camcli.atomic import write_atomic
 from camcli.errors import SubmissionError, SynsetError
 
 __all__ = [
@@ -270,13 +271,6 @@ def load_synsets(path: str | os.PathLike, num_classes: int | None = 1000) -> Syn
 Item = tuple[str | os.PathLike, Sequence[tuple[int, Sequence[int]]]]
 
 
-def _atomic_write(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder + rename)."""
-    from camcli.runs.outdir import write_atomic
-
-    write_atomic(Path(path), text.encode("utf-8"))
-
-
 def _check_box(box: Sequence[int], where: str) -> Box:
     try:
         vals = [int(v) for v in box]
@@ -335,7 +329,7 @@ def write_ilsvrc_submission(
         for c, (x0, y0, x1, y1) in groups:
             parts.append(f"{synsets.ilsvrc_id(c)} {x0} {y0} {x1} {y1}")
         lines.append(" ".join(parts))
-    _atomic_write(path, "".join(ln + "\n" for ln in lines))
+    write_atomic(path, "".join(ln + "\n" for ln in lines).encode("utf-8"))
     return len(lines)
 
 
@@ -358,7 +352,7 @@ def write_kaggle_submission(
         seen.add(image_id)
         pred = " ".join(f"{synsets.wnid(c)} {x0} {y0} {x1} {y1}" for c, (x0, y0, x1, y1) in groups)
         rows.append(f"{image_id},{pred}")
-    _atomic_write(path, "".join(r + "\n" for r in rows))
+    write_atomic(path, "".join(r + "\n" for r in rows).encode("utf-8"))
     return len(rows) - 1
 
 

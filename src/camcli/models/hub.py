@@ -12,13 +12,13 @@ import http.client
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from camcli.atomic import AtomicFile
 from camcli.errors import WeightsError
 
 CHUNK = 1 << 20
@@ -133,16 +133,16 @@ def download(
         # A corrupt cached copy: download again, replacing it atomically.
     if offline:
         raise WeightsError(f"--offline: weights not cached; download {url} and place it at {dest}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    h = hashlib.sha256()
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "camcli"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(req, timeout=timeout) as resp:
+        with (
+            AtomicFile(dest, fsync=True) as out,
+            urllib.request.urlopen(req, timeout=timeout) as resp,
+        ):
             total = int(resp.headers.get("Content-Length") or 0) or None
             show = sys.stderr.isatty() if progress is None else progress
             bar = _Progress(dest.name, total) if show else None
+            h = hashlib.sha256()
             received = 0
             try:
                 for chunk in iter(lambda: resp.read(CHUNK), b""):
@@ -158,23 +158,15 @@ def download(
                 raise WeightsError(
                     f"{url}: download broken off after {received} of {total} bytes; try again"
                 )
-            out.flush()
-            os.fsync(out.fileno())
-        check_hash(h.hexdigest(), expected, url)
-        os.replace(tmp, dest)
+            check_hash(h.hexdigest(), expected, url)
     except WeightsError:
-        tmp.unlink(missing_ok=True)
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         raise WeightsError(
             f"{url}: download failed ({reason}); check the network, or use --offline "
             f"with the file placed at {dest}"
         ) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

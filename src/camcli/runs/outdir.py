@@ -29,53 +29,18 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from camcli.atomic import TMP_NAME_MAX, TMP_RE, write_atomic
 from camcli.data.records import dumps
 from camcli.errors import CamcliError, Exit, write_error
+from camcli.runs.shards import partial_path, shard_names
 
-TMP_MARK = ".camcli-tmp"
-# .<name>.camcli-tmp<pid>-<thread id>: a file being written (see write_atomic)
-_TMP_RE = re.compile(r"^\.(?P<name>.*)" + re.escape(TMP_MARK) + r"\d+-\d+$", re.DOTALL)
 _LABEL_BAD = re.compile(r"[^\w.+-]+", re.UNICODE)
-_TMP_NAME_MAX = 120  # characters of the target's name kept in a temporary name (NAME_MAX)
 
 
 def safe_label(label: str) -> str:
     """A class label as a file-name part: ``German shepherd`` -> ``German_shepherd``."""
     s = _LABEL_BAD.sub("_", label).strip("._")
     return s[:80] or "class"
-
-
-def _tmp_for(path: Path) -> Path:
-    # Long names are cut so the temporary name stays within the file system's 255 bytes.
-    return path.with_name(
-        f".{path.name[:_TMP_NAME_MAX]}{TMP_MARK}{os.getpid()}-{threading.get_ident()}"
-    )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def save_npz_atomic(path: Path, **arrays) -> None:
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def encode_image(pixels, fmt: str, quality: int = 90, *, bgr: bool = False) -> bytes:
@@ -119,8 +84,6 @@ class OutDir:
         shard=None,
         own_keys: set[str] | None = None,
     ):
-        from camcli.runs.shards import shard_names
-
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -169,7 +132,7 @@ class OutDir:
             rel = "" if rel == "." else rel
             if name.endswith(".npz"):  # DIR/<key>.npz
                 return (f"{rel}/" if rel else "") + name[: -len(".npz")] in own_keys
-            if len(name) >= _TMP_NAME_MAX:  # a cut name: any key it may begin
+            if len(name) >= TMP_NAME_MAX:  # a cut name: any key it may begin
                 import bisect
 
                 pre = (f"{rel}/" if rel else "") + name
@@ -179,7 +142,7 @@ class OutDir:
 
         for dirpath, _, files in os.walk(self.root):
             for f in files:
-                m = _TMP_RE.match(f)
+                m = TMP_RE.match(f)
                 if (m and mine(dirpath, m["name"])) or (
                     dirpath == str(self.root) and f == self._manifest_tmp.name
                 ):
@@ -359,7 +322,7 @@ class RecordFile:
 
     @staticmethod
     def partial_for(target: Path) -> Path:
-        return target.with_name(f".{target.name}.partial")
+        return partial_path(target)
 
     def _load(self, src: Path) -> None:
         for line in src.read_text(encoding="utf-8", errors="replace").split("\n"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camcli.errors import CamcliError, Exit
+from camcli.sysinfo import torchrun_env
 
 PART_RE = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<suffix>(\.[^.]*)?)$")
 MANIFEST = "manifest.jsonl"
@@ -81,16 +82,8 @@ def parse_shard(text: str) -> Shard:
 
 def torchrun_world() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) when launched by torchrun with more than one process."""
-    env = os.environ
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local = int(env.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        return None
-    if world <= 1 or "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
-        return None
-    return rank, world, local
+    env = torchrun_env()
+    return None if env is None else (env.rank, env.world, env.local_rank)
 
 
 class Dist:
@@ -188,7 +181,12 @@ def interleave(parts: list[list[str]], names: list[str]) -> list[str]:
     return out
 
 
-def find_parts(target: Path, *, partial_of=lambda p: p.with_name(f".{p.name}.partial")):
+def partial_path(target: Path) -> Path:
+    """``.NAME.partial`` beside ``target``: the records of a run still going (or killed)."""
+    return target.with_name(f".{target.name}.partial")
+
+
+def find_parts(target: Path, *, partial_of=partial_path):
     """The parts ``stem.shard-I-of-N.suffix`` beside ``target`` -> (N, [part of shard i]).
 
     Errors (exit 3) name what is missing: no parts, parts of several N, a missing shard, or a
@@ -227,7 +225,7 @@ def find_parts(target: Path, *, partial_of=lambda p: p.with_name(f".{p.name}.par
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    from camcli.runs.outdir import write_atomic
+    from camcli.atomic import write_atomic
 
     write_atomic(path, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
 
@@ -235,9 +233,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 def merge_jsonl(target: Path, *, keep_parts: bool = False) -> int:
     """Join the parts of ``target`` (see :func:`find_parts`) into ``target``, input order.
     Returns the number of records."""
-    from camcli.runs.outdir import RecordFile
-
-    n, parts = find_parts(target, partial_of=lambda p: RecordFile.partial_for(p))
+    n, parts = find_parts(target)
     lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
     _write_lines(target, lines)
     if not keep_parts:
@@ -306,7 +302,7 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
         )
     _write_lines(root / MANIFEST, lines)
     if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
-        from camcli.runs.outdir import write_atomic
+        from camcli.atomic import write_atomic
 
         info = merged_run_info(infos)
         write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,10 +37,13 @@ import torch
 from torch import nn
 
 from camcli import __version__
+from camcli.atomic import AtomicFile
 from camcli.data import loader as io
 from camcli.errors import TrainingError
 from camcli.models.build import GapModel, ModelError, build_model, entry_for
 from camcli.models.registry import ModelEntry, Preprocess
+from camcli.runs.device import resolve_device
+from camcli.sysinfo import available_cores, torchrun_env
 
 CHECKPOINT_FORMAT = "camcli-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -466,19 +468,13 @@ class DistContext:
             torch.distributed.barrier()
 
 
-def launched_distributed() -> bool:
-    """True under ``torchrun`` with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
     """Join the torchrun job (env://): nccl with one GPU per local rank, gloo on CPU.
     Outside torchrun: world 1 and the requested device."""
-    from camcli.api.session import resolve_device
-
-    if not launched_distributed():
+    env = torchrun_env()
+    if env is None:
         return DistContext(), resolve_device(device)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = env.local_rank
     want_cuda = device != "cpu" and torch.cuda.is_available()
     if want_cuda:
         dev = torch.device("cuda", local)
@@ -578,17 +574,8 @@ def make_checkpoint(
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     """torch.save to a temporary file beside ``path``, fsync, rename: never half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(ckpt, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with AtomicFile(path, fsync=True) as fh:
+        torch.save(ckpt, fh)
     return path
 
 
@@ -997,7 +984,7 @@ def _nonfinite_message(
 
 
 def _rewrite_metrics(path: Path, history: list[dict]) -> None:
-    from camcli.runs.outdir import write_atomic
+    from camcli.atomic import write_atomic
 
     write_atomic(path, "".join(json.dumps(h) + "\n" for h in history).encode("utf-8"))
 
@@ -1069,8 +1056,7 @@ def _kw(kw: dict) -> dict:
 def default_workers(device: torch.device, world: int = 1) -> int:
     """Loader workers: on CUDA up to 8 per process; on CPU half the cores (they share them with
     the training threads)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = max(1, (cores or 1) // max(1, world))
+    cores = max(1, available_cores() // max(1, world))
     if device.type == "cuda":
         return max(1, min(8, cores))
     return min(4, cores // 2)
@@ -1334,7 +1320,8 @@ def _train_folder(
 
 
 def _local_world(dist: DistContext) -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.world)))
+    env = torchrun_env()
+    return env.local_world if env is not None else dist.world
 
 
 def _new_prefixes_for(entry: ModelEntry, o: TrainOptions, model: GapModel):
