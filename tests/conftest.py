@@ -9,6 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Test the tree these tests live in, also from another checkout or worktree that shares a venv
+# (whose editable install points elsewhere); subprocesses (python -m camcli) inherit it.
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+if sys.path[0] != _SRC:
+    sys.path.insert(0, _SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SRC, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _SRC]]
+)
+
 # --------------------------------------------------------------------------------------------
 # CLI acceptance tests (test_cam_cli.py, test_bbox_cli.py): a tiny checkpoint, generated images
 # --------------------------------------------------------------------------------------------
