@@ -45,7 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from camcli.cam import boxes, pipeline  # noqa: E402
+from camcli.cam import boxes, dtbox, pipeline  # noqa: E402
 from camcli.data.loader import decode_image, preprocess_uint8  # noqa: E402
 from camcli.models.build import build_model, entry_for  # noqa: E402
 from camcli.models.registry import Preprocess  # noqa: E402
@@ -198,7 +198,7 @@ def dtbox_hits(maps: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, float]:
     out = np.zeros(len(maps), dtype=bool)
     areas = []
     for n, (m, g) in enumerate(zip(maps, gt)):
-        found = boxes.dt_boxes_inclusive(m)
+        found = dtbox.dt_boxes_inclusive(m)
         out[n] = bool(found) and boxes.box_iou([found[0]], [g])[0, 0] >= 0.5
         areas.append(_area(found[0]) / m.size if found else 0.0)
     return out, float(np.median(areas))
