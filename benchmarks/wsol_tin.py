@@ -45,7 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from camcli.cam import boxes, pipeline  # noqa: E402
+from camcli.cam import boxes, dtbox, pipeline, upsample  # noqa: E402
 from camcli.data.loader import decode_image, preprocess_uint8  # noqa: E402
 from camcli.models.build import build_model, entry_for  # noqa: E402
 from camcli.models.registry import Preprocess  # noqa: E402
@@ -172,7 +172,7 @@ def gt_cams(model, split: Split, *, flip_tta: bool) -> tuple[np.ndarray, np.ndar
             logits = logits + logits2
         # resize to the input size, then to the original 64 x 64 (SPEC section 1)
         s = model.preprocess.input_size
-        up = pipeline.resize_maps(pipeline.resize_maps(cams, (s, s)), (64, 64))
+        up = upsample.resize_maps(upsample.resize_maps(cams, (s, s)), (64, 64))
         maps.append(pipeline.normalize_cams(up)[:, 0])
         preds.append(logits.argmax(1))
     return torch.cat(maps).numpy(), torch.cat(preds).numpy()
@@ -198,7 +198,7 @@ def dtbox_hits(maps: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, float]:
     out = np.zeros(len(maps), dtype=bool)
     areas = []
     for n, (m, g) in enumerate(zip(maps, gt)):
-        found = boxes.dt_boxes_inclusive(m)
+        found = dtbox.dt_boxes_inclusive(m)
         out[n] = bool(found) and boxes.box_iou([found[0]], [g])[0, 0] >= 0.5
         areas.append(_area(found[0]) / m.size if found else 0.0)
     return out, float(np.median(areas))

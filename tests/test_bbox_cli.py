@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from camcli.cam import boxes as B
+from camcli.cam import dtbox
 from camcli.cli import main
 from conftest import CLI_CORRUPT, CLI_IMAGES
 
@@ -185,7 +185,7 @@ def test_box_rule_dt_box(runs, cli_images, cli_ckpt):
             cams = z["cams"][:2]
         want = []
         for rank, m in enumerate(cams, 1):
-            bx = [list(b) for b in B.dt_boxes_inclusive(m)]
+            bx = [list(b) for b in dtbox.dt_boxes_inclusive(m)]
             want += [(rank, "loose", bx[0]), (rank, "tight", bx[min(1, len(bx) - 1)])]
         assert [(e["rank"], e["kind"], e["box"]) for e in r["boxes"]] == want
 

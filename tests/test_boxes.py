@@ -1,4 +1,4 @@
-"""Box rules `paper` and `all`, thresholding, IoU, tight/loose and boxes_for_maps."""
+"""Box rules `paper` and `all`, thresholding, IoU and boxes_for_maps."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import pytest
 import torch
 
 from camcli.cam.boxes import (
-    Guess,
     box_iou,
     boxes_for_maps,
     component_boxes,
     paper_box,
     threshold_masks,
-    tight_loose_boxes,
 )
 
 
@@ -133,37 +131,6 @@ def test_box_iou_inclusive_formula():
     assert iou[0, 0] == pytest.approx(8 / 27, abs=1e-15)
     assert box_iou([[0, 0, 0, 0]], [[0, 0, 0, 0]])[0, 0] == 1.0  # one pixel, one pixel
     assert box_iou([[0, 0, 1, 1]], [[2, 2, 3, 3]])[0, 0] == 0.0
-
-
-# --------------------------------------------------------------------------- tight / loose
-
-
-def test_tight_loose_pattern():
-    a, b, c, d = (0, 0, 9, 9), (1, 1, 5, 5), (2, 2, 3, 3), (4, 4, 8, 8)
-    e, f = (0, 0, 1, 1), (5, 5, 6, 6)
-    guesses = tight_loose_boxes([[a, b, c], [d], [e, f], [(7, 7, 7, 7)]])
-    assert [(g.class_rank, g.kind, g.box) for g in guesses] == [
-        (0, "loose", a),
-        (0, "tight", b),
-        (1, "loose", d),
-        (1, "tight", d),  # one box: repeated as tight
-        (2, "loose", e),  # class 3 only gets its loose box; a 4th class is ignored
-    ]
-    assert all(g.reason is None for g in guesses)
-
-
-def test_tight_loose_class_without_boxes_gives_no_box_with_reason():
-    a, b = (0, 0, 9, 9), (1, 1, 5, 5)
-    guesses = tight_loose_boxes([[a, b], [], [b]])
-    assert len(guesses) == 5
-    assert guesses[2] == Guess(1, "loose", None, guesses[2].reason)
-    assert guesses[3].box is None and guesses[3].kind == "tight"
-    assert "no dt-box box" in guesses[2].reason
-    assert guesses[4] == Guess(2, "loose", b)
-    assert [g.box for g in tight_loose_boxes([[a]])] == [
-        a,
-        a,
-    ]  # fewer classes: fewer guesses
 
 
 # --------------------------------------------------------------------------- boxes_for_maps

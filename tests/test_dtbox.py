@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from camcli.cam.boxes import (
+from camcli.cam.dtbox import (
+    Guess,
     _dt_erode,
     _dt_merge,
     dt_boxes,
     dt_boxes_inclusive,
     quantize_map,
+    tight_loose_boxes,
     xywh_to_box,
 )
 
@@ -197,3 +199,34 @@ def test_thresholds_validated():
         dt_boxes(np.zeros((10, 10), np.uint8), (20, 300))
     with pytest.raises(ValueError, match="thresholds"):
         dt_boxes(np.zeros((10, 10), np.uint8), ())
+
+
+# --------------------------------------------------------------------------- tight / loose
+
+
+def test_tight_loose_pattern():
+    a, b, c, d = (0, 0, 9, 9), (1, 1, 5, 5), (2, 2, 3, 3), (4, 4, 8, 8)
+    e, f = (0, 0, 1, 1), (5, 5, 6, 6)
+    guesses = tight_loose_boxes([[a, b, c], [d], [e, f], [(7, 7, 7, 7)]])
+    assert [(g.class_rank, g.kind, g.box) for g in guesses] == [
+        (0, "loose", a),
+        (0, "tight", b),
+        (1, "loose", d),
+        (1, "tight", d),  # one box: repeated as tight
+        (2, "loose", e),  # class 3 only gets its loose box; a 4th class is ignored
+    ]
+    assert all(g.reason is None for g in guesses)
+
+
+def test_tight_loose_class_without_boxes_gives_no_box_with_reason():
+    a, b = (0, 0, 9, 9), (1, 1, 5, 5)
+    guesses = tight_loose_boxes([[a, b], [], [b]])
+    assert len(guesses) == 5
+    assert guesses[2] == Guess(1, "loose", None, guesses[2].reason)
+    assert guesses[3].box is None and guesses[3].kind == "tight"
+    assert "no dt-box box" in guesses[2].reason
+    assert guesses[4] == Guess(2, "loose", b)
+    assert [g.box for g in tight_loose_boxes([[a]])] == [
+        a,
+        a,
+    ]  # fewer classes: fewer guesses

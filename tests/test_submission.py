@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camcli.cam.boxes import dt_boxes_inclusive, tight_loose_boxes
+from camcli.cam.dtbox import dt_boxes_inclusive, tight_loose_boxes
 from camcli.evaluate.submission import (
     SubmissionError,
     SynsetError,

@@ -262,6 +262,7 @@ class BoxOptions:
 def box_entries(res: api.CamResult, bopts: BoxOptions) -> list[dict]:
     """The ``boxes`` list of a bbox record (see README: JSON record schema)."""
     from camcli.cam import boxes as B
+    from camcli.cam import dtbox
 
     preds = res.predictions
     entries: list[dict] = []
@@ -283,7 +284,7 @@ def box_entries(res: api.CamResult, bopts: BoxOptions) -> list[dict]:
     if bopts.tight_loose:
         # boxes_for_maps gives [loose, tight] per class (tight = loose when there is one box).
         dt = [[b for b, _ in lst] for lst in B.boxes_for_maps(res.cams[:3], "dt-box")]
-        for g in B.tight_loose_boxes(dt):
+        for g in dtbox.tight_loose_boxes(dt):
             entries.append(entry(g.class_rank, g.box, g.kind, g.reason))
         return entries
     per_class = B.boxes_for_maps(res.cams, bopts.rule, bopts.threshold)

@@ -255,7 +255,7 @@ def ten_crop_canvas(input_size: int) -> int:
 
 
 def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
-    from camcli.cam.pipeline import Geometry
+    from camcli.cam.upsample import Geometry
 
     h, w = size
     if ten_crop:
@@ -276,6 +276,8 @@ def iter_cams(
     before_forward: called before each batch's forward pass (the CPU job drains its writer
     threads there, see jobs.run_cam)."""
     from camcli.cam import pipeline as P
+    from camcli.cam import tencrop as T
+    from camcli.cam import upsample as U
     from camcli.models.registry import Preprocess
 
     model = session.model
@@ -306,11 +308,11 @@ def iter_cams(
             x = session.to_input(batch.x, pre)
             b = x.shape[0]
             if opts.ten_crop:
-                x = P.ten_crop(x, crop=model.preprocess.input_size)
+                x = T.ten_crop(x, crop=model.preprocess.input_size)
             feats, logits = session.forward(x)
             with prof.stage("cam"), torch.inference_mode():
                 if opts.ten_crop:
-                    probs = P.ten_crop_scores(logits.float().view(b, 10, -1))
+                    probs = T.ten_crop_scores(logits.float().view(b, 10, -1))
                 else:
                     probs = torch.softmax(logits.float(), dim=1)
                 if fixed is not None:
@@ -322,7 +324,7 @@ def iter_cams(
                     crop_idx = idx.repeat_interleave(10, dim=0)
                     cams = P.cams_from_features(feats, weight, crop_idx)
                     cams = cams.view(b, 10, k, *cams.shape[-2:])
-                    cams = P.merge_ten_crop(
+                    cams = T.merge_ten_crop(
                         cams,
                         size=pre.input_size,
                         crop=model.preprocess.input_size,
@@ -335,7 +337,7 @@ def iter_cams(
                     _geometry(model.preprocess, s.size, ten_crop=opts.ten_crop)
                     for s in batch.samples
                 ]
-                up = P.upsample_to_images(cams, geoms, interpolation=opts.interpolation)
+                up = U.upsample_to_images(cams, geoms, interpolation=opts.interpolation)
             preds = prediction_list(model, scores.cpu(), idx.cpu())
             idx_l, sc_l = idx.tolist(), scores.tolist()
             for j, s in enumerate(batch.samples):

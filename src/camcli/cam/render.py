@@ -1,9 +1,11 @@
 """Batched heat-map overlays, on the device of the inputs.
 
-Images are ``[3, H, W]`` (or ``[N, 3, H, W]``) uint8 RGB tensors; maps are float in [0, 1].
-Colormaps are 256 x 3 uint8 RGB lookup tables equal to OpenCV's ``cv2.applyColorMap`` (read once
-from OpenCV on a 0..255 ramp and cached; OpenCV's BGR is turned into RGB). No matplotlib.
-Only :func:`grid` leaves the device, to draw caption text with PIL.
+Images are ``[3, H, W]`` (or ``[N, 3, H, W]``) uint8 RGB tensors; maps are float in [0, 1]
+(normalised CAMs, SPEC section 1). Colormaps are 256 x 3 uint8 RGB lookup tables equal to
+OpenCV's ``cv2.applyColorMap`` (read once from OpenCV on a 0..255 ramp and cached; OpenCV's BGR
+is turned into RGB). No matplotlib. Only :func:`grid` leaves the device, to draw caption text
+with PIL; :func:`levels_cv2` and :func:`overlay_cv2` are the CPU (numpy + OpenCV) fast path of
+one map. Nothing here reads or writes files, or prints.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ __all__ = [
     "colorize",
     "colormap_lut",
     "grid",
+    "levels_cv2",
+    "levels_u8",
     "overlay",
+    "overlay_cv2",
 ]
 
 # name -> OpenCV constant name ("gray" is the identity ramp).
@@ -48,6 +53,7 @@ MAX_GRID_WIDTH = 4096
 
 @cache
 def _lut_cpu(name: str) -> Tensor:
+    """The [256, 3] uint8 RGB table of ``name`` on the CPU (cached); ``ValueError`` if unknown."""
     if name not in COLORMAPS:
         raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
     ramp = np.arange(256, dtype=np.uint8)
@@ -66,15 +72,35 @@ def colormap_lut(name: str, device: torch.device | str | None = None) -> Tensor:
 
     Row ``i`` is the colour of level ``i``; equals ``cv2.applyColorMap`` on a 0..255 ramp
     (channels reversed from OpenCV's BGR). ``gray`` is the identity ramp.
+
+    Args:
+        name: one of :data:`COLORMAPS`.
+        device: where the table goes; ``None`` keeps the cached CPU tensor (do not modify it).
+
+    Returns:
+        ``[256, 3]`` uint8 tensor.
+
+    Raises:
+        ValueError: an unknown colormap name.
     """
     lut = _lut_cpu(name)
     return lut if device is None else lut.to(device)
 
 
 def colorize(maps: Tensor, name: str = DEFAULT_COLORMAP) -> Tensor:
-    """Colour [N, H, W] float maps in [0, 1] -> [N, 3, H, W] uint8 RGB, on the maps' device.
+    """Colour maps with a colormap, on the maps' device.
 
     Level = :func:`levels_u8` (``round(255 * m)`` clamped, NaN -> 0), then a LUT gather.
+
+    Args:
+        maps: ``[N, H, W]`` float in [0, 1] (values outside are clamped), any device.
+        name: one of :data:`COLORMAPS`.
+
+    Returns:
+        ``[N, 3, H, W]`` uint8 RGB on the maps' device.
+
+    Raises:
+        ValueError: ``maps`` not 3-D, or an unknown colormap.
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be [N, H, W], got shape {tuple(maps.shape)}")
@@ -85,8 +111,16 @@ def colorize(maps: Tensor, name: str = DEFAULT_COLORMAP) -> Tensor:
 def blend(images: Tensor, heat: Tensor, alpha: float = 0.5) -> Tensor:
     """``round((1 - alpha) * images + alpha * heat)`` as uint8 (round half to even, like OpenCV).
 
-    images, heat: uint8 tensors of the same (broadcastable) shape, e.g. [N, 3, H, W].
-    ``alpha`` in [0, 1] is the weight of the heat map.
+    Args:
+        images: uint8 tensor, e.g. ``[N, 3, H, W]``.
+        heat: uint8 tensor broadcastable with ``images``, same device.
+        alpha: the weight of the heat map, in [0, 1].
+
+    Returns:
+        uint8 tensor of the broadcast shape, on the inputs' device.
+
+    Raises:
+        ValueError: ``alpha`` outside [0, 1].
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -97,10 +131,20 @@ def blend(images: Tensor, heat: Tensor, alpha: float = 0.5) -> Tensor:
 def overlay(
     image: Tensor, maps: Tensor, colormap: str = DEFAULT_COLORMAP, alpha: float = 0.5
 ) -> Tensor:
-    """Overlay k maps on one image: image [3, H, W] uint8, maps [k, H, W] in [0, 1].
+    """Overlay k maps on one image, all k classes at once.
 
-    Returns [k, 3, H, W] uint8, ``blend(image, colorize(maps, colormap), alpha)`` for all k
-    classes at once, on the image's device.
+    Args:
+        image: ``[3, H, W]`` uint8 RGB, any device.
+        maps: ``[k, H, W]`` float in [0, 1]; moved to the image's device.
+        colormap: one of :data:`COLORMAPS`.
+        alpha: the weight of the heat map, in [0, 1].
+
+    Returns:
+        ``[k, 3, H, W]`` uint8 RGB, ``blend(image, colorize(maps, colormap), alpha)``, on the
+        image's device.
+
+    Raises:
+        ValueError: bad shapes, an unknown colormap, or ``alpha`` outside [0, 1].
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got shape {tuple(image.shape)}")
@@ -113,6 +157,7 @@ def overlay(
 
 
 def _font(size: int):
+    """PIL's default font at ``size`` px (scalable in Pillow >= 10.1), else its bitmap font."""
     from PIL import ImageFont
 
     try:
@@ -143,6 +188,36 @@ def _caption_strips(captions: Sequence[str], width: int, font_size: int) -> np.n
     return np.stack(strips)
 
 
+def _fit_width(panels: Tensor, max_width: int, gap: int) -> Tensor:
+    """``[n, 3, h, w]`` uint8 panels scaled down (antialiased) so that ``n`` of them and the
+    ``gap``s between them fit in ``max_width``; unchanged when they already fit."""
+    n, _, h, w = panels.shape
+    room = max_width - (n - 1) * gap
+    if n * w <= room:
+        return panels
+    new_w = max(1, room // n)
+    new_h = max(1, round(h * new_w / w))
+    scaled = F.interpolate(
+        panels.to(torch.float32), size=(new_h, new_w), mode="bilinear", antialias=True
+    )
+    return scaled.round().clamp(0, 255).to(torch.uint8)
+
+
+def _side_by_side(panels: Tensor, strips: Tensor, gap: int) -> Tensor:
+    """``[n, 3, h, w]`` panels, each above its ``[n, 3, sh, w]`` strip, in one row separated
+    by ``gap`` white pixels: ``[3, h + sh, n * w + (n - 1) * gap]`` uint8."""
+    n, _, h, w = panels.shape
+    sh = strips.shape[2]
+    out = torch.full(
+        (3, h + sh, n * w + (n - 1) * gap), 255, dtype=torch.uint8, device=panels.device
+    )
+    for i in range(n):
+        x0 = i * (w + gap)
+        out[:, :h, x0 : x0 + w] = panels[i]
+        out[:, h:, x0 : x0 + w] = strips[i]
+    return out
+
+
 def grid(
     image: Tensor,
     overlays: Tensor,
@@ -153,11 +228,24 @@ def grid(
 ) -> Tensor:
     """The original and its k overlays side by side, each above a caption strip (paper Fig. 4).
 
-    image: [3, H, W] uint8; overlays: [k, 3, H, W] uint8; captions: k strings (e.g.
-    ``"golden retriever 0.93"``); ``title`` captions the original. Panels are separated by
-    ``gap`` white pixels; when the row would be wider than ``max_width`` every panel is scaled
-    down (antialiased) so it fits. Captions use PIL's default font. Returns [3, H', W'] uint8 on
-    the image's device.
+    Panels are separated by ``gap`` white pixels; when the row would be wider than
+    ``max_width`` every panel is scaled down (antialiased) so it fits. Captions use PIL's
+    default font (drawn on the CPU, then moved to the image's device), black on white,
+    shortened with ``...`` to fit a panel.
+
+    Args:
+        image: ``[3, H, W]`` uint8 RGB, any device.
+        overlays: ``[k, 3, H, W]`` uint8 RGB (e.g. from :func:`overlay`).
+        captions: k strings, one per overlay (e.g. ``"golden retriever 0.93"``).
+        title: the caption of the original.
+        max_width: the widest row allowed, in pixels.
+        gap: white pixels between panels.
+
+    Returns:
+        ``[3, H', W']`` uint8 RGB on the image's device.
+
+    Raises:
+        ValueError: bad shapes, or a number of captions that is not k.
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got shape {tuple(image.shape)}")
@@ -169,40 +257,40 @@ def grid(
     if len(captions) != overlays.shape[0]:
         raise ValueError(f"got {len(captions)} captions for {overlays.shape[0]} overlays")
     panels = torch.cat([image.unsqueeze(0), overlays.to(image.device)], dim=0)  # [n, 3, H, W]
-    n, _, h, w = panels.shape
-    room = max_width - (n - 1) * gap
-    if n * w > room:
-        new_w = max(1, room // n)
-        new_h = max(1, round(h * new_w / w))
-        panels = F.interpolate(
-            panels.to(torch.float32), size=(new_h, new_w), mode="bilinear", antialias=True
-        )
-        panels = panels.round().clamp(0, 255).to(torch.uint8)
-        h, w = new_h, new_w
+    panels = _fit_width(panels, max_width, gap)
+    w = panels.shape[-1]
     font_size = max(10, min(48, w // 16))
     strips = _caption_strips([title, *captions], w, font_size)  # [n, sh, w, 3]
     strips_t = torch.from_numpy(strips).to(image.device).permute(0, 3, 1, 2)  # [n, 3, sh, w]
-    sh = strips_t.shape[2]
-    out = torch.full(
-        (3, h + sh, n * w + (n - 1) * gap), 255, dtype=torch.uint8, device=image.device
-    )
-    for i in range(n):
-        x0 = i * (w + gap)
-        out[:, :h, x0 : x0 + w] = panels[i]
-        out[:, h:, x0 : x0 + w] = strips_t[i]
-    return out
+    return _side_by_side(panels, strips_t, gap)
 
 
 def levels_u8(maps: Tensor) -> Tensor:
-    """[..., H, W] float maps in [0, 1] -> uint8 levels ``round(255 * m)`` (NaN -> 0)."""
+    """Quantise maps to the 256 colormap levels.
+
+    Args:
+        maps: ``[..., H, W]`` float in [0, 1], any device.
+
+    Returns:
+        uint8 tensor of the same shape and device: ``round(255 * m)`` (half to even), clamped
+        to 0..255; NaN -> 0.
+    """
     levels = torch.nan_to_num(maps.to(torch.float32) * 255.0, nan=0.0)
     return levels.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def levels_cv2(m: np.ndarray) -> np.ndarray:
-    """:func:`levels_u8` for one float32 [H, W] map, in two OpenCV SIMD passes: negatives to 0
-    (``THRESH_TOZERO``), then ``saturate_cast(|255 m|)`` (rounding half to even like
-    ``torch.round``; NaN, which the threshold passes through, saturates to 0)."""
+    """:func:`levels_u8` for one map on the CPU, in two OpenCV SIMD passes.
+
+    Negatives to 0 (``THRESH_TOZERO``), then ``saturate_cast(|255 m|)`` (rounding half to even
+    like ``torch.round``; NaN, which the threshold passes through, saturates to 0).
+
+    Args:
+        m: ``[H, W]`` float32 numpy array, values in [0, 1].
+
+    Returns:
+        ``[H, W]`` uint8 numpy array, equal to ``levels_u8(torch.from_numpy(m)).numpy()``.
+    """
     import cv2
 
     _, pos = cv2.threshold(m, 0.0, 0.0, cv2.THRESH_TOZERO)
@@ -211,6 +299,7 @@ def levels_cv2(m: np.ndarray) -> np.ndarray:
 
 @cache
 def _lut_cv2(name: str, bgr: bool) -> np.ndarray:
+    """The table of ``name`` as a [256, 1, 3] uint8 user colormap for ``cv2.applyColorMap``."""
     lut = _lut_cpu(name).numpy()
     return np.ascontiguousarray(lut[:, ::-1] if bgr else lut).reshape(256, 1, 3)
 
@@ -225,10 +314,21 @@ def overlay_cv2(
 ) -> np.ndarray:
     """CPU fast path of :func:`overlay` for ONE map: OpenCV's SIMD LUT and blend, GIL released.
 
-    image_hwc: uint8 [H, W, 3], RGB (or BGR with ``bgr=True``, and so is the result); levels:
-    uint8 [H, W] (:func:`levels_u8`). Returns uint8 [H, W, 3]: the same colours as
-    :func:`colorize` and ``cv2.addWeighted`` rounding (within 1 of :func:`blend`, usually
-    identical).
+    Args:
+        image_hwc: ``[H, W, 3]`` uint8 numpy array, RGB (or BGR with ``bgr=True``).
+        levels: ``[H, W]`` uint8 numpy array of map levels (:func:`levels_cv2` or
+            :func:`levels_u8`).
+        colormap: one of :data:`COLORMAPS`.
+        alpha: the weight of the heat map, in [0, 1].
+        bgr: the image (and so the result) is in OpenCV's BGR order.
+
+    Returns:
+        ``[H, W, 3]`` uint8 numpy array in the image's channel order: the same colours as
+        :func:`colorize` and ``cv2.addWeighted`` rounding (within 1 of :func:`blend`, usually
+        identical).
+
+    Raises:
+        ValueError: an unknown colormap.
     """
     import cv2
 

@@ -1,0 +1,311 @@
+"""Maps back onto the original image: the preprocessing geometry, resize, upsample.
+
+SPEC section 1 (Upsampling, Interpolation): a CAM is resized to the network input ``S x S``,
+then mapped back onto the ORIGINAL image, so that every saved map and box is in original-image
+pixels. :class:`Geometry` says how an image became the network input (anisotropic resize, the
+default, or resize + centre crop); :func:`upsample_to_images` inverts it.
+
+Nothing here reads files, prints, or picks a device: every function works on the device of its
+input tensors and returns float32 tensors on that same device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "INTERPOLATIONS",
+    "Geometry",
+    "Interpolation",
+    "UpsampledCams",
+    "resize_maps",
+    "upsample_to_images",
+]
+
+Interpolation = Literal["bilinear", "bicubic"]
+INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
+"""The interpolations of :func:`resize_maps` (SPEC section 1, Interpolation)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry: how an original image became the network input
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an original ``height x width`` image was turned into the ``size x size`` input.
+
+    Coordinates of the properties are in pixels, rows (y) first; ranges are half-open
+    ``[start, stop)``.
+
+    Attributes:
+        height: original image height H (>= 1).
+        width: original image width W (>= 1).
+        size: the network input side S (>= 1), 224 by default.
+        mode: ``"resize"`` (default): anisotropic resize of the whole image to ``S x S`` (the
+            official pipeline's and wsolevaluation's, SPEC section 1). ``"center_crop"``: resize
+            the shorter side to ``short_side`` keeping the aspect ratio (longer side
+            ``int(short_side * long / short)``, as torchvision ``Resize(int)``), then centre
+            crop ``S x S`` exactly as ``torchvision.transforms.functional.center_crop`` does
+            (``top = int(round((h_r - S) / 2.0))``; zero padding when the crop is larger).
+        short_side: the ``center_crop`` resize target; defaults to ``round(S * 256 / 224)``
+            (256 for 224, the ImageNet recipe). Unused by ``resize``.
+
+    Raises:
+        ValueError: a size that is not positive, or an unknown mode.
+    """
+
+    height: int
+    width: int
+    size: int = 224
+    mode: Literal["resize", "center_crop"] = "resize"
+    short_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
+        if self.size < 1:
+            raise ValueError(f"network input size must be positive, got {self.size}")
+        if self.mode not in ("resize", "center_crop"):
+            raise ValueError(f"unknown geometry mode {self.mode!r}; use 'resize' or 'center_crop'")
+        if self.mode == "center_crop":
+            if self.short_side is None:
+                object.__setattr__(self, "short_side", round(self.size * 256 / 224))
+            elif self.short_side < 1:
+                raise ValueError(f"short_side must be positive, got {self.short_side}")
+
+    @property
+    def resized_hw(self) -> tuple[int, int]:
+        """(h_r, w_r): the image size after the resize step (``(size, size)`` for ``resize``)."""
+        if self.mode == "resize":
+            return self.size, self.size
+        r = int(self.short_side)  # type: ignore[arg-type]
+        h, w = self.height, self.width
+        if w <= h:
+            return int(r * h / w), r
+        return r, int(r * w / h)
+
+    @property
+    def crop_offset(self) -> tuple[int, int]:
+        """(top, left) of the crop in the resized image; negative where the crop was padded."""
+        if self.mode == "resize":
+            return 0, 0
+        h_r, w_r = self.resized_hw
+        s = self.size
+
+        def _offset(n: int) -> int:
+            if s > n:  # torchvision pads (s - n) // 2 before, then crops at 0
+                return -((s - n) // 2)
+            return round((n - s) / 2.0)
+
+        return _offset(h_r), _offset(w_r)
+
+    @property
+    def crop_region(self) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1): the crop's extent in ORIGINAL pixels, rounded to the pixel grid.
+
+        May reach outside ``[0, height) x [0, width)`` when the crop was zero padded. For
+        ``resize`` it is the whole image ``(0, height, 0, width)``.
+        """
+        if self.mode == "resize":
+            return 0, self.height, 0, self.width
+        h_r, w_r = self.resized_hw
+        top, left = self.crop_offset
+        sy, sx = self.height / h_r, self.width / w_r
+        y0, y1 = round(top * sy), round((top + self.size) * sy)
+        x0, x1 = round(left * sx), round((left + self.size) * sx)
+        return y0, max(y1, y0 + 1), x0, max(x1, x0 + 1)
+
+
+class UpsampledCams(NamedTuple):
+    """Result of :func:`upsample_to_images`.
+
+    Attributes:
+        maps: B tensors ``[k, H_i, W_i]`` float32 in original-image pixels.
+        coverage: B entries; ``None`` for ``resize`` geometries (the map covers every pixel),
+            else a ``[H_i, W_i]`` bool tensor, True where the centre crop saw the pixel (maps
+            are 0 elsewhere).
+    """
+
+    maps: list[Tensor]
+    coverage: list[Tensor | None]
+
+
+# --------------------------------------------------------------------------------------------
+# Resize
+# --------------------------------------------------------------------------------------------
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}"
+        )
+
+
+def resize_maps(
+    maps: Tensor, size: tuple[int, int], interpolation: Interpolation = "bilinear"
+) -> Tensor:
+    """Resize maps in one ``F.interpolate`` call (SPEC section 1, Interpolation).
+
+    ``align_corners=False`` (pixel centres map onto pixel centres). When an output dim is
+    smaller than its input dim the resize is antialiased (like Matlab's ``imresize``). Bicubic
+    output is clamped per map to the input map's [min, max] so it cannot overshoot. A resize to
+    the same size returns the values unchanged (a copy). A CPU bilinear upsampling without
+    gradients goes through OpenCV (same rule, within 1e-6, faster).
+
+    Args:
+        maps: ``[N, k, h, w]`` float, any device.
+        size: ``(H, W)``, the output size.
+        interpolation: ``"bilinear"`` or ``"bicubic"``.
+
+    Returns:
+        ``[N, k, H, W]`` float32 on the device of ``maps``.
+
+    Raises:
+        ValueError: an unknown interpolation.
+    """
+    _check_interpolation(interpolation)
+    maps = maps.to(torch.float32)
+    out_h, out_w = int(size[0]), int(size[1])
+    if maps.shape[-2:] == (out_h, out_w):
+        return maps.clone()
+    antialias = out_h < maps.shape[-2] or out_w < maps.shape[-1]
+    if (
+        interpolation == "bilinear"
+        and not antialias
+        and maps.device.type == "cpu"
+        and not maps.requires_grad  # OpenCV is not differentiable
+    ):
+        return _upsample_bilinear_cv2(maps, out_h, out_w)
+    out = F.interpolate(
+        maps, size=(out_h, out_w), mode=interpolation, align_corners=False, antialias=antialias
+    )
+    if interpolation == "bicubic":
+        lo = maps.amin(dim=(-2, -1), keepdim=True)
+        hi = maps.amax(dim=(-2, -1), keepdim=True)
+        out = torch.clamp(out, min=lo, max=hi)
+    return out
+
+
+def _upsample_bilinear_cv2(maps: Tensor, out_h: int, out_w: int) -> Tensor:
+    """CPU bilinear upsampling of [..., h, w] maps with OpenCV, one SIMD call per map.
+
+    The same rule as ``F.interpolate(mode="bilinear", align_corners=False)`` (half-pixel
+    centres, edge replicated), equal to it within 1e-6, and 5-6x faster for photo-sized maps.
+    """
+    import cv2
+
+    lead = maps.shape[:-2]
+    src = maps.reshape(-1, *maps.shape[-2:]).contiguous().numpy()
+    out = np.empty((src.shape[0], out_h, out_w), dtype=np.float32)
+    for i in range(src.shape[0]):
+        cv2.resize(src[i], (out_w, out_h), dst=out[i], interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(out).reshape(*lead, out_h, out_w)
+
+
+# --------------------------------------------------------------------------------------------
+# Upsample onto the original images
+# --------------------------------------------------------------------------------------------
+
+
+def _groups(keys: Sequence[object]) -> dict[object, list[int]]:
+    """key -> the positions that hold it, in first-seen order."""
+    groups: dict[object, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _to_input_size(
+    cams: Tensor, geometries: Sequence[Geometry], interpolation: Interpolation
+) -> list[Tensor]:
+    """Each image's ``[k, h, w]`` maps resized to its ``S x S`` input, one call per distinct S."""
+    at_input: list[Tensor | None] = [None] * len(geometries)
+    for s, idx in _groups([g.size for g in geometries]).items():
+        sel = torch.tensor(idx, device=cams.device)
+        resized = resize_maps(cams.index_select(0, sel), (s, s), interpolation)  # type: ignore[arg-type]
+        for j, i in enumerate(idx):
+            at_input[i] = resized[j]
+    return at_input  # type: ignore[return-value]
+
+
+def _place_crop(
+    batch: Tensor, geom: Geometry, interpolation: Interpolation
+) -> tuple[Tensor, Tensor]:
+    """``[n, k, S, S]`` maps of ``center_crop`` inputs onto ``[n, k, H, W]`` original canvases.
+
+    The maps are resized to the crop region's size in original pixels and placed at its offset;
+    pixels the crop did not see stay 0. Returns the canvases and the ``[H, W]`` bool coverage.
+    """
+    y0, y1, x0, x1 = geom.crop_region
+    region = resize_maps(batch, (y1 - y0, x1 - x0), interpolation)  # [n, k, y1-y0, x1-x0]
+    cy0, cy1 = max(y0, 0), min(y1, geom.height)
+    cx0, cx1 = max(x0, 0), min(x1, geom.width)
+    canvas = region.new_zeros((batch.shape[0], region.shape[1], geom.height, geom.width))
+    cover = torch.zeros((geom.height, geom.width), dtype=torch.bool, device=batch.device)
+    if cy1 > cy0 and cx1 > cx0:
+        canvas[..., cy0:cy1, cx0:cx1] = region[..., cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        cover[cy0:cy1, cx0:cx1] = True
+    return canvas, cover
+
+
+def upsample_to_images(
+    cams: Tensor, geometries: Sequence[Geometry], interpolation: Interpolation = "bilinear"
+) -> UpsampledCams:
+    """Map CAMs back onto each ORIGINAL image (SPEC section 1, Upsampling).
+
+    First every map is resized to the network input ``S x S`` (``Geometry.size``; one batched
+    call per distinct S), then mapped onto the original image:
+
+    - ``resize``: ``S x S -> H x W``.
+    - ``center_crop``: ``S x S`` -> the crop region's size in original pixels
+      (:attr:`Geometry.crop_region`), placed at its offset; pixels outside the crop are 0 and
+      ``coverage`` is False there.
+
+    Images with the same geometry are resized together. ``align_corners=False``; bicubic output
+    is clamped to the input's per-map [min, max] (see :func:`resize_maps`).
+
+    Args:
+        cams: ``[B, k, h, w]`` float, any device.
+        geometries: B entries, one per image, in batch order.
+        interpolation: ``"bilinear"`` or ``"bicubic"``.
+
+    Returns:
+        :class:`UpsampledCams`: maps, B tensors ``[k, H_i, W_i]`` float32; coverage, B entries,
+        ``None`` or ``[H_i, W_i]`` bool; all on the device of ``cams``.
+
+    Raises:
+        ValueError: an unknown interpolation, ``cams`` not 4-D, or a number of geometries that
+            is not the batch size.
+    """
+    _check_interpolation(interpolation)
+    if cams.ndim != 4:
+        raise ValueError(f"cams must be [B, k, h, w], got shape {tuple(cams.shape)}")
+    if len(geometries) != cams.shape[0]:
+        raise ValueError(f"got {len(geometries)} geometries for a batch of {cams.shape[0]} maps")
+    at_input = _to_input_size(cams.to(torch.float32), geometries, interpolation)
+
+    maps: list[Tensor | None] = [None] * len(geometries)
+    coverage: list[Tensor | None] = [None] * len(geometries)
+    for geom, idx in _groups(list(geometries)).items():
+        assert isinstance(geom, Geometry)
+        batch = torch.stack([at_input[i] for i in idx])
+        if geom.mode == "resize":
+            out = resize_maps(batch, (geom.height, geom.width), interpolation)
+            for j, i in enumerate(idx):
+                maps[i] = out[j]
+            continue
+        canvas, cover = _place_crop(batch, geom, interpolation)
+        for j, i in enumerate(idx):
+            maps[i] = canvas[j]
+            coverage[i] = cover.clone()
+    return UpsampledCams(maps=maps, coverage=coverage)  # type: ignore[arg-type]
