@@ -1,7 +1,7 @@
 """`camcli train`: fine-tune or train a GAP network on an ImageFolder tree.
 
-Thin: parses, builds :class:`camcli.train.core.TrainOptions`, runs
-:func:`camcli.train.core.train_folder`
+Thin: parses, builds :class:`camcli.train.options.TrainOptions`, runs
+:func:`camcli.train.run.train_folder`
 and prints progress (a bar on a terminal, one plain line per epoch otherwise) on stderr.
 """
 
@@ -220,14 +220,15 @@ def train(
     --out runs/birds
     """
     from camcli.console import warn
-    from camcli.errors import CamcliError, Exit
-    from camcli.train import core as t
+    from camcli.errors import CamcliError, Exit, TrainingError
+    from camcli.train.options import TrainOptions, parse_arch_options
+    from camcli.train.run import train_folder
 
     if model is None and not resume:
         raise CamcliError(
             "--model is required: a registry name (`camcli models`), e.g. camnet-small or vgg-gap"
         )
-    opts = t.TrainOptions(
+    opts = TrainOptions(
         model=model or "",
         epochs=epochs,
         batch_size=batch_size,
@@ -245,7 +246,7 @@ def train(
         weight_decay=weight_decay,
         warmup_epochs=warmup_epochs,
         val_split=val_split,
-        arch_options=t.parse_arch_options(arch_option or []),
+        arch_options=parse_arch_options(arch_option or []),
     )
     if resume:
         given = [n for n in _FROM_CHECKPOINT if _explicit(ctx, n)]
@@ -257,7 +258,7 @@ def train(
     rank0 = _rank() == 0
     reporter = CliReporter(quiet=quiet or not rank0)
     try:
-        result = t.train_folder(
+        result = train_folder(
             data,
             out,
             opts,
@@ -268,7 +269,7 @@ def train(
             reporter=reporter,
             max_pixels=max_pixels,
         )
-    except t.TrainingError as exc:
+    except TrainingError as exc:
         code = Exit.SOME_FAILED if "non-finite" in str(exc) else Exit.USAGE
         raise CamcliError(str(exc), code) from None
     finally:
