@@ -481,6 +481,22 @@ def test_cli_train_and_errors(shapes, tmp_path, capsys):
     assert code == 2 and "unknown camnet-small option 'depth'" in err
 
 
+def test_cli_non_finite_loss_exits_1_with_the_loop_message(shapes, tmp_path, capsys, monkeypatch):
+    from camcli.train import loop
+
+    # NaN inputs: the first step's loss is non-finite
+    monkeypatch.setattr(loop, "prepare_inputs", lambda x, pre, dev: torch.full(x.shape, math.nan))
+    args = ["train", str(shapes), "-m", "camnet-small", "--out", str(tmp_path / "nan"),
+            "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--workers", "0",
+            "--device", "cpu", *TINY_ARGS]  # fmt: skip
+    code, _, err = _cli(args, capsys)
+    assert code == 1, err
+    assert (
+        "non-finite loss (nan) at epoch 1, step 1: training stopped; lower --lr (now 0.002); "
+        "no checkpoint was written"
+    ) in err
+
+
 def test_format_record():
     from camcli.cli.train_cmd import format_record
 
