@@ -114,7 +114,6 @@ def linear_probe(
     resume_ck: dict | None,
     reporter: Reporter,
     step_callback: Callable[[int, int], None] | None,
-    workers: int,
     loader_kw: dict,
 ) -> FitResult:
     """Train ``model.fc`` alone on the pooled features of ``train_ds``.
@@ -125,8 +124,8 @@ def linear_probe(
         o: resolved options (``batch_size`` batches the cached features).
         out: the run folder (rank 0 writes it).
         resume_ck: a ``last.pt`` dict to continue, or None.
-        workers, loader_kw: decoding workers and the other :func:`make_loader` arguments
-            (rank, world, pin_memory) of the feature pass.
+        loader_kw: :func:`make_loader`'s ``workers``, ``rank``, ``world`` and ``pin_memory``
+            for the feature pass.
 
     Returns:
         :func:`fit`'s result; the saved checkpoints hold the whole model.
@@ -135,9 +134,7 @@ def linear_probe(
 
     def features(ds: FolderImages) -> tuple[torch.Tensor, torch.Tensor]:
         batch = max(2, min(o.batch_size, 64))
-        loader = make_loader(
-            ds, batch_size=batch, shuffle=False, seed=o.seed, workers=workers, **loader_kw
-        )
+        loader = make_loader(ds, batch_size=batch, shuffle=False, seed=o.seed, **loader_kw)
         return pooled_features(
             model, loader, device=device, precision=o.precision, mirror=False, dist=dist
         )

@@ -106,6 +106,7 @@ class _Job:
 
 
 def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
+    """:func:`train_folder` once this process has its place in the job."""
     resume_ck = None
     if job.resume:
         resume_ck, o = _resumed_options(job.out, options)
@@ -113,31 +114,18 @@ def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
         if resume_ck["epoch"] >= o.epochs:
             return _nothing_to_resume(job, resume_ck, o)
     else:
-        if run_dir_state(job.out) is not None:
-            raise TrainingError(
-                f"{job.out} already holds a run (last.pt); pass --resume to continue it, "
-                "or choose another --out"
-            )
-        entry = entry_for(options.model)
-        o = resolve_options(options, entry)
+        entry, o = _new_run_options(job.out, options)
     if o.precision == "fp16" and job.dev.type != "cuda":
         raise TrainingError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     folders = _scan(job, o, resume_ck)
     torch.manual_seed(o.seed)
     random.seed(o.seed)
     model, new_prefixes = _starting_model(job, entry, o, folders.classes, resume_ck)
-    workers = (
-        o.workers if o.workers is not None else default_workers(job.dev, local_world(job.dist))
-    )
     model = _to_device(model, job.dev)
     train_ds, val_ds = _datasets(job, folders, model, o)
     if job.dist.is_main:
         job.reporter.info(_summary(job, entry, o, folders, len(train_ds), len(val_ds)))
-    loader_kw = {
-        "rank": job.dist.rank,
-        "world": job.dist.world,
-        "pin_memory": job.dev.type == "cuda",
-    }
+    loader_kw = _loader_kw(job, o)
     if o.freeze_backbone:
         return linear_probe(
             model,
@@ -150,10 +138,20 @@ def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
             resume_ck=resume_ck,
             reporter=job.reporter,
             step_callback=job.step_callback,
-            workers=workers,
             loader_kw=loader_kw,
         )
-    return _fit_images(job, model, new_prefixes, train_ds, val_ds, o, resume_ck, workers, loader_kw)
+    return _fit_images(job, model, new_prefixes, train_ds, val_ds, o, resume_ck, loader_kw)
+
+
+def _new_run_options(out: Path, options: TrainOptions) -> tuple[ModelEntry, TrainOptions]:
+    """The model's registry entry and the resolved options; ``out`` must not hold a run."""
+    if run_dir_state(out) is not None:
+        raise TrainingError(
+            f"{out} already holds a run (last.pt); pass --resume to continue it, "
+            "or choose another --out"
+        )
+    entry = entry_for(options.model)
+    return entry, resolve_options(options, entry)
 
 
 def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptions]:
@@ -233,6 +231,19 @@ def _datasets(
     return train_ds, val_ds
 
 
+def _loader_kw(job: _Job, o: TrainOptions) -> dict:
+    """:func:`make_loader`'s workers, shard and pinning for this process."""
+    workers = o.workers
+    if workers is None:
+        workers = default_workers(job.dev, local_world(job.dist))
+    return {
+        "workers": workers,
+        "rank": job.dist.rank,
+        "world": job.dist.world,
+        "pin_memory": job.dev.type == "cuda",
+    }
+
+
 def _summary(
     job: _Job, entry: ModelEntry, o: TrainOptions, folders: FolderData, n_train: int, n_val: int
 ) -> str:
@@ -256,25 +267,12 @@ def _fit_images(
     val_ds: FolderImages,
     o: TrainOptions,
     resume_ck: dict | None,
-    workers: int,
     loader_kw: dict,
 ) -> FitResult:
     """The whole network trained on the images (DDP-wrapped under torchrun)."""
-    train_loader = make_loader(
-        train_ds, batch_size=o.batch_size, shuffle=True, seed=o.seed, workers=workers, **loader_kw
-    )
-    val_loader = (
-        make_loader(
-            val_ds,
-            batch_size=o.batch_size,
-            shuffle=False,
-            seed=o.seed,
-            workers=workers,
-            **loader_kw,
-        )
-        if len(val_ds)
-        else None
-    )
+    kw = {"batch_size": o.batch_size, "seed": o.seed, **loader_kw}
+    train_loader = make_loader(train_ds, shuffle=True, **kw)
+    val_loader = make_loader(val_ds, shuffle=False, **kw) if len(val_ds) else None
     net: nn.Module = model
     if job.dist.enabled:
         net = nn.parallel.DistributedDataParallel(
