@@ -1,6 +1,6 @@
 """Weakly-supervised localization on tin-dev10, trained from scratch on CPU.
 
-camnet-small is trained by camcli's own loop (camcli.train.core.fit, in-memory loaders) on the 5000
+camnet-small is trained by camcli's own loop (camcli.train.loop.fit, in-memory loaders) on the 5000
 training images of ../shared/data/tin-dev10 (10 Tiny-ImageNet classes, 64 x 64), once per
 configuration: GAP vs GMP pooling, and two resolutions of the last feature map (8 x 8, and
 16 x 16 with the last downsampling removed: the paper's section 3.1 finding). Then, on the 500
@@ -49,7 +49,10 @@ from camcli.cam import boxes, dtbox, pipeline, upsample  # noqa: E402
 from camcli.data.loader import decode_image, preprocess_uint8  # noqa: E402
 from camcli.models.build import build_model, entry_for  # noqa: E402
 from camcli.models.registry import Preprocess  # noqa: E402
-from camcli.train import core as tr  # noqa: E402
+from camcli.train.data import train_resize_size  # noqa: E402
+from camcli.train.loop import fit  # noqa: E402
+from camcli.train.options import TrainOptions, resolve_options  # noqa: E402
+from camcli.train.report import SilentReporter  # noqa: E402
 
 # ../shared/data/tin-dev10 beside the checkout (or beside its parent, for git worktrees)
 DEFAULT_DATA = next(
@@ -103,7 +106,7 @@ class MemoryLoader:
     (seed, epoch). Yields (x uint8 [B, 3, S, S], y int64 [B])."""
 
     def __init__(self, split: Split, batch_size: int, seed: int, size: int = 64) -> None:
-        r = tr.train_resize_size(size)
+        r = train_resize_size(size)
         self.big = F.interpolate(split.x.float(), size=(r, r), mode="bilinear", antialias=True)
         self.big = self.big.round().clamp(0, 255).to(torch.uint8)
         self.y, self.b, self.seed, self.size, self.epoch = split.y, batch_size, seed, size, 0
@@ -226,8 +229,8 @@ def centred_square_hits(gt: np.ndarray, sizes: np.ndarray, sides: np.ndarray) ->
 
 def run_config(name: str, cfg: dict, tr_split, va_split, classes, args) -> dict:
     entry = entry_for("camnet-small")
-    opts = tr.resolve_options(
-        tr.TrainOptions(
+    opts = resolve_options(
+        TrainOptions(
             model="camnet-small",
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -251,7 +254,7 @@ def run_config(name: str, cfg: dict, tr_split, va_split, classes, args) -> dict:
         arch_options=opts.arch_options,
     ).to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    res = tr.fit(
+    res = fit(
         model,
         MemoryLoader(tr_split, opts.batch_size, opts.seed, opts.image_size),
         EvalLoader(va_split, opts.image_size),
@@ -305,7 +308,7 @@ def _arch(spec: str) -> dict:
     return {k: int(v) for k, v in (p.split("=") for p in spec.split(",") if p)}
 
 
-class _Lines(tr.SilentReporter):
+class _Lines(SilentReporter):
     def __init__(self, name: str) -> None:
         self.name = name
 

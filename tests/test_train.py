@@ -15,10 +15,24 @@ import pytest
 import torch
 
 from camcli.data import synthetic
+from camcli.errors import NonFiniteError, TrainingError
 from camcli.models import hub
 from camcli.models.build import build_model, entry_for, load_model
 from camcli.models.registry import Preprocess
-from camcli.train import core as t
+from camcli.train import initial, run
+from camcli.train.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint
+from camcli.train.data import (
+    EpochSampler,
+    FolderImages,
+    make_loader,
+    scan_folders,
+    train_resize_size,
+)
+from camcli.train.initial import initial_model
+from camcli.train.loop import evaluate, fit
+from camcli.train.optim import lr_factor, param_groups
+from camcli.train.options import TrainOptions, resolve_options
+from camcli.train.run import train_folder
 
 TINY = {"width": 4, "stages": 2, "downsamplings": 2, "blocks": 1}
 # the same network as command-line options of `camcli train`
@@ -35,7 +49,7 @@ def shapes(tmp_path_factory) -> Path:
     )
 
 
-def _opts(**kw) -> t.TrainOptions:
+def _opts(**kw) -> TrainOptions:
     base = dict(
         model="camnet-small",
         epochs=2,
@@ -46,7 +60,7 @@ def _opts(**kw) -> t.TrainOptions:
         arch_options=dict(TINY),
     )
     base.update(kw)
-    return t.TrainOptions(**base)
+    return TrainOptions(**base)
 
 
 class Collect:
@@ -89,63 +103,63 @@ def _touch_images(root: Path, layout: dict[str, int]) -> None:
 
 def test_scan_flat_layout_split_is_per_class_and_seeded(tmp_path):
     _touch_images(tmp_path, {"b_cls": 10, "a_cls": 5, "c_cls": 1})
-    fd = t.scan_folders(tmp_path, val_split=0.2, seed=1)
+    fd = scan_folders(tmp_path, val_split=0.2, seed=1)
     assert fd.classes == ["a_cls", "b_cls", "c_cls"]
     per_val = [sum(1 for _, c in fd.val if c == i) for i in range(3)]
     assert per_val == [1, 2, 0]  # round(0.2 * 5) = 1, round(0.2 * 10) = 2, a lone image stays
     assert len(fd.train) + len(fd.val) == 16
     assert not {p for p, _ in fd.train} & {p for p, _ in fd.val}
-    again = t.scan_folders(tmp_path, val_split=0.2, seed=1)
+    again = scan_folders(tmp_path, val_split=0.2, seed=1)
     assert again.val == fd.val
-    other = t.scan_folders(tmp_path, val_split=0.2, seed=2)
+    other = scan_folders(tmp_path, val_split=0.2, seed=2)
     assert other.val != fd.val
 
 
 def test_scan_train_val_layout_and_errors(tmp_path):
     _touch_images(tmp_path / "train", {"x": 3, "y": 2})
     _touch_images(tmp_path / "val", {"y": 1})
-    fd = t.scan_folders(tmp_path)
+    fd = scan_folders(tmp_path)
     assert fd.classes == ["x", "y"]
     assert [c for _, c in fd.val] == [1] and len(fd.train) == 5
     assert fd.val_source == str(tmp_path / "val")
     _touch_images(tmp_path / "val", {"z": 1})
-    with pytest.raises(t.TrainingError, match="is not a training class"):
-        t.scan_folders(tmp_path)
+    with pytest.raises(TrainingError, match="is not a training class"):
+        scan_folders(tmp_path)
     (tmp_path / "train" / "empty").mkdir()
-    with pytest.raises(t.TrainingError, match="holds no images"):
-        t.scan_folders(tmp_path / "train")
-    with pytest.raises(t.TrainingError, match="not a folder"):
-        t.scan_folders(tmp_path / "missing")
+    with pytest.raises(TrainingError, match="holds no images"):
+        scan_folders(tmp_path / "train")
+    with pytest.raises(TrainingError, match="not a folder"):
+        scan_folders(tmp_path / "missing")
 
 
 def test_epoch_sampler_order_and_shards():
-    s = t.EpochSampler(10, shuffle=True, seed=5)
+    s = EpochSampler(10, shuffle=True, seed=5)
     s.set_epoch(2)
     order = [i for i, e in s]
     assert sorted(order) == list(range(10)) and all(e == 2 for _, e in s)
     g = torch.Generator().manual_seed(5 * 100_003 + 2)
     assert order == torch.randperm(10, generator=g).tolist()
-    shards = [t.EpochSampler(10, shuffle=True, seed=5, rank=r, world=3) for r in range(3)]
+    shards = [EpochSampler(10, shuffle=True, seed=5, rank=r, world=3) for r in range(3)]
     for sh in shards:
         sh.set_epoch(2)
     parts = [[i for i, _ in sh] for sh in shards]
     assert [len(p) for p in parts] == [4, 4, 4]  # padded by wrapping around
     assert set().union(*map(set, parts)) == set(range(10))
-    ev = [[i for i, _ in t.EpochSampler(10, shuffle=False, rank=r, world=3)] for r in range(3)]
+    ev = [[i for i, _ in EpochSampler(10, shuffle=False, rank=r, world=3)] for r in range(3)]
     assert ev == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]  # evaluation: each image once
 
 
 def test_augmentation_is_a_function_of_seed_epoch_index(shapes):
-    fd = t.scan_folders(shapes)
+    fd = scan_folders(shapes)
     pre = Preprocess(input_size=16)
-    ds = t.FolderImages(fd.train, pre, train=True, seed=0)
+    ds = FolderImages(fd.train, pre, train=True, seed=0)
     a, la, _ = ds[(3, 1)]
     b, _, _ = ds[(3, 1)]
     c, _, _ = ds[(3, 2)]
     assert a.dtype == torch.uint8 and tuple(a.shape) == (3, 16, 16)
     assert torch.equal(a, b) and la == fd.train[3][1]
-    assert t.train_resize_size(16) == 18 and t.train_resize_size(224) == 256
-    ev = t.FolderImages(fd.train, pre, train=False)
+    assert train_resize_size(16) == 18 and train_resize_size(224) == 256
+    ev = FolderImages(fd.train, pre, train=False)
     x, _, _ = ev[(3, 0)]
     from camcli.data.loader import decode_image, preprocess_uint8
 
@@ -156,26 +170,26 @@ def test_augmentation_is_a_function_of_seed_epoch_index(shapes):
 
 def test_lr_schedules_exact():
     o = _opts(epochs=6, schedule="step", warmup_epochs=0.0)
-    f = [t.lr_factor(s, o=o, steps_per_epoch=10) for s in (0, 19, 20, 39, 40, 59)]
+    f = [lr_factor(s, o=o, steps_per_epoch=10) for s in (0, 19, 20, 39, 40, 59)]
     assert f == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     o = _opts(epochs=2, schedule="cosine", warmup_epochs=0.5)
-    assert t.lr_factor(0, o=o, steps_per_epoch=10) == pytest.approx(1 / 6)
-    assert t.lr_factor(4, o=o, steps_per_epoch=10) == pytest.approx(5 / 6)
-    assert t.lr_factor(5, o=o, steps_per_epoch=10) == pytest.approx(1.0)
-    assert t.lr_factor(10, o=o, steps_per_epoch=10) == pytest.approx(
+    assert lr_factor(0, o=o, steps_per_epoch=10) == pytest.approx(1 / 6)
+    assert lr_factor(4, o=o, steps_per_epoch=10) == pytest.approx(5 / 6)
+    assert lr_factor(5, o=o, steps_per_epoch=10) == pytest.approx(1.0)
+    assert lr_factor(10, o=o, steps_per_epoch=10) == pytest.approx(
         0.5 * (1 + math.cos(math.pi * 5 / 15))
     )
 
 
 def test_recipes():
-    scratch = t.resolve_options(_opts(epochs=None, batch_size=None), entry_for("camnet-small"))
+    scratch = resolve_options(_opts(epochs=None, batch_size=None), entry_for("camnet-small"))
     assert (scratch.recipe, scratch.optimizer, scratch.lr, scratch.epochs) == (
         "scratch",
         "adamw",
         2e-3,
         30,
     )
-    ft = t.resolve_options(t.TrainOptions(model="vgg-gap"), entry_for("vgg-gap"))
+    ft = resolve_options(TrainOptions(model="vgg-gap"), entry_for("vgg-gap"))
     assert (ft.recipe, ft.optimizer, ft.lr, ft.weight_decay, ft.head_lr_mult, ft.batch_size) == (
         "finetune",
         "sgd",
@@ -185,35 +199,35 @@ def test_recipes():
         64,
     )
     assert ft.pretrained and ft.image_size == 224 and ft.schedule == "step"
-    gmp = t.resolve_options(t.TrainOptions(model="vgg-gap", pool="gmp"), entry_for("vgg-gap"))
+    gmp = resolve_options(TrainOptions(model="vgg-gap", pool="gmp"), entry_for("vgg-gap"))
     assert gmp.pool == "max"
-    with pytest.raises(t.TrainingError, match="no pretrained weights"):
-        t.resolve_options(_opts(pretrained=True), entry_for("camnet-small"))
-    with pytest.raises(t.TrainingError, match="freeze-backbone"):
-        t.resolve_options(_opts(freeze_backbone=True), entry_for("camnet-small"))
+    with pytest.raises(TrainingError, match="no pretrained weights"):
+        resolve_options(_opts(pretrained=True), entry_for("camnet-small"))
+    with pytest.raises(TrainingError, match="freeze-backbone"):
+        resolve_options(_opts(freeze_backbone=True), entry_for("camnet-small"))
 
 
 # ------------------------------------------------------------------------------------ loop
 
 
 def test_a_few_steps_lower_the_loss(shapes):
-    fd = t.scan_folders(shapes)
-    o = t.resolve_options(_opts(epochs=3, lr=5e-3, warmup_epochs=0.0), entry_for("camnet-small"))
+    fd = scan_folders(shapes)
+    o = resolve_options(_opts(epochs=3, lr=5e-3, warmup_epochs=0.0), entry_for("camnet-small"))
     torch.manual_seed(0)
-    model, _ = t.initial_model(entry_for("camnet-small"), o, fd.classes)
-    ds = t.FolderImages(fd.train, model.preprocess, train=True, seed=0)
-    loader = t.make_loader(ds, batch_size=8, shuffle=True, seed=0, workers=0)
-    ev = t.make_loader(
-        t.FolderImages(fd.train, model.preprocess, train=False),
+    model, _ = initial_model(entry_for("camnet-small"), o, fd.classes)
+    ds = FolderImages(fd.train, model.preprocess, train=True, seed=0)
+    loader = make_loader(ds, batch_size=8, shuffle=True, seed=0, workers=0)
+    ev = make_loader(
+        FolderImages(fd.train, model.preprocess, train=False),
         batch_size=36,
         shuffle=False,
         seed=0,
         workers=0,
     )
     dev = torch.device("cpu")
-    before = t.evaluate(model, ev, preprocess=model.preprocess, device=dev)
-    res = t.fit(model, loader, None, options=o, device=dev)
-    after = t.evaluate(res.model, ev, preprocess=model.preprocess, device=dev)
+    before = evaluate(model, ev, preprocess=model.preprocess, device=dev)
+    res = fit(model, loader, None, options=o, device=dev)
+    after = evaluate(res.model, ev, preprocess=model.preprocess, device=dev)
     assert before["images"] == after["images"] == 36
     assert after["loss"] < before["loss"] - 0.05
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
@@ -223,7 +237,7 @@ def test_a_few_steps_lower_the_loss(shapes):
 def test_checkpoint_round_trips_through_predict(shapes, tmp_path, capsys):
     out = tmp_path / "run"
     rep = Collect()
-    res = t.train_folder(shapes, out, _opts(epochs=1), device="cpu", reporter=rep)
+    res = train_folder(shapes, out, _opts(epochs=1), device="cpu", reporter=rep)
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
     ck = hub.load_file(out / "best.pt").checkpoint  # weights_only loading
     assert ck["format"] == "camcli-checkpoint" and ck["model"] == "camnet-small"
@@ -282,7 +296,7 @@ class Interrupt(Exception):
 
 
 def test_killed_mid_epoch_then_resumed_matches_uninterrupted_run(shapes, tmp_path):
-    full = t.train_folder(shapes, tmp_path / "full", _opts(epochs=3), device="cpu")
+    full = train_folder(shapes, tmp_path / "full", _opts(epochs=3), device="cpu")
 
     def kill(epoch, step):
         if epoch == 1 and step == 2:
@@ -290,27 +304,27 @@ def test_killed_mid_epoch_then_resumed_matches_uninterrupted_run(shapes, tmp_pat
 
     run = tmp_path / "run"
     with pytest.raises(Interrupt):
-        t.train_folder(shapes, run, _opts(epochs=3), device="cpu", step_callback=kill)
-    assert t.load_checkpoint(run / "last.pt")["epoch"] == 1
+        train_folder(shapes, run, _opts(epochs=3), device="cpu", step_callback=kill)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
-    with pytest.raises(t.TrainingError, match="already holds a run"):
-        t.train_folder(shapes, run, _opts(epochs=3), device="cpu")
-    res = t.train_folder(shapes, run, t.TrainOptions(model=""), resume=True, device="cpu")
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train_folder(shapes, run, _opts(epochs=3), device="cpu")
+    res = train_folder(shapes, run, TrainOptions(model=""), resume=True, device="cpu")
     assert res.epochs_done == 3
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2, 3]
-    last = t.load_checkpoint(run / "last.pt")
+    last = load_checkpoint(run / "last.pt")
     assert last["epoch"] == 3
-    for k, v in t.load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"].items():
+    for k, v in load_checkpoint(tmp_path / "full" / "last.pt")["state_dict"].items():
         assert torch.equal(v, last["state_dict"][k]), k
-    best = t.load_checkpoint(run / "best.pt")
+    best = load_checkpoint(run / "best.pt")
     assert best["epoch"] == res.best["epoch"]
     assert best["metrics"]["val_top1"] == max(r["val_top1"] for r in recs)
     m = load_model(None, str(run / "best.pt"))
     assert m.name == "camnet-small" and m.categories == sorted(SHAPES3)
     assert full.best == res.best
     # Resuming a finished run does nothing.
-    again = t.train_folder(shapes, run, t.TrainOptions(model=""), resume=True, device="cpu")
+    again = train_folder(shapes, run, TrainOptions(model=""), resume=True, device="cpu")
     assert again.epochs_done == 3
 
 
@@ -336,7 +350,7 @@ class _Loader:
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     torch.manual_seed(0)
-    o = t.resolve_options(_opts(epochs=3), entry_for("camnet-small"))
+    o = resolve_options(_opts(epochs=3), entry_for("camnet-small"))
     model = build_model(
         entry_for("camnet-small"),
         None,
@@ -346,11 +360,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         arch_options=TINY,
     )
     loader = _Loader(torch.randn(8, 3, 16, 16), torch.tensor([0, 1] * 4), nan_from_epoch=1)
-    with pytest.raises(t.TrainingError) as ei:
-        t.fit(model, loader, None, options=o, device=torch.device("cpu"), out_dir=tmp_path)
+    with pytest.raises(NonFiniteError) as ei:
+        fit(model, loader, None, options=o, device=torch.device("cpu"), out_dir=tmp_path)
+    assert isinstance(ei.value, TrainingError) and ei.value.exit_code == 1
     msg = str(ei.value)
     assert "non-finite loss" in msg and "epoch 2, step 1" in msg and "keeps epoch 1" in msg
-    ck = t.load_checkpoint(tmp_path / "last.pt")
+    ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["epoch"] == 1
     assert all(torch.isfinite(v.float()).all() for v in ck["state_dict"].values())
 
@@ -361,7 +376,7 @@ def test_bad_image_warned_once_and_run_goes_on(shapes, tmp_path):
     bad = data / "train" / "circle" / "zz_broken.png"
     bad.write_bytes(b"not an image at all")
     rep = Collect()
-    res = t.train_folder(data, tmp_path / "run", _opts(epochs=2), device="cpu", reporter=rep)
+    res = train_folder(data, tmp_path / "run", _opts(epochs=2), device="cpu", reporter=rep)
     assert res.epochs_done == 2
     hits = [w for w in rep.warnings if "zz_broken.png" in w]
     assert len(hits) == 1 and "not an image file" in hits[0]
@@ -376,14 +391,14 @@ def test_linear_probe_trains_only_the_classifier(shapes, tmp_path, monkeypatch):
         arch_options=TINY,
         preprocess=Preprocess(input_size=16),
     )
-    ck = t.make_checkpoint(donor, options=_opts(), epoch=1, metrics=None, history=[], best=None)
+    ck = make_checkpoint(donor, options=_opts(), epoch=1, metrics=None, history=[], best=None)
     from dataclasses import replace
 
     entry = replace(entry_for("camnet-small"), url="package:fake.pt", sha256=None)
-    monkeypatch.setattr(t, "entry_for", lambda name: entry)
-    monkeypatch.setattr(t, "_load_state", lambda url, sha, offline: (ck["state_dict"], ck))
+    monkeypatch.setattr(run, "entry_for", lambda name: entry)
+    monkeypatch.setattr(initial, "_load_state", lambda url, sha, offline: (ck["state_dict"], ck))
     rep = Collect()
-    res = t.train_folder(
+    res = train_folder(
         shapes,
         tmp_path / "probe",
         _opts(freeze_backbone=True, epochs=3, arch_options={}),
@@ -396,7 +411,7 @@ def test_linear_probe_trains_only_the_classifier(shapes, tmp_path, monkeypatch):
     assert res.model.fc.out_features == 3
     # 36 cached feature rows in batches of 8, drop_last
     assert rep.records[0]["train_images"] == 32
-    saved = t.load_checkpoint(tmp_path / "probe" / "last.pt")
+    saved = load_checkpoint(tmp_path / "probe" / "last.pt")
     assert saved["arch_options"] == TINY and saved["epoch"] == 3
     assert torch.equal(saved["state_dict"]["fc.weight"], res.model.fc.weight.detach())
 
@@ -440,7 +455,7 @@ def test_cli_train_and_errors(shapes, tmp_path, capsys):
     code, _, err = _cli(args, capsys)
     assert code == 0, err
     assert "epoch 1/1" in err and "train loss" in err and "pool GMP" in err
-    ck = t.load_checkpoint(out / "best.pt")
+    ck = load_checkpoint(out / "best.pt")
     assert ck["pool"] == "max" and ck["arch_options"] == TINY
     code, _, err = _cli(args, capsys)
     assert code == 2 and "already holds a run" in err
@@ -464,6 +479,22 @@ def test_cli_train_and_errors(shapes, tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "unknown camnet-small option 'depth'" in err
+
+
+def test_cli_non_finite_loss_exits_1_with_the_loop_message(shapes, tmp_path, capsys, monkeypatch):
+    from camcli.train import loop
+
+    # NaN inputs: the first step's loss is non-finite
+    monkeypatch.setattr(loop, "prepare_inputs", lambda x, pre, dev: torch.full(x.shape, math.nan))
+    args = ["train", str(shapes), "-m", "camnet-small", "--out", str(tmp_path / "nan"),
+            "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--workers", "0",
+            "--device", "cpu", *TINY_ARGS]  # fmt: skip
+    code, _, err = _cli(args, capsys)
+    assert code == 1, err
+    assert (
+        "non-finite loss (nan) at epoch 1, step 1: training stopped; lower --lr (now 0.002); "
+        "no checkpoint was written"
+    ) in err
 
 
 def test_format_record():
@@ -502,7 +533,7 @@ def _torchrun() -> str | None:
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun not found")
 def test_two_process_gloo_run_writes_one_checkpoint(shapes, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(t.__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(run.__file__).parents[2])}
     cmd = [
         _torchrun(),
         "--standalone",
@@ -550,17 +581,17 @@ def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
 
     tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
     state = tv.state_dict()
-    monkeypatch.setattr(t, "_load_state", lambda url, sha, offline: (state, None))
+    monkeypatch.setattr(initial, "_load_state", lambda url, sha, offline: (state, None))
     entry = entry_for("googlenet-gap")
-    o = t.resolve_options(t.TrainOptions(model="googlenet-gap", image_size=64), entry)
+    o = resolve_options(TrainOptions(model="googlenet-gap", image_size=64), entry)
     torch.manual_seed(0)
-    model, prefixes = t.initial_model(entry, o, ["a", "b", "c"])
+    model, prefixes = initial_model(entry, o, ["a", "b", "c"])
     assert o.arch_options == {"transform_input": True}
     n = len(model.trunk)
     assert prefixes == [f"trunk.{n - 2}.", f"trunk.{n - 1}.", "fc."]
     assert isinstance(model.trunk[0], _TransformInput)
     assert torch.equal(model.trunk[1].conv.weight, state["conv1.conv.weight"])
-    lrs = {g["name"]: g["lr"] for g in t.param_groups(model, prefixes, 1e-3, 10.0, 5e-4)}
+    lrs = {g["name"]: g["lr"] for g in param_groups(model, prefixes, 1e-3, 10.0, 5e-4)}
     assert lrs == pytest.approx(
         {
             "pretrained-decay": 1e-3,
@@ -569,8 +600,8 @@ def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
             "new-no_decay": 1e-2,
         }
     )
-    ck = t.make_checkpoint(model, options=o, epoch=1, metrics=None, history=[], best=None)
-    again = t.model_from_checkpoint(ck)
+    ck = make_checkpoint(model, options=o, epoch=1, metrics=None, history=[], best=None)
+    again = model_from_checkpoint(ck)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model.eval()(x))
@@ -580,10 +611,10 @@ def test_torchvision_finetune_replaces_the_classifier(monkeypatch):
     import torchvision
 
     state = torchvision.models.resnet18(weights=None).state_dict()
-    monkeypatch.setattr(t, "_load_state", lambda url, sha, offline: (state, None))
+    monkeypatch.setattr(initial, "_load_state", lambda url, sha, offline: (state, None))
     entry = entry_for("resnet18")
-    o = t.resolve_options(t.TrainOptions(model="resnet18", image_size=32, pool="gmp"), entry)
-    model, prefixes = t.initial_model(entry, o, ["x", "y"])
+    o = resolve_options(TrainOptions(model="resnet18", image_size=32, pool="gmp"), entry)
+    model, prefixes = initial_model(entry, o, ["x", "y"])
     assert prefixes == ["fc."] and model.fc.out_features == 2 and model.pool == "max"
     assert torch.equal(model.trunk[0].weight, state["conv1.weight"])
     assert model.preprocess.input_size == 32 and model.categories == ["x", "y"]

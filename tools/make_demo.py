@@ -83,7 +83,7 @@ def write_asset(best: Path) -> None:
     """best.pt -> assets/demo.pt: named "demo", nothing machine-specific, no optimizer state."""
     import torch
 
-    from camcli.train.core import load_checkpoint, save_checkpoint
+    from camcli.train.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(best)
     ck.pop("training_state", None)

@@ -1,8 +1,10 @@
 """`camcli train`: fine-tune or train a GAP network on an ImageFolder tree.
 
-Thin: parses, builds :class:`camcli.train.core.TrainOptions`, runs
-:func:`camcli.train.core.train_folder`
-and prints progress (a bar on a terminal, one plain line per epoch otherwise) on stderr.
+Thin: parses, checks flag combinations, builds :class:`camcli.train.options.TrainOptions`,
+runs :func:`camcli.train.run.train_folder` and prints progress (a bar on a terminal, one plain
+line per epoch otherwise) on stderr. Errors carry their own exit codes (:mod:`camcli.errors`):
+a non-finite loss is a :class:`~camcli.errors.NonFiniteError` (exit 1), any other training
+error exit 2.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from camcli.cli import options as o
 from camcli.data.loader import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from camcli.train.loop import FitResult
+    from camcli.train.options import TrainOptions
 
 
 class Optim(StrEnum):
@@ -219,45 +225,35 @@ def train(
     Several GPUs: torchrun --standalone --nproc-per-node 4 -m camcli train birds/ -m vgg-gap
     --out runs/birds
     """
-    from camcli.console import warn
-    from camcli.errors import CamcliError, Exit
-    from camcli.train import core as t
+    from camcli.train.run import train_folder
 
-    if model is None and not resume:
-        raise CamcliError(
-            "--model is required: a registry name (`camcli models`), e.g. camnet-small or vgg-gap"
-        )
-    opts = t.TrainOptions(
+    _require_model(model, resume)
+    opts = _train_options(
         model=model or "",
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
-        optimizer=optimizer.value if optimizer else None,
-        schedule=schedule.value if schedule else None,
+        optimizer=optimizer,
+        schedule=schedule,
         image_size=image_size,
         pretrained=pretrained,
         head_lr_mult=head_lr_mult,
         freeze_backbone=freeze_backbone,
-        pool=pool.value if pool else None,
-        precision=precision.value,
+        pool=pool,
+        precision=precision,
         workers=workers,
         seed=seed,
         weight_decay=weight_decay,
         warmup_epochs=warmup_epochs,
         val_split=val_split,
-        arch_options=t.parse_arch_options(arch_option or []),
+        arch_option=arch_option,
     )
     if resume:
-        given = [n for n in _FROM_CHECKPOINT if _explicit(ctx, n)]
-        if given:
-            warn(
-                "--resume continues with the checkpoint's options; ignoring "
-                + ", ".join("--" + n.replace("_", "-") for n in given)
-            )
+        _warn_ignored_on_resume(ctx)
     rank0 = _rank() == 0
     reporter = CliReporter(quiet=quiet or not rank0)
     try:
-        result = t.train_folder(
+        result = train_folder(
             data,
             out,
             opts,
@@ -268,12 +264,65 @@ def train(
             reporter=reporter,
             max_pixels=max_pixels,
         )
-    except t.TrainingError as exc:
-        code = Exit.SOME_FAILED if "non-finite" in str(exc) else Exit.USAGE
-        raise CamcliError(str(exc), code) from None
     finally:
         reporter.close()
-    if rank0 and not quiet and result.best:
+    return _finish(result, out, show=rank0 and not quiet, reporter=reporter)
+
+
+def _require_model(model: str | None, resume: bool) -> None:
+    """A new run needs ``--model``; a resumed one takes it from the checkpoint."""
+    from camcli.errors import CamcliError
+
+    if model is None and not resume:
+        raise CamcliError(
+            "--model is required: a registry name (`camcli models`), e.g. camnet-small or vgg-gap"
+        )
+
+
+def _train_options(
+    *,
+    optimizer: Optim | None,
+    schedule: Schedule | None,
+    pool: Pool | None,
+    precision: Precision,
+    arch_option: list[str] | None,
+    **plain,
+) -> TrainOptions:
+    """The command line's :class:`TrainOptions` (``None``: the recipe's default).
+
+    Raises:
+        TrainingError: an ``--arch-option`` that is not KEY=VALUE.
+    """
+    from camcli.train.options import TrainOptions, parse_arch_options
+
+    return TrainOptions(
+        **plain,
+        optimizer=optimizer.value if optimizer else None,
+        schedule=schedule.value if schedule else None,
+        pool=pool.value if pool else None,
+        precision=precision.value,
+        arch_options=parse_arch_options(arch_option or []),
+    )
+
+
+def _warn_ignored_on_resume(ctx: typer.Context) -> None:
+    """Name the options given on the command line that ``--resume`` takes from the checkpoint."""
+    from camcli.console import warn
+
+    given = [n for n in _FROM_CHECKPOINT if _explicit(ctx, n)]
+    if given:
+        warn(
+            "--resume continues with the checkpoint's options; ignoring "
+            + ", ".join("--" + n.replace("_", "-") for n in given)
+        )
+
+
+def _finish(result: FitResult, out: Path, *, show: bool, reporter: CliReporter) -> int:
+    """Name the best checkpoint; exit 1 when some images could not be used, else 0."""
+    from camcli.console import warn
+    from camcli.errors import Exit
+
+    if show and result.best:
         b = result.best
         what = b["by"].replace("_top1", " top-1")
         reporter.info(
@@ -281,7 +330,7 @@ def train(
             f"  (try: camcli predict IMAGES --weights {out / 'best.pt'})"
         )
     if result.skipped:
-        if rank0 and not quiet:
+        if show:
             warn(
                 f"{len(result.skipped)} image(s) could not be used (see above); trained on the rest"
             )
