@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from camcli.cli import main
-from camcli.data import loader as io
+from camcli.data import inputs
 from camcli.runs.shards import Shard, interleave, parse_shard
 from conftest import PYTHON, subprocess_env
 
@@ -61,7 +61,7 @@ def same_tree(a: Path, b: Path, skip=("run.json",)) -> None:
 
 def test_parse_shard_and_select(cli_images):
     assert parse_shard("1/3") == Shard(1, 3) and parse_shard(" 0 / 1 ") == Shard(0, 1)
-    items = io.discover([str(cli_images)])
+    items = inputs.discover([str(cli_images)])
     assert len(items) == 6
     parts = [Shard(i, 4).select(items) for i in range(4)]
     assert [len(p) for p in parts] == [2, 2, 1, 1]

@@ -147,7 +147,8 @@ def test_augmentation_is_a_function_of_seed_epoch_index(shapes):
     assert t.train_resize_size(16) == 18 and t.train_resize_size(224) == 256
     ev = t.FolderImages(fd.train, pre, train=False)
     x, _, _ = ev[(3, 0)]
-    from camcli.data.loader import decode_image, preprocess_uint8
+    from camcli.data.codec import decode_image
+    from camcli.data.loader import preprocess_uint8
 
     ref = preprocess_uint8(torch.from_numpy(decode_image(fd.train[3][0])).permute(2, 0, 1), pre)
     assert torch.equal(x, ref)
@@ -258,7 +259,8 @@ def test_checkpoint_round_trips_through_predict(shapes, tmp_path, capsys):
     assert code == 0, err
     lines = [json.loads(x) for x in stdout.splitlines()]
     assert len(lines) == len(imgs)
-    from camcli.data.loader import decode_image, normalize_batch, preprocess_uint8
+    from camcli.data.codec import decode_image
+    from camcli.data.loader import normalize_batch, preprocess_uint8
 
     m = res.model.cpu().eval()
     x = torch.stack(

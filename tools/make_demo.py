@@ -125,7 +125,8 @@ def check() -> None:
     m = load_model(None, str(ASSET))
     import torch
 
-    from camcli.data.loader import decode_image, normalize_batch, preprocess_uint8
+    from camcli.data.codec import decode_image
+    from camcli.data.loader import normalize_batch, preprocess_uint8
 
     for p in sorted(EXAMPLES.glob("*.jpg")):
         x = preprocess_uint8(torch.from_numpy(decode_image(str(p))).permute(2, 0, 1), m.preprocess)

@@ -12,7 +12,7 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.cam_cmd import Interp, InterpOpt, Norm, NormOpt, Resume, TenCrop
-from camcli.data.loader import DEFAULT_MAX_PIXELS
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 
 
 class Rule(StrEnum):
@@ -175,6 +175,7 @@ def _bbox(
     from camcli.api import session as api
     from camcli.cli.run import RecordSink, open_session, progress_bar, report_errors
     from camcli.console import info
+    from camcli.data.loader import Sample
     from camcli.errors import Exit
     from camcli.runs.outdir import OutDir
     from camcli.runs.shards import DRAW_MARK
@@ -230,7 +231,7 @@ def _bbox(
     interrupted = completed = False
     try:
         for res in results:
-            if isinstance(res, api.io.Sample):
+            if isinstance(res, Sample):
                 rec = {"image": res.item.path, "error": res.error}
                 if from_maps is not None:
                     stats["failed"] += 1
@@ -392,14 +393,14 @@ def _draw(drawdir, res, rec: dict) -> None:
     import os
 
     from camcli.api import jobs
-    from camcli.data import loader as io
+    from camcli.data.codec import decode_image
 
     img = res.sample.image
     if img is None:  # from maps: the source image, when it is still there
         if not os.path.isfile(res.sample.item.path):
             return
         try:
-            arr = io.decode_image(res.sample.item.path)
+            arr = decode_image(res.sample.item.path)
         except ValueError:
             return
         import torch

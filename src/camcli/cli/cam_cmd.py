@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.data.loader import DEFAULT_MAX_PIXELS
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 
 
 class Norm(StrEnum):
