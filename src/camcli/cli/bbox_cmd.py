@@ -109,7 +109,7 @@ def bbox(
     """
     from camcli.cli.run import plan_split, resolve_inputs, session_options
     from camcli.errors import CamcliError
-    from camcli.runs.shards import torchrun_world
+    from camcli.sysinfo import torchrun_env
 
     if from_maps is not None and inputs:
         raise CamcliError("give either INPUT paths or --from-maps DIR, not both")
@@ -122,7 +122,7 @@ def bbox(
             f"--submission {submission}: pass --synsets (devkit meta.mat or "
             "map_clsloc.txt; LOC_synset_mapping.txt for --submission-format kaggle)"
         )
-    if from_maps is not None and (shard is not None or torchrun_world() is not None):
+    if from_maps is not None and (shard is not None or torchrun_env() is not None):
         raise CamcliError("--from-maps runs in one process: drop --shard (or torchrun)")
     if shard is not None and (submission is not None or gt is not None):
         raise CamcliError(
@@ -291,7 +291,7 @@ def _bbox(
     if split.dist is not None:
         joined = sink.join(items)
         if split.main and drawdir is not None:
-            from camcli.runs.shards import merge_outdir
+            from camcli.runs.merge import merge_outdir
 
             merge_outdir(drawdir.root, keys=[it.key for it in items])
         if joined is not None:

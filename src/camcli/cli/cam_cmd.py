@@ -212,7 +212,7 @@ def _cam(
     ok, failed, skipped_all = split.total([st["ok"], st["failed"], skipped])
     split.barrier()
     if split.dist is not None and split.main:
-        from camcli.runs.shards import merge_outdir
+        from camcli.runs.merge import merge_outdir
 
         merge_outdir(outdir.root, keys=[it.key for it in items])
     if session.profiler.enabled:
