@@ -15,7 +15,7 @@ t_start = time.perf_counter()
 import torch  # noqa: E402
 
 from camcli.data import inputs, loader  # noqa: E402
-from camcli.models.build import load_model  # noqa: E402
+from camcli.models.load import load_model  # noqa: E402
 from camcli.runs.device import resolve_device  # noqa: E402
 
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from camcli.cam import boxes, pipeline  # noqa: E402
 from camcli.data.codec import decode_image  # noqa: E402
 from camcli.data.loader import preprocess_uint8  # noqa: E402
-from camcli.models.build import build_model, entry_for  # noqa: E402
+from camcli.models.load import build_model, entry_for  # noqa: E402
 from camcli.models.registry import Preprocess  # noqa: E402
 from camcli.train import core as tr  # noqa: E402
 

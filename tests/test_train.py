@@ -16,7 +16,7 @@ import torch
 
 from camcli.data import synthetic
 from camcli.models import hub
-from camcli.models.build import build_model, entry_for, load_model
+from camcli.models.load import build_model, entry_for, load_model
 from camcli.models.registry import Preprocess
 from camcli.train import core as t
 
@@ -548,7 +548,7 @@ def test_two_process_gloo_run_writes_one_checkpoint(shapes, tmp_path):
 def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
     import torchvision
 
-    from camcli.models.build import _TransformInput
+    from camcli.models.gap import TransformInput
 
     tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
     state = tv.state_dict()
@@ -560,7 +560,7 @@ def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
     assert o.arch_options == {"transform_input": True}
     n = len(model.trunk)
     assert prefixes == [f"trunk.{n - 2}.", f"trunk.{n - 1}.", "fc."]
-    assert isinstance(model.trunk[0], _TransformInput)
+    assert isinstance(model.trunk[0], TransformInput)
     assert torch.equal(model.trunk[1].conv.weight, state["conv1.conv.weight"])
     lrs = {g["name"]: g["lr"] for g in t.param_groups(model, prefixes, 1e-3, 10.0, 5e-4)}
     assert lrs == pytest.approx(

@@ -120,7 +120,7 @@ def update_registry(digest: str) -> None:
 
 def check() -> None:
     """Predict the examples with the new weights and print the classes."""
-    from camcli.models.build import load_model
+    from camcli.models.load import load_model
 
     m = load_model(None, str(ASSET))
     import torch

@@ -10,7 +10,8 @@ import torch
 from camcli.data import inputs, loader
 from camcli.data.codec import DEFAULT_MAX_PIXELS
 from camcli.errors import CamcliError, Exit
-from camcli.models.build import GapModel, load_model
+from camcli.models.gap import GapModel
+from camcli.models.load import load_model
 from camcli.runs.device import resolve_device
 from camcli.runs.profiling import Profiler
 

@@ -40,8 +40,9 @@ from camcli import __version__
 from camcli.atomic import AtomicFile
 from camcli.data import codec, inputs
 from camcli.data.loader import normalize_batch, preprocess_uint8, worker_init
-from camcli.errors import TrainingError
-from camcli.models.build import GapModel, ModelError, build_model, entry_for
+from camcli.errors import ModelError, TrainingError
+from camcli.models.gap import GapModel
+from camcli.models.load import build_model, entry_for
 from camcli.models.registry import ModelEntry, Preprocess
 from camcli.runs.device import resolve_device
 from camcli.sysinfo import available_cores, torchrun_env
