@@ -135,6 +135,8 @@ class Batch:
 
 
 def collate(samples: list[Sample]) -> Batch:
+    """The DataLoader's collate_fn: good samples stacked into ``x`` (their tensors released),
+    samples left for the device decoder in ``raw``, failed ones in ``failed``."""
     import torch
 
     good = [s for s in samples if s.error is None and s.raw is None]
