@@ -60,7 +60,7 @@ def make_weights(model: str, path: Path) -> None:
     import torch
 
     sys.path.insert(0, str(HERE.parent / "src"))
-    from camcli.models.build import entry_for, random_model
+    from camcli.models.load import entry_for, random_model
 
     torch.manual_seed(0)
     m = random_model(model)

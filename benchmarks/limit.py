@@ -14,8 +14,8 @@ t_start = time.perf_counter()
 
 import torch  # noqa: E402
 
-from camcli.data import loader as io  # noqa: E402
-from camcli.models.build import load_model  # noqa: E402
+from camcli.data import inputs, loader  # noqa: E402
+from camcli.models.load import load_model  # noqa: E402
 from camcli.runs.device import resolve_device  # noqa: E402
 
 
@@ -32,13 +32,13 @@ def main() -> None:
     m = load_model(None, args.weights).to(dev).eval()
     if dev.type == "cpu":
         m = m.to(memory_format=torch.channels_last)
-    items = io.discover([args.images])[: args.max_images]
+    items = inputs.discover([args.images])[: args.max_images]
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     n, t_first = 0, None
-    for b in io.iter_batches(
+    for b in loader.iter_batches(
         items, m.preprocess, batch_size=args.batch_size, pin_memory=dev.type == "cuda"
     ):
-        x = io.normalize_batch(b.x.to(dev, non_blocking=True), m.preprocess)
+        x = loader.normalize_batch(b.x.to(dev, non_blocking=True), m.preprocess)
         if dev.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with (

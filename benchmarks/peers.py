@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camcli.models.build import load_model
+from camcli.models.load import load_model
 
 
 def main() -> None:

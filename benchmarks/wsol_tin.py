@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from camcli.cam import boxes, dtbox, pipeline, upsample  # noqa: E402
-from camcli.data.loader import decode_image, preprocess_uint8  # noqa: E402
-from camcli.models.build import build_model, entry_for  # noqa: E402
+from camcli.data.codec import decode_image  # noqa: E402
+from camcli.data.loader import preprocess_uint8  # noqa: E402
+from camcli.models.load import build_model, entry_for  # noqa: E402
 from camcli.models.registry import Preprocess  # noqa: E402
 from camcli.train.data import train_resize_size  # noqa: E402
 from camcli.train.loop import fit  # noqa: E402

@@ -64,7 +64,7 @@ def cli_ckpt(tmp_path_factory) -> Path:
     """A camcli checkpoint of a random resnet18 with 10 classes and 64 px input."""
     import torch
 
-    from camcli.models.build import random_model
+    from camcli.models.load import random_model
     from camcli.models.registry import Preprocess
 
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def cli_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cli_model(cli_ckpt):
     """The checkpoint loaded as a GapModel (CPU, eval), for reference computations."""
-    from camcli.models.build import load_model
+    from camcli.models.load import load_model
 
     return load_model(None, str(cli_ckpt)).eval()
 

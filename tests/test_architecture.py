@@ -181,13 +181,13 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
             {"train/loop.py": "from camcli.api import session\n", "api/session.py": ""},
             "camcli.train.loop:1 imports camcli.api.session: siblings do not import each other",
         ),
-        # a cycle inside one package (models.build <-> models.small)
+        # a cycle inside one package (models.load <-> models.small)
         (
             {
-                "models/build.py": "def f():\n    from camcli.models.small import x\n",
-                "models/small.py": "from camcli.models.build import y\n",
+                "models/load.py": "def f():\n    from camcli.models.small import x\n",
+                "models/small.py": "from camcli.models.load import y\n",
             },
-            "import cycle: camcli.models.build -> camcli.models.small",
+            "import cycle: camcli.models.load -> camcli.models.small",
         ),
         # a relative import is resolved too
         (

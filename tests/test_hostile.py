@@ -23,7 +23,7 @@ from PIL import Image
 
 from camcli.cli import main
 from camcli.console import shown
-from camcli.data import loader as io
+from camcli.data import inputs
 from conftest import make_image
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
@@ -180,7 +180,7 @@ def run_in(base: Path, out: Path, monkeypatch, capsys, *argv) -> tuple[int, str,
 
 
 def order_of(root: Path) -> list[str]:
-    return [it.path for it in io.discover([str(root)])]
+    return [it.path for it in inputs.discover([str(root)])]
 
 
 def check_records(recs: list[dict], root: Path, expect: dict[str, Expect]) -> None:

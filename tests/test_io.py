@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from camcli.data import loader as io
+from camcli.data import codec, inputs, loader
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
@@ -32,7 +32,7 @@ def test_discover_nested_sorted_recursive_filtered(tmp_path):
     root = tmp_path / "root"
     for rel in ["b/x.jpg", "a/y.PNG", "a/z.txt", "c.JPEG", "a/sub/w.webp", "a/sub/noext", "d.Tif"]:
         _touch(root / rel)
-    items = io.discover([str(root)])
+    items = inputs.discover([str(root)])
     rels = [Path(it.path).relative_to(root).as_posix() for it in items]
     assert rels == ["a/sub/w.webp", "a/y.PNG", "b/x.jpg", "c.JPEG", "d.Tif"]
     assert _keys(items) == ["a/sub/w", "a/y", "b/x", "c", "d"]
@@ -41,7 +41,7 @@ def test_discover_nested_sorted_recursive_filtered(tmp_path):
 
 def test_discover_files_keep_argument_order_and_missing_files(tmp_path):
     f1, f2 = _touch(tmp_path / "z.png"), _touch(tmp_path / "sub" / "a.jpg")
-    items = io.discover([str(f1), str(tmp_path / "missing.jpg"), str(f2)])
+    items = inputs.discover([str(f1), str(tmp_path / "missing.jpg"), str(f2)])
     assert [it.path for it in items] == [str(f1), str(tmp_path / "missing.jpg"), str(f2)]
     assert _keys(items) == ["z", "missing", "a"]
 
@@ -51,26 +51,26 @@ def test_key_collisions_same_folder_and_two_roots(tmp_path):
     _touch(tmp_path / "r1" / "a.png")
     _touch(tmp_path / "r1" / "b.jpg")
     _touch(tmp_path / "r2" / "b.jpg")
-    items = io.discover([str(tmp_path / "r1"), str(tmp_path / "r2")])
+    items = inputs.discover([str(tmp_path / "r1"), str(tmp_path / "r2")])
     assert _keys(items) == ["a_jpg", "a_png", "b_jpg", "b_jpg_2"]
     # a generated key never steals a real one: a_jpg.png exists too
     _touch(tmp_path / "r3" / "a.jpg")
     _touch(tmp_path / "r3" / "a.png")
     _touch(tmp_path / "r3" / "a_jpg.png")
-    keys = _keys(io.discover([str(tmp_path / "r3")]))
+    keys = _keys(inputs.discover([str(tmp_path / "r3")]))
     assert len(set(keys)) == 3 and keys == ["a_jpg", "a_png", "a_jpg_2"]
 
 
 def test_stdin_paths(tmp_path):
     lines = ["/data/one.jpg\n", "\n", "rel dir/two words.png\r\n", "   \n", "/other/one.jpg"]
-    items = io.discover(["-"], stdin=iter(lines))
+    items = inputs.discover(["-"], stdin=iter(lines))
     assert [it.path for it in items] == ["/data/one.jpg", "rel dir/two words.png", "/other/one.jpg"]
     assert _keys(items) == ["one_jpg", "two words", "one_jpg_2"]
 
 
 def test_stdin_mixed_with_files(tmp_path):
     f = _touch(tmp_path / "f.jpg")
-    items = io.discover([str(f), "-"], stdin=["g.png\n"])
+    items = inputs.discover([str(f), "-"], stdin=["g.png\n"])
     assert [(it.path, it.key) for it in items] == [(str(f), "f"), ("g.png", "g")]
 
 
@@ -78,7 +78,7 @@ def test_names_with_spaces_and_dots(tmp_path):
     _touch(tmp_path / "d" / "my photo.final.jpg")
     _touch(tmp_path / "d" / "..jpg")
     _touch(tmp_path / "d" / "a b" / "c d.png")
-    items = io.discover([str(tmp_path / "d")])
+    items = inputs.discover([str(tmp_path / "d")])
     assert _keys(items) == ["_", "a b/c d", "my photo.final"]
 
 
@@ -86,7 +86,7 @@ def test_dotdot_never_becomes_a_key_part(tmp_path, monkeypatch):
     (tmp_path / "w" / "in").mkdir(parents=True)
     _touch(tmp_path / "w" / "x.jpg")
     monkeypatch.chdir(tmp_path / "w" / "in")
-    items = io.discover(["../x.jpg", "..", "-"], stdin=["a/../b.jpg\n", "..\n", "../..\n"])
+    items = inputs.discover(["../x.jpg", "..", "-"], stdin=["a/../b.jpg\n", "..\n", "../..\n"])
     assert _keys(items) == ["x_jpg", "x_jpg_2", "b", "_", "__2"]
     for it in items:
         parts = it.key.split("/")
@@ -100,12 +100,12 @@ def test_non_utf8_file_name(tmp_path):
     raw = os.path.join(os.fsencode(d), b"caf\xe9 \xff.png")
     with open(raw, "wb") as fh:
         Image.new("RGB", (3, 2), (1, 2, 3)).save(fh, format="PNG")
-    items = io.discover([str(d)])
+    items = inputs.discover([str(d)])
     assert len(items) == 1
     assert os.fsencode(items[0].path) == raw
     assert items[0].key == "caf_ _"
     items[0].key.encode("utf-8")  # keys are always valid text
-    assert io.decode_image(items[0].path)[0, 0].tolist() == [1, 2, 3]
+    assert codec.decode_image(items[0].path)[0, 0].tolist() == [1, 2, 3]
 
 
 def test_broken_and_looping_symlinks(tmp_path):
@@ -116,16 +116,16 @@ def test_broken_and_looping_symlinks(tmp_path):
     (root / "selfimg.jpg").symlink_to("selfimg.jpg")
     (root / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (root / "alias").symlink_to(root / "sub", target_is_directory=True)
-    items = io.discover([str(root)])
+    items = inputs.discover([str(root)])
     rels = [Path(it.path).relative_to(root).as_posix() for it in items]
     # The loop is pruned; a folder reached twice (alias -> sub) is listed once, under the
     # first name in sorted order. Broken links stay as inputs whose records carry the error.
     assert rels == ["alias/real.jpg", "broken.jpg", "selfimg.jpg"]
     by_name = {Path(it.path).name: it.path for it in items}
     with pytest.raises(ValueError, match="file not found"):
-        io.decode_image(by_name["broken.jpg"])
+        codec.decode_image(by_name["broken.jpg"])
     with pytest.raises(ValueError, match="cannot decode image"):
-        io.decode_image(by_name["selfimg.jpg"])
+        codec.decode_image(by_name["selfimg.jpg"])
 
 
 # --- decode_image ------------------------------------------------------------------------
@@ -138,11 +138,11 @@ def _save(img: Image.Image, path: Path, **kw) -> str:
 
 def test_decode_rgb_and_l_exact(tmp_path):
     a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 7
-    out = io.decode_image(_save(Image.fromarray(a), tmp_path / "a.png"))
+    out = codec.decode_image(_save(Image.fromarray(a), tmp_path / "a.png"))
     assert out.dtype == np.uint8 and out.flags.c_contiguous and out.flags.writeable
     np.testing.assert_array_equal(out, a)
     g = np.array([[0, 10, 255]], dtype=np.uint8)
-    out = io.decode_image(_save(Image.fromarray(g), tmp_path / "g.png"))
+    out = codec.decode_image(_save(Image.fromarray(g), tmp_path / "g.png"))
     assert out.shape == (1, 3, 3)
     np.testing.assert_array_equal(out, np.repeat(g[:, :, None], 3, axis=2))
 
@@ -152,25 +152,25 @@ def test_decode_palette_with_transparency(tmp_path):
     p.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)
     p.putpixel((1, 0), 1)
     p.putpixel((2, 1), 2)
-    out = io.decode_image(_save(p, tmp_path / "p.png", transparency=0))
+    out = codec.decode_image(_save(p, tmp_path / "p.png", transparency=0))
     assert out.shape == (2, 3, 3)
     assert out[0, 1].tolist() == [0, 255, 0]
     assert out[1, 2].tolist() == [0, 0, 255]
     assert out[0, 0].tolist() == [255, 0, 0]  # the transparent index keeps its colour
-    gif = io.decode_image(_save(p, tmp_path / "p.gif", transparency=0))
+    gif = codec.decode_image(_save(p, tmp_path / "p.gif", transparency=0))
     np.testing.assert_array_equal(gif, out)
 
 
 def test_decode_rgba_and_la_drop_alpha(tmp_path):
     rgba = np.array([[[10, 20, 30, 0], [40, 50, 60, 255]]], dtype=np.uint8)
-    out = io.decode_image(_save(Image.fromarray(rgba), tmp_path / "a.png"))
+    out = codec.decode_image(_save(Image.fromarray(rgba), tmp_path / "a.png"))
     np.testing.assert_array_equal(out, rgba[:, :, :3])
     la = Image.new("LA", (2, 1), (77, 0))
-    assert io.decode_image(_save(la, tmp_path / "la.png")).tolist() == [[[77] * 3, [77] * 3]]
+    assert codec.decode_image(_save(la, tmp_path / "la.png")).tolist() == [[[77] * 3, [77] * 3]]
 
 
 def test_decode_cmyk_jpeg(tmp_path):
-    out = io.decode_image(_save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "c.jpg"))
+    out = codec.decode_image(_save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "c.jpg"))
     assert out.shape == (8, 8, 3)
     assert np.abs(out.astype(int) - [255, 0, 0]).max() <= 2
 
@@ -179,7 +179,7 @@ def test_decode_16bit_png_scaled_exactly(tmp_path):
     a = np.array([[0, 257, 65535, 32768], [1, 128, 32767, 65280]], dtype=np.uint16)
     path = _save(Image.fromarray(a), tmp_path / "g16.png")
     assert Image.open(path).mode.startswith("I")
-    out = io.decode_image(path)
+    out = codec.decode_image(path)
     expected = np.array([[0, 1, 255, 128], [0, 0, 127, 254]], dtype=np.uint8)
     np.testing.assert_array_equal(out[:, :, 0], expected)
     np.testing.assert_array_equal(out[:, :, 1], expected)
@@ -187,10 +187,10 @@ def test_decode_16bit_png_scaled_exactly(tmp_path):
 
 
 def test_decode_1x1_and_bilevel(tmp_path):
-    assert io.decode_image(
+    assert codec.decode_image(
         _save(Image.new("RGB", (1, 1), (9, 8, 7)), tmp_path / "a.png")
     ).tolist() == [[[9, 8, 7]]]
-    assert io.decode_image(_save(Image.new("1", (2, 1), 1), tmp_path / "b.png")).tolist() == [
+    assert codec.decode_image(_save(Image.new("1", (2, 1), 1), tmp_path / "b.png")).tolist() == [
         [[255] * 3, [255] * 3]
     ]
 
@@ -206,7 +206,7 @@ def test_decode_exif_orientation_6(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     path = _save(Image.fromarray(a), tmp_path / "r.jpg", exif=exif, quality=95, subsampling=0)
-    out = io.decode_image(path)
+    out = codec.decode_image(path)
     assert out.shape == (w, h, 3)  # transposed
     # clockwise: stored (x, y) -> displayed (h - 1 - y, x)
     quad = {
@@ -230,7 +230,7 @@ def test_decode_truncated(tmp_path, fmt):
     data = buf.getvalue()
     path = _touch(tmp_path / f"t.{fmt.lower()}", data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot decode image") as ei:
-        io.decode_image(str(path))
+        codec.decode_image(str(path))
     assert "\n" not in str(ei.value)
 
 
@@ -243,14 +243,14 @@ def test_decode_truncated(tmp_path, fmt):
 )
 def test_decode_not_images(tmp_path, name, data, match):
     with pytest.raises(ValueError, match=match):
-        io.decode_image(str(_touch(tmp_path / name, data)))
+        codec.decode_image(str(_touch(tmp_path / name, data)))
 
 
 def test_decode_missing_and_directory(tmp_path):
     with pytest.raises(ValueError, match="file not found"):
-        io.decode_image(str(tmp_path / "nope.jpg"))
+        codec.decode_image(str(tmp_path / "nope.jpg"))
     with pytest.raises(ValueError, match="is a directory"):
-        io.decode_image(str(tmp_path))
+        codec.decode_image(str(tmp_path))
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -271,15 +271,15 @@ def test_decompression_bomb_refused_before_decoding(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
     with pytest.raises(ValueError, match="100000x100000 = 10000000000 pixels, over the limit"):
-        io.decode_image(str(path))
+        codec.decode_image(str(path))
     small = _save(Image.new("RGB", (10, 10)), tmp_path / "s.png")
     with pytest.raises(ValueError, match="over the limit of 99"):
-        io.decode_image(small, max_pixels=99)
+        codec.decode_image(small, max_pixels=99)
 
 
 def test_max_pixels_boundary(tmp_path):
     small = _save(Image.new("RGB", (10, 10), (5, 5, 5)), tmp_path / "s.png")
-    assert io.decode_image(small, max_pixels=100).shape == (10, 10, 3)
+    assert codec.decode_image(small, max_pixels=100).shape == (10, 10, 3)
 
 
 def test_normalize_batch_exact():
@@ -289,7 +289,7 @@ def test_normalize_batch_exact():
 
     pre = Preprocess()
     x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
-    out = io.normalize_batch(x, pre)
+    out = loader.normalize_batch(x, pre)
     for c in range(3):
         lo = (0 - pre.mean[c]) / pre.std[c]
         hi = (1 - pre.mean[c]) / pre.std[c]
@@ -306,8 +306,8 @@ def test_batches_keep_order_and_errors(tmp_path):
             paths.append(str(_touch(tmp_path / f"{i}.jpg", b"bad")))
         else:
             paths.append(_save(Image.new("RGB", (3 + i, 5), (i, i, i)), tmp_path / f"{i}.png"))
-    items = io.discover(paths)
-    batches = list(io.iter_batches(items, pre, batch_size=2, workers=0))
+    items = inputs.discover(paths)
+    batches = list(loader.iter_batches(items, pre, batch_size=2, workers=0))
     assert len(batches) == 3
     seen = []
     for b in batches:

@@ -9,9 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from camcli.models import build as models
-from camcli.models import hub
-from camcli.models.build import GapModel, ModelError, build_model, entry_for, random_model
+from camcli.errors import ModelError
+from camcli.models import builders, gap, hub, load
+from camcli.models.gap import GapModel
+from camcli.models.load import build_model, entry_for, random_model
 from camcli.models.registry import load_registry
 
 NAMES = list(load_registry())
@@ -32,7 +33,7 @@ def _meta_model(name: str) -> GapModel:
     A bundled model (``package:`` URL) is loaded for real: its checkpoint carries the
     architecture options (e.g. the demo's map resolution) that the registry documents."""
     if (load_registry()[name].url or "").startswith("package:"):
-        from camcli.models.build import load_model
+        from camcli.models.load import load_model
 
         return load_model(name, offline=True).to("meta")
     try:
@@ -100,7 +101,7 @@ ACCEPTED = [
 def test_split_gap_classifier_reproduces_torchvision(arch: str, kw: dict):
     torch.manual_seed(0)
     net = torchvision.models.get_model(arch, weights=None, num_classes=6, **kw).eval()
-    trunk, fc, pool = models.split_gap_classifier(net, arch)
+    trunk, fc, pool = gap.split_gap_classifier(net, arch)
     assert pool == "avg"
     assert isinstance(fc, nn.Linear) and fc.out_features == 6
     gm = GapModel(
@@ -116,7 +117,7 @@ def test_split_gap_classifier_refuses_other_heads(arch: str):
     with torch.device("meta"):
         net = torchvision.models.get_model(arch, weights=None)
     with pytest.raises(ModelError) as ei:
-        models.split_gap_classifier(net, arch)
+        gap.split_gap_classifier(net, arch)
     msg = str(ei.value)
     assert "\n" not in msg
     assert msg.startswith(f"{arch}: ")
@@ -174,7 +175,7 @@ def test_googlenet_gap_checkpoint_round_trip():
     e = entry_for("googlenet-gap")
     m = build_model(e, None, num_classes=3, backbone_state=backbone).eval()
     # trunk.0 is the parameter-free transform_input; conv1 follows it
-    assert isinstance(m.trunk[0], models._TransformInput)
+    assert isinstance(m.trunk[0], gap.TransformInput)
     torch.testing.assert_close(m.state_dict()["trunk.1.conv.weight"], backbone["conv1.conv.weight"])
     again = build_model(e, m.state_dict())
     x = torch.randn(1, 3, 64, 64)
@@ -205,19 +206,19 @@ def test_paper_network_without_trained_head_fails_before_downloading(monkeypatch
 
     monkeypatch.setattr(hub, "download", no_download)
     with pytest.raises(hub.WeightsError, match="train it first"):
-        models.load_model("vgg-gap")
+        load.load_model("vgg-gap")
 
 
 def test_offline_without_cache_names_the_path(monkeypatch, tmp_path):
     monkeypatch.setenv("CAMCLI_CACHE", str(tmp_path))
     with pytest.raises(hub.WeightsError) as ei:
-        models.load_model("resnet18", offline=True)
+        load.load_model("resnet18", offline=True)
     assert str(tmp_path / "weights" / "resnet18-f37072fd.pth") in str(ei.value)
     assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
 
 
 def test_check_gap_head_before_any_download():
-    models.check_gap_head(entry_for("torchvision:regnet_y_400mf"))  # tensor-computing builder
-    models.check_gap_head(entry_for("torchvision:mnasnet0_5"))
+    builders.check_gap_head(entry_for("torchvision:regnet_y_400mf"))  # tensor-computing builder
+    builders.check_gap_head(entry_for("torchvision:mnasnet0_5"))
     with pytest.raises(ModelError, match="vgg-gap"):
-        models.check_gap_head(entry_for("torchvision:vgg11"))
+        builders.check_gap_head(entry_for("torchvision:vgg11"))

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 import camcli.cli
 from camcli.data.records import JsonlWriter
-from camcli.models.build import random_model
+from camcli.models.load import random_model
 from camcli.models.registry import load_categories
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from camcli.cli import main
-from camcli.data import loader as io
-from camcli.runs.shards import Shard, interleave, parse_shard
+from camcli.data import inputs
+from camcli.runs.merge import interleave
+from camcli.runs.shards import Shard, parse_shard
 from conftest import PYTHON, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
@@ -61,7 +62,7 @@ def same_tree(a: Path, b: Path, skip=("run.json",)) -> None:
 
 def test_parse_shard_and_select(cli_images):
     assert parse_shard("1/3") == Shard(1, 3) and parse_shard(" 0 / 1 ") == Shard(0, 1)
-    items = io.discover([str(cli_images)])
+    items = inputs.discover([str(cli_images)])
     assert len(items) == 6
     parts = [Shard(i, 4).select(items) for i in range(4)]
     assert [len(p) for p in parts] == [2, 2, 1, 1]
@@ -88,6 +89,85 @@ def test_interleave_restores_order_and_checks_sizes():
     for bad in ([["a"], ["b", "c"]], [["a", "c", "e"], ["b"]], [["a", "c"], [], ["b"]]):
         with pytest.raises(CamcliError, match="do not fit"):
             interleave(bad, [f"p{i}" for i in range(len(bad))])
+
+
+def test_merge_fails_on_a_bad_line_naming_file_and_line(tmp_path):
+    """A part being merged must be whole: a cut line is an error naming the file and line."""
+    from camcli.errors import CamcliError, Exit
+    from camcli.runs.merge import merge_jsonl
+
+    target = tmp_path / "boxes.jsonl"
+    Shard(0, 2).part(target).write_text('{"image": "a"}\n{"image": "c"}\n')
+    bad = Shard(1, 2).part(target)
+    bad.write_text('{"image": "b"}\n\n{"ima')
+    with pytest.raises(CamcliError) as ex:
+        merge_jsonl(target)
+    assert str(ex.value) == (
+        f"{bad} line 3: not a complete JSON record; rerun that shard with --resume"
+    )
+    assert ex.value.code == Exit.NO_INPUT and not target.exists()
+    bad.write_text('{"image": "b"}\n')
+    assert merge_jsonl(target) == 3
+    assert [json.loads(x)["image"] for x in target.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_resumed_files_skip_bad_lines(tmp_path):
+    """Resumed records and manifests skip a cut line, an error record and a non-object: those
+    images are done again; the rewritten manifest holds the good lines only."""
+    from camcli.runs.outdir import OutDir
+    from camcli.runs.records import RecordFile
+
+    target = tmp_path / "boxes.jsonl"
+    target.write_text('{"image": "a", "n": 1}\n{"image": "b", "error": "x"}\n[1]\n')
+    (tmp_path / ".boxes.jsonl.partial").write_bytes(b'{"image": "c\xff"}\n{"image": "d"}\n{"ima')
+    rf = RecordFile(target, resume=True)
+    assert sorted(rf.done) == ["a", "c\udcff", "d"]
+    rf.finish(["a", "b", "c\udcff", "d"])
+    assert [json.loads(x)["image"] for x in target.read_text().splitlines()] == [
+        "a", "c\udcff", "d"
+    ]  # fmt: skip
+
+    root = tmp_path / "cam"
+    root.mkdir()
+    (root / "k1.npz").write_bytes(b"x")
+    good = [
+        '{"key": "k0", "outputs": {"files": []}}',
+        '{"key": "k1", "outputs": {"files": ["k1.npz"]}}',
+    ]
+    lost = '{"key": "k2", "outputs": {"files": ["k2.npz"]}}'  # its file is gone
+    (root / "manifest.jsonl").write_text("\n".join([good[0], "{cut", lost, good[1], "{"]))
+    od = OutDir(root, resume=True, workers=1)
+    assert sorted(od.done) == ["k0", "k1"]
+    assert (root / "manifest.jsonl").read_text() == "".join(g + "\n" for g in good)
+    od.close()
+
+
+def test_outdir_removes_its_own_manifest_temporaries_only(tmp_path):
+    """A starting shard removes its own manifest and run json temporary files (and the old
+    ``.manifest...jsonl.tmp`` name), never another shard's."""
+    from camcli.atomic import tmp_path_for
+    from camcli.runs.outdir import OutDir
+
+    root = tmp_path / "cam"
+    root.mkdir()
+    mine = [
+        tmp_path_for(root / "manifest.shard-0-of-2.jsonl"),
+        tmp_path_for(root / "run.shard-0-of-2.json"),
+        root / ".manifest.shard-0-of-2.jsonl.tmp",
+    ]
+    theirs = [
+        tmp_path_for(root / "manifest.shard-1-of-2.jsonl"),
+        tmp_path_for(root / "run.shard-1-of-2.json"),
+        root / ".manifest.shard-1-of-2.jsonl.tmp",
+    ]
+    for p in mine + theirs:
+        p.write_text("half")
+    od = OutDir(root, resume=False, workers=1, shard=Shard(0, 2), own_keys={"a"})
+    od.close()
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in mine)
+    od = OutDir(root, resume=False, workers=1)  # unsharded: every stray temporary file goes
+    od.close()
+    assert not any(p.exists() for p in theirs[:2])
 
 
 # --- bbox / predict: parts of --output FILE, camcli merge, eval over parts --------------------

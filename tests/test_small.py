@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from camcli.cam import pipeline
-from camcli.models.build import build_model, entry_for
+from camcli.models.load import build_model, entry_for
 from camcli.models.registry import get_entry
 from camcli.models.small import (
     SmallArchError,

@@ -284,7 +284,7 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, clsloc, monkeyp
     def boom(*_args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("camcli.runs.outdir.os.replace", boom)
+    monkeypatch.setattr("camcli.atomic.os.replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_kaggle_submission(out, [("a.jpg", [(0, (0, 0, 1, 1))])], clsloc)
     assert out.read_text() == "old\n"

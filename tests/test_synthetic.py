@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from camcli.data import synthetic
-from camcli.data.loader import decode_image
+from camcli.data.codec import decode_image
 
 
 def test_circle_coverage_and_box_exact():

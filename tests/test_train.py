@@ -17,7 +17,7 @@ import torch
 from camcli.data import synthetic
 from camcli.errors import NonFiniteError, TrainingError
 from camcli.models import hub
-from camcli.models.build import build_model, entry_for, load_model
+from camcli.models.load import build_model, entry_for, load_model
 from camcli.models.registry import Preprocess
 from camcli.train import initial, run
 from camcli.train.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint
@@ -161,7 +161,8 @@ def test_augmentation_is_a_function_of_seed_epoch_index(shapes):
     assert train_resize_size(16) == 18 and train_resize_size(224) == 256
     ev = FolderImages(fd.train, pre, train=False)
     x, _, _ = ev[(3, 0)]
-    from camcli.data.loader import decode_image, preprocess_uint8
+    from camcli.data.codec import decode_image
+    from camcli.data.loader import preprocess_uint8
 
     ref = preprocess_uint8(torch.from_numpy(decode_image(fd.train[3][0])).permute(2, 0, 1), pre)
     assert torch.equal(x, ref)
@@ -272,7 +273,8 @@ def test_checkpoint_round_trips_through_predict(shapes, tmp_path, capsys):
     assert code == 0, err
     lines = [json.loads(x) for x in stdout.splitlines()]
     assert len(lines) == len(imgs)
-    from camcli.data.loader import decode_image, normalize_batch, preprocess_uint8
+    from camcli.data.codec import decode_image
+    from camcli.data.loader import normalize_batch, preprocess_uint8
 
     m = res.model.cpu().eval()
     x = torch.stack(
@@ -577,7 +579,7 @@ def test_two_process_gloo_run_writes_one_checkpoint(shapes, tmp_path):
 def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
     import torchvision
 
-    from camcli.models.build import _TransformInput
+    from camcli.models.gap import TransformInput
 
     tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
     state = tv.state_dict()
@@ -589,7 +591,7 @@ def test_paper_googlenet_finetune_setup_round_trips(monkeypatch):
     assert o.arch_options == {"transform_input": True}
     n = len(model.trunk)
     assert prefixes == [f"trunk.{n - 2}.", f"trunk.{n - 1}.", "fc."]
-    assert isinstance(model.trunk[0], _TransformInput)
+    assert isinstance(model.trunk[0], TransformInput)
     assert torch.equal(model.trunk[1].conv.weight, state["conv1.conv.weight"])
     lrs = {g["name"]: g["lr"] for g in param_groups(model, prefixes, 1e-3, 10.0, 5e-4)}
     assert lrs == pytest.approx(

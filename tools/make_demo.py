@@ -120,12 +120,13 @@ def update_registry(digest: str) -> None:
 
 def check() -> None:
     """Predict the examples with the new weights and print the classes."""
-    from camcli.models.build import load_model
+    from camcli.models.load import load_model
 
     m = load_model(None, str(ASSET))
     import torch
 
-    from camcli.data.loader import decode_image, normalize_batch, preprocess_uint8
+    from camcli.data.codec import decode_image
+    from camcli.data.loader import normalize_batch, preprocess_uint8
 
     for p in sorted(EXAMPLES.glob("*.jpg")):
         x = preprocess_uint8(torch.from_numpy(decode_image(str(p))).permute(2, 0, 1), m.preprocess)

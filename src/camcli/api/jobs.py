@@ -15,8 +15,9 @@ import torch
 
 from camcli.api import session as api
 from camcli.atomic import save_npz_atomic, write_atomic
-from camcli.data import loader as io
-from camcli.runs.outdir import OutDir, encode_image, safe_label
+from camcli.data import inputs, loader
+from camcli.data.codec import encode_image
+from camcli.runs.outdir import OutDir, safe_label
 
 
 @dataclass
@@ -202,7 +203,7 @@ def run_info(session: api.Session, command: str, options: dict, started: float) 
 
 def run_cam(
     session: api.Session,
-    items: list[io.InputItem],
+    items: list[inputs.InputItem],
     opts: api.CamOptions,
     wopts: CamWriteOptions,
     out: OutDir,
@@ -225,7 +226,7 @@ def run_cam(
     for res in api.iter_cams(
         session, items, opts, keep_image=keep, before_forward=before_forward if sync else None
     ):
-        if isinstance(res, io.Sample):
+        if isinstance(res, loader.Sample):
             rec = {"image": res.item.path, "key": res.item.key, "error": res.error}
             out.record(res.item.index, rec)
         else:

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from camcli.data import loader as io
+from camcli.data import inputs, loader
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 from camcli.errors import CamcliError, Exit
-from camcli.models.build import GapModel, load_model
+from camcli.models.gap import GapModel
+from camcli.models.load import load_model
 from camcli.runs.device import resolve_device
 from camcli.runs.profiling import Profiler
 
@@ -27,7 +29,7 @@ class Session:
     device: torch.device
     batch_size: int
     workers: int | None = None
-    max_pixels: int = io.DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     precision: str = "fp32"
     profiler: Profiler | None = None
     device_codec: bool = False  # JPEG decode (and overlay render/encode) on the device
@@ -47,14 +49,14 @@ class Session:
         batch_size: int | None = None,
         offline: bool = False,
         workers: int | None = None,
-        max_pixels: int = io.DEFAULT_MAX_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = "fp32",
         profile: bool = False,
         codec: str = "auto",
         compile: bool = False,
     ) -> Session:
         dev = resolve_device(device)
-        io.sequential_opencv()
+        loader.sequential_opencv()
         if precision not in ("fp32", "bf16", "fp16"):
             raise CamcliError(f"--precision {precision!r}: use fp32, bf16 or fp16")
         if precision == "fp16" and dev.type == "cpu":
@@ -76,10 +78,10 @@ class Session:
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
     def loader(
-        self, items: list[io.InputItem], preprocess, *, keep_image: bool = False
-    ) -> Iterator[io.Batch]:
+        self, items: list[inputs.InputItem], preprocess, *, keep_image: bool = False
+    ) -> Iterator[loader.Batch]:
         """Decoded batches in input order; the time spent waiting for them is profiled."""
-        it = io.iter_batches(
+        it = loader.iter_batches(
             items,
             preprocess,
             batch_size=self.batch_size,
@@ -100,14 +102,16 @@ class Session:
             )
             if self.device_codec:
                 with prof.stage("decode (device)"):
-                    batch = io.device_decode(batch, preprocess, self.device, keep_image=keep_image)
+                    batch = loader.device_decode(
+                        batch, preprocess, self.device, keep_image=keep_image
+                    )
             yield batch
 
     def to_input(self, x_uint8: torch.Tensor, preprocess) -> torch.Tensor:
         """uint8 [B, 3, S, S] (pinned on CUDA) -> normalised float on the device."""
         with self.profiler.stage("transfer"):
             x = x_uint8.to(self.device, non_blocking=True)
-            x = io.normalize_batch(x, preprocess)
+            x = loader.normalize_batch(x, preprocess)
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -123,8 +127,8 @@ class Session:
             return self.model.forward_features(x)
 
     def batches(
-        self, items: list[io.InputItem], *, keep_image: bool = False
-    ) -> Iterator[tuple[io.Batch, torch.Tensor | None, torch.Tensor | None]]:
+        self, items: list[inputs.InputItem], *, keep_image: bool = False
+    ) -> Iterator[tuple[loader.Batch, torch.Tensor | None, torch.Tensor | None]]:
         """Yield (batch, features [B, K, h, w], logits [B, C]) on the device, input order."""
         pre = self.model.preprocess
         for batch in self.loader(items, pre, keep_image=keep_image):
@@ -135,7 +139,7 @@ class Session:
             yield batch, feats, logits
 
 
-def error_record(sample: io.Sample) -> dict:
+def error_record(sample: loader.Sample) -> dict:
     return {"image": sample.item.path, "error": sample.error}
 
 
@@ -155,7 +159,7 @@ def _order(records: dict[int, dict]) -> Iterator[dict]:
         yield records[i]
 
 
-def predict(session: Session, items: list[io.InputItem], top_k: int = 5) -> Iterator[dict]:
+def predict(session: Session, items: list[inputs.InputItem], top_k: int = 5) -> Iterator[dict]:
     """One record per input, in input order:
     ``{"image", "width", "height", "predictions": [{"class_index", "label", "score"}...]}``
     or ``{"image", "error"}``."""
@@ -207,7 +211,7 @@ class CamResult:
     """The maps of one image: ``cams`` float32 [k, H, W] on the device, normalised as asked,
     in original-image pixels; ``coverage`` bool [H, W] for centre-crop preprocessing."""
 
-    sample: io.Sample
+    sample: loader.Sample
     class_indices: list[int]
     scores: list[float]
     cams: torch.Tensor
@@ -265,12 +269,12 @@ def _geometry(pre, size: tuple[int, int], *, ten_crop: bool):
 
 def iter_cams(
     session: Session,
-    items: list[io.InputItem],
+    items: list[inputs.InputItem],
     opts: CamOptions,
     *,
     keep_image: bool = False,
     before_forward=None,
-) -> Iterator[CamResult | io.Sample]:
+) -> Iterator[CamResult | loader.Sample]:
     """Yield, in input order, a :class:`CamResult` per decoded image or the failed Sample.
 
     before_forward: called before each batch's forward pass (the CPU job drains its writer
@@ -298,7 +302,7 @@ def iter_cams(
     )
     prof = session.profiler
     for batch in session.loader(items, pre, keep_image=keep_image):
-        out: dict[int, CamResult | io.Sample] = {}
+        out: dict[int, CamResult | loader.Sample] = {}
         for s in batch.failed:
             out[s.item.index] = s
             session.stats["failed"] += 1
@@ -349,7 +353,7 @@ def iter_cams(
             yield out[i]
 
 
-def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | io.Sample]:
+def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loader.Sample]:
     """CamResults from maps saved by ``cam --save-maps`` (``root/**/*.npz``), sorted by path.
 
     A file with only ``cams`` [k, H, W] and ``class_indices`` [k] (another tool's) works too:
@@ -395,13 +399,13 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | io.Sa
                     f"k = {len(cls)} class_indices"
                 )
         except (OSError, KeyError, ValueError) as exc:
-            item = io.InputItem(i, str(f), key)
-            yield io.Sample(item, None, None, error=f"cannot read map file ({exc})")
+            item = inputs.InputItem(i, str(f), key)
+            yield loader.Sample(item, None, None, error=f"cannot read map file ({exc})")
             continue
         if top_k is not None:
             cams, cls, scores, labels = cams[:top_k], cls[:top_k], scores[:top_k], labels[:top_k]
-        item = io.InputItem(i, image, key)
-        sample = io.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
+        item = inputs.InputItem(i, image, key)
+        sample = loader.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
         preds = [
             {
                 "class_index": int(c),

@@ -12,7 +12,7 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.cam_cmd import Interp, InterpOpt, Norm, NormOpt, Resume, TenCrop
-from camcli.data.loader import DEFAULT_MAX_PIXELS
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 
 
 class Rule(StrEnum):
@@ -109,7 +109,7 @@ def bbox(
     """
     from camcli.cli.run import plan_split, resolve_inputs, session_options
     from camcli.errors import CamcliError
-    from camcli.runs.shards import torchrun_world
+    from camcli.sysinfo import torchrun_env
 
     if from_maps is not None and inputs:
         raise CamcliError("give either INPUT paths or --from-maps DIR, not both")
@@ -122,7 +122,7 @@ def bbox(
             f"--submission {submission}: pass --synsets (devkit meta.mat or "
             "map_clsloc.txt; LOC_synset_mapping.txt for --submission-format kaggle)"
         )
-    if from_maps is not None and (shard is not None or torchrun_world() is not None):
+    if from_maps is not None and (shard is not None or torchrun_env() is not None):
         raise CamcliError("--from-maps runs in one process: drop --shard (or torchrun)")
     if shard is not None and (submission is not None or gt is not None):
         raise CamcliError(
@@ -175,6 +175,7 @@ def _bbox(
     from camcli.api import session as api
     from camcli.cli.run import RecordSink, open_session, progress_bar, report_errors
     from camcli.console import info
+    from camcli.data.loader import Sample
     from camcli.errors import Exit
     from camcli.runs.outdir import OutDir
     from camcli.runs.shards import DRAW_MARK
@@ -230,7 +231,7 @@ def _bbox(
     interrupted = completed = False
     try:
         for res in results:
-            if isinstance(res, api.io.Sample):
+            if isinstance(res, Sample):
                 rec = {"image": res.item.path, "error": res.error}
                 if from_maps is not None:
                     stats["failed"] += 1
@@ -290,7 +291,7 @@ def _bbox(
     if split.dist is not None:
         joined = sink.join(items)
         if split.main and drawdir is not None:
-            from camcli.runs.shards import merge_outdir
+            from camcli.runs.merge import merge_outdir
 
             merge_outdir(drawdir.root, keys=[it.key for it in items])
         if joined is not None:
@@ -392,14 +393,14 @@ def _draw(drawdir, res, rec: dict) -> None:
     import os
 
     from camcli.api import jobs
-    from camcli.data import loader as io
+    from camcli.data.codec import decode_image
 
     img = res.sample.image
     if img is None:  # from maps: the source image, when it is still there
         if not os.path.isfile(res.sample.item.path):
             return
         try:
-            arr = io.decode_image(res.sample.item.path)
+            arr = decode_image(res.sample.item.path)
         except ValueError:
             return
         import torch

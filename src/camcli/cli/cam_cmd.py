@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.data.loader import DEFAULT_MAX_PIXELS
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 
 
 class Norm(StrEnum):
@@ -212,7 +212,7 @@ def _cam(
     ok, failed, skipped_all = split.total([st["ok"], st["failed"], skipped])
     split.barrier()
     if split.dist is not None and split.main:
-        from camcli.runs.shards import merge_outdir
+        from camcli.runs.merge import merge_outdir
 
         merge_outdir(outdir.root, keys=[it.key for it in items])
     if session.profiler.enabled:

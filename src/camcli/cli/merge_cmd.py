@@ -35,7 +35,7 @@ def merge(
     """
     from camcli.console import info
     from camcli.errors import write_error
-    from camcli.runs.shards import merge_jsonl, merge_outdir
+    from camcli.runs.merge import merge_jsonl, merge_outdir
 
     for t in targets:
         try:

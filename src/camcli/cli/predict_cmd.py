@@ -7,7 +7,7 @@ import sys
 import typer
 
 from camcli.cli import options as o
-from camcli.data.loader import DEFAULT_MAX_PIXELS
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 
 
 def register(app: typer.Typer) -> None:

@@ -13,15 +13,15 @@ from camcli.errors import CamcliError, Exit
 
 
 def resolve_inputs(inputs: list[str]):
-    from camcli.data import loader as io
+    from camcli.data.inputs import IMAGE_EXTENSIONS, discover
 
     if inputs.count("-") > 1:
         raise CamcliError("'-' (paths on stdin) may be given once")
-    items = io.discover(inputs)
+    items = discover(inputs)
     if not items:
         raise CamcliError(
             f"no images found in {' '.join(inputs)}: give image files, folders holding "
-            f"{', '.join(sorted(io.IMAGE_EXTENSIONS))} files, or - with paths on stdin",
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))} files, or - with paths on stdin",
             Exit.NO_INPUT,
         )
     return items
@@ -50,7 +50,7 @@ def open_session(model, weights, *, split: Split | None = None, **kw):
     from camcli.api.session import Session
 
     if split is not None and split.dist is not None:
-        from camcli.runs.shards import device_for_rank
+        from camcli.runs.distributed import device_for_rank
 
         kw["device"] = device_for_rank(kw.get("device", "auto"), split.dist.local_rank)
     return Session.open(model, weights, **kw)
@@ -66,7 +66,7 @@ class Split:
     torch.distributed group of a torchrun launch (its shard is RANK/WORLD_SIZE)."""
 
     shard: object | None = None  # camcli.runs.shards.Shard
-    dist: object | None = None  # camcli.runs.shards.Dist
+    dist: object | None = None  # camcli.runs.distributed.Dist
 
     @property
     def main(self) -> bool:
@@ -98,9 +98,11 @@ def plan_split(
 ) -> Split:
     """The split of this run: ``--shard I/N``, a torchrun launch, or none (usage errors for
     the combinations that cannot work)."""
-    from camcli.runs.shards import Dist, parse_shard, torchrun_world
+    from camcli.runs.distributed import Dist
+    from camcli.runs.shards import parse_shard
+    from camcli.sysinfo import torchrun_env
 
-    world = torchrun_world()
+    world = torchrun_env()
     if world is None:
         return Split(parse_shard(shard) if shard is not None else None, None)
     if shard is not None:
@@ -115,7 +117,7 @@ def plan_split(
             "under torchrun give --output FILE: each rank writes its part of it "
             "and rank 0 joins them"
         )
-    dist = Dist(*world)
+    dist = Dist(world)
     return Split(dist.shard, dist)
 
 
@@ -124,7 +126,7 @@ class RecordSink:
     ``FILE.shard-I-of-N``), JSON Lines on stdout, or a table (collected)."""
 
     def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
-        from camcli.runs.outdir import RecordFile
+        from camcli.runs.records import RecordFile
 
         self.target = None if output in (None, "-") else Path(output)
         self.split = split
@@ -176,7 +178,8 @@ def join_parts(target: Path, count: int, items: list) -> list[dict]:
     import json
 
     from camcli.atomic import write_atomic
-    from camcli.runs.shards import merge_records_in_order, part_path
+    from camcli.runs.merge import merge_records_in_order
+    from camcli.runs.shards import part_path
 
     parts = [part_path(target, i, count) for i in range(count)]
     lines = merge_records_in_order([it.path for it in items], parts)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.data.loader import DEFAULT_MAX_PIXELS
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from camcli.train.loop import FitResult

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from camcli.data.loader import IMAGE_EXTENSIONS
+from camcli.data.inputs import IMAGE_EXTENSIONS
 from camcli.errors import Exit, GtError
 from camcli.evaluate.metrics import (
     DEFAULT_TAUS,

@@ -36,16 +36,26 @@ def cache_dir() -> Path:
 
 
 def weights_dir() -> Path:
+    """``<cache_dir()>/weights``: where downloaded weights files are kept."""
     return cache_dir() / "weights"
 
 
 def is_url(spec: str) -> bool:
+    """Whether a ``--weights`` value is an http(s) URL (else a file or a registry name)."""
     return spec.startswith(("https://", "http://"))
 
 
 def split_url(url: str) -> tuple[str, str | None]:
-    """``URL#sha256=<hex>`` -> (URL, hex); otherwise the hash prefix of a ``name-<hex>.ext``
-    file name (torch.hub's convention), or None when the URL says nothing about its hash."""
+    """The URL without its fragment and the sha256 (prefix) it names.
+
+    Returns:
+        ``(url, hex)``: ``URL#sha256=<hex>`` gives its hex; otherwise the hash prefix of a
+        ``name-<hex>.ext`` file name (torch.hub's convention), or None when the URL says
+        nothing about its hash.
+
+    Raises:
+        WeightsError: a fragment other than ``#sha256=<8 to 64 hex digits>``.
+    """
     expected = None
     if "#" in url:
         url, frag = url.split("#", 1)
@@ -63,7 +73,11 @@ PACKAGE_PREFIX = "package:"
 
 
 def packaged_file(url: str, expected_sha256: str | None) -> Path:
-    """``package:assets/demo.pt`` -> that file inside the installed camcli package, verified."""
+    """``package:assets/demo.pt`` -> that file inside the installed camcli package, verified.
+
+    Raises:
+        WeightsError: the file is missing or does not match ``expected_sha256``.
+    """
     from importlib import resources
 
     rel = url[len(PACKAGE_PREFIX) :]
@@ -100,6 +114,16 @@ def sha256_file(path: Path) -> str:
 
 
 def check_hash(actual: str, expected: str | None, what: str) -> None:
+    """Check a hex digest against an expected one (a prefix of 8 to 64 digits, any case).
+
+    Args:
+        actual: the full hex sha256.
+        expected: the expected prefix; None accepts anything.
+        what: the file or URL the error message names.
+
+    Raises:
+        WeightsError: the digests differ.
+    """
     if expected and not actual.startswith(expected.lower()):
         raise WeightsError(
             f"{what}: sha256 mismatch, expected {expected}..., got {actual}; "
@@ -115,7 +139,26 @@ def download(
     progress: bool | None = None,
     timeout: float = 60.0,
 ) -> Path:
-    """Return the cached file for ``url``, downloading and verifying it when absent."""
+    """The cached file for ``url``, downloaded and verified when absent (or corrupt).
+
+    The file streams into a temporary name in the cache while its sha256 is computed and is
+    renamed into place only when complete and matching; anything else leaves nothing behind.
+
+    Args:
+        url: an http(s) URL (``#sha256=<hex>`` allowed) or ``package:<path>`` (a file shipped
+            inside camcli).
+        expected_sha256: the expected digest (prefix); default: the one the URL names.
+        offline: never touch the network: the cached copy or an error.
+        progress: show a progress bar on stderr; default: when stderr is a terminal.
+        timeout: seconds to wait for the server, per read.
+
+    Returns:
+        The path of the verified file in :func:`weights_dir`.
+
+    Raises:
+        WeightsError: offline and not cached (naming where to put the file), the transfer
+            failed or was cut short, or the digest does not match.
+    """
     if url.startswith(PACKAGE_PREFIX):
         return packaged_file(url, expected_sha256)
     url, from_url = split_url(url)
@@ -210,7 +253,21 @@ class LoadedWeights:
 
 
 def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
-    """Load a weights file without executing code (``weights_only=True`` or safetensors)."""
+    """Load a weights file without executing code (``weights_only=True`` or safetensors).
+
+    Args:
+        path: a ``.pt``/``.pth`` file (a state_dict, ``{"state_dict": ...}``,
+            ``{"model": ...}`` or a camcli checkpoint) or a ``.safetensors`` file.
+        source: what :attr:`LoadedWeights.source` records (default: the path).
+
+    Returns:
+        The state_dict (CPU tensors), its source and the file's sha256, plus the whole
+        checkpoint for a camcli checkpoint.
+
+    Raises:
+        WeightsError: no such file, not loadable without running code, or not a state_dict of
+            tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(

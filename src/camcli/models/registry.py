@@ -50,12 +50,18 @@ class Preprocess:
             raise RegistryError("mean and std need three values, std > 0")
 
     def to_dict(self) -> dict:
+        """Plain JSON-able values (what checkpoints and run.json record)."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
+        """The inverse of :meth:`to_dict`; unknown keys are ignored.
+
+        Raises:
+            RegistryError: a value out of range (see the class).
+        """
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         for k in ("mean", "std"):
             if k in known:
@@ -65,7 +71,13 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One network of the registry."""
+    """One network of the registry (a ``[models.<name>]`` table of weights.toml).
+
+    ``builder`` says how the network is made (``torchvision``, ``paper``, ``small``);
+    ``url``/``sha256`` its default weights; ``head`` whether those include a trained GAP head;
+    ``feature_channels`` and ``feature_size`` the last feature map [K, h, w] at the default
+    input size; ``extra`` the table's keys camcli does not know.
+    """
 
     name: str
     architecture: str
@@ -87,13 +99,16 @@ class ModelEntry:
 
     @property
     def needs_training(self) -> bool:
+        """Whether the default weights lack a trained GAP head."""
         return self.head == "untrained"
 
     @property
     def file_name(self) -> str | None:
+        """The default weights' file name (the URL's last part), or None."""
         return self.url.rsplit("/", 1)[-1] if self.url else None
 
     def to_dict(self) -> dict:
+        """Plain JSON-able values (``camcli models --json``), without ``extra``."""
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         d["feature_size"] = list(self.feature_size)
@@ -115,7 +130,12 @@ _REQUIRED = ("architecture", "builder", "url", "sha256", "pool", "head", "featur
 
 
 def parse_registry(data: dict) -> dict[str, ModelEntry]:
-    """Validate parsed weights.toml content into ``{name: ModelEntry}``."""
+    """Validate parsed weights.toml content into ``{name: ModelEntry}`` (file order).
+
+    Raises:
+        RegistryError: a wrong schema version, or a model table lacking a key or holding a
+            value out of range, naming the table.
+    """
     if data.get("schema_version") != 1:
         raise RegistryError("weights.toml: schema_version must be 1")
     defaults = data.get("defaults", {})
@@ -160,13 +180,22 @@ def parse_registry(data: dict) -> dict[str, ModelEntry]:
 
 @cache
 def load_registry() -> dict[str, ModelEntry]:
-    """All registry entries, by name, in file order."""
+    """All registry entries, by name, in file order (read once per process).
+
+    Raises:
+        RegistryError: weights.toml is missing or invalid.
+    """
     path = _find_weights_toml()
     with open(path, "rb") as fh:
         return parse_registry(tomllib.load(fh))
 
 
 def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``.
+
+    Raises:
+        RegistryError: no such network (suggesting the closest name).
+    """
     reg = load_registry()
     if name not in reg:
         import difflib
@@ -182,7 +211,11 @@ def get_entry(name: str) -> ModelEntry:
 
 @cache
 def load_categories(name: str) -> tuple[str, ...]:
-    """Category names of a named set (``imagenet1k``), from the package data."""
+    """Category names of a named set (``imagenet1k``), from the package data, in class order.
+
+    Raises:
+        RegistryError: no such set.
+    """
     path = resources.files("camcli") / "categories" / f"{name}.txt"
     if not path.is_file():
         raise RegistryError(f"unknown categories set {name!r}")

@@ -22,8 +22,18 @@ DEFAULT_OPTIONS: dict[str, int] = {"width": 16, "stages": 3, "downsamplings": 3,
 
 
 def small_options(**arch_options: object) -> dict[str, int]:
-    """Complete and validate camnet-small options (``width``, ``stages``, ``downsamplings``,
-    ``blocks``); returns the full dict with defaults filled in."""
+    """Complete and validate camnet-small options.
+
+    Args:
+        **arch_options: ``width`` (4..256), ``stages`` (1..5), ``downsamplings``
+            (0..stages), ``blocks`` (1..4); integers or integral floats.
+
+    Returns:
+        All four options, defaults (:data:`DEFAULT_OPTIONS`) filled in.
+
+    Raises:
+        SmallArchError: an unknown option, a non-integer or a value out of range.
+    """
     unknown = sorted(set(arch_options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise SmallArchError(
@@ -60,13 +70,21 @@ def _cbr(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
 
 
 def feature_channels(**arch_options: object) -> int:
-    """K, the channel count of the last feature map."""
+    """K = ``width * 2**stages``, the channel count of the last feature map.
+
+    Raises:
+        SmallArchError: bad options (see :func:`small_options`).
+    """
     o = small_options(**arch_options)
     return o["width"] * 2 ** o["stages"]
 
 
 def feature_size(input_size: int, **arch_options: object) -> int:
-    """Side of the last feature map for an ``input_size`` square input."""
+    """Side of the last feature map for an ``input_size`` square input.
+
+    Raises:
+        SmallArchError: bad options (see :func:`small_options`).
+    """
     o = small_options(**arch_options)
     s = input_size
     for _ in range(o["downsamplings"]):
@@ -81,6 +99,9 @@ def build_small_trunk(entry=None, **arch_options: object) -> tuple[nn.Module, in
     arch_options: ``width`` (16), ``stages`` (3), ``downsamplings`` (3), ``blocks`` (2).
     Returns ``(trunk, K)`` with ``K = width * 2**stages``. Weights: Kaiming-normal convs,
     BatchNorm at (1, 0).
+
+    Raises:
+        SmallArchError: bad options (see :func:`small_options`).
     """
     o = small_options(**arch_options)
     layers: list[nn.Module] = _cbr(3, o["width"], 1)

@@ -13,9 +13,9 @@ and ``run.shard-I-of-N.json`` instead, and on start cleans only its own inputs' 
 so several shards can write into one DIR at once; ``camcli merge DIR`` joins them.
 
 ``key`` is the input's path relative to its root, without extension
-(camcli.data.loader.discover), so
-nothing is ever written outside DIR. A manifest line is written only after every file of its
-image is in place, so a record in the manifest means a complete image: ``--resume`` skips those.
+(camcli.data.inputs.discover), so nothing is ever written outside DIR. A manifest line is
+written only after every file of its image is in place, so a record in the manifest means a
+complete image: ``--resume`` skips those.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from camcli.atomic import TMP_NAME_MAX, TMP_RE, write_atomic
-from camcli.data.records import dumps
+from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import CamcliError, Exit, write_error
-from camcli.runs.shards import partial_path, shard_names
+from camcli.runs.shards import shard_names
 
 _LABEL_BAD = re.compile(r"[^\w.+-]+", re.UNICODE)
 
@@ -41,28 +41,6 @@ def safe_label(label: str) -> str:
     """A class label as a file-name part: ``German shepherd`` -> ``German_shepherd``."""
     s = _LABEL_BAD.sub("_", label).strip("._")
     return s[:80] or "class"
-
-
-def encode_image(pixels, fmt: str, quality: int = 90, *, bgr: bool = False) -> bytes:
-    """uint8 [H, W, 3] numpy (RGB, or BGR with ``bgr=True``) -> encoded bytes.
-
-    One encoder for every image camcli writes: OpenCV (its bundled libjpeg-turbo; baseline JPEG,
-    4:2:0 chroma, ``quality``; PNG at the fast deflate level 1). OpenCV takes BGR, so the overlay
-    path renders in BGR and skips the channel swap. The GIL is released while encoding.
-    """
-    import cv2
-    import numpy as np
-
-    if fmt not in ("jpg", "png"):
-        raise ValueError(f"unknown image format {fmt!r}; use jpg or png")
-    img = pixels if bgr else cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2BGR)
-    if fmt == "png":
-        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    else:
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover - OpenCV failing on a valid uint8 image
-        raise OSError(f"cannot encode {fmt}")
-    return buf.tobytes()
 
 
 class OutDir:
@@ -97,7 +75,6 @@ class OutDir:
         )
         self.manifest_path = self.root / man
         self.run_json_path = self.root / run
-        self._manifest_tmp = self.root / f".{man}.tmp"
         self.done: dict[str, dict] = {}
         self._write_errors: list[BaseException] = []
         try:
@@ -140,43 +117,41 @@ class OutDir:
                 return j < len(own_sorted) and own_sorted[j].startswith(pre)
             return rel in own_keys  # DIR/<key>/<file>
 
+        # This run's own manifest and run json (other shards' are theirs), and the manifest
+        # temporary file of camcli versions before camcli.atomic (``.manifest.jsonl.tmp``).
+        own_top = {self.manifest_path.name, self.run_json_path.name}
+        legacy = f".{self.manifest_path.name}.tmp"
         for dirpath, _, files in os.walk(self.root):
+            top = dirpath == str(self.root)
             for f in files:
                 m = TMP_RE.match(f)
-                if (m and mine(dirpath, m["name"])) or (
-                    dirpath == str(self.root) and f == self._manifest_tmp.name
+                if (m and (mine(dirpath, m["name"]) or (top and m["name"] in own_top))) or (
+                    top and f == legacy
                 ):
                     Path(dirpath, f).unlink(missing_ok=True)
 
     def _read_manifest(self, path: Path, *, rewrite: bool = True) -> dict[str, dict]:
+        """The complete images of a manifest being resumed, by key. A bad line (cut by a kill),
+        an error record or a record whose files are not all there is skipped: that image is
+        done again. ``rewrite``: keep only the good lines in the file, so appends start on a
+        fresh line."""
         done: dict[str, dict] = {}
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            lines = fh.read().split("\n")
         good = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill: that image is redone
-            if not isinstance(rec, dict) or "error" in rec or "key" not in rec:
+        for line in iter_jsonl(path):
+            rec = line.value
+            if rec is None or "error" in rec or "key" not in rec:
                 continue
             files = [self.root / p for p in rec.get("outputs", {}).get("files", [])]
             if all(f.is_file() for f in files):
                 done[rec["key"]] = rec
-                good.append(line)
+                good.append(line.text)
         if rewrite:
-            # Rewrite the manifest with complete lines only, so appends start on a fresh line.
             self._replace_manifest(good)
         return done
 
     def _replace_manifest(self, lines: list[str]) -> None:
-        tmp = self._manifest_tmp
-        try:
-            tmp.write_text("".join(g + "\n" for g in lines), encoding="utf-8")
-            os.replace(tmp, self.manifest_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        data = "".join(g + "\n" for g in lines).encode("utf-8", "surrogateescape")
+        write_atomic(self.manifest_path, data)
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -288,77 +263,3 @@ class OutDir:
 
 
 _MANIFEST_LOCK = threading.Lock()
-
-
-class RecordFile:
-    """JSON Lines records to FILE, resumable: lines go to ``.FILE.partial`` as images finish
-    (flushed each), and FILE is written atomically in input order at the end (also on Ctrl-C,
-    except for a shard's part, which is written only when the shard is complete).
-    ``resume=True`` keeps the error-free records of FILE, of a partial file left by a killed
-    run, and of ``also`` (read only: a merged FILE for a part), keyed by ``image``; ``done``
-    holds them. A failed write raises a one-line error (exit 5) and keeps the partial file."""
-
-    def __init__(
-        self, target: Path, *, resume: bool, part: bool = False, also: tuple[Path, ...] = ()
-    ) -> None:
-        self.target = Path(target)
-        self.partial = self.partial_for(self.target)
-        self.part = part
-        self.done: dict[str, dict] = {}
-        self.failed = False
-        try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            if resume:
-                for src in (*also, self.target, self.partial):
-                    if src.is_file():
-                        self._load(src)
-            self._fh = open(self.partial, "w", encoding="utf-8")
-            for rec in self.done.values():
-                self._fh.write(dumps(rec) + "\n")
-            self._fh.flush()
-        except OSError as exc:
-            raise write_error(exc, self.target) from None
-        self.new: dict[str, dict] = {}
-
-    @staticmethod
-    def partial_for(target: Path) -> Path:
-        return partial_path(target)
-
-    def _load(self, src: Path) -> None:
-        for line in src.read_text(encoding="utf-8", errors="replace").split("\n"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "image" in rec and "error" not in rec:
-                self.done[rec["image"]] = rec
-
-    def write(self, rec: dict) -> None:
-        try:
-            self._fh.write(dumps(rec) + "\n")
-            self._fh.flush()
-        except OSError as exc:
-            self.failed = True
-            raise write_error(exc, self.target) from None
-        self.new[rec["image"]] = rec
-
-    def finish(self, order: list[str], *, complete: bool = True) -> list[dict]:
-        """Write FILE in input order (records of this run and resumed ones); returns them.
-
-        An incomplete part, or a run whose writes failed, keeps only the partial file (its
-        complete lines are what --resume reads)."""
-        try:
-            self._fh.close()
-        except OSError:
-            self.failed = True
-        by_image = {**self.done, **self.new}
-        recs = [by_image[p] for p in order if p in by_image]
-        if self.failed or (self.part and not complete):
-            return recs
-        try:
-            write_atomic(self.target, "".join(dumps(r) + "\n" for r in recs).encode("utf-8"))
-        except OSError as exc:
-            self.failed = True
-            raise write_error(exc, self.target) from None
-        self.partial.unlink(missing_ok=True)
-        return recs

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from camcli.data import loader as io
+from camcli.data.loader import normalize_batch
 from camcli.models.registry import Preprocess
 
 
@@ -33,7 +33,7 @@ def prepare_inputs(x: torch.Tensor, preprocess: Preprocess, device: torch.device
     images go channels-last on the CPU."""
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
-        x = io.normalize_batch(x, preprocess)
+        x = normalize_batch(x, preprocess)
     if x.ndim == 4 and device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     return x

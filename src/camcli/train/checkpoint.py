@@ -18,7 +18,8 @@ from torch import nn
 from camcli import __version__
 from camcli.atomic import AtomicFile
 from camcli.errors import TrainingError
-from camcli.models.build import GapModel, build_model, entry_for
+from camcli.models.gap import GapModel
+from camcli.models.load import build_model, entry_for
 from camcli.models.registry import Preprocess
 from camcli.train.options import TrainOptions
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from camcli.data import loader as io
+from camcli.data import codec, inputs
+from camcli.data.loader import preprocess_uint8, worker_init
 from camcli.errors import TrainingError
 from camcli.models.registry import Preprocess
 from camcli.sysinfo import available_cores
@@ -38,7 +39,7 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _images_of(d: Path) -> list[str]:
-    return [str(p) for p in io._walk(d)]
+    return [str(p) for p in inputs.walk_images(d)]
 
 
 def _is_split_layout(root: Path) -> bool:
@@ -100,7 +101,7 @@ def _training_classes(train_root: Path) -> tuple[list[str], list[list[str]]]:
         imgs = _images_of(d)
         if not imgs:
             raise TrainingError(
-                f"class folder {d} holds no images ({', '.join(sorted(io.IMAGE_EXTENSIONS))}); "
+                f"class folder {d} holds no images ({', '.join(sorted(inputs.IMAGE_EXTENSIONS))}); "
                 "remove it or add images"
             )
         per_class.append(imgs)
@@ -162,7 +163,7 @@ class FolderImages:
         *,
         train: bool,
         seed: int = 0,
-        max_pixels: int = io.DEFAULT_MAX_PIXELS,
+        max_pixels: int = codec.DEFAULT_MAX_PIXELS,
     ) -> None:
         self.samples = list(samples)
         self.preprocess = preprocess
@@ -176,13 +177,13 @@ class FolderImages:
     def _load(self, i: int, epoch: int) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
 
-        arr = io.decode_image(self.samples[i][0], self.max_pixels)
+        arr = codec.decode_image(self.samples[i][0], self.max_pixels)
         img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
         if not self.train:
-            return io.preprocess_uint8(img, replace(self.preprocess, resize="resize"))
+            return preprocess_uint8(img, replace(self.preprocess, resize="resize"))
         s = self.preprocess.input_size
         r = train_resize_size(s)
-        img = io.preprocess_uint8(img, replace(self.preprocess, input_size=r, resize="resize"))
+        img = preprocess_uint8(img, replace(self.preprocess, input_size=r, resize="resize"))
         rng = np.random.default_rng([self.seed, epoch, i])
         top, left = (int(v) for v in rng.integers(0, r - s + 1, size=2))
         img = img[:, top : top + s, left : left + s]
@@ -275,7 +276,7 @@ def make_loader(
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=collate_images,
-        worker_init_fn=io._worker_init if workers else None,
+        worker_init_fn=worker_init if workers else None,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,

@@ -13,7 +13,8 @@ from dataclasses import replace
 from torch import nn
 
 from camcli.errors import TrainingError
-from camcli.models.build import GapModel, build_model
+from camcli.models.gap import GapModel
+from camcli.models.load import build_model
 from camcli.models.registry import ModelEntry
 from camcli.train.options import TrainOptions
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from camcli.errors import NonFiniteError, TrainingError
-from camcli.models.build import GapModel
+from camcli.models.gap import GapModel
 from camcli.models.registry import Preprocess
 from camcli.train.batches import autocast_for, prepare_inputs, unpack_batch
 from camcli.train.checkpoint import (

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camcli.models.build import GapModel
+from camcli.models.gap import GapModel
 from camcli.train.batches import autocast_for, prepare_inputs, unpack_batch
 from camcli.train.data import FolderImages, make_loader
 from camcli.train.distributed import DistContext

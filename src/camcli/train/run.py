@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camcli.data import loader as io
+from camcli.data import codec
 from camcli.errors import TrainingError
-from camcli.models.build import GapModel, entry_for
+from camcli.models.gap import GapModel
+from camcli.models.load import entry_for
 from camcli.models.registry import ModelEntry
 from camcli.train.checkpoint import load_checkpoint, model_from_checkpoint
 from camcli.train.data import FolderData, FolderImages, default_workers, make_loader, scan_folders
@@ -52,7 +53,7 @@ def train_folder(
     offline: bool = False,
     reporter: Reporter | None = None,
     step_callback: Callable[[int, int], None] | None = None,
-    max_pixels: int = io.DEFAULT_MAX_PIXELS,
+    max_pixels: int = codec.DEFAULT_MAX_PIXELS,
 ) -> FitResult:
     """``camcli train``: train ``options.model`` on the ImageFolder tree ``data`` into ``out``.
 

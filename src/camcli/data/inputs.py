@@ -1,0 +1,114 @@
+"""Input discovery: the files a run reads and the output key of each.
+
+Inputs are files, directories (recursive, image extensions, sorted) or ``-`` for newline
+separated paths on stdin. Every input becomes one :class:`InputItem` whose ``key`` names its
+outputs. torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input: ``path`` as given/found, ``key`` its output name (relative path, no extension,
+    unique within the run, POSIX separators, never absolute and never containing ``..``)."""
+
+    index: int
+    path: str
+    key: str
+
+
+def _safe_part(part: str) -> str:
+    # Undecodable bytes (surrogate escapes) and separators become '_'; '..' can never survive.
+    out = "".join(c if (c.isprintable() and not 0xDC80 <= ord(c) <= 0xDCFF) else "_" for c in part)
+    out = out.replace("/", "_").replace("\\", "_")
+    return "_" if out in ("", ".", "..") else out
+
+
+# Names an output folder keeps for itself (camcli.runs.outdir): no input's key may take them.
+_RESERVED = re.compile(r"^\.?(manifest|run)(\.shard-\d+-of-\d+)?\.jsonl?(\.tmp)?$", re.IGNORECASE)
+
+
+def _key_for(rel: PurePosixPath) -> str:
+    parts = [_safe_part(p) for p in rel.parts]
+    last = parts[-1]
+    stem = last[: -len(rel.suffix)] if rel.suffix and last.endswith(rel.suffix) else last
+    parts[-1] = _safe_part(stem)
+    if _RESERVED.match(parts[0]):  # an image named manifest.jsonl.jpg or run.json.png
+        parts[0] += "_"
+    return "/".join(parts)
+
+
+def walk_images(root: Path) -> list[Path]:
+    """The image files under ``root`` (recursive, following links once, sorted by relative
+    path)."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            continue
+        if ident in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add(ident)
+        dirnames.sort()
+        for f in filenames:
+            if Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / f)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def discover(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> list[InputItem]:
+    """Expand inputs into items in a deterministic order.
+
+    Directories are walked recursively (image extensions only, sorted by relative path; their key
+    is the path relative to the directory). A file argument's key is its name without extension.
+    Keys that would collide (``a.jpg`` and ``a.png``, or two roots with the same relative path)
+    keep their extension, then gain a numeric suffix, so no two inputs share an output name.
+    A path that does not exist still becomes an item: its record will carry the error.
+    """
+    pairs: list[tuple[str, PurePosixPath]] = []
+    for raw in inputs:
+        if raw == "-":
+            lines = stdin if stdin is not None else sys.stdin
+            for line in lines:
+                line = line.rstrip("\n").rstrip("\r")
+                if line.strip():
+                    pairs.append((line, PurePosixPath(Path(line).name or "_")))
+            continue
+        p = Path(raw)
+        if p.is_dir():
+            for f in walk_images(p):
+                pairs.append((str(f), PurePosixPath(f.relative_to(p).as_posix())))
+        else:
+            pairs.append((raw, PurePosixPath(p.name or "_")))
+    keys = [_key_for(rel) for _, rel in pairs]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    used: set[str] = set()
+    items: list[InputItem] = []
+    for i, ((path, rel), key) in enumerate(zip(pairs, keys)):
+        if counts[key] > 1 and rel.suffix:
+            key = f"{key}_{_safe_part(rel.suffix[1:])}"
+        base, n = key, 1
+        while key in used:
+            n += 1
+            key = f"{base}_{n}"
+        used.add(key)
+        items.append(InputItem(i, path, key))
+    return items

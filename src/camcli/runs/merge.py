@@ -1,0 +1,208 @@
+"""Joining the parts of a split run back into the files an unsharded run writes.
+
+:func:`merge_jsonl` and :func:`merge_outdir` join complete parts byte for byte: shard ``i``
+holds items ``i, i + N, ...`` in order, so taking one line of each part in turn (round robin)
+restores the input order; torchrun's rank 0, which knows the whole input list, orders them by
+key instead (:func:`merge_records_in_order`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from camcli.atomic import write_atomic
+from camcli.data.records import iter_jsonl
+from camcli.errors import CamcliError, Exit
+from camcli.runs.shards import (
+    DRAW_MARK,
+    MANIFEST,
+    PART_RE,
+    RUN_JSON,
+    part_path,
+    partial_path,
+    shard_names,
+)
+
+
+def read_jsonl(path: Path) -> list[str]:
+    """The lines of a shard part (without newlines), every one a JSON object.
+
+    A bad line is a CamcliError (exit 3) naming the file and line: a part being merged must be
+    whole (the one policy of :func:`camcli.data.records.iter_jsonl` for files read as input).
+    """
+    lines = []
+    for line in iter_jsonl(path):
+        if line.error is not None:
+            raise CamcliError(
+                f"{line.where(path)}: not a complete JSON record; rerun that shard with --resume",
+                Exit.NO_INPUT,
+            )
+        lines.append(line.text)
+    return lines
+
+
+def interleave(parts: list[list[str]], names: list[str]) -> list[str]:
+    """Round robin over the parts of shards 0..N-1 (part i holds items i, i + N, ...).
+
+    Checks the sizes fit one input list: each part as long as the first or one shorter, never
+    longer than the one before it.
+    """
+    sizes = [len(p) for p in parts]
+    for i, n in enumerate(sizes):
+        if not (sizes[0] - 1 <= n <= sizes[0]) or (i and n > sizes[i - 1]):
+            raise CamcliError(
+                f"{names[i]}: {n} records do not fit the other parts ({', '.join(map(str, sizes))}"
+                " records for shards 0..N-1): the parts come from different inputs or a shard is "
+                "incomplete; rerun it with --resume",
+                Exit.NO_INPUT,
+            )
+    out: list[str] = []
+    for j in range(sizes[0] if sizes else 0):
+        out.extend(p[j] for p in parts if j < len(p))
+    return out
+
+
+def find_parts(target: Path) -> tuple[int, list[Path]]:
+    """The parts ``stem.shard-I-of-N.suffix`` beside ``target`` -> (N, [part of shard i]).
+
+    Errors (exit 3) name what is missing: no parts, parts of several N, a missing shard, or a
+    shard still running or interrupted (its ``.partial`` file is there).
+    """
+    d = target.parent if str(target.parent) else Path(".")
+    found: dict[int, dict[int, Path]] = {}
+    if d.is_dir():
+        for p in d.iterdir():
+            m = PART_RE.match(p.name)
+            if m and m["stem"] == target.stem and m["suffix"] == target.suffix:
+                found.setdefault(int(m["n"]), {})[int(m["i"])] = p
+    if not found:
+        raise CamcliError(
+            f"{target}: no shard parts ({target.stem}.shard-I-of-N{target.suffix}) found beside it",
+            Exit.NO_INPUT,
+        )
+    if len(found) > 1:
+        raise CamcliError(
+            f"{target}: parts of runs split {' and '.join(map(str, sorted(found)))} ways are "
+            "mixed here; remove those of the older run",
+            Exit.NO_INPUT,
+        )
+    ((n, byi),) = found.items()
+    missing = [i for i in range(n) if i not in byi or not byi[i].is_file()]
+    running = [i for i in range(n) if partial_path(part_path(target, i, n)).exists()]
+    if missing or running:
+        bad = sorted(set(missing) | set(running))
+        raise CamcliError(
+            f"{target}: shard(s) {', '.join(f'{i}/{n}' for i in bad)} not finished "
+            f"({'missing' if missing else 'interrupted or still running'}); run them "
+            "(with --resume) and merge again",
+            Exit.NO_INPUT,
+        )
+    return n, [byi[i] for i in range(n)]
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    write_atomic(path, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
+
+
+def merge_jsonl(target: Path, *, keep_parts: bool = False) -> int:
+    """Join the parts of ``target`` (see :func:`find_parts`) into ``target``, input order.
+    Returns the number of records."""
+    n, parts = find_parts(target)
+    lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
+    _write_lines(target, lines)
+    if not keep_parts:
+        for p in parts:
+            p.unlink(missing_ok=True)
+    return len(lines)
+
+
+def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None = None) -> int:
+    """Join ``manifest.shard-I-of-N.jsonl`` of an output folder into ``manifest.jsonl`` and the
+    shards' ``run.shard-I-of-N.json`` into ``run.json`` (counts summed). A shard is finished when
+    its run json is there. ``keys``: the inputs' keys in order, when known (torchrun's rank 0);
+    else the manifests are interleaved. Returns the number of records."""
+    found: dict[int, dict[int, Path]] = {}
+    for p in root.iterdir():
+        m = PART_RE.match(p.name)
+        if m and m["stem"] == "manifest" and m["suffix"] == ".jsonl":
+            found.setdefault(int(m["n"]), {})[int(m["i"])] = p
+    if not found:
+        raise CamcliError(
+            f"{root}: no shard manifests (manifest.shard-I-of-N.jsonl) in this folder",
+            Exit.NO_INPUT,
+        )
+    if len(found) > 1:
+        raise CamcliError(
+            f"{root}: manifests of runs split {' and '.join(map(str, sorted(found)))} ways are "
+            "mixed here; remove those of the older run",
+            Exit.NO_INPUT,
+        )
+    ((n, _),) = found.items()
+    infos, parts = [], []
+    unfinished = []
+    for i in range(n):
+        man, run = (root / x for x in shard_names(i, n))
+        if not man.is_file() or not run.is_file():
+            unfinished.append(i)
+            continue
+        parts.append(man)
+        try:
+            infos.append(json.loads(run.read_text(encoding="utf-8")))
+        except ValueError:
+            unfinished.append(i)
+    if unfinished:
+        raise CamcliError(
+            f"{root}: shard(s) {', '.join(f'{i}/{n}' for i in unfinished)} not finished (no "
+            f"manifest or run.shard json); run them (with --resume) and merge again",
+            Exit.NO_INPUT,
+        )
+    if keys is not None:
+        by_key = {json.loads(x)["key"]: x for p in parts for x in read_jsonl(p)}
+        lines = [by_key[k] for k in keys if k in by_key]
+    else:
+        lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
+    total = sum(int(x.get("inputs_total", -1)) for x in infos[:1])
+    if total >= 0 and total != len(lines):
+        raise CamcliError(
+            f"{root}: the shards hold {len(lines)} records for {total} inputs; a shard is "
+            "incomplete, rerun it with --resume",
+            Exit.NO_INPUT,
+        )
+    _write_lines(root / MANIFEST, lines)
+    if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
+        info = merged_run_info(infos)
+        write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())
+    if not keep_parts:
+        for i in range(n):
+            for name in shard_names(i, n):
+                (root / name).unlink(missing_ok=True)
+    return len(lines)
+
+
+def merged_run_info(infos: list[dict]) -> dict:
+    """run.json of a sharded run: shard 0's, counts summed, the longest wall time."""
+    out = dict(infos[0])
+    counts: dict[str, int] = {}
+    for x in infos:
+        for k, v in (x.get("counts") or {}).items():
+            counts[k] = counts.get(k, 0) + int(v)
+    out["counts"] = counts
+    out["wall_time_s"] = max(float(x.get("wall_time_s", 0)) for x in infos)
+    opts = dict(out.get("options") or {})
+    opts["resumed"] = sum(int((x.get("options") or {}).get("resumed", 0)) for x in infos)
+    opts.pop("shard", None)
+    out["options"] = opts
+    out["shards"] = len(infos)
+    out.pop("shard", None)
+    return out
+
+
+def merge_records_in_order(order: list[str], parts: list[Path]) -> list[str]:
+    """The lines of every part, keyed by their record's ``image``, in ``order`` (what rank 0 of
+    a torchrun run writes: it knows the whole input list)."""
+    by_image: dict[str, str] = {}
+    for p in parts:
+        for line in read_jsonl(p):
+            by_image[json.loads(line)["image"]] = line
+    return [by_image[x] for x in order if x in by_image]
