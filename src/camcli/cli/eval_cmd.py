@@ -151,7 +151,7 @@ def eval_command(
     --blacklist ILSVRC2015_clsloc_validation_blacklist.txt
     """
     from camcli.evaluate import gt as gtm
-    from camcli.evaluate import metrics
+    from camcli.evaluate.taus import parse_taus
 
     given = [k for k, v in zip(SOURCE_KEYS, (boxes, maps, submission)) if v is not None]
     if len(given) != 1:
@@ -163,7 +163,7 @@ def eval_command(
     if submission_format not in ("auto", "ilsvrc", "kaggle"):
         raise CamcliError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
     try:
-        tau_grid = metrics.parse_taus(taus)
+        tau_grid = parse_taus(taus)
     except ValueError as exc:
         raise CamcliError(str(exc)) from None
     if boxes is not None and boxes.count("-") > 1:

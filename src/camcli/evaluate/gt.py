@@ -37,16 +37,10 @@ import numpy as np
 
 from camcli.data.loader import IMAGE_EXTENSIONS
 from camcli.errors import Exit, GtError
-from camcli.evaluate.metrics import (
-    DEFAULT_TAUS,
-    BoxAccumulator,
-    GtTarget,
-    ImagePrediction,
-    PxAPAccumulator,
-    best_iou_per_tau,
-    score_predictions,
-    scoremap_boxes,
-)
+from camcli.evaluate.boxacc import BoxAccumulator, best_iou_per_tau, scoremap_boxes
+from camcli.evaluate.metrics import GtTarget, ImagePrediction, score_predictions
+from camcli.evaluate.pxap import PxAPAccumulator
+from camcli.evaluate.taus import DEFAULT_TAUS
 from camcli.sysinfo import available_cores
 
 __all__ = [
@@ -317,7 +311,7 @@ def load_label_map(
     """The label map the user asked for, or None (then it is inferred from the predictions).
 
     synsets: devkit ``meta.mat``, ``map_clsloc.txt`` or Kaggle ``LOC_synset_mapping.txt`` (read
-    by :mod:`camcli.evaluate.submission`): WNIDs in sorted order = class indices, names, ILSVRC IDs.
+    by :mod:`camcli.evaluate.synsets`): WNIDs in sorted order = class indices, names, ILSVRC IDs.
     categories: a file with one class name per line (class index order) or a packaged set name
     (``imagenet1k``). model: a registry name, for its categories. Names from ``categories`` or
     ``model`` take precedence over the synsets' names.
@@ -326,7 +320,7 @@ def load_label_map(
     wnids = ids = None
     src = []
     if synsets:
-        from camcli.evaluate.submission import SynsetError, load_synsets
+        from camcli.evaluate.synsets import SynsetError, load_synsets
 
         try:
             sm = load_synsets(synsets, num_classes=None)
