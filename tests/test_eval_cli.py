@@ -208,6 +208,7 @@ def test_submission_round_trip_matches_boxes(tmp_path, capsys):
     """bbox's records and the ILSVRC / Kaggle files written from them score the same."""
     from camcli.evaluate import submission as sub
     from camcli.evaluate.synsets import load_synsets
+
     xml = tmp_path / "xml"
     gt_boxes = {
         1: ("n00000003", [(0, 0, 9, 9), (30, 30, 39, 39)]),
@@ -283,10 +284,12 @@ def test_boxes_from_stdin(small, capsys, monkeypatch):
 def test_report_for_bbox_keeps_stdout_clean(small, tmp_path, capsys):
     """What `bbox --gt` calls: the table goes to stderr, JSON only to a file."""
     from camcli.cli.eval_cmd import report
-    from camcli.evaluate import gt as gtm
+    from camcli.evaluate.groundtruth import read_ground_truth
+    from camcli.evaluate.predictions import read_box_records
+    from camcli.evaluate.scoring import evaluate_records
 
     gt, boxes, _ = small
-    result = gtm.evaluate_records(gtm.read_box_records(str(boxes)), gtm.read_ground_truth(str(gt)))
+    result = evaluate_records(read_box_records(str(boxes)), read_ground_truth(str(gt)))
     target = tmp_path / "m.json"
     code = report(result, output=str(target), table_on_stderr=True)
     out = capsys.readouterr()

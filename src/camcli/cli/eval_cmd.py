@@ -150,7 +150,13 @@ def eval_command(
     Example: camcli eval --gt val_xml/ --boxes boxes.jsonl --synsets LOC_synset_mapping.txt
     --blacklist ILSVRC2015_clsloc_validation_blacklist.txt
     """
-    from camcli.evaluate import gt as gtm
+    from camcli.evaluate.groundtruth import read_ground_truth
+    from camcli.evaluate.labels import load_label_map
+    from camcli.evaluate.mapjobs import default_map_workers
+    from camcli.evaluate.maps import evaluate_maps
+    from camcli.evaluate.matching import order_result
+    from camcli.evaluate.predictions import read_box_records
+    from camcli.evaluate.scoring import evaluate_records, evaluate_submission
     from camcli.evaluate.taus import parse_taus
 
     given = [k for k, v in zip(SOURCE_KEYS, (boxes, maps, submission)) if v is not None]
@@ -178,18 +184,18 @@ def eval_command(
     if masks is not None and not Path(masks).is_dir():
         raise CamcliError(f"--masks {masks}: not a folder", Exit.NO_INPUT)
 
-    truth = gtm.read_ground_truth(gt, gt_format)
-    labels = gtm.load_label_map(synsets=synsets, categories=categories, model=model)
+    truth = read_ground_truth(gt, gt_format)
+    labels = load_label_map(synsets=synsets, categories=categories, model=model)
     unreadable = list(truth.skipped)
     if boxes is not None:
-        recs = [r for b in boxes for r in gtm.read_box_records(b, bad=unreadable)]
+        recs = [r for b in boxes for r in read_box_records(b, bad=unreadable)]
         if not recs:
             raise CamcliError(
                 f"--boxes {' '.join(boxes)}: no readable record"
                 + (f" ({unreadable[-1]})" if unreadable else ""),
                 Exit.NO_INPUT,
             )
-        result = gtm.evaluate_records(
+        result = evaluate_records(
             recs,
             truth,
             labels,
@@ -198,7 +204,7 @@ def eval_command(
             subset=subset,
         )
     elif submission is not None:
-        result = gtm.evaluate_submission(
+        result = evaluate_submission(
             submission,
             truth,
             labels,
@@ -212,7 +218,7 @@ def eval_command(
 
         bar = progress_bar(len(truth), quiet, "eval")
         try:
-            result = gtm.evaluate_maps(
+            result = evaluate_maps(
                 maps,
                 truth,
                 labels,
@@ -221,7 +227,7 @@ def eval_command(
                 blacklist=blacklist,
                 subset=subset,
                 wsol_boxes=wsol_boxes,
-                workers=gtm.default_map_workers() if workers is None else workers,
+                workers=default_map_workers() if workers is None else workers,
                 progress=(lambda: bar.advance(bar.task)) if bar else None,
             )
         finally:
@@ -230,7 +236,7 @@ def eval_command(
     if unreadable:
         result["unreadable"] = unreadable
         result["n_unreadable"] = len(unreadable)
-    result = gtm.order_result({"source": given[0], **result})
+    result = order_result({"source": given[0], **result})
     return report(result, output=output, plot=plot, quiet=quiet, gt=gt)
 
 
@@ -308,15 +314,16 @@ def report_for_records(
     it is a file. Never ends the bbox run: a problem with the ground truth becomes a warning.
     Returns the result, or None when it could not be computed."""
     from camcli.console import warn
-    from camcli.evaluate import gt as gtm
+    from camcli.evaluate.groundtruth import read_ground_truth
+    from camcli.evaluate.labels import load_label_map
+    from camcli.evaluate.matching import order_result
+    from camcli.evaluate.scoring import evaluate_records
 
     try:
-        truth = gtm.read_ground_truth(str(gt))
-        labels = gtm.load_label_map(
-            synsets=str(synsets) if synsets else None, categories=categories
-        )
-        result = gtm.evaluate_records(records, truth, labels, iou=iou, blacklist=blacklist)
-        result = gtm.order_result({"source": "boxes", **result})
+        truth = read_ground_truth(str(gt))
+        labels = load_label_map(synsets=str(synsets) if synsets else None, categories=categories)
+        result = evaluate_records(records, truth, labels, iou=iou, blacklist=blacklist)
+        result = order_result({"source": "boxes", **result})
         report(result, output=output, quiet=quiet, gt=str(gt), table_on_stderr=True)
     except CamcliError as exc:
         warn(f"--gt {gt}: no metrics ({exc})")
