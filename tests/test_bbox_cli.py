@@ -205,7 +205,7 @@ def _groups(tokens: list[str]) -> list[tuple[str, list[int]]]:
 
 
 def test_ilsvrc_submission(runs, cli_images):
-    from camcli.evaluate.submission import load_synsets
+    from camcli.evaluate.synsets import load_synsets
 
     m = load_synsets(runs / "map_clsloc.txt", num_classes=10)
     assert [m.ilsvrc_id(i) for i in range(10)] == IDS and list(m.wnids) == WNIDS

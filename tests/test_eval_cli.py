@@ -206,7 +206,9 @@ def _cats(tmp: Path) -> Path:
 
 def test_submission_round_trip_matches_boxes(tmp_path, capsys):
     """bbox's records and the ILSVRC / Kaggle files written from them score the same."""
-    sub = pytest.importorskip("camcli.evaluate.submission")
+    from camcli.evaluate import submission as sub
+    from camcli.evaluate.synsets import load_synsets
+
     xml = tmp_path / "xml"
     gt_boxes = {
         1: ("n00000003", [(0, 0, 9, 9), (30, 30, 39, 39)]),
@@ -237,7 +239,7 @@ def test_submission_round_trip_matches_boxes(tmp_path, capsys):
         record("/v/ILSVRC2012_val_00000004.JPEG", [0, 2, 3, 4, 1], [[10, 10, 19, 19]] * 5),
     ]
     boxes = write_jsonl(tmp_path / "boxes.jsonl", recs)
-    smap = sub.load_synsets(synsets, num_classes=None)
+    smap = load_synsets(synsets, num_classes=None)
     items = [
         (r["image"], [(b["class_index"], b["box"]) for b in r["boxes"] if b["box"] is not None])
         for r in recs
@@ -282,10 +284,12 @@ def test_boxes_from_stdin(small, capsys, monkeypatch):
 def test_report_for_bbox_keeps_stdout_clean(small, tmp_path, capsys):
     """What `bbox --gt` calls: the table goes to stderr, JSON only to a file."""
     from camcli.cli.eval_cmd import report
-    from camcli.evaluate import gt as gtm
+    from camcli.evaluate.groundtruth import read_ground_truth
+    from camcli.evaluate.predictions import read_box_records
+    from camcli.evaluate.scoring import evaluate_records
 
     gt, boxes, _ = small
-    result = gtm.evaluate_records(gtm.read_box_records(str(boxes)), gtm.read_ground_truth(str(gt)))
+    result = evaluate_records(read_box_records(str(boxes)), read_ground_truth(str(gt)))
     target = tmp_path / "m.json"
     code = report(result, output=str(target), table_on_stderr=True)
     out = capsys.readouterr()

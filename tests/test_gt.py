@@ -1,4 +1,4 @@
-"""Ground-truth readers, label mapping, matching and the evaluation glue of camcli.evaluate.gt."""
+"""Ground-truth readers, label mapping, matching, and scoring records and maps (camcli.evaluate)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from camcli.evaluate import gt as gtm
-from camcli.evaluate.gt import GroundTruth, GtError, GtImage, LabelMap
+from camcli.errors import GtError, NoInputError
+from camcli.evaluate import mapjobs
+from camcli.evaluate.blacklist import read_blacklist
+from camcli.evaluate.groundtruth import read_ground_truth
+from camcli.evaluate.labels import LabelMap, load_label_map
+from camcli.evaluate.maps import evaluate_maps
+from camcli.evaluate.scoring import evaluate_records
+from camcli.evaluate.truth import GroundTruth, GtImage
 
 XML = """<annotation>
   <folder>val</folder>
@@ -44,7 +50,7 @@ def test_xml_folder_reader(tmp_path):
         333,
         [("n09193705", (1, 2, 30, 40)), ("n09193705", (50, 60, 70, 80.4))],
     )
-    gt = gtm.read_ground_truth(tmp_path)
+    gt = read_ground_truth(tmp_path)
     assert [im.name for im in gt.images] == [
         "ILSVRC2012_val_00000001",
         "sub/ILSVRC2012_val_00000002",
@@ -56,18 +62,18 @@ def test_xml_folder_reader(tmp_path):
     assert b.labels == [("n09193705",)]  # one class, two boxes
     assert [box for _, box in b.boxes] == [(1, 2, 30, 40), (50, 60, 70, 80)]  # 80.4 rounded
     # A single file works too.
-    one = gtm.read_ground_truth(tmp_path / "ILSVRC2012_val_00000001.xml")
+    one = read_ground_truth(tmp_path / "ILSVRC2012_val_00000001.xml")
     assert one.images[0].name == "ILSVRC2012_val_00000001"
 
 
 def test_xml_reader_errors(tmp_path):
     (tmp_path / "bad.xml").write_text("<annotation><object>")
     with pytest.raises(GtError, match="not readable XML"):
-        gtm.read_ground_truth(tmp_path)
+        read_ground_truth(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(GtError, match="no .xml files"):
-        gtm.read_ground_truth(empty)
+        read_ground_truth(empty)
 
 
 def test_kaggle_solution_reader(tmp_path):
@@ -77,7 +83,7 @@ def test_kaggle_solution_reader(tmp_path):
         "ILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295 \n"
         "ILSVRC2012_val_00024576,n03584829 17 0 372 333 \n"
     )
-    gt = gtm.read_ground_truth(p)
+    gt = read_ground_truth(p)
     assert [im.name for im in gt.images] == ["ILSVRC2012_val_00008726", "ILSVRC2012_val_00024576"]
     assert gt.images[0].boxes == [
         (("n02119789",), (255, 142, 454, 329)),
@@ -85,7 +91,7 @@ def test_kaggle_solution_reader(tmp_path):
     ]
     p.write_text("ImageId,PredictionString\nx,n02119789 1 2 3\n")
     with pytest.raises(GtError, match="line 2"):
-        gtm.read_ground_truth(p)
+        read_ground_truth(p)
 
 
 def test_box_csv_reader_rows_per_box_and_fallback_labels(tmp_path):
@@ -96,7 +102,7 @@ def test_box_csv_reader_rows_per_box_and_fallback_labels(tmp_path):
         "val,n03447447,gondola,val/gondola/val_1.JPEG,64,64,1,1,5,5\n"
         "val,n07615774,ice_cream,val/ice_cream/val_2.JPEG,64,48,,,,\n"
     )
-    gt = gtm.read_ground_truth(p)
+    gt = read_ground_truth(p)
     a, b = gt.images
     assert a.name == "val/gondola/val_1.JPEG"
     # 'class' is preferred over 'wnid' (which stays as a fallback).
@@ -106,10 +112,10 @@ def test_box_csv_reader_rows_per_box_and_fallback_labels(tmp_path):
     assert b.boxes == []  # a label without a box
     p.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,cat,5,5,1,1\n")
     with pytest.raises(GtError, match="x_max < x_min"):
-        gtm.read_ground_truth(p)
+        read_ground_truth(p)
     p.write_text("file_name,whatever\na.jpg,cat\n")
     with pytest.raises(GtError, match="image column"):
-        gtm.read_ground_truth(p)
+        read_ground_truth(p)
 
 
 def test_jsonl_reader(tmp_path):
@@ -120,7 +126,7 @@ def test_jsonl_reader(tmp_path):
         {"image": "c.jpg", "label": "cat"},
     ]
     p.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
-    gt = gtm.read_ground_truth(p)
+    gt = read_ground_truth(p)
     a, b, c = gt.images
     assert a.labels == [("3",)] and [bx for _, bx in a.boxes] == [(0, 0, 9, 9), (20, 20, 29, 29)]
     assert a.masks == [str(tmp_path / "a.png")]
@@ -128,12 +134,12 @@ def test_jsonl_reader(tmp_path):
     assert c.boxes == []
     p.write_text('{"image": "a.jpg"}\n')
     with pytest.raises(GtError, match='no "label"'):
-        gtm.read_ground_truth(p)
+        read_ground_truth(p)
 
 
 def test_missing_gt_path(tmp_path):
     with pytest.raises(GtError, match="no such file") as e:
-        gtm.read_ground_truth(tmp_path / "nope.csv")
+        read_ground_truth(tmp_path / "nope.csv")
     assert e.value.code == 3
 
 
@@ -194,13 +200,13 @@ def test_inferred_label_map_counts_unknown_labels_as_new_classes():
 def test_load_label_map_categories(tmp_path):
     p = tmp_path / "cats.txt"
     p.write_text("cat\ndog\n\n")
-    lm = gtm.load_label_map(categories=str(p))
+    lm = load_label_map(categories=str(p))
     assert lm.names == ["cat", "dog"] and lm.explicit
-    inet = gtm.load_label_map(categories="imagenet1k")
+    inet = load_label_map(categories="imagenet1k")
     assert inet.index("goldfish") == 1
-    assert gtm.load_label_map() is None
+    assert load_label_map() is None
     with pytest.raises(GtError, match="neither a file"):
-        gtm.load_label_map(categories="no-such-set")
+        load_label_map(categories="no-such-set")
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,14 +241,14 @@ def test_blacklist_numbers_and_names(tmp_path):
     )
     bl = tmp_path / "bl.txt"
     bl.write_text("36\n50\n99999\nother\n")
-    assert gtm.read_blacklist(bl, gt) == [False, False, True, True, True]
+    assert read_blacklist(bl, gt) == [False, False, True, True, True]
     bl.write_text("nothing\n77777\n")
     with pytest.raises(GtError, match="none of its 2 entries"):
-        gtm.read_blacklist(bl, gt)
+        read_blacklist(bl, gt)
     # Names without numbers: N is the N-th image in name order.
     gt2 = GroundTruth([GtImage("b", [("a",)]), GtImage("a", [("a",)])])
     bl.write_text("1\n")
-    assert gtm.read_blacklist(bl, gt2) == [False, True]
+    assert read_blacklist(bl, gt2) == [False, True]
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,7 +312,7 @@ def small_records():
 
 
 def test_evaluate_records_exact():
-    r = gtm.evaluate_records(small_records(), small_gt())
+    r = evaluate_records(small_records(), small_gt())
     assert r["n_images"] == 4 and r["n_gt_images"] == 4
     assert r["n_missing"] == 1 and r["missing"] == ["imgs/d.jpg"]
     assert r["n_failed"] == 1 and r["failed"] == [
@@ -322,19 +328,19 @@ def test_evaluate_records_exact():
 
 def test_evaluate_records_blacklist_and_subset(tmp_path):
     flags = [False, True, False, False]  # b blacklisted: out of localization only
-    r = gtm.evaluate_records(small_records(), small_gt(), blacklist=flags)
+    r = evaluate_records(small_records(), small_gt(), blacklist=flags)
     assert r["top1_cls_error"] == 0.75
     assert r["n_loc_images"] == 3 and r["n_blacklisted"] == 1
     assert r["top1_loc_error"] == pytest.approx(2 / 3)
     # --subset: d (no record at all) leaves the denominators; c (failed) stays in.
-    s = gtm.evaluate_records(small_records(), small_gt(), subset=True)
+    s = evaluate_records(small_records(), small_gt(), subset=True)
     assert s["n_images"] == 3 and s["n_missing"] == 1 and s["n_failed"] == 1
     assert s["top1_cls_error"] == pytest.approx(2 / 3)
     assert s["missing"] == ["imgs/d.jpg"]
     # A blacklist file of names.
     bl = tmp_path / "bl.txt"
     bl.write_text("b\n")
-    r2 = gtm.evaluate_records(small_records(), small_gt(), blacklist=str(bl))
+    r2 = evaluate_records(small_records(), small_gt(), blacklist=str(bl))
     assert r2["n_blacklisted"] == 1
 
 
@@ -343,7 +349,7 @@ def test_evaluate_records_duplicates_and_empty_predictions():
         rec("/y/imgs/a.jpg", [1]),  # a second record of a: ignored, counted
         rec("/x/imgs/d.jpg", [], []),  # empty predictions: wrong
     ]
-    r = gtm.evaluate_records(recs, small_gt())
+    r = evaluate_records(recs, small_gt())
     assert r["n_duplicates"] == 1
     assert r["missing"] == ["imgs/c.jpg"] and r["n_missing"] == 1
     assert r["top1_cls_error"] == 0.75
@@ -352,7 +358,7 @@ def test_evaluate_records_duplicates_and_empty_predictions():
 
 def test_evaluate_records_with_explicit_label_map_and_indices():
     g = GroundTruth([GtImage("a", [("1",)], [(("1",), (0, 0, 9, 9))])])
-    r = gtm.evaluate_records([rec("a.png", [1], [(1, (0, 0, 9, 9))])], g, LabelMap(["x", "y"]))
+    r = evaluate_records([rec("a.png", [1], [(1, (0, 0, 9, 9))])], g, LabelMap(["x", "y"]))
     assert r["top1_cls_error"] == 0.0 and r["top1_loc_error"] == 0.0
 
 
@@ -397,7 +403,7 @@ def test_evaluate_maps_exact(tmp_path):
     save_map(maps / "d.npz", None, two, [0, 1], ["cat", "dog"])  # no image: its own path
     save_map(maps / "e.npz", "/data/e.jpg", two, [0, 1], ["cat", "dog"])
     save_map(maps / "zzz.npz", "/data/zzz.jpg", two, [0, 1], ["cat", "dog"])
-    r = gtm.evaluate_maps(
+    r = evaluate_maps(
         str(maps), gt, None, taus=[0.0, 0.5], blacklist=[False] * 4 + [True], workers=0
     )
     assert r["n_images"] == 5 and r["n_loc_images"] == 4 and r["n_blacklisted"] == 1
@@ -415,7 +421,7 @@ def test_evaluate_maps_renormalises_and_scales_boxes(tmp_path):
     maps = tmp_path / "maps"
     raw = block(10, 10, 2, 5, 2, 5, v=7.0, base=-3.0)  # map half the GT size, raw values
     save_map(maps / "a.npz", "a.jpg", raw[None], [0])
-    r = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), taus=[0.0], workers=0)
+    r = evaluate_maps(str(maps), gt, LabelMap(["x"]), taus=[0.0], workers=0)
     # GT box scaled to the 10x10 map: (2, 2, 6, 6) = the wsol box of the block.
     assert r["n_renormalised"] == 1
     assert r["maxboxacc_v1"] == 1.0
@@ -431,18 +437,18 @@ def test_evaluate_maps_pxap_with_masks_dir(tmp_path):
     save_map(maps / "a.npz", "im/a.jpg", cam[None], [0])
     mask = (block(8, 8, 2, 5, 2, 5) * 255).astype(np.uint8)
     Image.fromarray(mask).save(masks / "a.png")
-    r = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), masks_dir=str(masks), workers=0)
+    r = evaluate_maps(str(maps), gt, LabelMap(["x"]), masks_dir=str(masks), workers=0)
     assert r["pxap"] == 1.0 and r["n_mask_images"] == 1
     mask[0, 0] = 255  # a foreground pixel the map scores low
     Image.fromarray(mask).save(masks / "a.png")
-    r = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), masks_dir=str(masks), workers=0)
+    r = evaluate_maps(str(maps), gt, LabelMap(["x"]), masks_dir=str(masks), workers=0)
     # 16 positives at 0.9, then 1 positive among 48 pixels at 0.1: AP = 16/17 * 1 + 1/17 * 17/64
     assert r["pxap"] == pytest.approx(16 / 17 + (1 / 17) * (17 / 64))
     # An ignore mask over that pixel restores 1.0.
     Image.fromarray((block(8, 8, 0, 0, 0, 0) * 255).astype(np.uint8)).save(masks / "a_ignore.png")
     mask[0, 0] = 0
     Image.fromarray(mask).save(masks / "a.png")
-    r = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), masks_dir=str(masks), workers=0)
+    r = evaluate_maps(str(maps), gt, LabelMap(["x"]), masks_dir=str(masks), workers=0)
     assert r["pxap"] == 1.0
 
 
@@ -456,8 +462,10 @@ def test_evaluate_maps_parallel_equals_serial(tmp_path, monkeypatch):
             used.append(True)
             super().__init__(*a, **k)
 
+    # camcli.evaluate.mapjobs.run_jobs looks both up when it runs: ProcessPoolExecutor from
+    # concurrent.futures, POOL_MIN_SECONDS from its own module.
     monkeypatch.setattr(cf, "ProcessPoolExecutor", Pool)
-    monkeypatch.setattr(gtm, "POOL_MIN_SECONDS", 0.0)  # use the pool however fast the maps
+    monkeypatch.setattr(mapjobs, "POOL_MIN_SECONDS", 0.0)  # use the pool however fast the maps
     rng = np.random.default_rng(0)
     images, maps = [], tmp_path / "maps"
     for i in range(70):
@@ -466,9 +474,9 @@ def test_evaluate_maps_parallel_equals_serial(tmp_path, monkeypatch):
         x0, y0 = rng.integers(0, 8, 2)
         images.append(GtImage(f"{i:03d}.jpg", [("0",)], [(("0",), (x0, y0, x0 + 7, y0 + 3))]))
     gt = GroundTruth(images)
-    serial = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), workers=0)
+    serial = evaluate_maps(str(maps), gt, LabelMap(["x"]), workers=0)
     assert not used
-    parallel = gtm.evaluate_maps(str(maps), gt, LabelMap(["x"]), workers=2)
+    parallel = evaluate_maps(str(maps), gt, LabelMap(["x"]), workers=2)
     assert used
     assert serial == parallel
     assert serial["n_loc_images"] == 70
@@ -476,12 +484,18 @@ def test_evaluate_maps_parallel_equals_serial(tmp_path, monkeypatch):
 
 def test_evaluate_maps_errors(tmp_path):
     gt = GroundTruth([GtImage("a.jpg", [("0",)], [(("0",), (0, 0, 1, 1))])])
-    with pytest.raises(GtError, match="not a folder"):
-        gtm.evaluate_maps(str(tmp_path / "nope"), gt, None)
+    with pytest.raises(NoInputError, match="--maps .*: not a folder") as e:
+        evaluate_maps(str(tmp_path / "nope"), gt, None)
+    assert e.value.code == 3
     (tmp_path / "m").mkdir()
-    with pytest.raises(GtError, match="no .npz"):
-        gtm.evaluate_maps(str(tmp_path / "m"), gt, None)
+    with pytest.raises(NoInputError, match="no .npz"):
+        evaluate_maps(str(tmp_path / "m"), gt, None)
     save_map(tmp_path / "m" / "a.npz", "a.jpg", np.full((1, 4, 4), np.nan), [0])
-    r = gtm.evaluate_maps(str(tmp_path / "m"), gt, None, workers=0)
+    r = evaluate_maps(str(tmp_path / "m"), gt, None, workers=0)
     assert r["n_failed"] == 1 and "NaN" in r["failed"][0]["error"]
     assert r["maxboxacc_v1"] == 0.0
+    # A truncated file (a kill during --save-maps) fails its image; it used to end the run.
+    f = tmp_path / "m" / "a.npz"
+    f.write_bytes(f.read_bytes()[:100])
+    r = evaluate_maps(str(tmp_path / "m"), gt, None, workers=0)
+    assert r["n_failed"] == 1 and r["failed"][0]["error"].startswith("cannot read map file")

@@ -1,5 +1,5 @@
-"""Exact tests of camcli.evaluate.metrics on hand-made cases; parity with wsolevaluation box
-vectors."""
+"""Exact tests of camcli.evaluate's metrics (taus, metrics, boxacc, pxap) on hand-made cases;
+parity with wsolevaluation box vectors."""
 
 from __future__ import annotations
 
@@ -7,22 +7,22 @@ import cv2
 import numpy as np
 import pytest
 
-from camcli.evaluate.metrics import (
-    DEFAULT_TAUS,
+from camcli.evaluate.boxacc import (
     BoxAccumulator,
+    best_iou_per_tau,
+    quantise_scoremap,
+    scoremap_boxes,
+)
+from camcli.evaluate.metrics import (
     GtTarget,
     ImagePrediction,
-    PxAPAccumulator,
-    best_iou_per_tau,
     cls_error_image,
     gt_known_correct,
     loc_error_image,
-    parse_taus,
-    quantise_scoremap,
     score_predictions,
-    scoremap_boxes,
-    tau_grid,
 )
+from camcli.evaluate.pxap import PxAPAccumulator
+from camcli.evaluate.taus import DEFAULT_TAUS, parse_taus, tau_grid
 
 # --------------------------------------------------------------------------------------------
 # taus

@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 
 from camcli.cam.dtbox import dt_boxes_inclusive, tight_loose_boxes
+from camcli.errors import SubmissionError, SynsetError
 from camcli.evaluate.submission import (
-    SubmissionError,
-    SynsetError,
-    SynsetMap,
-    load_synsets,
     read_ilsvrc_submission,
     read_kaggle_submission,
     write_ilsvrc_submission,
     write_kaggle_submission,
 )
+from camcli.evaluate.synsets import SynsetMap, load_synsets
 
 TENCH, KIT_FOX, SEA_SNAKE = "n01440764", "n02119789", "n01751748"
 

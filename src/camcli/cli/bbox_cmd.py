@@ -347,7 +347,7 @@ def _maps_num_classes(from_maps: Path) -> int | None:
 def _load_synsets(path: Path, fmt: SubFormat, num_classes: int | None):
     """num_classes: the model's; None (maps of unknown origin): any class count is accepted."""
     from camcli.errors import CamcliError
-    from camcli.evaluate.submission import SynsetError, load_synsets
+    from camcli.evaluate.synsets import SynsetError, load_synsets
 
     try:
         m = load_synsets(path, num_classes=num_classes)
@@ -367,13 +367,8 @@ def _write_submission(
     """images: records of input images (not map files): an image that failed still gets its
     (empty) line, so the lines stay aligned with the sorted image list the evaluator expects."""
     from camcli.api import jobs
-    from camcli.errors import CamcliError
-    from camcli.evaluate.submission import (
-        SubmissionError,
-        SynsetError,
-        write_ilsvrc_submission,
-        write_kaggle_submission,
-    )
+    from camcli.errors import CamcliError, SubmissionError, SynsetError
+    from camcli.evaluate.submission import write_ilsvrc_submission, write_kaggle_submission
 
     items = [
         (r["image"], jobs.submission_guesses(r["boxes"], tight_loose) if "boxes" in r else [])

@@ -15,8 +15,6 @@ import typer
 
 from camcli.errors import CamcliError, Exit
 
-SOURCE_KEYS = ("boxes", "maps", "submission")
-
 # (key, label, is a fraction) in table order
 _ROWS = (
     ("top1_cls_error", "top-1 classification error", True),
@@ -150,8 +148,11 @@ def eval_command(
     Example: camcli eval --gt val_xml/ --boxes boxes.jsonl --synsets LOC_synset_mapping.txt
     --blacklist ILSVRC2015_clsloc_validation_blacklist.txt
     """
-    from camcli.evaluate import gt as gtm
-    from camcli.evaluate import metrics
+    from camcli.evaluate.groundtruth import read_ground_truth
+    from camcli.evaluate.labels import load_label_map
+    from camcli.evaluate.mapjobs import default_map_workers
+    from camcli.evaluate.report import SOURCE_KEYS, eval_result
+    from camcli.evaluate.taus import parse_taus
 
     given = [k for k, v in zip(SOURCE_KEYS, (boxes, maps, submission)) if v is not None]
     if len(given) != 1:
@@ -163,7 +164,7 @@ def eval_command(
     if submission_format not in ("auto", "ilsvrc", "kaggle"):
         raise CamcliError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
     try:
-        tau_grid = metrics.parse_taus(taus)
+        tau_grid = parse_taus(taus)
     except ValueError as exc:
         raise CamcliError(str(exc)) from None
     if boxes is not None and boxes.count("-") > 1:
@@ -178,59 +179,33 @@ def eval_command(
     if masks is not None and not Path(masks).is_dir():
         raise CamcliError(f"--masks {masks}: not a folder", Exit.NO_INPUT)
 
-    truth = gtm.read_ground_truth(gt, gt_format)
-    labels = gtm.load_label_map(synsets=synsets, categories=categories, model=model)
-    unreadable = list(truth.skipped)
-    if boxes is not None:
-        recs = [r for b in boxes for r in gtm.read_box_records(b, bad=unreadable)]
-        if not recs:
-            raise CamcliError(
-                f"--boxes {' '.join(boxes)}: no readable record"
-                + (f" ({unreadable[-1]})" if unreadable else ""),
-                Exit.NO_INPUT,
-            )
-        result = gtm.evaluate_records(
-            recs,
-            truth,
-            labels,
-            iou=iou,
-            blacklist=blacklist,
-            subset=subset,
-        )
-    elif submission is not None:
-        result = gtm.evaluate_submission(
-            submission,
-            truth,
-            labels,
-            fmt=submission_format,
-            iou=iou,
-            blacklist=blacklist,
-            subset=subset,
-        )
-    else:
+    truth = read_ground_truth(gt, gt_format)
+    labels = load_label_map(synsets=synsets, categories=categories, model=model)
+    bar = None
+    if maps is not None:
         from camcli.cli.run import progress_bar
 
         bar = progress_bar(len(truth), quiet, "eval")
-        try:
-            result = gtm.evaluate_maps(
-                maps,
-                truth,
-                labels,
-                taus=tau_grid,
-                masks_dir=masks,
-                blacklist=blacklist,
-                subset=subset,
-                wsol_boxes=wsol_boxes,
-                workers=gtm.default_map_workers() if workers is None else workers,
-                progress=(lambda: bar.advance(bar.task)) if bar else None,
-            )
-        finally:
-            if bar:
-                bar.stop()
-    if unreadable:
-        result["unreadable"] = unreadable
-        result["n_unreadable"] = len(unreadable)
-    result = gtm.order_result({"source": given[0], **result})
+    try:
+        result = eval_result(
+            truth,
+            labels,
+            boxes=boxes,
+            maps=maps,
+            submission=submission,
+            submission_format=submission_format,
+            masks=masks,
+            blacklist=blacklist,
+            iou=iou,
+            taus=tau_grid,
+            subset=subset,
+            wsol_boxes=wsol_boxes,
+            workers=default_map_workers() if workers is None else workers,
+            progress=(lambda: bar.advance(bar.task)) if bar else None,
+        )
+    finally:
+        if bar:
+            bar.stop()
     return report(result, output=output, plot=plot, quiet=quiet, gt=gt)
 
 
@@ -252,23 +227,15 @@ def report(
     """
     from camcli.atomic import write_atomic
     from camcli.data.records import dumps
+    from camcli.evaluate.report import check_matched, exit_status
 
-    if len(result.get("missing", [])) >= result.get("n_gt_images", result["n_images"]):
-        first = result.get("unmatched", [])[:1]
-        hint = f" (first prediction: {first[0]!r})" if first else ""
-        raise CamcliError(
-            f"no prediction matches an image of the ground truth {gt}{hint}: images are matched "
-            "by file name without extension",
-            Exit.NO_INPUT,
-        )
+    check_matched(result, gt)
     if not quiet:
         warn_mismatches(result)
     if plot is not None:
-        import io as _io
+        from camcli.evaluate.plot import boxacc_png
 
-        buf = _io.BytesIO()
-        boxacc_plot(result).save(buf, format="PNG")
-        write_atomic(Path(plot), buf.getvalue())
+        write_atomic(Path(plot), boxacc_png(result))
     text = dumps(result) + "\n"
     if table_on_stderr:
         if output not in (None, "-"):
@@ -283,13 +250,7 @@ def report(
             write_atomic(Path(output), text.encode("utf-8"))
         if sys.stdout.isatty() or output is None:
             print_metrics_table(result)
-    subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
-    bad = (
-        result.get("n_failed", 0)
-        or (result.get("n_missing", 0) and not subset)
-        or result.get("n_unreadable", 0)
-    )
-    return Exit.SOME_FAILED if bad else Exit.OK
+    return exit_status(result)
 
 
 def report_for_records(
@@ -308,15 +269,12 @@ def report_for_records(
     it is a file. Never ends the bbox run: a problem with the ground truth becomes a warning.
     Returns the result, or None when it could not be computed."""
     from camcli.console import warn
-    from camcli.evaluate import gt as gtm
+    from camcli.evaluate.report import records_result
 
     try:
-        truth = gtm.read_ground_truth(str(gt))
-        labels = gtm.load_label_map(
-            synsets=str(synsets) if synsets else None, categories=categories
+        result = records_result(
+            records, gt, synsets, categories=categories, iou=iou, blacklist=blacklist
         )
-        result = gtm.evaluate_records(records, truth, labels, iou=iou, blacklist=blacklist)
-        result = gtm.order_result({"source": "boxes", **result})
         report(result, output=output, quiet=quiet, gt=str(gt), table_on_stderr=True)
     except CamcliError as exc:
         warn(f"--gt {gt}: no metrics ({exc})")
@@ -334,13 +292,13 @@ def _names(xs: list, n: int = 5) -> str:
 def warn_mismatches(result: dict) -> None:
     """One warning line per kind of image that was not scored as predicted."""
     from camcli.console import warn
+    from camcli.evaluate.report import is_subset
 
     for why in result.get("unreadable") or []:
         warn(f"{why} (skipped)")
     miss = result.get("missing") or []
     if miss:
-        subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
-        counted = "left out by --subset" if subset else "counted wrong"
+        counted = "left out by --subset" if is_subset(result) else "counted wrong"
         warn(f"{len(miss)} ground-truth images have no prediction ({counted}): {_names(miss)}")
     if result.get("unmatched"):
         warn(
@@ -380,11 +338,12 @@ def print_metrics_table(result: dict, title: str = "evaluation", *, stderr: bool
     from rich.table import Table
 
     from camcli.console import stderr_console, stdout_console
+    from camcli.evaluate.report import is_subset
 
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    subset = result.get("n_images", 0) < result.get("n_gt_images", 0)
+    subset = is_subset(result)
     for key, label, frac in _ROWS:
         if key not in result:
             continue
@@ -400,83 +359,3 @@ def print_metrics_table(result: dict, title: str = "evaluation", *, stderr: bool
                 tau = (result.get("best_tau_v2") or {}).get(d, float("nan"))
                 table.add_row(f"  IoU {d}: MaxBoxAcc (best tau {tau:g})", f"{100 * acc:.2f} %")
     (stderr_console() if stderr else stdout_console()).print(table)
-
-
-# --------------------------------------------------------------------------------------------
-# The BoxAcc plot, drawn with PIL
-# --------------------------------------------------------------------------------------------
-
-_COLORS = {"v1": (0, 0, 0), "0.3": (31, 119, 180), "0.5": (214, 39, 40), "0.7": (44, 160, 44)}
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def boxacc_plot(result: dict, size: tuple[int, int] = (900, 560)):
-    """A PIL image of BoxAcc (%) against tau: V1 (largest box, IoU 0.5) and V2 per IoU, with
-    each curve's best tau marked. ``result`` needs ``taus`` and ``boxacc``."""
-    from PIL import Image, ImageDraw
-
-    if not result.get("taus") or not result.get("boxacc"):
-        raise CamcliError("--plot: no BoxAcc curves to draw (no image was scored on a map)")
-    taus = list(result["taus"])
-    curves = [("v1", "V1: largest box, IoU 0.5", result["boxacc"]["v1"])]
-    for d, c in result["boxacc"]["v2"].items():
-        curves.append((d, f"V2: all boxes, IoU {d}", c))
-    w, h = size
-    left, right, top, bottom = 80, 250, 50, 70
-    pw, ph = w - left - right, h - top - bottom
-    img = Image.new("RGB", size, "white")
-    dr = ImageDraw.Draw(img)
-    f_small, f_mid = _font(13), _font(16)
-    x_lo, x_hi = 0.0, 1.0
-
-    def px(t: float, v: float) -> tuple[float, float]:
-        return left + (t - x_lo) / (x_hi - x_lo) * pw, top + (1.0 - v) * ph
-
-    for k in range(11):
-        gx, gy = left + k * pw / 10, top + k * ph / 10
-        dr.line([(gx, top), (gx, top + ph)], fill=(225, 225, 225))
-        dr.line([(left, gy), (left + pw, gy)], fill=(225, 225, 225))
-        dr.text((gx, top + ph + 8), f"{k / 10:.1f}", fill="black", font=f_small, anchor="mt")
-        dr.text((left - 8, gy), f"{100 - 10 * k}", fill="black", font=f_small, anchor="rm")
-    dr.rectangle([left, top, left + pw, top + ph], outline="black")
-    dr.text((left + pw / 2, h - 22), "tau (map threshold)", fill="black", font=f_mid, anchor="mm")
-    ylab = Image.new("RGB", (200, 24), "white")
-    ImageDraw.Draw(ylab).text((100, 12), "BoxAcc (%)", fill="black", font=f_mid, anchor="mm")
-    img.paste(ylab.rotate(90, expand=True), (12, top + ph // 2 - 100))
-    title = f"BoxAcc vs tau: MaxBoxAccV1 {100 * result.get('maxboxacc_v1', 0):.2f} %"
-    if "maxboxacc_v2" in result:
-        title += f", MaxBoxAccV2 {100 * result['maxboxacc_v2']:.2f} %"
-    dr.text((left + pw / 2, 22), title, fill="black", font=f_mid, anchor="mm")
-    for n, (key, label, ys) in enumerate(curves):
-        color = _COLORS.get(key, (120, 120, 120))
-        pts = [px(t, v) for t, v in zip(taus, ys)]
-        if len(pts) > 1:
-            dr.line(pts, fill=color, width=3 if key == "v1" else 2)
-        if ys:
-            b = max(range(len(ys)), key=lambda i: (ys[i], -i))
-            bx, by = pts[b]
-            dr.ellipse([bx - 5, by - 5, bx + 5, by + 5], outline=color, width=2)
-        ly = top + 10 + 26 * n
-        dr.line([(left + pw + 15, ly), (left + pw + 45, ly)], fill=color, width=3)
-        best = f" ({100 * max(ys):.1f} %)" if ys else ""
-        dr.text((left + pw + 52, ly), label + best, fill="black", font=f_small, anchor="lm")
-    if "best_tau" in result:
-        bx, _ = px(result["best_tau"], 0)
-        for y in range(top, top + ph, 8):
-            dr.line([(bx, y), (bx, min(y + 4, top + ph))], fill=(90, 90, 90))
-        dr.text(
-            (bx + 4, top + 4),
-            f"best tau {result['best_tau']:g}",
-            fill=(90, 90, 90),
-            font=f_small,
-            anchor="la",
-        )
-    return img

@@ -1,0 +1,183 @@
+"""BoxAcc curves, MaxBoxAccV1/V2, the best tau and PxAP from maps saved by ``cam --save-maps``.
+
+wsolevaluation's protocol (Choe et al., CVPR 2020; SPEC.md section 5): every GT image is scored
+on the map of its primary GT class, one tau for the whole split. The per-image work is in
+:mod:`camcli.evaluate.mapjobs`; the map files are read by :mod:`camcli.data.mapfiles`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from camcli.data.mapfiles import MapFileError, MapHeader, list_map_files, read_map_header
+from camcli.evaluate.blacklist import blacklist_flags
+from camcli.evaluate.boxacc import BoxAccumulator
+from camcli.evaluate.labels import LabelMap
+from camcli.evaluate.mapjobs import MapJob, run_jobs
+from camcli.evaluate.masks import mask_paths
+from camcli.evaluate.matching import Matched, finish_result
+from camcli.evaluate.metrics import ImagePrediction
+from camcli.evaluate.pxap import PxAPAccumulator
+from camcli.evaluate.taus import DEFAULT_TAUS
+from camcli.evaluate.truth import GroundTruth
+
+__all__ = ["evaluate_maps"]
+
+
+def evaluate_maps(
+    maps_dir: str,
+    gt: GroundTruth,
+    labels: LabelMap | None,
+    *,
+    taus: Sequence[float] | np.ndarray = DEFAULT_TAUS,
+    masks_dir: str | None = None,
+    blacklist: str | Sequence[bool] | None = None,
+    subset: bool = False,
+    wsol_boxes: bool = True,
+    workers: int = 0,
+    progress: Callable[[], None] | None = None,
+) -> dict:
+    """BoxAcc curves, MaxBoxAccV1/V2, best tau and (with masks) PxAP from saved maps.
+
+    Each GT image (not blacklisted) is scored on the map of its primary GT class, found by the
+    stored ``image`` path (else the npz's relative path) and the ``class_indices`` entry equal to
+    that class. A GT image without a map file (``missing``), whose file has no map of the GT
+    class (``missing_gt_class``) or whose map is unusable (``failed``) counts as wrong at every
+    tau. Maps outside [0, 1] are min-max normalised first (``n_renormalised``). When the GT gives
+    the image size and the map has another, GT boxes are scaled to the map (wsolevaluation's
+    ``resize_bbox``). PxAP uses the images with masks (JSON Lines ``mask`` / ``ignore``, or
+    ``--masks DIR`` holding ``<name>.png`` and optional ``<name>_ignore.png``; nonzero pixels are
+    foreground / ignored).
+
+    Args:
+        maps_dir: the folder ``cam --save-maps`` wrote.
+        gt: the ground truth.
+        labels: the user's label map, or None to infer one from the maps' labels.
+        taus: [T] thresholds, ascending in [0, 1).
+        masks_dir: the ``--masks`` folder, or None.
+        blacklist: a blacklist file, flags per GT image, or None.
+        subset: score only the GT images that have a map file.
+        wsol_boxes: wsolevaluation's boxes (True) or tight ones
+            (:func:`~camcli.evaluate.boxacc.scoremap_boxes`).
+        workers: > 1: processes share the maps when the split is slow enough to pay for them
+            (the caller's ``__main__`` must be import-safe, as multiprocessing requires; the
+            CLI's is).
+        progress: called once per scored image, or None.
+
+    Returns:
+        The ordered result: ``n_images``, ``n_gt_images``, ``n_loc_images``, ``n_blacklisted``,
+        ``n_no_gt_box``, ``missing_gt_class`` / ``n_missing_gt_class``, ``n_renormalised``,
+        ``wsol_boxes``, :meth:`~camcli.evaluate.boxacc.BoxAccumulator.result`'s figures and
+        curves, ``pxap`` and ``n_mask_images`` (or ``pxap_error``) with masks, and the lists of
+        :func:`~camcli.evaluate.matching.finish_result`.
+
+    Raises:
+        NoInputError: ``maps_dir`` is not a folder or holds no ``.npz`` file (exit 3).
+        GtError: a GT label the map cannot read, or an unusable blacklist.
+    """
+    base = Path(maps_dir)
+    headers: list[tuple[Path, MapHeader | str]] = []
+    for f in list_map_files(maps_dir, flag="--maps"):
+        try:
+            headers.append((f, read_map_header(f, base)))
+        except MapFileError as exc:
+            headers.append((f, str(exc)))
+    lm = labels if labels is not None else LabelMap(explicit=False, source="the maps")
+    if labels is None:
+        lm.add_names(
+            p
+            for _, h in headers
+            if not isinstance(h, str)
+            for p in zip(h.class_indices.tolist(), h.labels or [])
+        )
+    targets, unknown = gt.targets(lm)
+    flags = blacklist_flags(gt, blacklist)
+    m = Matched()
+    file_of: dict[int, Path] = {}
+    for f, h in headers:
+        if isinstance(h, str):  # unreadable: matched by its own name, it fails that image
+            i = gt.match(f.relative_to(base).as_posix())
+            if i is None or i in m.failed:
+                m.unmatched.append(str(f))
+            else:
+                m.failed[i] = {"image": str(f), "error": h}
+            continue
+        i = gt.match(h.name)
+        if i is None:
+            m.unmatched.append(h.name)
+        elif i in file_of:
+            m.duplicates.append(h.name)
+        else:
+            file_of[i] = f
+    tau_t = tuple(float(t) for t in np.asarray(taus, dtype=np.float64).reshape(-1))
+    acc = BoxAccumulator(tau_t, wsol_boxes=wsol_boxes)
+    pxap = PxAPAccumulator(tau_t)
+    keep = [i for i in range(len(gt)) if not subset or i in file_of]
+    n_black = n_no_box = 0
+    jobs: list[MapJob] = []
+    job_of: list[int] = []
+    for i in keep:
+        im = gt.images[i]
+        if flags[i]:
+            n_black += 1
+            continue
+        cls = targets[i].classes[0]
+        gboxes = tuple(targets[i].boxes_of(cls))
+        mpaths, ignore = mask_paths(im, masks_dir)
+        if not gboxes and not mpaths:
+            n_no_box += 1
+            continue
+        if i not in file_of:
+            if gboxes:
+                acc.add_failed()
+            continue
+        size = (im.width, im.height) if im.width and im.height else None
+        jobs.append(
+            MapJob(str(file_of[i]), cls, gboxes, size, tuple(mpaths), ignore, tau_t, wsol_boxes)
+        )
+        job_of.append(i)
+    missing_cls: list[str] = []
+    renorm = n_masked = 0
+    for i, job, r in zip(job_of, jobs, run_jobs(jobs, workers, progress)):
+        if r[0] == "ok":
+            _, v1, v2, hist, re_ = r
+            renorm += re_
+            if v1 is not None:
+                acc.add_ious(v1, v2)
+            if hist is not None:
+                pxap.pos += hist[0]
+                pxap.neg += hist[1]
+                pxap.n += 1
+                n_masked += 1
+            continue
+        if r[0] == "nocls":
+            missing_cls.append(gt.images[i].name)
+        else:
+            m.failed[i] = {"image": job.path, "error": r[1]}
+        if job.boxes:
+            acc.add_failed()
+    for i in file_of:
+        if i not in m.failed:
+            m.preds[i] = ImagePrediction()  # a map was there (scored or blacklisted)
+    out: dict = {
+        "n_images": len(keep),
+        "n_gt_images": len(gt),
+        "n_loc_images": acc.n,
+        "n_blacklisted": n_black,
+        "n_no_gt_box": n_no_box,
+        "n_missing_gt_class": len(missing_cls),
+        "missing_gt_class": missing_cls,
+        "n_renormalised": renorm,
+        "wsol_boxes": wsol_boxes,
+    }
+    out.update(acc.result())
+    if n_masked:
+        out["n_mask_images"] = n_masked
+        try:
+            out["pxap"] = pxap.result()
+        except ValueError as exc:
+            out["pxap_error"] = str(exc)
+    return finish_result(out, gt, m, unknown)

@@ -1,0 +1,101 @@
+"""Predictions from camcli's own records: ``predict`` / ``bbox`` JSON Lines -> what was said.
+
+A record is ``{"image": path, "predictions": [{"class_index", "label", "score"}...],
+"boxes": [{"class_index", "box": [x_min, y_min, x_max, y_max] or null, ...}...],
+"gt_known": {"class_index", "box"}}`` (or ``{"image", "error"}`` for an image that failed);
+boxes are inclusive integer pixel indices of the original image (SPEC.md section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from camcli.data.records import iter_jsonl
+from camcli.errors import GtError
+from camcli.evaluate.labels import LabelMap
+from camcli.evaluate.metrics import Box, ImagePrediction
+
+__all__ = ["label_map_from_records", "read_box_records", "record_prediction"]
+
+
+def read_box_records(path: str, bad: list[str] | None = None) -> Iterator[dict]:
+    """The records of a JSON Lines file (read by :func:`camcli.data.records.iter_jsonl`).
+
+    Args:
+        path: the file, or ``-`` for standard input; UTF-8 (a byte-order mark is dropped;
+            undecodable bytes become surrogate escapes).
+        bad: where to collect bad lines; None: a bad line is an error.
+
+    Yields:
+        Each record with an ``"image"`` path, in file order.
+
+    Raises:
+        GtError: (with ``bad`` None) ``--boxes PATH line N: not JSON (...)`` or ``--boxes PATH
+            line N: a record needs an "image" path``; with ``bad`` given, that reason is
+            appended to it and the line skipped.
+        OSError: the file cannot be opened or read.
+    """
+    for line in iter_jsonl(path, bom=True):
+        rec = line.value
+        if rec is not None and isinstance(rec.get("image"), str):
+            yield rec
+            continue
+        where = f"--boxes {line.where(path)}"
+        if line.error is not None and line.error.startswith("not JSON"):
+            why = f"{where}: {line.error}"
+        else:
+            why = f'{where}: a record needs an "image" path'
+        if bad is None:
+            raise GtError(why)
+        bad.append(why)
+
+
+def _rec_box(b) -> Box | None:
+    if b is None:
+        return None
+    return tuple(int(v) for v in b)  # type: ignore[return-value]
+
+
+def record_prediction(rec: dict) -> ImagePrediction:
+    """What a ``predict`` / ``bbox`` record says about its image.
+
+    Args:
+        rec: the record (not an error record).
+
+    Returns:
+        An :class:`~camcli.evaluate.metrics.ImagePrediction`: classes =
+        ``predictions[*].class_index`` in order; guesses = ``boxes[*]`` ``(class_index, box)`` in
+        order (None without a ``boxes`` key; a null box stays None); gt_known = ``gt_known``
+        ``(class_index, box)``.
+    """
+    classes = [int(p["class_index"]) for p in rec.get("predictions") or []]
+    guesses = None
+    if "boxes" in rec:
+        guesses = [(int(b["class_index"]), _rec_box(b.get("box"))) for b in rec["boxes"] or []]
+    gk = rec.get("gt_known")
+    gt_known = (int(gk["class_index"]), _rec_box(gk.get("box"))) if isinstance(gk, dict) else None
+    return ImagePrediction(classes, guesses, gt_known)
+
+
+def label_map_from_records(labels: LabelMap | None, records: Iterable[dict] = ()) -> LabelMap:
+    """The label map to score records with: ``labels`` (the user's) or one inferred from them.
+
+    Either way, the ``class_index -> label`` pairs of the records' predictions and boxes fill in
+    the names the map does not know yet.
+
+    Args:
+        labels: the user's map, or None to infer one (``explicit=False``).
+        records: the records.
+
+    Returns:
+        ``labels`` itself (names added) or a new inferred map.
+    """
+    lm = labels if labels is not None else LabelMap(explicit=False, source="the predictions")
+    pairs = []
+    for r in records:
+        for p in r.get("predictions") or []:
+            pairs.append((p.get("class_index", -1), p.get("label")))
+        for b in r.get("boxes") or []:
+            pairs.append((b.get("class_index", -1), b.get("label")))
+    lm.add_names(pairs)
+    return lm
