@@ -378,7 +378,7 @@ def test_hand_maps_dt_box_and_tight_loose_submission(tmp_path, hand_maps):
 
 def test_resume_skips_done_images_and_ends_equal(runs, tmp_path, cli_images, cli_ckpt,
                                                  monkeypatch):  # fmt: skip
-    import camcli.api.session
+    import camcli.api.cams
 
     full = (runs / "img.jsonl").read_text()
     lines = full.splitlines(keepends=True)
@@ -386,13 +386,13 @@ def test_resume_skips_done_images_and_ends_equal(runs, tmp_path, cli_images, cli
     # what a killed run leaves: complete lines for a.jpg and b.png, then a line cut short
     (tmp_path / ".res.jsonl.partial").write_text(lines[0] + lines[1] + lines[3][:25])
     seen: list[str] = []
-    real = camcli.api.session.iter_cams
+    real = camcli.api.cams.iter_cams
 
     def spy(session, items, *a, **k):
         seen.extend(it.path for it in items)
         return real(session, items, *a, **k)
 
-    monkeypatch.setattr(camcli.api.session, "iter_cams", spy)
+    monkeypatch.setattr(camcli.api.cams, "iter_cams", spy)
     code = run_main("bbox", cli_images, "--weights", cli_ckpt, "--output", target, "--resume",
                     "--quiet")  # fmt: skip
     assert code == 1

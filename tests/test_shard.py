@@ -283,12 +283,12 @@ def test_a_shard_cleans_only_its_own_temporary_files(tmp_path, cli_images, cli_c
 
 def test_resume_of_a_shard_after_merging_redoes_nothing(refs, tmp_path, cli_images, cli_ckpt,
                                                         monkeypatch):  # fmt: skip
-    import camcli.api.session
+    import camcli.api.cams
 
     out = tmp_path / "cam"
     shutil.copytree(refs / "cam", out)
     seen: list[str] = []
-    api = camcli.api.session
+    api = camcli.api.cams
     real = api.iter_cams
     monkeypatch.setattr(
         api, "iter_cams", lambda s, items, *a, **k: seen.extend(it.key for it in items)

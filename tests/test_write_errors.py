@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import camcli.api.jobs
+import camcli.api.cam_files
 from camcli.cli import main
 from conftest import make_image
 
@@ -79,7 +79,7 @@ def ref(tmp_path_factory, imgs, cli_ckpt) -> Path:
 
 def test_cam_simulated_disk_full_stops_cleanly_and_resumes(tmp_path, imgs, cli_ckpt, ref,
                                                            monkeypatch, capsys):  # fmt: skip
-    real = camcli.api.jobs.write_atomic
+    real = camcli.api.cam_files.write_atomic
     calls = [0]
 
     def failing(path, data):
@@ -88,7 +88,7 @@ def test_cam_simulated_disk_full_stops_cleanly_and_resumes(tmp_path, imgs, cli_c
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(camcli.api.jobs, "write_atomic", failing)
+    monkeypatch.setattr(camcli.api.cam_files, "write_atomic", failing)
     out = tmp_path / "out"
     capsys.readouterr()
     code = run_main("cam", imgs, "--out", out, "-w", cli_ckpt, *CAM, *ARGS)
@@ -100,7 +100,7 @@ def test_cam_simulated_disk_full_stops_cleanly_and_resumes(tmp_path, imgs, cli_c
     assert not (out / "run.json").exists()  # the run did not finish
     assert not [f for f in tree(out) if ".camcli-tmp" in f or f.endswith(".tmp")]
 
-    monkeypatch.setattr(camcli.api.jobs, "write_atomic", real)
+    monkeypatch.setattr(camcli.api.cam_files, "write_atomic", real)
     assert run_main("cam", imgs, "--out", out, "-w", cli_ckpt, *CAM, *ARGS, "--resume") == 0
     same_files(out, ref / "cam")
 

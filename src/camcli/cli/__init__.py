@@ -1,4 +1,4 @@
-"""The camcli command line (Typer). Thin: parses, calls camcli.api.session, hands results to output.
+"""The camcli command line (Typer). Thin: parses, checks flags, calls camcli.api, prints.
 
 torch is imported only inside commands, so `camcli --help` and completion stay fast.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -110,4 +111,30 @@ Shard = Annotated[
 ResumeFile = Annotated[
     bool,
     typer.Option("--resume", help="Keep the records already in --output FILE; do only the rest."),
+]
+
+
+class Norm(StrEnum):
+    minmax = "minmax"
+    max = "max"
+    none = "none"
+
+
+class Interp(StrEnum):
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+
+
+NormOpt = Annotated[Norm, typer.Option("--norm", help="Map normalisation (SPEC section 1).")]
+InterpOpt = Annotated[Interp, typer.Option("--interpolation", help="Map upsampling.")]
+TenCrop = Annotated[
+    bool,
+    typer.Option(
+        "--ten-crop",
+        help="Official ILSVRC ten-crop merge (256x256 canvas for 224 crops; same ratio otherwise).",
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="Skip inputs already complete in DIR/manifest.jsonl."),
 ]

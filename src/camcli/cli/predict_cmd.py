@@ -37,10 +37,10 @@ def predict(
 
     Example: camcli predict photos/ --model resnet50 --top-k 5 --output preds.jsonl
     """
+    from camcli.api.sink import RecordSink
+    from camcli.api.split import plan_split
     from camcli.cli.run import (
-        RecordSink,
         open_session,
-        plan_split,
         print_table,
         resolve_inputs,
         session_options,
@@ -56,7 +56,7 @@ def predict(
     try:
         mine = split.select(items)
         session = open_session(model, weights, split=split, **session_options(locals()))
-        from camcli.api import session as api
+        from camcli.api import predict as api
 
         sink = RecordSink(
             output, split, resume=resume, table=output is None and sys.stdout.isatty()

@@ -1,0 +1,357 @@
+"""``bbox``: weakly-supervised boxes from thresholded CAMs, their drawings, submission files.
+
+Boxes are ``[x0, y0, x1, y1]`` in original-image pixels, inclusive integer corners (the
+ILSVRC convention: ``0 <= x0 <= x1 <= W - 1``), as :mod:`camcli.cam.boxes` gives them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from camcli.api import cams
+from camcli.api.progress import JobRun, Progress
+from camcli.api.session import Session
+from camcli.api.sink import RecordSink
+from camcli.api.split import Split
+from camcli.api.submission import load_synsets, maps_num_classes, write_submission
+from camcli.atomic import write_atomic
+from camcli.data import codec, inputs, loader
+from camcli.data.codec import encode_image
+from camcli.runs.outdir import OutDir
+
+RULES = ("paper", "dt-box", "all")
+SUBMISSION_FORMATS = ("ilsvrc", "kaggle")
+
+
+@dataclass(frozen=True)
+class BboxOptions:
+    """Everything one ``bbox`` run is asked to do; the CLI has checked the flag combinations.
+
+    Attributes:
+        top_k: classes per image, best first (3 or more with ``tight_loose``); with
+            ``from_maps``: the first ``top_k`` maps of each file.
+        rule: ``"paper"`` (largest 8-connected component), ``"dt-box"`` (the official
+            generator) or ``"all"`` (every component); ``tight_loose`` needs ``"dt-box"``.
+        threshold: tau in [0, 1]: a box covers the pixels above tau x the map's maximum.
+        tight_loose: the five dt-box guesses (loose/tight boxes of the top 3 classes) of the
+            37.1% ILSVRC entry instead of one box per class.
+        norm: CAM normalisation, ``"minmax"``, ``"max"`` or ``"none"`` (see CamOptions).
+        interpolation: map upsampling, ``"bilinear"`` or ``"bicubic"``.
+        ten_crop: the official ILSVRC ten-crop merge.
+        output: the records' JSON Lines FILE; None or ``"-"``: stdout.
+        draw: folder for ``<key>/boxes.jpg`` drawings and their ``manifest.jsonl``; None: none.
+        submission: an ILSVRC / Kaggle submission file to write; None: none.
+        submission_format: ``"ilsvrc"`` or ``"kaggle"``.
+        synsets: meta.mat, map_clsloc.txt or LOC_synset_mapping.txt (needed by ``submission``).
+        from_maps: boxes from the ``.npz`` maps of ``cam --save-maps`` in this folder instead
+            of running a model; None: run the session's model on the inputs.
+        resume: keep the records already in ``output`` (and drawings in ``draw``).
+    """
+
+    top_k: int = 5
+    rule: str = "paper"
+    threshold: float = 0.2
+    tight_loose: bool = False
+    norm: str = "minmax"
+    interpolation: str = "bilinear"
+    ten_crop: bool = False
+    output: str | None = None
+    draw: Path | None = None
+    submission: Path | None = None
+    submission_format: str = "ilsvrc"
+    synsets: Path | None = None
+    from_maps: Path | None = None
+    resume: bool = False
+
+    @property
+    def box_options(self) -> BoxOptions:
+        """The options of :func:`box_entries`."""
+        return BoxOptions(rule=self.rule, threshold=self.threshold, tight_loose=self.tight_loose)
+
+    @property
+    def cam_options(self) -> cams.CamOptions:
+        """The options of :func:`camcli.api.cams.iter_cams` (top-k classes, never fixed ones)."""
+        return cams.CamOptions(
+            top_k=self.top_k,
+            norm=self.norm,
+            interpolation=self.interpolation,
+            ten_crop=self.ten_crop,
+        )
+
+
+@dataclass
+class BboxRun(JobRun):
+    """What a ``bbox`` run did (:class:`camcli.api.progress.JobRun`), and its records.
+
+    Attributes:
+        records: every record in input order (resumed ones too) on the main process, for the
+            submission and ``--gt``; the records of this process elsewhere.
+    """
+
+    records: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class BoxOptions:
+    """How boxes are taken from one image's maps (see :class:`BboxOptions` for the fields)."""
+
+    rule: str = "paper"
+    threshold: float = 0.2
+    tight_loose: bool = False
+
+
+def box_entries(res: cams.CamResult, bopts: BoxOptions) -> list[dict]:
+    """The ``boxes`` list of a bbox record (see README: JSON record schema).
+
+    Args:
+        res: one image's maps, ``cams`` float [k, H, W] normalised, best class first.
+        bopts: the box rule.
+
+    Returns:
+        One entry per box, by class rank: ``{"rank" (1-based), "class_index", "label",
+        "score", "box": [x0, y0, x1, y1] inclusive original-image pixels or None, "kind"}``
+        and a ``"reason"`` when a class has no box (or for a tight/loose guess).
+    """
+    from camcli.cam import boxes as B
+    from camcli.cam import dtbox
+
+    preds = res.predictions
+    entries: list[dict] = []
+
+    def entry(rank: int, box, kind: str, reason: str | None = None) -> dict:
+        p = preds[rank]
+        e = {
+            "rank": rank + 1,
+            "class_index": p["class_index"],
+            "label": p["label"],
+            "score": p["score"],
+            "box": list(box) if box is not None else None,
+            "kind": kind,
+        }
+        if reason:
+            e["reason"] = reason
+        return e
+
+    if bopts.tight_loose:
+        # boxes_for_maps gives [loose, tight] per class (tight = loose when there is one box).
+        dt = [[b for b, _ in lst] for lst in B.boxes_for_maps(res.cams[:3], "dt-box")]
+        for g in dtbox.tight_loose_boxes(dt):
+            entries.append(entry(g.class_rank, g.box, g.kind, g.reason))
+        return entries
+    per_class = B.boxes_for_maps(res.cams, bopts.rule, bopts.threshold)
+    for r, lst in enumerate(per_class):
+        if not lst:
+            kind = {"paper": "largest", "all": "component", "dt-box": "loose"}[bopts.rule]
+            why = (
+                f"no pixel above {bopts.threshold:g} x max"
+                if bopts.rule != "dt-box"
+                else "no dt-box box at thresholds 20/100/110"
+            )
+            entries.append(entry(r, None, kind, why))
+        for box, kind in lst:
+            entries.append(entry(r, box, kind))
+    return entries
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def run_bbox(
+    opts: BboxOptions,
+    session: Session | None,
+    items: list[inputs.InputItem] | None,
+    split: Split,
+    progress: Progress | None = None,
+) -> BboxRun:
+    """The ``bbox`` job: a record per input (boxes or the error), drawings, the submission.
+
+    Args:
+        opts: what to do.
+        session: the model to run; None with ``opts.from_maps``.
+        items: the discovered inputs of the whole run (every shard's), sorted; None with
+            ``opts.from_maps``.
+        split: this process's shard (``--shard``, torchrun); under torchrun rank 0 joins the
+            ranks' records and drawings when all have finished.
+        progress: told the work to do and each record.
+
+    Returns:
+        What was done (:class:`BboxRun`); the submission (main process only) is written.
+
+    Raises:
+        CamcliError: unusable ``--synsets`` or ``--from-maps`` folder (before any image is
+            decoded); a failed write (exit 5: rerun with ``resume`` to finish).
+    """
+    progress = progress or Progress()
+    from_maps = opts.from_maps
+    num_classes = maps_num_classes(from_maps) if from_maps is not None else None
+    mine = split.select(items) if items is not None else None
+    if session is not None:
+        num_classes = session.model.num_classes
+    synmap = (
+        load_synsets(opts.synsets, opts.submission_format, num_classes) if opts.synsets else None
+    )
+
+    if from_maps is not None:
+        stats = {"ok": 0, "failed": 0}
+        results = cams.iter_maps(str(from_maps), top_k=opts.top_k)
+        total = None
+    else:
+        stats = session.stats
+    bopts = opts.box_options
+
+    skipped = 0
+    sink = RecordSink(opts.output, split, resume=opts.resume)
+    sharded = split.shard is not None
+    drawdir = (
+        OutDir(
+            opts.draw,
+            resume=opts.resume,
+            shard=split.shard,
+            own_keys={it.key for it in mine} if sharded else None,
+        )
+        if opts.draw is not None
+        else None
+    )
+    if from_maps is None:
+        # done: a record in FILE and, with --draw, its drawing in DIR's manifest
+        todo = [
+            it
+            for it in mine
+            if it.path not in sink.done or (drawdir is not None and it.key not in drawdir.done)
+        ]
+        results = cams.iter_cams(session, todo, opts.cam_options, keep_image=drawdir is not None)
+        total = len(todo)
+        skipped = len(mine) - len(todo)
+    progress.start(total, skipped, len(mine) if mine is not None else None)
+    order: list[str] = []
+    records: list[dict] = []
+    interrupted = completed = False
+    try:
+        for res in results:
+            if isinstance(res, loader.Sample):
+                rec = {"image": res.item.path, "error": res.error}
+                if from_maps is not None:
+                    stats["failed"] += 1
+                if drawdir is not None:  # every input has its manifest line, as in `cam`
+                    drawdir.record(res.item.index, {**rec, "key": res.item.key})
+            else:
+                if from_maps is not None:
+                    stats["ok"] += 1
+                with session.profiler.stage("boxes") if session else contextlib.nullcontext():
+                    rec = {**res.record, "boxes": box_entries(res, bopts)}
+                if drawdir is not None:
+                    _draw(drawdir, res, rec)
+            order.append(rec["image"])
+            records.append(rec)
+            sink.write(rec)
+            progress.record(rec, on_stdout=sink.stdout is not None)
+            if drawdir is not None:
+                drawdir.check_errors()
+        completed = True
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        progress.stop()
+        if drawdir is not None:
+            drawdir.close(order=_draw_order(mine), cancel=interrupted)
+        if from_maps is None:
+            order = [it.path for it in mine]
+        try:
+            got = sink.finish(order, complete=completed and not (drawdir and drawdir.failed))
+        except Exception:
+            if completed:
+                raise
+            got = None  # the error in flight says more
+        if got is not None:
+            records = got
+    if drawdir is not None:
+        drawdir.check_errors()
+        if completed and sharded:
+            from camcli.runs.shards import DRAW_MARK
+
+            drawdir.write_run_json(
+                {
+                    "command": DRAW_MARK,
+                    "shard": str(split.shard),
+                    "inputs_total": len(items),
+                    "counts": dict(stats),
+                    "options": {"resumed": skipped},
+                }
+            )
+    if not records and stats["failed"] == 0 and from_maps is None and sink.rfile and sink.done:
+        records = list(sink.done.values())
+    ok, failed, skipped = split.total([stats["ok"], stats["failed"], skipped])
+    split.barrier()
+    if split.dist is not None:
+        joined = sink.join(items)
+        if split.main and drawdir is not None:
+            from camcli.runs.merge import merge_outdir
+
+            merge_outdir(drawdir.root, keys=[it.key for it in items])
+        if joined is not None:
+            records = joined
+    if split.main and opts.submission is not None:
+        write_submission(
+            opts.submission,
+            opts.submission_format,
+            synmap,
+            records,
+            tight_loose=opts.tight_loose,
+            images=from_maps is None,
+        )
+    return BboxRun(
+        stats=stats,
+        ok=ok,
+        failed=failed,
+        skipped=skipped,
+        selected=len(mine) if mine is not None else None,
+        total=len(items) if items is not None else None,
+        main=split.main,
+        records=records,
+    )
+
+
+def _draw_order(mine: list[inputs.InputItem] | None) -> list[tuple[int, str]] | None:
+    """(index, key) of the inputs for the --draw manifest; from maps: the records' own order."""
+    if mine is not None:
+        return [(it.index, it.key) for it in mine]
+    return None
+
+
+def _write_jpeg(path: Path, rgb) -> None:
+    write_atomic(path, encode_image(rgb, "jpg"))
+
+
+def _draw(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
+    """Queue ``<key>/boxes.jpg``, the image with the record's boxes, and its manifest line.
+
+    From maps the source image is read again when it is still there (same size); otherwise
+    nothing is drawn."""
+    import os
+
+    from camcli.api.drawing import draw_boxes
+
+    img = res.sample.image
+    if img is None:  # from maps: the source image, when it is still there
+        if not os.path.isfile(res.sample.item.path):
+            return
+        try:
+            arr = codec.decode_image(res.sample.item.path)
+        except ValueError:
+            return
+        import torch
+
+        img = torch.from_numpy(arr).permute(2, 0, 1)
+        if tuple(img.shape[1:]) != tuple(res.sample.size):
+            return
+    path = drawdir.root / res.sample.item.key / "boxes.jpg"
+    fut = drawdir.submit(_write_jpeg, path, draw_boxes(img, rec["boxes"]))
+    drawdir.record(
+        res.sample.item.index,
+        {**rec, "key": res.sample.item.key, "outputs": {"files": [drawdir.rel(path)]}},
+        [fut],
+    )

@@ -1,0 +1,253 @@
+"""The ``cam`` job: overlays, grids and raw maps of every input, in an output folder.
+
+The per-image loop (:func:`run_cam`) over :func:`camcli.api.cams.iter_cams`; the files of each
+image are rendered and queued by :func:`camcli.api.cam_files.cam_outputs`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from camcli.api import cams
+from camcli.api.cam_files import CamWriteOptions, cam_outputs
+from camcli.api.progress import JobRun, Progress
+from camcli.api.session import Session
+from camcli.api.split import Split
+from camcli.data import inputs, loader
+from camcli.runs.outdir import OutDir
+
+
+def run_info(session: Session, command: str, options: dict, started: float) -> dict:
+    """The ``run.json`` of an output folder: versions, model and weights, device, options,
+    counts and wall time (seconds since ``started``, a ``time.time()``)."""
+    import platform
+
+    import torchvision
+
+    from camcli import __version__
+
+    m = session.model
+    return {
+        "command": command,
+        "camcli": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "model": m.name,
+        "weights": m.weights_source,
+        "weights_sha256": m.weights_sha256,
+        "num_classes": m.num_classes,
+        "preprocess": m.preprocess.to_dict(),
+        "device": str(session.device),
+        "batch_size": session.batch_size,
+        "options": options,
+        "counts": dict(session.stats),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+
+
+def run_cam(
+    session: Session,
+    items: list[inputs.InputItem],
+    opts: cams.CamOptions,
+    wopts: CamWriteOptions,
+    out: OutDir,
+    *,
+    on_record=None,
+) -> dict:
+    """The per-image loop of ``cam`` over ``items`` (already filtered for --resume).
+
+    Args:
+        session: the model.
+        items: the inputs to process.
+        opts: which maps (:class:`camcli.api.cams.CamOptions`).
+        wopts: which files (:class:`camcli.api.cam_files.CamWriteOptions`).
+        out: the output folder; each input gets its manifest line (files or error).
+        on_record: called with each input's manifest record, in input order.
+
+    Returns:
+        ``session.stats``, ``{"ok", "failed"}`` counts.
+
+    Raises:
+        CamcliError: a failed write (exit 5), as soon as it is seen.
+    """
+    keep = wopts.overlays or wopts.grid
+    out.profiler = session.profiler
+    # On the CPU, writer threads running beside the multi-threaded forward pass steal a core
+    # from one of its threads and stall the whole parallel region (stragglers): there the
+    # previous batch's files are finished, in parallel, before the next forward starts. On a
+    # GPU they overlap with it.
+    sync = session.device.type == "cpu" and not wopts.device_render
+
+    def before_forward() -> None:
+        with session.profiler.stage("encode+write (waited)"):
+            out.drain()
+
+    for res in cams.iter_cams(
+        session, items, opts, keep_image=keep, before_forward=before_forward if sync else None
+    ):
+        if isinstance(res, loader.Sample):
+            rec = {"image": res.item.path, "key": res.item.key, "error": res.error}
+            out.record(res.item.index, rec)
+        else:
+            with session.profiler.stage("post-process"):
+                outputs, futures = cam_outputs(res, out, wopts)
+            rec = {**res.record, "key": res.sample.item.key, "outputs": outputs}
+            out.record(res.sample.item.index, rec, futures)
+        out.check_errors()
+        if on_record:
+            on_record(rec)
+    out.drain()
+    out.check_errors()
+    return session.stats
+
+
+def options_dict(*objs) -> dict:
+    """The fields of option dataclasses merged into one dict (run.json's ``options``); a
+    later object's field wins."""
+    d: dict = {}
+    for o in objs:
+        d.update(asdict(o))
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass(frozen=True)
+class CamJobOptions:
+    """Everything one ``cam`` run is asked to do; the CLI has checked the combinations.
+
+    Attributes:
+        out: the output folder: ``<key>/<rank>_<label>.<fmt>`` overlays, ``<key>/grid.<fmt>``,
+            ``<key>.npz`` maps, ``manifest.jsonl`` (a record per input), ``run.json``.
+        inputs: the command-line inputs, recorded in run.json.
+        top_k: classes per image, best first (unless ``classes``).
+        classes: class names or indices (strings) mapped for every image instead of the top k.
+        norm: map normalisation, ``"minmax"``, ``"max"`` or ``"none"``.
+        interpolation: map upsampling, ``"bilinear"`` or ``"bicubic"``.
+        ten_crop: the official ILSVRC ten-crop merge.
+        colormap: a :data:`camcli.cam.render.COLORMAPS` name.
+        alpha: heatmap weight in the overlay, in [0, 1].
+        fmt: overlay and grid format, ``"jpg"`` or ``"png"``.
+        overlays: write one overlay per class.
+        grid: write one captioned image per input: the original and its overlays.
+        save_maps: write the raw maps, float32 [k, H, W] at original resolution, as .npz.
+        resume: skip the inputs ``out/manifest.jsonl`` lists as complete.
+    """
+
+    out: Path
+    inputs: tuple[str, ...] = ()
+    top_k: int = 5
+    classes: tuple[str, ...] | None = None
+    norm: str = "minmax"
+    interpolation: str = "bilinear"
+    ten_crop: bool = False
+    colormap: str = "jet"
+    alpha: float = 0.5
+    fmt: str = "jpg"
+    overlays: bool = True
+    grid: bool = False
+    save_maps: bool = False
+    resume: bool = False
+
+
+def run_cam_job(
+    opts: CamJobOptions,
+    session: Session,
+    items: list[inputs.InputItem],
+    split: Split,
+    progress: Progress | None = None,
+    *,
+    started: float | None = None,
+) -> JobRun:
+    """The ``cam`` job: this process's share of ``items`` into ``opts.out``.
+
+    Args:
+        opts: what to do.
+        session: the model to run.
+        items: the discovered inputs of the whole run (every shard's), sorted.
+        split: this process's shard (``--shard``, torchrun); under torchrun rank 0 joins the
+            ranks' manifests when all have finished.
+        progress: told the work to do and each record.
+        started: ``time.time()`` when the run began (run.json's wall time); default now.
+
+    Returns:
+        The counts (:class:`camcli.api.progress.JobRun`).
+
+    Raises:
+        CamcliError: an unknown ``classes`` entry (exit 2, before any image is decoded); a
+            failed write (exit 5; the manifest lists what is done, rerun with ``resume``).
+    """
+    started = time.time() if started is None else started
+    progress = progress or Progress()
+    mine = split.select(items)
+    copts = cams.CamOptions(
+        top_k=opts.top_k,
+        classes=cams.resolve_classes(session.model, list(opts.classes) if opts.classes else None),
+        norm=opts.norm,
+        interpolation=opts.interpolation,
+        ten_crop=opts.ten_crop,
+    )
+    wopts = CamWriteOptions(
+        colormap=opts.colormap,
+        alpha=opts.alpha,
+        fmt=opts.fmt,
+        overlays=opts.overlays,
+        grid=opts.grid,
+        save_maps=opts.save_maps,
+        device_render=session.device_codec,
+    )
+    sharded = split.shard is not None
+    outdir = OutDir(
+        opts.out,
+        resume=opts.resume,
+        shard=split.shard,
+        own_keys={it.key for it in mine} if sharded else None,
+    )
+    todo = [it for it in mine if it.key not in outdir.done]
+    skipped = len(mine) - len(todo)
+    progress.start(len(todo), skipped, len(mine))
+    interrupted = completed = False
+    try:
+        run_cam(session, todo, copts, wopts, outdir, on_record=progress.record)
+        completed = True
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        progress.stop()
+        outdir.close(order=[(it.index, it.key) for it in mine], cancel=interrupted)
+        if completed and not outdir.failed:
+            options = {
+                **options_dict(copts, wopts),
+                "inputs": list(opts.inputs),
+                "resumed": skipped,
+            }
+            info = run_info(session, "cam", options, started)
+            if sharded:
+                info["shard"] = str(split.shard)
+                info["inputs_total"] = len(items)
+            outdir.write_run_json(info)
+    outdir.check_errors()  # a failed write: one line, exit 5, the manifest lists what is done
+    st = session.stats
+    ok, failed, skipped_all = split.total([st["ok"], st["failed"], skipped])
+    split.barrier()
+    if split.dist is not None and split.main:
+        from camcli.runs.merge import merge_outdir
+
+        merge_outdir(outdir.root, keys=[it.key for it in items])
+    return JobRun(
+        stats=st,
+        ok=ok,
+        failed=failed,
+        skipped=skipped_all,
+        selected=len(mine),
+        total=len(items),
+        main=split.main,
+    )

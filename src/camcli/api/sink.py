@@ -1,0 +1,89 @@
+"""Where a command's per-image JSON records go: a resumable FILE, stdout, or a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from camcli.api.split import Split
+from camcli.data.records import JsonlWriter
+
+
+class RecordSink:
+    """Where a command's JSON records go: a resumable FILE (a shard writes its part
+    ``FILE.shard-I-of-N``), JSON Lines on stdout, or a table (collected)."""
+
+    def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
+        from camcli.runs.records import RecordFile
+
+        self.target = None if output in (None, "-") else Path(output)
+        self.split = split
+        self.table = table
+        self.collected: list[dict] = []
+        self.rfile = None
+        self.stdout = None
+        if self.target is not None:
+            part = split.shard is not None
+            path = split.shard.part(self.target) if part else self.target
+            self.rfile = RecordFile(
+                path, resume=resume, part=part, also=(self.target,) if part else ()
+            )
+        elif not table:
+            self.stdout = JsonlWriter("-")
+
+    @property
+    def done(self) -> dict[str, dict]:
+        """Records of an earlier run kept by ``resume``, by image path."""
+        return self.rfile.done if self.rfile is not None else {}
+
+    def write(self, rec: dict) -> None:
+        """Write (or collect, for a table) one record."""
+        if self.rfile is not None:
+            self.rfile.write(rec)
+        elif self.table:
+            self.collected.append(rec)
+        else:
+            self.stdout.write(rec)
+
+    def finish(self, order: list[str], *, complete: bool) -> list[dict] | None:
+        """Close the output; the records in ``order`` for a FILE (also resumed ones)."""
+        if self.rfile is not None:
+            return self.rfile.finish(order, complete=complete)
+        if self.stdout is not None:
+            self.stdout.close()
+        return None
+
+    def join(self, items: list) -> list[dict] | None:
+        """torchrun, after every rank finished: rank 0 joins the ranks' parts into FILE in input
+        order and removes them; returns the joined records on rank 0 (None elsewhere)."""
+        if self.split.dist is None or self.target is None:
+            return None
+        recs = None
+        if self.split.main:
+            recs = join_parts(self.target, self.split.shard.count, items)
+        return recs
+
+
+def join_parts(target: Path, count: int, items: list) -> list[dict]:
+    """Join the ``count`` shard parts of ``target`` into it in the order of ``items`` (the
+    discovered inputs) and remove the parts; returns the joined records.
+
+    Raises:
+        CamcliError: the write failed (exit 5).
+    """
+    import json
+
+    from camcli.atomic import write_atomic
+    from camcli.runs.merge import merge_records_in_order
+    from camcli.runs.shards import part_path
+
+    parts = [part_path(target, i, count) for i in range(count)]
+    lines = merge_records_in_order([it.path for it in items], parts)
+    try:
+        write_atomic(target, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
+    except OSError as exc:
+        from camcli.errors import write_error
+
+        raise write_error(exc, target) from None
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return [json.loads(x) for x in lines]
