@@ -15,15 +15,15 @@ if TYPE_CHECKING:
 
 
 def resolve_inputs(inputs: list[str]):
-    from camcli.data import inputs
+    from camcli.data.inputs import IMAGE_EXTENSIONS, discover
 
     if inputs.count("-") > 1:
         raise CamcliError("'-' (paths on stdin) may be given once")
-    items = inputs.discover(inputs)
+    items = discover(inputs)
     if not items:
         raise CamcliError(
             f"no images found in {' '.join(inputs)}: give image files, folders holding "
-            f"{', '.join(sorted(inputs.IMAGE_EXTENSIONS))} files, or - with paths on stdin",
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))} files, or - with paths on stdin",
             Exit.NO_INPUT,
         )
     return items
