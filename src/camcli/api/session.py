@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from camcli.data import codec, inputs, loader
+from camcli.data import inputs, loader
+from camcli.data.codec import DEFAULT_MAX_PIXELS
 from camcli.errors import CamcliError
 from camcli.models.gap import GapModel
 from camcli.models.load import load_model
@@ -41,7 +42,7 @@ class Session:
     device: torch.device
     batch_size: int
     workers: int | None = None
-    max_pixels: int = codec.DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     precision: str = "fp32"
     profiler: Profiler | None = None
     device_codec: bool = False  # JPEG decode (and overlay render/encode) on the device
@@ -61,7 +62,7 @@ class Session:
         batch_size: int | None = None,
         offline: bool = False,
         workers: int | None = None,
-        max_pixels: int = codec.DEFAULT_MAX_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = "fp32",
         profile: bool = False,
         codec: str = "auto",
