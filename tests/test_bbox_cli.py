@@ -422,3 +422,22 @@ def test_profile_reports_the_box_stage(camcli_run, cli_ckpt, cli_images, tmp_pat
     stages = [line.split()[0] for line in err.splitlines() if line.startswith("  ")]
     assert code in (0, 1) and "profile:" in err
     assert {"forward", "cam", "boxes", "other"} <= set(stages)
+
+
+def test_from_maps_truncated_and_misshapen_files_fail_alone(tmp_path, hand_maps, capsys):
+    """The one map-file reader (camcli.data.mapfiles) behind bbox --from-maps: a cut .npz and
+    one whose cams do not match its class_indices each fail their own record (exit 1) with a
+    one-line reason; the good file still gets its boxes."""
+    good = (hand_maps / "blocks.npz").read_bytes()
+    (hand_maps / "cut.npz").write_bytes(good[: len(good) // 2])
+    np.savez(hand_maps / "shape.npz", cams=np.zeros((3, 4, 5), np.float32),
+             class_indices=np.array([1, 2], np.int64))  # fmt: skip
+    out = tmp_path / "r.jsonl"
+    assert run_main("bbox", "--from-maps", hand_maps, "--output", out, "--quiet") == 1
+    by_name = {Path(r["image"]).name: r for r in records(out)}
+    assert by_name["blocks.npz"]["boxes"][0]["box"] == [10, 3, 19, 7]
+    assert by_name["cut.npz"]["error"].startswith("cannot read map file (")
+    assert by_name["shape.npz"]["error"] == (
+        "cannot read map file (cams has shape [3, 4, 5], expected [k, H, W] with k = 2 "
+        "class_indices)"
+    )

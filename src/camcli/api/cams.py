@@ -11,7 +11,7 @@ import torch
 from camcli.api.predict import prediction_list
 from camcli.api.session import Session
 from camcli.data import inputs, loader
-from camcli.errors import CamcliError, Exit
+from camcli.errors import CamcliError
 from camcli.models.gap import GapModel
 
 
@@ -225,50 +225,24 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
         None, the file's key as output key) or a failed Sample for an unreadable file.
 
     Raises:
-        CamcliError: ``root`` is not a folder or holds no .npz file (exit 3).
+        NoInputError: ``root`` is not a folder or holds no .npz file (exit 3), raised by
+            :func:`camcli.data.mapfiles.list_map_files`, the one reader of map files.
     """
-    from pathlib import Path
-
     import numpy as np
 
-    base = Path(root)
-    if not base.is_dir():
-        raise CamcliError(f"--from-maps {root}: not a folder of .npz map files", Exit.NO_INPUT)
-    files = sorted(base.rglob("*.npz"), key=lambda p: p.relative_to(base).as_posix())
-    if not files:
-        raise CamcliError(
-            f"--from-maps {root}: no .npz files found; write them with "
-            "`camcli cam ... --save-maps`",
-            Exit.NO_INPUT,
-        )
-    for i, f in enumerate(files):
-        key = f.relative_to(base).with_suffix("").as_posix()
+    from camcli.data.mapfiles import MapFileError, list_map_files, read_map_file
+
+    for i, f in enumerate(list_map_files(root, flag="--from-maps")):
+        key = f.relative_to(root).with_suffix("").as_posix()
         try:
-            with np.load(f, allow_pickle=False) as z:
-                cams = np.asarray(z["cams"], dtype=np.float32)
-                cls = np.asarray(z["class_indices"], dtype=np.int64).reshape(-1)
-                image = str(z["image"]) if "image" in z else str(f)
-                scores = (
-                    np.asarray(z["scores"], dtype=np.float32).reshape(-1)
-                    if "scores" in z
-                    else np.full(len(cls), np.nan, np.float32)
-                )
-                labels = (
-                    [str(x) for x in z["labels"].reshape(-1)]
-                    if "labels" in z
-                    else [f"class_{c}" for c in cls]
-                )
-            if cams.ndim == 2:
-                cams = cams[None]
-            if cams.ndim != 3 or cams.shape[0] != len(cls) or min(cams.shape[1:]) < 1:
-                raise ValueError(
-                    f"cams has shape {list(cams.shape)}, expected [k, H, W] with "
-                    f"k = {len(cls)} class_indices"
-                )
-        except (OSError, KeyError, ValueError) as exc:
-            item = inputs.InputItem(i, str(f), key)
-            yield loader.Sample(item, None, None, error=f"cannot read map file ({exc})")
+            mf = read_map_file(f, root)
+        except MapFileError as exc:
+            yield loader.Sample(inputs.InputItem(i, str(f), key), None, None, error=str(exc))
             continue
+        cams, cls = mf.cams, mf.header.class_indices
+        image = mf.header.image or str(f)
+        scores = mf.scores if mf.scores is not None else np.full(len(cls), np.nan, np.float32)
+        labels = mf.header.labels or [f"class_{c}" for c in cls]
         if top_k is not None:
             cams, cls, scores, labels = cams[:top_k], cls[:top_k], scores[:top_k], labels[:top_k]
         item = inputs.InputItem(i, image, key)
