@@ -500,7 +500,7 @@ def test_cli_non_finite_loss_exits_1_with_the_loop_message(shapes, tmp_path, cap
 
 
 def test_format_record():
-    from camcli.cli.train_cmd import format_record
+    from camcli.cli.train_progress import format_record
 
     line = format_record(
         {
