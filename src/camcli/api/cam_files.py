@@ -18,11 +18,20 @@ from camcli.data.codec import encode_image
 from camcli.runs.outdir import OutDir, safe_label
 
 
-@dataclass
+@dataclass(frozen=True)
 class CamWriteOptions:
-    """What files each image gets (fields as in :class:`camcli.api.cam_job.CamJobOptions`).
+    """What files each image of a ``cam`` run gets.
 
-    ``device_render``: render and encode on the maps' device (the GPU path).
+    Attributes:
+        colormap: a :data:`camcli.cam.render.COLORMAPS` name.
+        alpha: heatmap weight in the overlay, in [0, 1].
+        fmt: overlay and grid format, ``"jpg"`` or ``"png"``.
+        overlays: write one overlay per class, ``<key>/<rank>_<label>.<fmt>``.
+        grid: write one captioned image per input, ``<key>/grid.<fmt>``: the original and its
+            overlays.
+        save_maps: write the raw maps, float32 [k, H, W] at original resolution, ``<key>.npz``.
+        device_render: render and encode on the maps' device (the GPU path); set from the
+            session by :func:`camcli.api.cam_job.run_cam_job`.
     """
 
     colormap: str = "jet"

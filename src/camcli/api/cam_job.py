@@ -7,7 +7,7 @@ image are rendered and queued by :func:`camcli.api.cam_files.cam_outputs`.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -132,12 +132,7 @@ class CamJobOptions:
         norm: map normalisation, ``"minmax"``, ``"max"`` or ``"none"``.
         interpolation: map upsampling, ``"bilinear"`` or ``"bicubic"``.
         ten_crop: the official ILSVRC ten-crop merge.
-        colormap: a :data:`camcli.cam.render.COLORMAPS` name.
-        alpha: heatmap weight in the overlay, in [0, 1].
-        fmt: overlay and grid format, ``"jpg"`` or ``"png"``.
-        overlays: write one overlay per class.
-        grid: write one captioned image per input: the original and its overlays.
-        save_maps: write the raw maps, float32 [k, H, W] at original resolution, as .npz.
+        write: what files each image gets (:class:`CamWriteOptions`).
         resume: skip the inputs ``out/manifest.jsonl`` lists as complete.
     """
 
@@ -148,12 +143,7 @@ class CamJobOptions:
     norm: str = "minmax"
     interpolation: str = "bilinear"
     ten_crop: bool = False
-    colormap: str = "jet"
-    alpha: float = 0.5
-    fmt: str = "jpg"
-    overlays: bool = True
-    grid: bool = False
-    save_maps: bool = False
+    write: CamWriteOptions = CamWriteOptions()
     resume: bool = False
 
 
@@ -194,15 +184,7 @@ def run_cam_job(
         interpolation=opts.interpolation,
         ten_crop=opts.ten_crop,
     )
-    wopts = CamWriteOptions(
-        colormap=opts.colormap,
-        alpha=opts.alpha,
-        fmt=opts.fmt,
-        overlays=opts.overlays,
-        grid=opts.grid,
-        save_maps=opts.save_maps,
-        device_render=session.device_codec,
-    )
+    wopts = replace(opts.write, device_render=session.device_codec)
     sharded = split.shard is not None
     outdir = OutDir(
         opts.out,

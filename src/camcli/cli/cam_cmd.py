@@ -82,6 +82,7 @@ def cam(
 
     Example: camcli cam images/ --out cams/ --model resnet50 --top-k 5 --grid --save-maps
     """
+    from camcli.api.cam_files import CamWriteOptions
     from camcli.api.cam_job import CamJobOptions, run_cam_job
     from camcli.api.split import plan_split
     from camcli.cam.render import COLORMAPS
@@ -101,12 +102,14 @@ def cam(
         norm=norm.value,
         interpolation=interpolation.value,
         ten_crop=ten_crop,
-        colormap=colormap,
-        alpha=alpha,
-        fmt=fmt.value,
-        overlays=not no_overlay,
-        grid=grid,
-        save_maps=save_maps,
+        write=CamWriteOptions(
+            colormap=colormap,
+            alpha=alpha,
+            fmt=fmt.value,
+            overlays=not no_overlay,
+            grid=grid,
+            save_maps=save_maps,
+        ),
         resume=resume,
     )
     items = resolve_inputs(inputs)
