@@ -43,17 +43,17 @@ def _root(
 
 
 def _register() -> None:
-    from camcli.cli import models_cmd, predict_cmd
+    from camcli.cli import (
+        bbox_cmd,
+        cam_cmd,
+        eval_cmd,
+        merge_cmd,
+        models_cmd,
+        predict_cmd,
+        train_cmd,
+    )
 
-    models_cmd.register(app)
-    predict_cmd.register(app)
-    for mod in ("cam_cmd", "bbox_cmd", "eval_cmd", "train_cmd", "merge_cmd"):
-        try:
-            m = __import__(f"camcli.cli.{mod}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"camcli.cli.{mod}":
-                raise
-            continue
+    for m in (models_cmd, predict_cmd, cam_cmd, bbox_cmd, eval_cmd, train_cmd, merge_cmd):
         m.register(app)
 
 

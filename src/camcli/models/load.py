@@ -134,7 +134,7 @@ def build_model(
             trunk, nn.Linear(1024, n), pool, name=entry.name, preprocess=pre, categories=cats
         )
     elif entry.builder == "small":
-        from camcli.models.small import build_small_trunk
+        from camcli.models.camnet_small import build_small_trunk
 
         trunk, k = build_small_trunk(entry, **(arch_options or {}))
         model = GapModel(

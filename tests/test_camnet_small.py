@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from camcli.cam import pipeline
-from camcli.models.load import build_model, entry_for
-from camcli.models.registry import get_entry
-from camcli.models.small import (
+from camcli.models.camnet_small import (
     SmallArchError,
     build_small_trunk,
     feature_channels,
     feature_size,
     small_options,
 )
+from camcli.models.load import build_model, entry_for
+from camcli.models.registry import get_entry
 
 
 @pytest.mark.parametrize(
