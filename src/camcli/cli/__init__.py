@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -90,27 +90,37 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             sys.exit(0)
     except Exception as exc:  # noqa: BLE001
-        try:
-            from typer._click.exceptions import ClickException
-        except ImportError:  # typer versions that depend on click
-            from click.exceptions import ClickException
-
-        if isinstance(exc, ClickException):
-            exc.show()
-            sys.exit(Exit.USAGE)
+        _exit_on_usage_error(exc)
         if debug:
             raise
-        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-            from camcli.errors import write_error
-
-            werr = write_error(exc, exc.filename or "the output", resumable=False)
-            error(str(werr))
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no second failure at exit
-            sys.exit(werr.code)
-        code = _exit_for(exc)
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if code == 1 and not isinstance(exc, CamcliError):
-            msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
-        error(msg)
-        sys.exit(code)
+        _exit_on_error(exc)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _exit_on_usage_error(exc: Exception) -> None:
+    """A click usage error: its message and exit 2; anything else returns."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # typer versions that depend on click
+        from click.exceptions import ClickException
+
+    if isinstance(exc, ClickException):
+        exc.show()
+        sys.exit(Exit.USAGE)
+
+
+def _exit_on_error(exc: Exception) -> NoReturn:
+    """One error line and the exit code of ``exc`` (a full disk etc.: the write error's)."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        from camcli.errors import write_error
+
+        werr = write_error(exc, exc.filename or "the output", resumable=False)
+        error(str(werr))
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no second failure at exit
+        sys.exit(werr.code)
+    code = _exit_for(exc)
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if code == 1 and not isinstance(exc, CamcliError):
+        msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
+    error(msg)
+    sys.exit(code)

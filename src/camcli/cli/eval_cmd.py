@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from camcli.errors import CamcliError, Exit
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # (key, label, is a fraction) in table order
 _ROWS = (
@@ -151,33 +154,11 @@ def eval_command(
     from camcli.evaluate.groundtruth import read_ground_truth
     from camcli.evaluate.labels import load_label_map
     from camcli.evaluate.mapjobs import default_map_workers
-    from camcli.evaluate.report import SOURCE_KEYS, eval_result
-    from camcli.evaluate.taus import parse_taus
+    from camcli.evaluate.report import eval_result
 
-    given = [k for k, v in zip(SOURCE_KEYS, (boxes, maps, submission)) if v is not None]
-    if len(given) != 1:
-        raise CamcliError("give exactly one of --boxes, --maps or --submission")
-    if plot is not None and maps is None:
-        raise CamcliError("--plot draws BoxAcc curves, which need --maps")
-    if plot is not None and Path(plot).suffix.lower() != ".png":
-        raise CamcliError(f"--plot {plot}: give a .png file name")
-    if submission_format not in ("auto", "ilsvrc", "kaggle"):
-        raise CamcliError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
-    try:
-        tau_grid = parse_taus(taus)
-    except ValueError as exc:
-        raise CamcliError(str(exc)) from None
-    if boxes is not None and boxes.count("-") > 1:
-        raise CamcliError("--boxes - (records on stdin) may be given once")
-    for flag, path in (
-        *(("--boxes", b) for b in boxes or ()),
-        ("--submission", submission),
-        ("--blacklist", blacklist),
-    ):
-        if path not in (None, "-") and not Path(path).is_file():
-            raise CamcliError(f"{flag} {path}: no such file", Exit.NO_INPUT)
-    if masks is not None and not Path(masks).is_dir():
-        raise CamcliError(f"--masks {masks}: not a folder", Exit.NO_INPUT)
+    _check_source(boxes, maps, submission, plot, submission_format)
+    tau_grid = _tau_grid(taus)
+    _check_inputs(boxes, submission, blacklist, masks)
 
     truth = read_ground_truth(gt, gt_format)
     labels = load_label_map(synsets=synsets, categories=categories, model=model)
@@ -207,6 +188,55 @@ def eval_command(
         if bar:
             bar.stop()
     return report(result, output=output, plot=plot, quiet=quiet, gt=gt)
+
+
+def _check_source(
+    boxes: list[str] | None,
+    maps: str | None,
+    submission: str | None,
+    plot: str | None,
+    submission_format: str,
+) -> None:
+    """Exactly one prediction source; --plot only with --maps and a .png name; a known
+    submission format."""
+    from camcli.evaluate.report import SOURCE_KEYS
+
+    given = [k for k, v in zip(SOURCE_KEYS, (boxes, maps, submission)) if v is not None]
+    if len(given) != 1:
+        raise CamcliError("give exactly one of --boxes, --maps or --submission")
+    if plot is not None and maps is None:
+        raise CamcliError("--plot draws BoxAcc curves, which need --maps")
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        raise CamcliError(f"--plot {plot}: give a .png file name")
+    if submission_format not in ("auto", "ilsvrc", "kaggle"):
+        raise CamcliError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
+
+
+def _tau_grid(taus: str) -> np.ndarray:
+    """The --taus grid; a malformed one is a usage error."""
+    from camcli.evaluate.taus import parse_taus
+
+    try:
+        return parse_taus(taus)
+    except ValueError as exc:
+        raise CamcliError(str(exc)) from None
+
+
+def _check_inputs(
+    boxes: list[str] | None, submission: str | None, blacklist: str | None, masks: str | None
+) -> None:
+    """Stdin read at most once; every input file and the --masks folder exist (exit 3)."""
+    if boxes is not None and boxes.count("-") > 1:
+        raise CamcliError("--boxes - (records on stdin) may be given once")
+    for flag, path in (
+        *(("--boxes", b) for b in boxes or ()),
+        ("--submission", submission),
+        ("--blacklist", blacklist),
+    ):
+        if path not in (None, "-") and not Path(path).is_file():
+            raise CamcliError(f"{flag} {path}: no such file", Exit.NO_INPUT)
+    if masks is not None and not Path(masks).is_dir():
+        raise CamcliError(f"--masks {masks}: not a folder", Exit.NO_INPUT)
 
 
 def report(

@@ -198,39 +198,14 @@ def load_label_map(
     wnids = ids = None
     src = []
     if synsets:
-        from camcli.evaluate.synsets import SynsetError, load_synsets
-
-        try:
-            sm = load_synsets(synsets, num_classes=None)
-        except SynsetError as exc:
-            raise GtError(str(exc)) from None
-        wnids = list(sm.wnids)
-        ids = list(sm.ilsvrc_ids) if sm.ilsvrc_ids is not None else None
-        names = [n or None for n in sm.names]
+        wnids, ids, names = _read_synsets(synsets)
         src.append(f"synsets {synsets}")
     cat_names: list[str] | None = None
     if categories:
-        p = Path(categories)
-        if p.is_file():
-            cat_names = [
-                ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()
-            ]
-        else:
-            from camcli.models.registry import RegistryError, load_categories
-
-            try:
-                cat_names = list(load_categories(categories))
-            except RegistryError:
-                raise GtError(
-                    f"--categories {categories!r}: neither a file (one class name per line) "
-                    "nor a packaged set like imagenet1k"
-                ) from None
+        cat_names = _read_categories(categories)
         src.append(f"categories {categories}")
     elif model:
-        from camcli.models.registry import get_entry, load_categories
-
-        cat_set = "imagenet1k" if model.startswith("torchvision:") else get_entry(model).categories
-        cat_names = list(load_categories(cat_set))
+        cat_names = _model_categories(model)
         src.append(f"model {model}")
     if cat_names is not None:
         if wnids is not None and len(wnids) != len(cat_names):
@@ -242,3 +217,42 @@ def load_label_map(
     if not src:
         return None
     return LabelMap(names, wnids=wnids, ilsvrc_ids=ids, explicit=True, source=", ".join(src))
+
+
+def _read_synsets(synsets: str) -> tuple[list[str], list[int] | None, list[str | None]]:
+    """The WNIDs (class order), ILSVRC IDs (or None) and names (None where empty) of a synsets
+    file; an unreadable one is a GtError."""
+    from camcli.evaluate.synsets import SynsetError, load_synsets
+
+    try:
+        sm = load_synsets(synsets, num_classes=None)
+    except SynsetError as exc:
+        raise GtError(str(exc)) from None
+    wnids = list(sm.wnids)
+    ids = list(sm.ilsvrc_ids) if sm.ilsvrc_ids is not None else None
+    names: list[str | None] = [n or None for n in sm.names]
+    return wnids, ids, names
+
+
+def _read_categories(categories: str) -> list[str]:
+    """The class names of a file (one per line, blank lines skipped) or a packaged set."""
+    p = Path(categories)
+    if p.is_file():
+        return [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    from camcli.models.registry import RegistryError, load_categories
+
+    try:
+        return list(load_categories(categories))
+    except RegistryError:
+        raise GtError(
+            f"--categories {categories!r}: neither a file (one class name per line) "
+            "nor a packaged set like imagenet1k"
+        ) from None
+
+
+def _model_categories(model: str) -> list[str]:
+    """The class names of a registry model (ImageNet's for ``torchvision:<name>``)."""
+    from camcli.models.registry import get_entry, load_categories
+
+    cat_set = "imagenet1k" if model.startswith("torchvision:") else get_entry(model).categories
+    return list(load_categories(cat_set))

@@ -7,7 +7,8 @@ on the map of its primary GT class, one tau for the whole split. The per-image w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from camcli.evaluate.labels import LabelMap
 from camcli.evaluate.mapjobs import MapJob, run_jobs
 from camcli.evaluate.masks import mask_paths
 from camcli.evaluate.matching import Matched, finish_result
-from camcli.evaluate.metrics import ImagePrediction
+from camcli.evaluate.metrics import GtTarget, ImagePrediction
 from camcli.evaluate.pxap import PxAPAccumulator
 from camcli.evaluate.taus import DEFAULT_TAUS
 from camcli.evaluate.truth import GroundTruth
@@ -79,23 +80,69 @@ def evaluate_maps(
         GtError: a GT label the map cannot read, or an unusable blacklist.
     """
     base = Path(maps_dir)
+    headers = _read_headers(maps_dir, base)
+    lm = labels if labels is not None else _labels_from_maps(headers)
+    targets, unknown = gt.targets(lm)
+    flags = blacklist_flags(gt, blacklist)
+    m = Matched()
+    file_of = _match_files(headers, gt, base, m)
+    tau_t = tuple(float(t) for t in np.asarray(taus, dtype=np.float64).reshape(-1))
+    acc = BoxAccumulator(tau_t, wsol_boxes=wsol_boxes)
+    pxap = PxAPAccumulator(tau_t)
+    keep = [i for i in range(len(gt)) if not subset or i in file_of]
+    plan = _plan_jobs(gt, keep, flags, targets, file_of, masks_dir, tau_t, wsol_boxes, acc)
+    scored = _score_jobs(plan, gt, m, acc, pxap, run_jobs(plan.jobs, workers, progress))
+    for i in file_of:
+        if i not in m.failed:
+            m.preds[i] = ImagePrediction()  # a map was there (scored or blacklisted)
+    out: dict = {
+        "n_images": len(keep),
+        "n_gt_images": len(gt),
+        "n_loc_images": acc.n,
+        "n_blacklisted": plan.n_black,
+        "n_no_gt_box": plan.n_no_box,
+        "n_missing_gt_class": len(scored.missing_cls),
+        "missing_gt_class": scored.missing_cls,
+        "n_renormalised": scored.renorm,
+        "wsol_boxes": wsol_boxes,
+    }
+    out.update(acc.result())
+    if scored.n_masked:
+        out["n_mask_images"] = scored.n_masked
+        try:
+            out["pxap"] = pxap.result()
+        except ValueError as exc:
+            out["pxap_error"] = str(exc)
+    return finish_result(out, gt, m, unknown)
+
+
+def _read_headers(maps_dir: str, base: Path) -> list[tuple[Path, MapHeader | str]]:
+    """Each map file with its header, or the message of why it could not be read."""
     headers: list[tuple[Path, MapHeader | str]] = []
     for f in list_map_files(maps_dir, flag="--maps"):
         try:
             headers.append((f, read_map_header(f, base)))
         except MapFileError as exc:
             headers.append((f, str(exc)))
-    lm = labels if labels is not None else LabelMap(explicit=False, source="the maps")
-    if labels is None:
-        lm.add_names(
-            p
-            for _, h in headers
-            if not isinstance(h, str)
-            for p in zip(h.class_indices.tolist(), h.labels or [])
-        )
-    targets, unknown = gt.targets(lm)
-    flags = blacklist_flags(gt, blacklist)
-    m = Matched()
+    return headers
+
+
+def _labels_from_maps(headers: list[tuple[Path, MapHeader | str]]) -> LabelMap:
+    """The label map inferred from the (index, label) pairs the readable maps store."""
+    lm = LabelMap(explicit=False, source="the maps")
+    lm.add_names(
+        p
+        for _, h in headers
+        if not isinstance(h, str)
+        for p in zip(h.class_indices.tolist(), h.labels or [])
+    )
+    return lm
+
+
+def _match_files(
+    headers: list[tuple[Path, MapHeader | str]], gt: GroundTruth, base: Path, m: Matched
+) -> dict[int, Path]:
+    """The map file of each GT image; unmatched, duplicate and unreadable files go into ``m``."""
     file_of: dict[int, Path] = {}
     for f, h in headers:
         if isinstance(h, str):  # unreadable: matched by its own name, it fails that image
@@ -112,72 +159,97 @@ def evaluate_maps(
             m.duplicates.append(h.name)
         else:
             file_of[i] = f
-    tau_t = tuple(float(t) for t in np.asarray(taus, dtype=np.float64).reshape(-1))
-    acc = BoxAccumulator(tau_t, wsol_boxes=wsol_boxes)
-    pxap = PxAPAccumulator(tau_t)
-    keep = [i for i in range(len(gt)) if not subset or i in file_of]
-    n_black = n_no_box = 0
-    jobs: list[MapJob] = []
-    job_of: list[int] = []
+    return file_of
+
+
+@dataclass
+class _JobPlan:
+    """The map jobs to run, the GT image of each, and the images skipped before any job."""
+
+    jobs: list[MapJob] = field(default_factory=list)
+    job_of: list[int] = field(default_factory=list)
+    n_black: int = 0
+    n_no_box: int = 0
+
+
+def _plan_jobs(
+    gt: GroundTruth,
+    keep: list[int],
+    flags: Sequence[bool],
+    targets: list[GtTarget],
+    file_of: dict[int, Path],
+    masks_dir: str | None,
+    tau_t: tuple[float, ...],
+    wsol_boxes: bool,
+    acc: BoxAccumulator,
+) -> _JobPlan:
+    """One job per kept GT image with boxes or masks and a map file.
+
+    Blacklisted images and those with neither boxes nor masks are counted; an image with boxes
+    but no map file counts as wrong in ``acc`` at once.
+    """
+    plan = _JobPlan()
     for i in keep:
         im = gt.images[i]
         if flags[i]:
-            n_black += 1
+            plan.n_black += 1
             continue
         cls = targets[i].classes[0]
         gboxes = tuple(targets[i].boxes_of(cls))
         mpaths, ignore = mask_paths(im, masks_dir)
         if not gboxes and not mpaths:
-            n_no_box += 1
+            plan.n_no_box += 1
             continue
         if i not in file_of:
             if gboxes:
                 acc.add_failed()
             continue
         size = (im.width, im.height) if im.width and im.height else None
-        jobs.append(
+        plan.jobs.append(
             MapJob(str(file_of[i]), cls, gboxes, size, tuple(mpaths), ignore, tau_t, wsol_boxes)
         )
-        job_of.append(i)
-    missing_cls: list[str] = []
-    renorm = n_masked = 0
-    for i, job, r in zip(job_of, jobs, run_jobs(jobs, workers, progress)):
+        plan.job_of.append(i)
+    return plan
+
+
+@dataclass
+class _Scored:
+    """What the job results add beyond the accumulators."""
+
+    missing_cls: list[str] = field(default_factory=list)
+    renorm: int = 0
+    n_masked: int = 0
+
+
+def _score_jobs(
+    plan: _JobPlan,
+    gt: GroundTruth,
+    m: Matched,
+    acc: BoxAccumulator,
+    pxap: PxAPAccumulator,
+    results: Iterable[tuple],
+) -> _Scored:
+    """Feed each job's result into ``acc`` / ``pxap``.
+
+    A map without the GT class or a failed one counts as wrong (failures go into ``m``).
+    """
+    scored = _Scored()
+    for i, job, r in zip(plan.job_of, plan.jobs, results):
         if r[0] == "ok":
             _, v1, v2, hist, re_ = r
-            renorm += re_
+            scored.renorm += re_
             if v1 is not None:
                 acc.add_ious(v1, v2)
             if hist is not None:
                 pxap.pos += hist[0]
                 pxap.neg += hist[1]
                 pxap.n += 1
-                n_masked += 1
+                scored.n_masked += 1
             continue
         if r[0] == "nocls":
-            missing_cls.append(gt.images[i].name)
+            scored.missing_cls.append(gt.images[i].name)
         else:
             m.failed[i] = {"image": job.path, "error": r[1]}
         if job.boxes:
             acc.add_failed()
-    for i in file_of:
-        if i not in m.failed:
-            m.preds[i] = ImagePrediction()  # a map was there (scored or blacklisted)
-    out: dict = {
-        "n_images": len(keep),
-        "n_gt_images": len(gt),
-        "n_loc_images": acc.n,
-        "n_blacklisted": n_black,
-        "n_no_gt_box": n_no_box,
-        "n_missing_gt_class": len(missing_cls),
-        "missing_gt_class": missing_cls,
-        "n_renormalised": renorm,
-        "wsol_boxes": wsol_boxes,
-    }
-    out.update(acc.result())
-    if n_masked:
-        out["n_mask_images"] = n_masked
-        try:
-            out["pxap"] = pxap.result()
-        except ValueError as exc:
-            out["pxap_error"] = str(exc)
-    return finish_result(out, gt, m, unknown)
+    return scored

@@ -189,13 +189,7 @@ def score_predictions(
     has_gk = any(p.gt_known is not None for p in preds)
     if n == 0:
         return out
-    for k in (1, 5):
-        if max_cls >= k:
-            err = sum(
-                1.0 if p is None else cls_error_image(p.classes, gt.classes, k)
-                for gt, p, _ in items
-            )
-            out[f"top{k}_cls_error"] = err / n
+    out.update(_cls_errors(items, max_cls))
     loc_items = [(gt, p) for gt, p, bl in items if not bl and gt.objects]
     out["n_loc_images"] = len(loc_items)
     out["n_blacklisted"] = sum(bool(bl) for _, _, bl in items)
@@ -203,23 +197,52 @@ def score_predictions(
     if not loc_items:
         return out
     if has_loc:
-        for k in (1, 5):
-            if max_loc >= k:
-                err = sum(
-                    1.0
-                    if p is None or p.guesses is None
-                    else loc_error_image(p.guesses, gt.objects, k, iou)
-                    for gt, p in loc_items
-                )
-                out[f"top{k}_loc_error"] = err / len(loc_items)
+        out.update(_loc_errors(loc_items, max_loc, iou))
     if has_gk:
-        right = missing = 0
-        for gt, p in loc_items:
-            primary = gt.classes[0]
-            if p is None or p.gt_known is None or p.gt_known[0] != primary:
-                missing += 1
-                continue
-            right += gt_known_correct(p.gt_known[1], gt.boxes_of(primary), iou)
-        out["gt_known_loc"] = right / len(loc_items)
-        out["n_missing_gt_known"] = missing
+        out.update(_gt_known(loc_items, iou))
     return out
+
+
+def _cls_errors(
+    items: list[tuple[GtTarget, ImagePrediction | None, bool]], max_cls: int
+) -> dict[str, float]:
+    """``top1_cls_error`` / ``top5_cls_error`` when some prediction ranks 1 / 5 classes."""
+    out = {}
+    for k in (1, 5):
+        if max_cls >= k:
+            err = sum(
+                1.0 if p is None else cls_error_image(p.classes, gt.classes, k)
+                for gt, p, _ in items
+            )
+            out[f"top{k}_cls_error"] = err / len(items)
+    return out
+
+
+def _loc_errors(
+    loc_items: list[tuple[GtTarget, ImagePrediction | None]], max_loc: int, iou: float
+) -> dict[str, float]:
+    """``top1_loc_error`` / ``top5_loc_error`` when some prediction has 1 / 5 guesses."""
+    out = {}
+    for k in (1, 5):
+        if max_loc >= k:
+            err = sum(
+                1.0
+                if p is None or p.guesses is None
+                else loc_error_image(p.guesses, gt.objects, k, iou)
+                for gt, p in loc_items
+            )
+            out[f"top{k}_loc_error"] = err / len(loc_items)
+    return out
+
+
+def _gt_known(loc_items: list[tuple[GtTarget, ImagePrediction | None]], iou: float) -> dict:
+    """``gt_known_loc`` and ``n_missing_gt_known`` (no GT-known box, or one for another class:
+    wrong)."""
+    right = missing = 0
+    for gt, p in loc_items:
+        primary = gt.classes[0]
+        if p is None or p.gt_known is None or p.gt_known[0] != primary:
+            missing += 1
+            continue
+        right += gt_known_correct(p.gt_known[1], gt.boxes_of(primary), iou)
+    return {"gt_known_loc": right / len(loc_items), "n_missing_gt_known": missing}

@@ -85,13 +85,7 @@ def eval_result(
     unreadable = list(truth.skipped)
     if boxes is not None:
         source = "boxes"
-        recs = [r for b in boxes for r in read_box_records(b, bad=unreadable)]
-        if not recs:
-            raise CamcliError(
-                f"--boxes {' '.join(boxes)}: no readable record"
-                + (f" ({unreadable[-1]})" if unreadable else ""),
-                Exit.NO_INPUT,
-            )
+        recs = _read_records(boxes, unreadable)
         result = evaluate_records(
             recs,
             truth,
@@ -129,6 +123,19 @@ def eval_result(
         result["unreadable"] = unreadable
         result["n_unreadable"] = len(unreadable)
     return order_result({"source": source, **result})
+
+
+def _read_records(boxes: Sequence[str], unreadable: list[str]) -> list[dict]:
+    """The readable records of the ``--boxes`` files, together (bad lines go into
+    ``unreadable``); none at all is an error (exit 3)."""
+    recs = [r for b in boxes for r in read_box_records(b, bad=unreadable)]
+    if not recs:
+        raise CamcliError(
+            f"--boxes {' '.join(boxes)}: no readable record"
+            + (f" ({unreadable[-1]})" if unreadable else ""),
+            Exit.NO_INPUT,
+        )
+    return recs
 
 
 def records_result(

@@ -110,37 +110,47 @@ def paper_trunk(
             load_strict(net, backbone_state, "alexnet backbone")
         body, c = list(net.features[:12]), 256
     elif arch == "googlenet":
-        net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
-        if backbone_state is not None:
-            load_strict(net, torchvision_state(net, backbone_state), "googlenet backbone")
-        # Present by default (it has no parameters), so trunk.* keys are the same whether the
-        # trunk was built from the backbone or from a trained checkpoint.
-        if transform_input is None:
-            transform_input = True
-        body = [TransformInput()] if transform_input else []
-        order = [
-            "conv1",
-            "maxpool1",
-            "conv2",
-            "conv3",
-            "maxpool2",
-            "inception3a",
-            "inception3b",
-            "maxpool3",
-            "inception4a",
-            "inception4b",
-            "inception4c",
-            "inception4d",
-            "inception4e",
-        ]
-        body += [getattr(net, n) for n in order]
-        c = 832
+        body, c = _googlenet_body(backbone_state, transform_input), 832
     else:
         raise ModelError(f"no paper network on architecture {arch!r}")
     head: list[nn.Module] = [nn.Conv2d(c, 1024, 3, padding=1), nn.ReLU(inplace=True)]
     if star:
         head += [nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(inplace=True)]
     return nn.Sequential(*body, *head)
+
+
+# GoogLeNet's modules up to inception4e, where the paper cuts it.
+_GOOGLENET_TO_4E = (
+    "conv1",
+    "maxpool1",
+    "conv2",
+    "conv3",
+    "maxpool2",
+    "inception3a",
+    "inception3b",
+    "maxpool3",
+    "inception4a",
+    "inception4b",
+    "inception4c",
+    "inception4d",
+    "inception4e",
+)
+
+
+def _googlenet_body(backbone_state: dict | None, transform_input: bool | None) -> list[nn.Module]:
+    """GoogLeNet up to inception4e (832 channels), after TransformInput unless it is False."""
+    import torchvision
+
+    net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
+    if backbone_state is not None:
+        load_strict(net, torchvision_state(net, backbone_state), "googlenet backbone")
+    # Present by default (it has no parameters), so trunk.* keys are the same whether the
+    # trunk was built from the backbone or from a trained checkpoint.
+    if transform_input is None:
+        transform_input = True
+    body: list[nn.Module] = [TransformInput()] if transform_input else []
+    body += [getattr(net, n) for n in _GOOGLENET_TO_4E]
+    return body
 
 
 def torchvision_state(net: nn.Module, state: dict) -> dict:

@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from camcli.atomic import AtomicFile
 from camcli.errors import WeightsError
@@ -164,44 +165,12 @@ def download(
     url, from_url = split_url(url)
     expected = expected_sha256 or from_url
     dest = cached_path(url)
-    if dest.is_file():
-        actual = sha256_file(dest)
-        if not expected or actual.startswith(expected.lower()):
-            return dest
-        if offline:
-            raise WeightsError(
-                f"--offline: the cached {dest} does not match its sha256 ({expected}...); "
-                f"replace it with a good copy of {url}"
-            )
-        # A corrupt cached copy: download again, replacing it atomically.
+    if _cached_copy_ok(dest, expected, url, offline):
+        return dest
     if offline:
         raise WeightsError(f"--offline: weights not cached; download {url} and place it at {dest}")
     try:
-        req = urllib.request.Request(url, headers={"User-Agent": "camcli"})
-        with (
-            AtomicFile(dest, fsync=True) as out,
-            urllib.request.urlopen(req, timeout=timeout) as resp,
-        ):
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            show = sys.stderr.isatty() if progress is None else progress
-            bar = _Progress(dest.name, total) if show else None
-            h = hashlib.sha256()
-            received = 0
-            try:
-                for chunk in iter(lambda: resp.read(CHUNK), b""):
-                    out.write(chunk)
-                    h.update(chunk)
-                    received += len(chunk)
-                    if bar:
-                        bar.advance(len(chunk))
-            finally:
-                if bar:
-                    bar.close()
-            if total is not None and received != total:
-                raise WeightsError(
-                    f"{url}: download broken off after {received} of {total} bytes; try again"
-                )
-            check_hash(h.hexdigest(), expected, url)
+        _fetch(url, dest, expected, progress, timeout)
     except WeightsError:
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
@@ -211,6 +180,60 @@ def download(
             f"with the file placed at {dest}"
         ) from exc
     return dest
+
+
+def _cached_copy_ok(dest: Path, expected: str | None, url: str, offline: bool) -> bool:
+    """Whether the cached ``dest`` is there and matches ``expected``; a corrupt copy is to be
+    downloaded again (replaced atomically), or an error offline."""
+    if not dest.is_file():
+        return False
+    actual = sha256_file(dest)
+    if not expected or actual.startswith(expected.lower()):
+        return True
+    if offline:
+        raise WeightsError(
+            f"--offline: the cached {dest} does not match its sha256 ({expected}...); "
+            f"replace it with a good copy of {url}"
+        )
+    return False
+
+
+def _fetch(
+    url: str, dest: Path, expected: str | None, progress: bool | None, timeout: float
+) -> None:
+    """Stream ``url`` into ``dest`` atomically; a short transfer or a digest that does not
+    match leaves nothing behind (WeightsError)."""
+    req = urllib.request.Request(url, headers={"User-Agent": "camcli"})
+    with (
+        AtomicFile(dest, fsync=True) as out,
+        urllib.request.urlopen(req, timeout=timeout) as resp,
+    ):
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = _Progress(dest.name, total) if show else None
+        received, digest = _copy_hashing(resp, out, bar)
+        if total is not None and received != total:
+            raise WeightsError(
+                f"{url}: download broken off after {received} of {total} bytes; try again"
+            )
+        check_hash(digest, expected, url)
+
+
+def _copy_hashing(resp: IO[bytes], out: IO[Any], bar: _Progress | None) -> tuple[int, str]:
+    """Copy ``resp`` to ``out`` in chunks, advancing ``bar``; (bytes copied, sha256 hex)."""
+    h = hashlib.sha256()
+    received = 0
+    try:
+        for chunk in iter(lambda: resp.read(CHUNK), b""):
+            out.write(chunk)
+            h.update(chunk)
+            received += len(chunk)
+            if bar:
+                bar.advance(len(chunk))
+    finally:
+        if bar:
+            bar.close()
+    return received, h.hexdigest()
 
 
 class _Progress:

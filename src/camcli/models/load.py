@@ -188,82 +188,122 @@ def load_model(
         WeightsError: the weights cannot be found, downloaded, verified or loaded, or do not
             fit the network.
     """
-    loaded = None
-
     if name is not None:  # refuse an unknown or unfit network before reading or downloading
-        first = entry_for(name)
-        if first.builder == "torchvision" and name.startswith(TV_PREFIX):
-            check_gap_head(first)
-    if weights is not None and not hub.is_url(weights) and Path(weights).exists():
-        loaded = hub.load_file(Path(weights))
-    elif weights is not None and hub.is_url(weights):
-        path = hub.download(weights, None, offline=offline)
-        loaded = hub.load_file(path, source=weights)
+        _check_network(name)
+    loaded = _load_file_or_url(weights, offline)
     ckpt = loaded.checkpoint if loaded else None
     if name is None:
         if ckpt is None:
             raise ModelError("--model is required unless --weights is a camcli checkpoint")
         name = ckpt["model"]
     if weights is not None and loaded is None:
-        # A registry name used as a weights name.
-        try:
-            wentry = get_entry(weights)
-        except RegistryError as exc:
-            raise WeightsError(
-                f"--weights {weights!r}: not a file, URL or registry name; pass a .pt/.pth/"
-                ".safetensors file, an https URL or a name from `camcli models`"
-            ) from exc
-        path = hub.download(wentry.url, wentry.sha256, offline=offline)
-        loaded = hub.load_file(path, source=wentry.url)
+        loaded = _load_named_weights(weights, offline)
     entry = entry_for(name)
     if loaded is None and entry.builder != "paper":
-        if entry.url is None:
-            raise WeightsError(f"{name}: no default weights; pass --weights")
-        path = hub.download(entry.url, entry.sha256, offline=offline)
-        loaded = hub.load_file(path, source=entry.url)
+        loaded = _load_default_weights(entry, name, offline)
         ckpt = loaded.checkpoint
     if ckpt is not None:
-        if ckpt.get("model") not in (None, name) and entry_for(ckpt["model"]).architecture != (
-            entry.architecture
-        ):
-            raise WeightsError(
-                f"{loaded.source}: checkpoint is for {ckpt['model']!r}, not {name!r}; "
-                f"use --model {ckpt['model']} or leave --model out"
-            )
-        pre = ckpt.get("preprocess")
-        model = build_model(
-            entry,
-            loaded.state_dict,
-            num_classes=len(ckpt["categories"]),
-            categories=ckpt["categories"],
-            preprocess=Preprocess.from_dict(pre) if pre else None,
-            pool=ckpt.get("pool"),
-            arch_options=ckpt.get("arch_options"),
-        )
+        model = _model_from_checkpoint(entry, name, loaded, ckpt)
     elif entry.builder == "paper":
         if loaded is None:
-            if require_trained_head:  # fail before downloading a backbone that cannot help
-                raise WeightsError(
-                    f"{name}: no trained GAP head; train it first (`camcli train DATA --model "
-                    f"{name} --out RUN`) and pass --weights RUN/best.pt"
-                )
-            path = hub.download(entry.url, entry.sha256, offline=offline)
-            loaded = hub.load_file(path, source=entry.url)
-        if any(k.startswith("trunk.") for k in loaded.state_dict):
-            model = build_model(entry, loaded.state_dict)
-        else:
-            if require_trained_head:
-                raise WeightsError(
-                    f"{name}: {loaded.source} holds backbone weights only and the GAP head is "
-                    f"untrained; train it first (`camcli train DATA --model {name} --out RUN`) "
-                    "and pass --weights RUN/best.pt"
-                )
-            model = build_model(entry, None, backbone_state=loaded.state_dict)
-            model.head_trained = False
+            loaded = _load_paper_backbone(entry, name, offline, require_trained_head)
+        model = _paper_model(entry, name, loaded, require_trained_head)
     else:
         model = build_model(entry, loaded.state_dict)
     model.weights_sha256 = loaded.sha256
     model.weights_source = loaded.source
+    return model
+
+
+def _check_network(name: str) -> None:
+    """Refuse an unknown network, or a torchvision one whose head is not GAP + one linear layer."""
+    first = entry_for(name)
+    if first.builder == "torchvision" and name.startswith(TV_PREFIX):
+        check_gap_head(first)
+
+
+def _load_file_or_url(weights: str | None, offline: bool) -> hub.LoadedWeights | None:
+    """The weights of a local file or a URL (downloaded); None for no spec or any other one."""
+    if weights is not None and not hub.is_url(weights) and Path(weights).exists():
+        return hub.load_file(Path(weights))
+    if weights is not None and hub.is_url(weights):
+        path = hub.download(weights, None, offline=offline)
+        return hub.load_file(path, source=weights)
+    return None
+
+
+def _load_named_weights(weights: str, offline: bool) -> hub.LoadedWeights:
+    """The weights of a registry name used as a weights name (downloaded)."""
+    try:
+        wentry = get_entry(weights)
+    except RegistryError as exc:
+        raise WeightsError(
+            f"--weights {weights!r}: not a file, URL or registry name; pass a .pt/.pth/"
+            ".safetensors file, an https URL or a name from `camcli models`"
+        ) from exc
+    path = hub.download(wentry.url, wentry.sha256, offline=offline)
+    return hub.load_file(path, source=wentry.url)
+
+
+def _load_default_weights(entry: ModelEntry, name: str, offline: bool) -> hub.LoadedWeights:
+    """The entry's default weights (downloaded); an error when it has none."""
+    if entry.url is None:
+        raise WeightsError(f"{name}: no default weights; pass --weights")
+    path = hub.download(entry.url, entry.sha256, offline=offline)
+    return hub.load_file(path, source=entry.url)
+
+
+def _model_from_checkpoint(
+    entry: ModelEntry, name: str, loaded: hub.LoadedWeights, ckpt: dict
+) -> GapModel:
+    """The model a camcli checkpoint describes; an error when it is for another architecture."""
+    if ckpt.get("model") not in (None, name) and entry_for(ckpt["model"]).architecture != (
+        entry.architecture
+    ):
+        raise WeightsError(
+            f"{loaded.source}: checkpoint is for {ckpt['model']!r}, not {name!r}; "
+            f"use --model {ckpt['model']} or leave --model out"
+        )
+    pre = ckpt.get("preprocess")
+    return build_model(
+        entry,
+        loaded.state_dict,
+        num_classes=len(ckpt["categories"]),
+        categories=ckpt["categories"],
+        preprocess=Preprocess.from_dict(pre) if pre else None,
+        pool=ckpt.get("pool"),
+        arch_options=ckpt.get("arch_options"),
+    )
+
+
+def _load_paper_backbone(
+    entry: ModelEntry, name: str, offline: bool, require_trained_head: bool
+) -> hub.LoadedWeights:
+    """A paper network's default (backbone) weights, downloaded only when an untrained head
+    is allowed."""
+    if require_trained_head:  # fail before downloading a backbone that cannot help
+        raise WeightsError(
+            f"{name}: no trained GAP head; train it first (`camcli train DATA --model "
+            f"{name} --out RUN`) and pass --weights RUN/best.pt"
+        )
+    path = hub.download(entry.url, entry.sha256, offline=offline)
+    return hub.load_file(path, source=entry.url)
+
+
+def _paper_model(
+    entry: ModelEntry, name: str, loaded: hub.LoadedWeights, require_trained_head: bool
+) -> GapModel:
+    """A paper network from GapModel weights, or around backbone weights (untrained head)."""
+    if any(k.startswith("trunk.") for k in loaded.state_dict):
+        return build_model(entry, loaded.state_dict)
+    if require_trained_head:
+        raise WeightsError(
+            f"{name}: {loaded.source} holds backbone weights only and the GAP head is "
+            f"untrained; train it first (`camcli train DATA --model {name} --out RUN`) "
+            "and pass --weights RUN/best.pt"
+        )
+    model = build_model(entry, None, backbone_state=loaded.state_dict)
+    model.head_trained = False
     return model
 
 

@@ -122,6 +122,23 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
     shards' ``run.shard-I-of-N.json`` into ``run.json`` (counts summed). A shard is finished when
     its run json is there. ``keys``: the inputs' keys in order, when known (torchrun's rank 0);
     else the manifests are interleaved. Returns the number of records."""
+    n = _manifest_shard_count(root)
+    parts, infos = _finished_shards(root, n)
+    lines = _merged_manifest(root, parts, infos, keys)
+    _write_lines(root / MANIFEST, lines)
+    if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
+        info = merged_run_info(infos)
+        write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())
+    if not keep_parts:
+        for i in range(n):
+            for name in shard_names(i, n):
+                (root / name).unlink(missing_ok=True)
+    return len(lines)
+
+
+def _manifest_shard_count(root: Path) -> int:
+    """N of the ``manifest.shard-I-of-N.jsonl`` files in ``root``; none, or several N, is an
+    error (exit 3)."""
     found: dict[int, dict[int, Path]] = {}
     for p in root.iterdir():
         m = PART_RE.match(p.name)
@@ -139,6 +156,12 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
             Exit.NO_INPUT,
         )
     ((n, _),) = found.items()
+    return n
+
+
+def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
+    """The manifest and parsed run json of shards 0..N-1; a shard without both (or with an
+    unreadable run json) is unfinished, an error (exit 3)."""
     infos, parts = [], []
     unfinished = []
     for i in range(n):
@@ -157,6 +180,14 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
             f"manifest or run.shard json); run them (with --resume) and merge again",
             Exit.NO_INPUT,
         )
+    return parts, infos
+
+
+def _merged_manifest(
+    root: Path, parts: list[Path], infos: list[dict], keys: list[str] | None
+) -> list[str]:
+    """The manifest lines in input order (by ``keys`` when given, else interleaved), checked
+    against shard 0's ``inputs_total``."""
     if keys is not None:
         by_key = {json.loads(x)["key"]: x for p in parts for x in read_jsonl(p)}
         lines = [by_key[k] for k in keys if k in by_key]
@@ -169,15 +200,7 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
             "incomplete, rerun it with --resume",
             Exit.NO_INPUT,
         )
-    _write_lines(root / MANIFEST, lines)
-    if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
-        info = merged_run_info(infos)
-        write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())
-    if not keep_parts:
-        for i in range(n):
-            for name in shard_names(i, n):
-                (root / name).unlink(missing_ok=True)
-    return len(lines)
+    return lines
 
 
 def merged_run_info(infos: list[dict]) -> dict:
