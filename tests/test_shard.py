@@ -115,7 +115,7 @@ def test_resumed_files_skip_bad_lines(tmp_path):
     """Resumed records and manifests skip a cut line, an error record and a non-object: those
     images are done again; the rewritten manifest holds the good lines only."""
     from camcli.runs.outdir import OutDir
-    from camcli.runs.records import RecordFile
+    from camcli.runs.recordfile import RecordFile
 
     target = tmp_path / "boxes.jsonl"
     target.write_text('{"image": "a", "n": 1}\n{"image": "b", "error": "x"}\n[1]\n')

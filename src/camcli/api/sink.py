@@ -13,7 +13,7 @@ class RecordSink:
     ``FILE.shard-I-of-N``), JSON Lines on stdout, or a table (collected)."""
 
     def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
-        from camcli.runs.records import RecordFile
+        from camcli.runs.recordfile import RecordFile
 
         self.target = None if output in (None, "-") else Path(output)
         self.split = split
