@@ -185,65 +185,116 @@ def run_bbox(
             decoded); a failed write (exit 5: rerun with ``resume`` to finish).
     """
     progress = progress or Progress()
-    from_maps = opts.from_maps
-    num_classes = maps_num_classes(from_maps) if from_maps is not None else None
+    synmap = _synset_map(opts, session)
     mine = split.select(items) if items is not None else None
+    # from maps: counted here; from a model: the session counts
+    stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
+    sink = RecordSink(opts.output, split, resume=opts.resume)
+    drawdir = _open_drawdir(opts, split, mine)
+    results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
+    progress.start(total, skipped, len(mine) if mine is not None else None)
+    records, completed = _write_box_records(
+        results, opts, session, mine, stats, sink=sink, drawdir=drawdir, progress=progress
+    )
+    if drawdir is not None:
+        _finish_drawings(drawdir, completed, split, items, stats, skipped)
+    if not records and stats["failed"] == 0 and opts.from_maps is None and sink.rfile and sink.done:
+        records = list(sink.done.values())
+    ok, failed, skipped = split.total([stats["ok"], stats["failed"], skipped])
+    split.barrier()
+    if split.dist is not None:
+        records = _join_ranks(sink, drawdir, split, items, records)
+    if split.main and opts.submission is not None:
+        write_submission(
+            opts.submission,
+            opts.submission_format,
+            synmap,
+            records,
+            tight_loose=opts.tight_loose,
+            images=opts.from_maps is None,
+        )
+    return BboxRun(
+        stats=stats,
+        ok=ok,
+        failed=failed,
+        skipped=skipped,
+        selected=len(mine) if mine is not None else None,
+        total=len(items) if items is not None else None,
+        main=split.main,
+        records=records,
+    )
+
+
+def _synset_map(opts: BboxOptions, session: Session | None):
+    """The ``--synsets`` mapping for the submission (None without ``synsets``), checked
+    against the model's (or the map files') number of classes."""
+    num_classes = maps_num_classes(opts.from_maps) if opts.from_maps is not None else None
     if session is not None:
         num_classes = session.model.num_classes
-    synmap = (
-        load_synsets(opts.synsets, opts.submission_format, num_classes) if opts.synsets else None
+    if not opts.synsets:
+        return None
+    return load_synsets(opts.synsets, opts.submission_format, num_classes)
+
+
+def _open_drawdir(
+    opts: BboxOptions, split: Split, mine: list[inputs.InputItem] | None
+) -> OutDir | None:
+    """The ``--draw`` folder (a shard's owns only its inputs' keys); None without ``draw``."""
+    if opts.draw is None:
+        return None
+    return OutDir(
+        opts.draw,
+        resume=opts.resume,
+        shard=split.shard,
+        own_keys={it.key for it in mine} if split.shard is not None else None,
     )
 
-    if from_maps is not None:
-        stats = {"ok": 0, "failed": 0}
-        results = cams.iter_maps(str(from_maps), top_k=opts.top_k)
-        total = None
-    else:
-        stats = session.stats
-    bopts = opts.box_options
 
-    skipped = 0
-    sink = RecordSink(opts.output, split, resume=opts.resume)
-    sharded = split.shard is not None
-    drawdir = (
-        OutDir(
-            opts.draw,
-            resume=opts.resume,
-            shard=split.shard,
-            own_keys={it.key for it in mine} if sharded else None,
-        )
-        if opts.draw is not None
-        else None
-    )
-    if from_maps is None:
-        # done: a record in FILE and, with --draw, its drawing in DIR's manifest
-        todo = [
-            it
-            for it in mine
-            if it.path not in sink.done or (drawdir is not None and it.key not in drawdir.done)
-        ]
-        results = cams.iter_cams(session, todo, opts.cam_options, keep_image=drawdir is not None)
-        total = len(todo)
-        skipped = len(mine) - len(todo)
-    progress.start(total, skipped, len(mine) if mine is not None else None)
+def _bbox_results(
+    opts: BboxOptions,
+    session: Session | None,
+    mine: list[inputs.InputItem] | None,
+    sink: RecordSink,
+    drawdir: OutDir | None,
+):
+    """The maps to box, lazily: (results, inputs to do or None from maps, inputs resumed).
+
+    From a model: the inputs not done yet, i.e. without a record in the output FILE or,
+    with ``--draw``, without their drawing in the folder's manifest."""
+    if opts.from_maps is not None:
+        return cams.iter_maps(str(opts.from_maps), top_k=opts.top_k), None, 0
+    todo = [
+        it
+        for it in mine
+        if it.path not in sink.done or (drawdir is not None and it.key not in drawdir.done)
+    ]
+    results = cams.iter_cams(session, todo, opts.cam_options, keep_image=drawdir is not None)
+    return results, len(todo), len(mine) - len(todo)
+
+
+def _write_box_records(
+    results,
+    opts: BboxOptions,
+    session: Session | None,
+    mine: list[inputs.InputItem] | None,
+    stats: dict,
+    *,
+    sink: RecordSink,
+    drawdir: OutDir | None,
+    progress: Progress,
+) -> tuple[list[dict], bool]:
+    """Box each result and write its record (and drawing); then close the drawings and
+    finish the output in input order, also when interrupted or a write failed.
+
+    Returns:
+        (the records, in input order when the sink gives them back; whether every result was
+        written)."""
     order: list[str] = []
     records: list[dict] = []
     interrupted = completed = False
     try:
         for res in results:
-            if isinstance(res, loader.Sample):
-                rec = {"image": res.item.path, "error": res.error}
-                if from_maps is not None:
-                    stats["failed"] += 1
-                if drawdir is not None:  # every input has its manifest line, as in `cam`
-                    drawdir.record(res.item.index, {**rec, "key": res.item.key})
-            else:
-                if from_maps is not None:
-                    stats["ok"] += 1
-                with session.profiler.stage("boxes") if session else contextlib.nullcontext():
-                    rec = {**res.record, "boxes": box_entries(res, bopts)}
-                if drawdir is not None:
-                    _draw(drawdir, res, rec)
+            rec = _box_record(res, opts, session, stats, drawdir)
             order.append(rec["image"])
             records.append(rec)
             sink.write(rec)
@@ -258,7 +309,7 @@ def run_bbox(
         progress.stop()
         if drawdir is not None:
             drawdir.close(order=_draw_order(mine), cancel=interrupted)
-        if from_maps is None:
+        if opts.from_maps is None:
             order = [it.path for it in mine]
         try:
             got = sink.finish(order, complete=completed and not (drawdir and drawdir.failed))
@@ -268,51 +319,72 @@ def run_bbox(
             got = None  # the error in flight says more
         if got is not None:
             records = got
+    return records, completed
+
+
+def _box_record(
+    res: cams.CamResult | loader.Sample,
+    opts: BboxOptions,
+    session: Session | None,
+    stats: dict,
+    drawdir: OutDir | None,
+) -> dict:
+    """One input's record, its boxes or its error; its drawing (or error line) queued in
+    ``drawdir``; from maps, ``stats`` counts it."""
+    if isinstance(res, loader.Sample):
+        rec = {"image": res.item.path, "error": res.error}
+        if opts.from_maps is not None:
+            stats["failed"] += 1
+        if drawdir is not None:  # every input has its manifest line, as in `cam`
+            drawdir.record(res.item.index, {**rec, "key": res.item.key})
+        return rec
+    if opts.from_maps is not None:
+        stats["ok"] += 1
+    with session.profiler.stage("boxes") if session else contextlib.nullcontext():
+        rec = {**res.record, "boxes": box_entries(res, opts.box_options)}
     if drawdir is not None:
-        drawdir.check_errors()
-        if completed and sharded:
-            from camcli.runs.shards import DRAW_MARK
+        _draw(drawdir, res, rec)
+    return rec
 
-            drawdir.write_run_json(
-                {
-                    "command": DRAW_MARK,
-                    "shard": str(split.shard),
-                    "inputs_total": len(items),
-                    "counts": dict(stats),
-                    "options": {"resumed": skipped},
-                }
-            )
-    if not records and stats["failed"] == 0 and from_maps is None and sink.rfile and sink.done:
-        records = list(sink.done.values())
-    ok, failed, skipped = split.total([stats["ok"], stats["failed"], skipped])
-    split.barrier()
-    if split.dist is not None:
-        joined = sink.join(items)
-        if split.main and drawdir is not None:
-            from camcli.runs.merge import merge_outdir
 
-            merge_outdir(drawdir.root, keys=[it.key for it in items])
-        if joined is not None:
-            records = joined
-    if split.main and opts.submission is not None:
-        write_submission(
-            opts.submission,
-            opts.submission_format,
-            synmap,
-            records,
-            tight_loose=opts.tight_loose,
-            images=from_maps is None,
+def _finish_drawings(
+    drawdir: OutDir,
+    completed: bool,
+    split: Split,
+    items: list[inputs.InputItem] | None,
+    stats: dict,
+    skipped: int,
+) -> None:
+    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part."""
+    drawdir.check_errors()
+    if completed and split.shard is not None:
+        from camcli.runs.shards import DRAW_MARK
+
+        drawdir.write_run_json(
+            {
+                "command": DRAW_MARK,
+                "shard": str(split.shard),
+                "inputs_total": len(items),
+                "counts": dict(stats),
+                "options": {"resumed": skipped},
+            }
         )
-    return BboxRun(
-        stats=stats,
-        ok=ok,
-        failed=failed,
-        skipped=skipped,
-        selected=len(mine) if mine is not None else None,
-        total=len(items) if items is not None else None,
-        main=split.main,
-        records=records,
-    )
+
+
+def _join_ranks(
+    sink: RecordSink,
+    drawdir: OutDir | None,
+    split: Split,
+    items: list[inputs.InputItem] | None,
+    records: list[dict],
+) -> list[dict]:
+    """Under torchrun: rank 0 joins the ranks' records (returned) and drawings."""
+    joined = sink.join(items)
+    if split.main and drawdir is not None:
+        from camcli.runs.merge import merge_outdir
+
+        merge_outdir(drawdir.root, keys=[it.key for it in items])
+    return joined if joined is not None else records
 
 
 def _draw_order(mine: list[inputs.InputItem] | None) -> list[tuple[int, str]] | None:

@@ -128,11 +128,8 @@ def cam_outputs(res: cams.CamResult, out: OutDir, wopts: CamWriteOptions) -> tup
         (``outputs``: the manifest's ``{"overlays", "grid", "maps", "files"}`` paths relative
         to ``out``; the futures of the queued writes).
     """
-    from camcli.cam import render
-
     key = res.sample.item.key
     labels = [p["label"] for p in res.predictions]
-    captions = [f"{p['label']} {p['score']:.3f}" for p in res.predictions]
     files: list[str] = []
     futures = []
     outputs: dict = {}
@@ -146,34 +143,7 @@ def cam_outputs(res: cams.CamResult, out: OutDir, wopts: CamWriteOptions) -> tup
             else []
         )
         grid_path = out.root / key / f"grid.{wopts.fmt}" if wopts.grid else None
-        if not wopts.device_render:
-            futures.append(
-                out.submit(
-                    _render_and_write_cpu,
-                    res.sample.image,
-                    res.cams.float().cpu().numpy(),
-                    paths,
-                    grid_path,
-                    captions,
-                    wopts,
-                )
-            )
-        else:
-            img = res.sample.image.to(res.cams.device, non_blocking=True)
-            ov = render.overlay(img, res.cams, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
-            grid = render.grid(img, ov, captions) if wopts.grid else None
-            blobs = _encode_on_device(
-                [*ov[: len(paths)], *([grid] if wopts.grid else [])], wopts.fmt
-            )
-            if blobs is not None:
-                targets = paths + ([grid_path] if wopts.grid else [])
-                futures.append(out.submit(_write_encoded, blobs, targets))
-            else:
-                ov_np = ov.permute(0, 2, 3, 1).contiguous().cpu().numpy() if paths else []
-                grid_rgb = _to_hwc(grid) if wopts.grid else None
-                futures.append(
-                    out.submit(_encode_and_write_all, ov_np, paths, grid_rgb, grid_path, wopts.fmt)
-                )
+        futures.append(_submit_images(res, out, wopts, paths, grid_path))
         if wopts.overlays:
             outputs["overlays"] = [out.rel(p) for p in paths]
             files += outputs["overlays"]
@@ -182,17 +152,72 @@ def cam_outputs(res: cams.CamResult, out: OutDir, wopts: CamWriteOptions) -> tup
             files.append(outputs["grid"])
     if wopts.save_maps:
         p = out.root / f"{key}.npz"
-        arrays = {
-            "cams": res.cams.float().cpu().numpy(),
-            "class_indices": np.asarray(res.class_indices, dtype=np.int64),
-            "scores": np.asarray(res.scores, dtype=np.float32),
-            "labels": np.asarray(labels),
-            "image": np.asarray(res.sample.item.path),
-        }
-        if res.coverage is not None:
-            arrays["coverage"] = res.coverage.cpu().numpy()
-        futures.append(out.submit(lambda p=p, a=arrays: save_npz_atomic(p, **a)))
+        futures.append(_submit_maps(res, out, p, labels))
         outputs["maps"] = out.rel(p)
         files.append(outputs["maps"])
     outputs["files"] = files
     return outputs, futures
+
+
+def _submit_images(
+    res: cams.CamResult,
+    out: OutDir,
+    wopts: CamWriteOptions,
+    paths: list[Path],
+    grid_path: Path | None,
+):
+    """Queue the overlays (to ``paths``) and the grid (to ``grid_path`` unless None): rendered
+    in a writer thread on the CPU, or here on the maps' device with ``device_render``.
+
+    Returns:
+        The future of the queued write."""
+    captions = [f"{p['label']} {p['score']:.3f}" for p in res.predictions]
+    if not wopts.device_render:
+        return out.submit(
+            _render_and_write_cpu,
+            res.sample.image,
+            res.cams.float().cpu().numpy(),
+            paths,
+            grid_path,
+            captions,
+            wopts,
+        )
+    return _submit_device_render(res, out, wopts, paths, grid_path, captions)
+
+
+def _submit_device_render(
+    res: cams.CamResult,
+    out: OutDir,
+    wopts: CamWriteOptions,
+    paths: list[Path],
+    grid_path: Path | None,
+    captions: list[str],
+):
+    """Render the overlays and grid batched on the maps' device and JPEG-encode them there
+    when it can; queue their writes (and, otherwise, their encoding). Returns the future."""
+    from camcli.cam import render
+
+    img = res.sample.image.to(res.cams.device, non_blocking=True)
+    ov = render.overlay(img, res.cams, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
+    grid = render.grid(img, ov, captions) if wopts.grid else None
+    blobs = _encode_on_device([*ov[: len(paths)], *([grid] if wopts.grid else [])], wopts.fmt)
+    if blobs is not None:
+        targets = paths + ([grid_path] if wopts.grid else [])
+        return out.submit(_write_encoded, blobs, targets)
+    ov_np = ov.permute(0, 2, 3, 1).contiguous().cpu().numpy() if paths else []
+    grid_rgb = _to_hwc(grid) if wopts.grid else None
+    return out.submit(_encode_and_write_all, ov_np, paths, grid_rgb, grid_path, wopts.fmt)
+
+
+def _submit_maps(res: cams.CamResult, out: OutDir, path: Path, labels: list[str]):
+    """Queue the write of the raw maps file ``path`` (see :func:`cam_outputs`); its future."""
+    arrays = {
+        "cams": res.cams.float().cpu().numpy(),
+        "class_indices": np.asarray(res.class_indices, dtype=np.int64),
+        "scores": np.asarray(res.scores, dtype=np.float32),
+        "labels": np.asarray(labels),
+        "image": np.asarray(res.sample.item.path),
+    }
+    if res.coverage is not None:
+        arrays["coverage"] = res.coverage.cpu().numpy()
+    return out.submit(lambda p=path, a=arrays: save_npz_atomic(p, **a))

@@ -177,20 +177,13 @@ def run_cam_job(
     started = time.time() if started is None else started
     progress = progress or Progress()
     mine = split.select(items)
-    copts = cams.CamOptions(
-        top_k=opts.top_k,
-        classes=cams.resolve_classes(session.model, list(opts.classes) if opts.classes else None),
-        norm=opts.norm,
-        interpolation=opts.interpolation,
-        ten_crop=opts.ten_crop,
-    )
+    copts = _cam_options(opts, session)
     wopts = replace(opts.write, device_render=session.device_codec)
-    sharded = split.shard is not None
     outdir = OutDir(
         opts.out,
         resume=opts.resume,
         shard=split.shard,
-        own_keys={it.key for it in mine} if sharded else None,
+        own_keys={it.key for it in mine} if split.shard is not None else None,
     )
     todo = [it for it in mine if it.key not in outdir.done]
     skipped = len(mine) - len(todo)
@@ -206,15 +199,7 @@ def run_cam_job(
         progress.stop()
         outdir.close(order=[(it.index, it.key) for it in mine], cancel=interrupted)
         if completed and not outdir.failed:
-            options = {
-                **options_dict(copts, wopts),
-                "inputs": list(opts.inputs),
-                "resumed": skipped,
-            }
-            info = run_info(session, "cam", options, started)
-            if sharded:
-                info["shard"] = str(split.shard)
-                info["inputs_total"] = len(items)
+            info = _cam_run_info(session, opts, copts, wopts, split, len(items), skipped, started)
             outdir.write_run_json(info)
     outdir.check_errors()  # a failed write: one line, exit 5, the manifest lists what is done
     st = session.stats
@@ -233,3 +218,38 @@ def run_cam_job(
         total=len(items),
         main=split.main,
     )
+
+
+def _cam_options(opts: CamJobOptions, session: Session) -> cams.CamOptions:
+    """The maps asked for, ``classes`` resolved against the model (raises on an unknown one)."""
+    return cams.CamOptions(
+        top_k=opts.top_k,
+        classes=cams.resolve_classes(session.model, list(opts.classes) if opts.classes else None),
+        norm=opts.norm,
+        interpolation=opts.interpolation,
+        ten_crop=opts.ten_crop,
+    )
+
+
+def _cam_run_info(
+    session: Session,
+    opts: CamJobOptions,
+    copts: cams.CamOptions,
+    wopts: CamWriteOptions,
+    split: Split,
+    inputs_total: int,
+    resumed: int,
+    started: float,
+) -> dict:
+    """The ``run.json`` of a completed ``cam`` run (:func:`run_info`); a shard's names its
+    shard and the whole run's input count."""
+    options = {
+        **options_dict(copts, wopts),
+        "inputs": list(opts.inputs),
+        "resumed": resumed,
+    }
+    info = run_info(session, "cam", options, started)
+    if split.shard is not None:
+        info["shard"] = str(split.shard)
+        info["inputs_total"] = inputs_total
+    return info

@@ -139,28 +139,15 @@ def iter_cams(
         In input order, a :class:`CamResult` per decoded image (maps on the session's
         device), or the failed :class:`camcli.data.loader.Sample` (its ``error`` set).
     """
-    from camcli.cam import pipeline as P
-    from camcli.cam import tencrop as T
-    from camcli.cam import upsample as U
-    from camcli.models.registry import Preprocess
-
     model = session.model
     weight, _ = model.classifier
-    pre = model.preprocess
-    if opts.ten_crop:
-        pre = Preprocess(
-            input_size=ten_crop_canvas(pre.input_size),
-            mean=pre.mean,
-            std=pre.std,
-            interpolation=pre.interpolation,
-        )
+    pre = _input_preprocess(model.preprocess, ten_crop=opts.ten_crop)
     k = len(opts.classes) if opts.classes else max(1, min(opts.top_k, model.num_classes))
     fixed = (
         torch.tensor(opts.classes, dtype=torch.long, device=session.device)
         if opts.classes
         else None
     )
-    prof = session.profiler
     for batch in session.loader(items, pre, keep_image=keep_image):
         out: dict[int, CamResult | loader.Sample] = {}
         for s in batch.failed:
@@ -169,48 +156,104 @@ def iter_cams(
         if batch.x is not None:
             if before_forward is not None:
                 before_forward()
-            x = session.to_input(batch.x, pre)
-            b = x.shape[0]
-            if opts.ten_crop:
-                x = T.ten_crop(x, crop=model.preprocess.input_size)
-            feats, logits = session.forward(x)
-            with prof.stage("cam"), torch.inference_mode():
-                if opts.ten_crop:
-                    probs = T.ten_crop_scores(logits.float().view(b, 10, -1))
-                else:
-                    probs = torch.softmax(logits.float(), dim=1)
-                if fixed is not None:
-                    idx = fixed.unsqueeze(0).expand(b, -1)
-                    scores = probs.gather(1, idx)
-                else:
-                    scores, idx = probs.topk(k, dim=1)
-                if opts.ten_crop:
-                    crop_idx = idx.repeat_interleave(10, dim=0)
-                    cams = P.cams_from_features(feats, weight, crop_idx)
-                    cams = cams.view(b, 10, k, *cams.shape[-2:])
-                    cams = T.merge_ten_crop(
-                        cams,
-                        size=pre.input_size,
-                        crop=model.preprocess.input_size,
-                        interpolation=opts.interpolation,
-                    )
-                else:
-                    cams = P.cams_from_features(feats, weight, idx)
-                cams = P.normalize_cams(cams, opts.norm)
-                geoms = [
-                    _geometry(model.preprocess, s.size, ten_crop=opts.ten_crop)
-                    for s in batch.samples
-                ]
-                up = U.upsample_to_images(cams, geoms, interpolation=opts.interpolation)
-            preds = prediction_list(model, scores.cpu(), idx.cpu())
-            idx_l, sc_l = idx.tolist(), scores.tolist()
-            for j, s in enumerate(batch.samples):
-                out[s.item.index] = CamResult(
-                    s, idx_l[j], sc_l[j], up.maps[j], up.coverage[j], preds[j]
-                )
+            for res in _batch_cams(session, batch, opts, pre, weight, k, fixed):
+                out[res.sample.item.index] = res
                 session.stats["ok"] += 1
         for i in sorted(out):
             yield out[i]
+
+
+def _input_preprocess(pre, *, ten_crop: bool):
+    """The preprocessing of the network's input: the model's, or with ``ten_crop`` a resize
+    of the whole image to the square canvas the ten crops are cut from."""
+    from camcli.models.registry import Preprocess
+
+    if not ten_crop:
+        return pre
+    return Preprocess(
+        input_size=ten_crop_canvas(pre.input_size),
+        mean=pre.mean,
+        std=pre.std,
+        interpolation=pre.interpolation,
+    )
+
+
+def _batch_cams(
+    session: Session,
+    batch,
+    opts: CamOptions,
+    pre,
+    weight: torch.Tensor,
+    k: int,
+    fixed: torch.Tensor | None,
+) -> list[CamResult]:
+    """One batch's forward pass and the maps of its images' k classes, on the original images.
+
+    Args:
+        batch: a loader batch with decoded images (``batch.x``).
+        pre: the network input's preprocessing (:func:`_input_preprocess`).
+        weight: the classifier's W [C, K].
+        k: maps per image.
+        fixed: the ``classes`` as a tensor on the device; None: each image's top k.
+    """
+    from camcli.cam import pipeline as P
+    from camcli.cam import tencrop as T
+    from camcli.cam import upsample as U
+
+    model = session.model
+    x = session.to_input(batch.x, pre)
+    b = x.shape[0]
+    if opts.ten_crop:
+        x = T.ten_crop(x, crop=model.preprocess.input_size)
+    feats, logits = session.forward(x)
+    with session.profiler.stage("cam"), torch.inference_mode():
+        scores, idx = _select_classes(logits, b, k, fixed, ten_crop=opts.ten_crop)
+        if opts.ten_crop:
+            cams = _ten_crop_cams(feats, weight, idx, b, k, opts, pre, model)
+        else:
+            cams = P.cams_from_features(feats, weight, idx)
+        cams = P.normalize_cams(cams, opts.norm)
+        geoms = [_geometry(model.preprocess, s.size, ten_crop=opts.ten_crop) for s in batch.samples]
+        up = U.upsample_to_images(cams, geoms, interpolation=opts.interpolation)
+    preds = prediction_list(model, scores.cpu(), idx.cpu())
+    idx_l, sc_l = idx.tolist(), scores.tolist()
+    return [
+        CamResult(s, idx_l[j], sc_l[j], up.maps[j], up.coverage[j], preds[j])
+        for j, s in enumerate(batch.samples)
+    ]
+
+
+def _select_classes(
+    logits: torch.Tensor, b: int, k: int, fixed: torch.Tensor | None, *, ten_crop: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, class indices), both [b, k]: softmax scores (averaged over the ten crops) of
+    the ``fixed`` classes, or of each image's top k."""
+    from camcli.cam import tencrop as T
+
+    if ten_crop:
+        probs = T.ten_crop_scores(logits.float().view(b, 10, -1))
+    else:
+        probs = torch.softmax(logits.float(), dim=1)
+    if fixed is not None:
+        idx = fixed.unsqueeze(0).expand(b, -1)
+        return probs.gather(1, idx), idx
+    return probs.topk(k, dim=1)
+
+
+def _ten_crop_cams(feats, weight, idx, b: int, k: int, opts: CamOptions, pre, model):
+    """The maps of the ten crops of each image merged onto its canvas: float [b, k, S, S]."""
+    from camcli.cam import pipeline as P
+    from camcli.cam import tencrop as T
+
+    crop_idx = idx.repeat_interleave(10, dim=0)
+    cams = P.cams_from_features(feats, weight, crop_idx)
+    cams = cams.view(b, 10, k, *cams.shape[-2:])
+    return T.merge_ten_crop(
+        cams,
+        size=pre.input_size,
+        crop=model.preprocess.input_size,
+        interpolation=opts.interpolation,
+    )
 
 
 def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loader.Sample]:

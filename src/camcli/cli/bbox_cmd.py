@@ -5,12 +5,17 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from camcli.cli import options as o
 from camcli.data.codec import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from camcli.api.bbox_job import BboxOptions, BboxRun
+    from camcli.api.session import Session
+    from camcli.api.split import Split
 
 
 class Rule(StrEnum):
@@ -105,11 +110,69 @@ def bbox(
     Example: camcli bbox images/ --model resnet50 --tight-loose-heuristic --submission sub.txt
     --synsets map_clsloc.txt --output boxes.jsonl
     """
-    from camcli.api.bbox_job import BboxOptions, run_bbox
+    from camcli.api.bbox_job import run_bbox
     from camcli.api.split import plan_split
     from camcli.cli.run import open_session, resolve_inputs, session_options
-    from camcli.console import info
-    from camcli.errors import CamcliError, Exit
+    from camcli.errors import Exit
+
+    _check_flags(
+        inputs=inputs,
+        from_maps=from_maps,
+        resume=resume,
+        output=output,
+        submission=submission,
+        synsets=synsets,
+        shard=shard,
+        gt=gt,
+        tight_loose=tight_loose,
+        box_rule=box_rule,
+    )
+    opts = _bbox_options(
+        top_k=top_k,
+        box_rule=box_rule,
+        threshold=threshold,
+        tight_loose=tight_loose,
+        norm=norm,
+        interpolation=interpolation,
+        ten_crop=ten_crop,
+        output=output,
+        draw=draw,
+        submission=submission,
+        submission_format=submission_format,
+        synsets=synsets,
+        from_maps=from_maps,
+        resume=resume,
+    )
+
+    items = resolve_inputs(inputs) if from_maps is None else None
+    split = plan_split(shard, inputs, stdout_ok=False, output=output)
+    try:
+        session = None
+        if from_maps is None:
+            session = open_session(model, weights, split=split, **session_options(locals()))
+        run = run_bbox(opts, session, items, split, _progress(quiet, split.main))
+        _report_end(run, session, split, opts, gt=gt, quiet=quiet)
+        split.barrier()
+    finally:
+        split.close()
+    return run.exit_code if split.main else Exit.OK
+
+
+def _check_flags(
+    *,
+    inputs: list[str] | None,
+    from_maps: Path | None,
+    resume: bool,
+    output: str | None,
+    submission: Path | None,
+    synsets: Path | None,
+    shard: str | None,
+    gt: Path | None,
+    tight_loose: bool,
+    box_rule: Rule,
+) -> None:
+    """Refuse the flag combinations ``bbox`` cannot run (exit 2), before any input is read."""
+    from camcli.errors import CamcliError
     from camcli.sysinfo import torchrun_env
 
     if from_maps is not None and inputs:
@@ -133,7 +196,30 @@ def bbox(
         )
     if tight_loose and box_rule is not Rule.paper and box_rule is not Rule.dt_box:
         raise CamcliError("--tight-loose-heuristic uses the dt-box rule; drop --box-rule all")
-    opts = BboxOptions(
+
+
+def _bbox_options(
+    *,
+    top_k: int,
+    box_rule: Rule,
+    threshold: float,
+    tight_loose: bool,
+    norm: o.Norm,
+    interpolation: o.Interp,
+    ten_crop: bool,
+    output: str | None,
+    draw: Path | None,
+    submission: Path | None,
+    submission_format: SubFormat,
+    synsets: Path | None,
+    from_maps: Path | None,
+    resume: bool,
+) -> BboxOptions:
+    """The job's options from the command's flags (``--tight-loose-heuristic``: the dt-box
+    rule and at least 3 classes)."""
+    from camcli.api.bbox_job import BboxOptions
+
+    return BboxOptions(
         top_k=max(top_k, 3) if tight_loose else top_k,
         rule=Rule.dt_box.value if tight_loose else box_rule.value,
         threshold=threshold,
@@ -150,36 +236,39 @@ def bbox(
         resume=resume,
     )
 
-    items = resolve_inputs(inputs) if from_maps is None else None
-    split = plan_split(shard, inputs, stdout_ok=False, output=output)
-    try:
-        session = None
-        if from_maps is None:
-            session = open_session(model, weights, split=split, **session_options(locals()))
-        run = run_bbox(opts, session, items, split, _progress(quiet, split.main))
-        if session is not None and session.profiler.enabled:
-            session.profiler.images = run.stats["ok"]
-            info(session.profiler.report())
-        if run.main:
-            if submission is not None:
-                info(f"submission: {submission} ({submission_format.value})", quiet)
-            if gt is not None:
-                from camcli.cli.eval_cmd import report_for_records
 
-                report_for_records(run.records, gt, synsets)
-        where = ""
-        if split.shard is not None:
-            where = f" (shard {split.shard}: {run.selected} of {run.total} inputs)"
-        if split.dist is not None:
-            where = f" ({split.dist.world} ranks)"
-        info(
-            f"bbox: {run.ok} done, {run.failed} failed{where}",
-            quiet or not split.main or not sys.stderr.isatty(),
-        )
-        split.barrier()
-    finally:
-        split.close()
-    return run.exit_code if split.main else Exit.OK
+def _report_end(
+    run: BboxRun,
+    session: Session | None,
+    split: Split,
+    opts: BboxOptions,
+    *,
+    gt: Path | None,
+    quiet: bool,
+) -> None:
+    """On stderr at the end: the --profile report, the submission written and the --gt
+    metrics (main process), the counts (main process, on a terminal)."""
+    from camcli.console import info
+
+    if session is not None and session.profiler.enabled:
+        session.profiler.images = run.stats["ok"]
+        info(session.profiler.report())
+    if run.main:
+        if opts.submission is not None:
+            info(f"submission: {opts.submission} ({opts.submission_format})", quiet)
+        if gt is not None:
+            from camcli.cli.eval_cmd import report_for_records
+
+            report_for_records(run.records, gt, opts.synsets)
+    where = ""
+    if split.shard is not None:
+        where = f" (shard {split.shard}: {run.selected} of {run.total} inputs)"
+    if split.dist is not None:
+        where = f" ({split.dist.world} ranks)"
+    info(
+        f"bbox: {run.ok} done, {run.failed} failed{where}",
+        quiet or not split.main or not sys.stderr.isatty(),
+    )
 
 
 def _progress(quiet: bool, main: bool):

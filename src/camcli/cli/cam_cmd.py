@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from camcli.cli import options as o
 from camcli.data.codec import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from camcli.api.cam_job import CamJobOptions
+    from camcli.api.progress import JobRun
+    from camcli.api.session import Session
+    from camcli.api.split import Split
 
 
 class Fmt(StrEnum):
@@ -82,19 +89,75 @@ def cam(
 
     Example: camcli cam images/ --out cams/ --model resnet50 --top-k 5 --grid --save-maps
     """
-    from camcli.api.cam_files import CamWriteOptions
-    from camcli.api.cam_job import CamJobOptions, run_cam_job
+    from camcli.api.cam_job import run_cam_job
     from camcli.api.split import plan_split
-    from camcli.cam.render import COLORMAPS
     from camcli.cli.run import open_session, resolve_inputs, session_options
-    from camcli.console import info
+
+    _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
+    opts = _cam_job_options(
+        out=out,
+        inputs=inputs,
+        top_k=top_k,
+        classes=classes,
+        norm=norm,
+        interpolation=interpolation,
+        ten_crop=ten_crop,
+        colormap=colormap,
+        alpha=alpha,
+        fmt=fmt,
+        no_overlay=no_overlay,
+        grid=grid,
+        save_maps=save_maps,
+        resume=resume,
+    )
+    items = resolve_inputs(inputs)
+    split = plan_split(shard, inputs)
+    started = time.time()
+    try:
+        session = open_session(model, weights, split=split, **session_options(locals()))
+        run = run_cam_job(
+            opts, session, items, split, _progress(quiet, split.main), started=started
+        )
+        _report_end(run, session, split, out=out, quiet=quiet)
+        split.barrier()
+    finally:
+        split.close()
+    return run.exit_code if split.main else 0
+
+
+def _check_flags(*, colormap: str, no_overlay: bool, grid: bool, save_maps: bool) -> None:
+    """Refuse an unknown colormap and a run with nothing to write (exit 2)."""
+    from camcli.cam.render import COLORMAPS
     from camcli.errors import CamcliError
 
     if colormap not in COLORMAPS:
         raise CamcliError(f"--colormap {colormap!r}: choose one of {', '.join(COLORMAPS)}")
     if no_overlay and not grid and not save_maps:
         raise CamcliError("--no-overlay leaves nothing to write: add --grid or --save-maps")
-    opts = CamJobOptions(
+
+
+def _cam_job_options(
+    *,
+    out: Path,
+    inputs: list[str],
+    top_k: int,
+    classes: list[str] | None,
+    norm: o.Norm,
+    interpolation: o.Interp,
+    ten_crop: bool,
+    colormap: str,
+    alpha: float,
+    fmt: Fmt,
+    no_overlay: bool,
+    grid: bool,
+    save_maps: bool,
+    resume: bool,
+) -> CamJobOptions:
+    """The job's options from the command's flags."""
+    from camcli.api.cam_files import CamWriteOptions
+    from camcli.api.cam_job import CamJobOptions
+
+    return CamJobOptions(
         out=out,
         inputs=tuple(inputs),
         top_k=top_k,
@@ -112,31 +175,25 @@ def cam(
         ),
         resume=resume,
     )
-    items = resolve_inputs(inputs)
-    split = plan_split(shard, inputs)
-    started = time.time()
-    try:
-        session = open_session(model, weights, split=split, **session_options(locals()))
-        run = run_cam_job(
-            opts, session, items, split, _progress(quiet, split.main), started=started
-        )
-        if session.profiler.enabled:
-            session.profiler.images = run.stats["ok"]
-            info(session.profiler.report())
-        where = ""
-        if split.shard is not None:
-            where = f"shard {split.shard} ({run.selected} of {run.total} inputs), "
-        if split.dist is not None:
-            where = f"{split.dist.world} ranks, "
-        info(
-            f"cam: {run.ok} done, {run.failed} failed, {run.skipped} skipped; {where}"
-            f"outputs in {out}",
-            quiet=quiet or not split.main,
-        )
-        split.barrier()
-    finally:
-        split.close()
-    return run.exit_code if split.main else 0
+
+
+def _report_end(run: JobRun, session: Session, split: Split, *, out: Path, quiet: bool) -> None:
+    """On stderr at the end: the --profile report; the counts and the output folder (main
+    process)."""
+    from camcli.console import info
+
+    if session.profiler.enabled:
+        session.profiler.images = run.stats["ok"]
+        info(session.profiler.report())
+    where = ""
+    if split.shard is not None:
+        where = f"shard {split.shard} ({run.selected} of {run.total} inputs), "
+    if split.dist is not None:
+        where = f"{split.dist.world} ranks, "
+    info(
+        f"cam: {run.ok} done, {run.failed} failed, {run.skipped} skipped; {where}outputs in {out}",
+        quiet=quiet or not split.main,
+    )
 
 
 def _progress(quiet: bool, main: bool):

@@ -20,7 +20,16 @@ def models(
     Networks marked `train first` carry only backbone weights: their new GAP head must be trained
     with `camcli train` before they give CAMs.
     """
-    from camcli.console import stdout_console
+    rows = _registry_rows()
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    _print_table(rows)
+
+
+def _registry_rows() -> list[dict]:
+    """One row per registry entry (the ``--json`` records), with its weights status."""
     from camcli.models import hub
     from camcli.models.registry import load_registry
 
@@ -46,12 +55,15 @@ def models(
                 "description": e.description,
             }
         )
-    if as_json:
-        for r in rows:
-            typer.echo(json.dumps(r))
-        return
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    """The rows as a table on stdout, 80 columns wide."""
     from rich import box
     from rich.table import Table
+
+    from camcli.console import stdout_console
 
     # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(

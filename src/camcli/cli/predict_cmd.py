@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from camcli.cli import options as o
 from camcli.data.codec import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from camcli.api.session import Session
+    from camcli.api.sink import RecordSink
+    from camcli.api.split import Split
+    from camcli.data.inputs import InputItem
 
 
 def register(app: typer.Typer) -> None:
@@ -39,14 +46,7 @@ def predict(
     """
     from camcli.api.sink import RecordSink
     from camcli.api.split import plan_split
-    from camcli.cli.run import (
-        open_session,
-        print_table,
-        resolve_inputs,
-        session_options,
-        stream_records,
-    )
-    from camcli.console import info
+    from camcli.cli.run import open_session, print_table, resolve_inputs, session_options
     from camcli.errors import CamcliError
 
     if resume and output in (None, "-"):
@@ -61,39 +61,84 @@ def predict(
         sink = RecordSink(
             output, split, resume=resume, table=output is None and sys.stdout.isatty()
         )
-        todo = [it for it in mine if it.path not in sink.done]
-        skipped = len(mine) - len(todo)
-        if skipped:
-            info(f"resume: {skipped} of {len(mine)} inputs already done", quiet)
-        complete = False
-        try:
-            complete = stream_records(
-                api.predict(session, todo, top_k=top_k),
-                sink,
-                total=len(todo),
-                quiet=quiet,
-                show_progress=split.main,
-                what="predict",
-            )
-        finally:
-            sink.finish([it.path for it in mine], complete=complete)
+        skipped = _write_predictions(session, mine, sink, split, top_k=top_k, quiet=quiet)
         if sink.table:
             print_table(sink.collected)
         st = session.stats
         ok, failed, skipped = split.total([st["ok"], st["failed"], skipped])
         split.barrier()
         sink.join(items)
-        if profile:
-            session.profiler.images = st["ok"]
-            info(session.profiler.report())
-        summary = f"predict: {ok} done, {failed} failed" + (
-            f", {skipped} resumed" if skipped else ""
+        _report_end(
+            session,
+            split,
+            ok=ok,
+            failed=failed,
+            resumed=skipped,
+            selected=len(mine),
+            inputs_total=len(items),
+            profile=profile,
+            quiet=quiet,
         )
-        if split.shard is not None and split.dist is None:
-            summary += f" (shard {split.shard}: {len(mine)} of {len(items)} inputs)"
-        info(summary, quiet or not split.main or not sys.stderr.isatty())
         split.barrier()
     finally:
         split.close()
     code = api.exit_code({"ok": ok + skipped, "failed": failed})
     return code if split.main else 0
+
+
+def _write_predictions(
+    session: Session,
+    mine: list[InputItem],
+    sink: RecordSink,
+    split: Split,
+    *,
+    top_k: int,
+    quiet: bool,
+) -> int:
+    """Predict this process's inputs not in the output yet and write their records; then
+    finish the output in input order (also after an error). Returns the inputs resumed."""
+    from camcli.api import predict as api
+    from camcli.cli.run import stream_records
+    from camcli.console import info
+
+    todo = [it for it in mine if it.path not in sink.done]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        info(f"resume: {skipped} of {len(mine)} inputs already done", quiet)
+    complete = False
+    try:
+        complete = stream_records(
+            api.predict(session, todo, top_k=top_k),
+            sink,
+            total=len(todo),
+            quiet=quiet,
+            show_progress=split.main,
+            what="predict",
+        )
+    finally:
+        sink.finish([it.path for it in mine], complete=complete)
+    return skipped
+
+
+def _report_end(
+    session: Session,
+    split: Split,
+    *,
+    ok: int,
+    failed: int,
+    resumed: int,
+    selected: int,
+    inputs_total: int,
+    profile: bool,
+    quiet: bool,
+) -> None:
+    """On stderr at the end: the --profile report; the counts (main process, on a terminal)."""
+    from camcli.console import info
+
+    if profile:
+        session.profiler.images = session.stats["ok"]
+        info(session.profiler.report())
+    summary = f"predict: {ok} done, {failed} failed" + (f", {resumed} resumed" if resumed else "")
+    if split.shard is not None and split.dist is None:
+        summary += f" (shard {split.shard}: {selected} of {inputs_total} inputs)"
+    info(summary, quiet or not split.main or not sys.stderr.isatty())
