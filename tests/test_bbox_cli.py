@@ -441,3 +441,21 @@ def test_from_maps_truncated_and_misshapen_files_fail_alone(tmp_path, hand_maps,
         "cannot read map file (cams has shape [3, 4, 5], expected [k, H, W] with k = 2 "
         "class_indices)"
     )
+
+
+def test_from_maps_draw_manifest_is_in_map_file_order(tmp_path, hand_maps):
+    """bbox --from-maps --draw: the drawings' manifest lists the map files in sorted order (it
+    followed the order the writer threads finished in)."""
+    m = np.zeros((1, 40, 60), np.float32)
+    m[0, 5:20, 10:30] = 1
+    names = [f"m{i:02d}" for i in range(12)]
+    (hand_maps / "blocks.npz").unlink()
+    for n in names:
+        Image.new("RGB", (60, 40), (90, 120, 30)).save(tmp_path / f"{n}.jpg")
+        np.savez(hand_maps / f"{n}.npz", cams=m, class_indices=np.array([3], np.int64),
+                 image=np.array(str(tmp_path / f"{n}.jpg")))  # fmt: skip
+    draw = tmp_path / "drawn"
+    args = ("bbox", "--from-maps", hand_maps, "--output", tmp_path / "r.jsonl", "--quiet")
+    assert run_main(*args, "--draw", draw) == 0
+    keys = [json.loads(x)["key"] for x in (draw / "manifest.jsonl").read_text().splitlines()]
+    assert keys == names

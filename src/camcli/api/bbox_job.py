@@ -290,10 +290,13 @@ def _write_box_records(
         (the records, in input order when the sink gives them back; whether every result was
         written)."""
     order: list[str] = []
+    seen: list[tuple[int, str]] = []  # (index, key) of each result, for the --draw manifest
     records: list[dict] = []
     interrupted = completed = False
     try:
         for res in results:
+            item = res.item if isinstance(res, loader.Sample) else res.sample.item
+            seen.append((item.index, item.key))
             rec = _box_record(res, opts, session, stats, drawdir)
             order.append(rec["image"])
             records.append(rec)
@@ -308,7 +311,7 @@ def _write_box_records(
     finally:
         progress.stop()
         if drawdir is not None:
-            drawdir.close(order=_draw_order(mine), cancel=interrupted)
+            drawdir.close(order=_draw_order(mine, seen), cancel=interrupted)
         if opts.from_maps is None:
             order = [it.path for it in mine]
         try:
@@ -387,11 +390,14 @@ def _join_ranks(
     return joined if joined is not None else records
 
 
-def _draw_order(mine: list[inputs.InputItem] | None) -> list[tuple[int, str]] | None:
-    """(index, key) of the inputs for the --draw manifest; from maps: the records' own order."""
+def _draw_order(
+    mine: list[inputs.InputItem] | None, seen: list[tuple[int, str]]
+) -> list[tuple[int, str]]:
+    """(index, key) of the inputs for the --draw manifest, in input order: this process's
+    inputs, or from maps the map files in sorted order (as they were read)."""
     if mine is not None:
         return [(it.index, it.key) for it in mine]
-    return None
+    return sorted(seen)
 
 
 def _write_jpeg(path: Path, rgb) -> None:
