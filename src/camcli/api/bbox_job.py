@@ -10,15 +10,13 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camcli.api import cams
+from camcli.api import cams, drawing
 from camcli.api.progress import JobRun, Progress
 from camcli.api.session import Session
 from camcli.api.sink import RecordSink
 from camcli.api.split import Split
 from camcli.api.submission import load_synsets, maps_num_classes, write_submission
-from camcli.atomic import write_atomic
-from camcli.data import codec, inputs, loader
-from camcli.data.codec import encode_image
+from camcli.data import inputs, loader
 from camcli.runs.outdir import OutDir
 
 RULES = ("paper", "dt-box", "all")
@@ -190,14 +188,14 @@ def run_bbox(
     # from maps: counted here; from a model: the session counts
     stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
     sink = RecordSink(opts.output, split, resume=opts.resume)
-    drawdir = _open_drawdir(opts, split, mine)
+    drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
     results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
     progress.start(total, skipped, len(mine) if mine is not None else None)
     records, completed = _write_box_records(
         results, opts, session, mine, stats, sink=sink, drawdir=drawdir, progress=progress
     )
     if drawdir is not None:
-        _finish_drawings(drawdir, completed, split, items, stats, skipped)
+        drawing.finish_drawings(drawdir, completed, split, items, stats, skipped)
     if not records and stats["failed"] == 0 and opts.from_maps is None and sink.rfile and sink.done:
         records = list(sink.done.values())
     ok, failed, skipped = split.total([stats["ok"], stats["failed"], skipped])
@@ -234,20 +232,6 @@ def _synset_map(opts: BboxOptions, session: Session | None):
     if not opts.synsets:
         return None
     return load_synsets(opts.synsets, opts.submission_format, num_classes)
-
-
-def _open_drawdir(
-    opts: BboxOptions, split: Split, mine: list[inputs.InputItem] | None
-) -> OutDir | None:
-    """The ``--draw`` folder (a shard's owns only its inputs' keys); None without ``draw``."""
-    if opts.draw is None:
-        return None
-    return OutDir(
-        opts.draw,
-        resume=opts.resume,
-        shard=split.shard,
-        own_keys={it.key for it in mine} if split.shard is not None else None,
-    )
 
 
 def _bbox_results(
@@ -311,7 +295,7 @@ def _write_box_records(
     finally:
         progress.stop()
         if drawdir is not None:
-            drawdir.close(order=_draw_order(mine, seen), cancel=interrupted)
+            drawdir.close(order=drawing.draw_order(mine, seen), cancel=interrupted)
         if opts.from_maps is None:
             order = [it.path for it in mine]
         try:
@@ -346,32 +330,8 @@ def _box_record(
     with session.profiler.stage("boxes") if session else contextlib.nullcontext():
         rec = {**res.record, "boxes": box_entries(res, opts.box_options)}
     if drawdir is not None:
-        _draw(drawdir, res, rec)
+        drawing.draw_record(drawdir, res, rec)
     return rec
-
-
-def _finish_drawings(
-    drawdir: OutDir,
-    completed: bool,
-    split: Split,
-    items: list[inputs.InputItem] | None,
-    stats: dict,
-    skipped: int,
-) -> None:
-    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part."""
-    drawdir.check_errors()
-    if completed and split.shard is not None:
-        from camcli.runs.shards import DRAW_MARK
-
-        drawdir.write_run_json(
-            {
-                "command": DRAW_MARK,
-                "shard": str(split.shard),
-                "inputs_total": len(items),
-                "counts": dict(stats),
-                "options": {"resumed": skipped},
-            }
-        )
 
 
 def _join_ranks(
@@ -388,48 +348,3 @@ def _join_ranks(
 
         merge_outdir(drawdir.root, keys=[it.key for it in items])
     return joined if joined is not None else records
-
-
-def _draw_order(
-    mine: list[inputs.InputItem] | None, seen: list[tuple[int, str]]
-) -> list[tuple[int, str]]:
-    """(index, key) of the inputs for the --draw manifest, in input order: this process's
-    inputs, or from maps the map files in sorted order (as they were read)."""
-    if mine is not None:
-        return [(it.index, it.key) for it in mine]
-    return sorted(seen)
-
-
-def _write_jpeg(path: Path, rgb) -> None:
-    write_atomic(path, encode_image(rgb, "jpg"))
-
-
-def _draw(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
-    """Queue ``<key>/boxes.jpg``, the image with the record's boxes, and its manifest line.
-
-    From maps the source image is read again when it is still there (same size); otherwise
-    nothing is drawn."""
-    import os
-
-    from camcli.api.drawing import draw_boxes
-
-    img = res.sample.image
-    if img is None:  # from maps: the source image, when it is still there
-        if not os.path.isfile(res.sample.item.path):
-            return
-        try:
-            arr = codec.decode_image(res.sample.item.path)
-        except ValueError:
-            return
-        import torch
-
-        img = torch.from_numpy(arr).permute(2, 0, 1)
-        if tuple(img.shape[1:]) != tuple(res.sample.size):
-            return
-    path = drawdir.root / res.sample.item.key / "boxes.jpg"
-    fut = drawdir.submit(_write_jpeg, path, draw_boxes(img, rec["boxes"]))
-    drawdir.record(
-        res.sample.item.index,
-        {**rec, "key": res.sample.item.key, "outputs": {"files": [drawdir.rel(path)]}},
-        [fut],
-    )

@@ -1,9 +1,22 @@
-"""Boxes drawn onto images (``bbox --draw``)."""
+"""``bbox --draw``: boxes drawn onto images, written into an output folder.
+
+The folder has the layout of a ``cam`` output folder (:class:`camcli.runs.outdir.OutDir`):
+``<key>/boxes.jpg`` per input, ``manifest.jsonl`` in input order, resumable.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from camcli.api import cams
+from camcli.api.split import Split
+from camcli.atomic import write_atomic
+from camcli.data import codec, inputs
+from camcli.data.codec import encode_image
+from camcli.runs.outdir import OutDir
 
 
 def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
@@ -44,3 +57,82 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
         draw.rectangle(tb, fill=c)
         draw.text((x0 + lw, ty), text, fill=(0, 0, 0), font=font)
     return np.asarray(img)
+
+
+def open_drawdir(
+    draw: Path | None, resume: bool, split: Split, mine: list[inputs.InputItem] | None
+) -> OutDir | None:
+    """The ``--draw`` folder (a shard's owns only its inputs' keys); None without ``draw``."""
+    if draw is None:
+        return None
+    return OutDir(
+        draw,
+        resume=resume,
+        shard=split.shard,
+        own_keys={it.key for it in mine} if split.shard is not None else None,
+    )
+
+
+def finish_drawings(
+    drawdir: OutDir,
+    completed: bool,
+    split: Split,
+    items: list[inputs.InputItem] | None,
+    stats: dict,
+    skipped: int,
+) -> None:
+    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part."""
+    drawdir.check_errors()
+    if completed and split.shard is not None:
+        from camcli.runs.shards import DRAW_MARK
+
+        drawdir.write_run_json(
+            {
+                "command": DRAW_MARK,
+                "shard": str(split.shard),
+                "inputs_total": len(items),
+                "counts": dict(stats),
+                "options": {"resumed": skipped},
+            }
+        )
+
+
+def draw_order(
+    mine: list[inputs.InputItem] | None, seen: list[tuple[int, str]]
+) -> list[tuple[int, str]]:
+    """(index, key) of the inputs for the --draw manifest, in input order: this process's
+    inputs, or from maps the map files in sorted order (as they were read)."""
+    if mine is not None:
+        return [(it.index, it.key) for it in mine]
+    return sorted(seen)
+
+
+def _write_jpeg(path: Path, rgb) -> None:
+    write_atomic(path, encode_image(rgb, "jpg"))
+
+
+def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
+    """Queue ``<key>/boxes.jpg``, the image with the record's boxes, and its manifest line.
+
+    From maps the source image is read again when it is still there (same size); otherwise
+    nothing is drawn."""
+    import os
+
+    img = res.sample.image
+    if img is None:  # from maps: the source image, when it is still there
+        if not os.path.isfile(res.sample.item.path):
+            return
+        try:
+            arr = codec.decode_image(res.sample.item.path)
+        except ValueError:
+            return
+        img = torch.from_numpy(arr).permute(2, 0, 1)
+        if tuple(img.shape[1:]) != tuple(res.sample.size):
+            return
+    path = drawdir.root / res.sample.item.key / "boxes.jpg"
+    fut = drawdir.submit(_write_jpeg, path, draw_boxes(img, rec["boxes"]))
+    drawdir.record(
+        res.sample.item.index,
+        {**rec, "key": res.sample.item.key, "outputs": {"files": [drawdir.rel(path)]}},
+        [fut],
+    )
