@@ -103,12 +103,12 @@ def test_torchvision_entries_match_torchvision_weights_meta():
         assert tuple(w.meta["categories"]) == registry.load_categories(e.categories)
 
 
-def test_registry_and_cli_import_without_torch():
+def test_registry_and_cli_import_without_torch_or_numpy():
     code = (
         "import sys, camcli.models.registry, camcli.cli, camcli.models.hub, camcli.console;"
         "import camcli.errors, camcli.data.records;"
         "camcli.models.registry.load_registry();"
-        "bad = [m for m in ('torch', 'torchvision', 'PIL', 'cv2') if m in sys.modules];"
+        "bad = [m for m in ('torch', 'torchvision', 'PIL', 'cv2', 'numpy') if m in sys.modules];"
         "assert not bad, bad"
     )
     r = subprocess.run(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from camcli.data import inputs, loader
-from camcli.data.codec import DEFAULT_MAX_PIXELS
+from camcli.data.inputs import DEFAULT_MAX_PIXELS
 from camcli.errors import CamcliError
 from camcli.models.gap import GapModel
 from camcli.models.load import load_model

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.data.codec import DEFAULT_MAX_PIXELS
+from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from camcli.api.cam_job import CamJobOptions

@@ -17,7 +17,7 @@ import typer
 
 from camcli.cli import options as o
 from camcli.cli.train_progress import CliReporter
-from camcli.data.codec import DEFAULT_MAX_PIXELS
+from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from camcli.train.loop import FitResult

@@ -14,7 +14,7 @@ from io import BytesIO as _BytesIO
 
 import numpy as np
 
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's decompression-bomb error limit
+from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 
 def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

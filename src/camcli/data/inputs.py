@@ -29,6 +29,12 @@ class InputItem:
     key: str
 
 
+#: Images with more pixels are refused before decoding (Pillow's decompression-bomb error
+#: limit); ``--max-pixels`` changes it. Here, not in codec, so that the CLI's defaults import
+#: no numpy.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
 def _safe_part(part: str) -> str:
     # Undecodable bytes (surrogate escapes) and separators become '_'; '..' can never survive.
     out = "".join(c if (c.isprintable() and not 0xDC80 <= ord(c) <= 0xDCFF) else "_" for c in part)

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from camcli.data.codec import (
-    DEFAULT_MAX_PIXELS,
     decode_image,
     decode_jpegs_on_device,
     read_plain_jpeg,
 )
-from camcli.data.inputs import InputItem
+from camcli.data.inputs import DEFAULT_MAX_PIXELS, InputItem
 from camcli.sysinfo import available_cores
 
 

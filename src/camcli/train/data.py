@@ -163,7 +163,7 @@ class FolderImages:
         *,
         train: bool,
         seed: int = 0,
-        max_pixels: int = codec.DEFAULT_MAX_PIXELS,
+        max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
     ) -> None:
         self.samples = list(samples)
         self.preprocess = preprocess

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camcli.data import codec
+from camcli.data import inputs
 from camcli.errors import TrainingError
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for
@@ -53,7 +53,7 @@ def train_folder(
     offline: bool = False,
     reporter: Reporter | None = None,
     step_callback: Callable[[int, int], None] | None = None,
-    max_pixels: int = codec.DEFAULT_MAX_PIXELS,
+    max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
 ) -> FitResult:
     """``camcli train``: train ``options.model`` on the ImageFolder tree ``data`` into ``out``.
 
