@@ -124,5 +124,13 @@ def test_unusable_files_are_one_line_errors(tmp_path, reader):
         assert "\n" not in str(e.value)
         if reader == "header":
             assert str(p) in str(e.value)
-    with pytest.raises(MapFileError, match="allow_pickle=False"):
-        load_class_map(pickled, 0)
+    # numpy's refusal suggests loading unsafely; the reason says what the file is instead
+    text = tmp_path / "notes.npz"
+    text.write_text("some text, not a map file\n")
+    for p in (pickled, text):
+        with pytest.raises(MapFileError) as e:
+            load_class_map(p, 0)
+        assert str(e.value) == (
+            "cannot read map file (it holds pickled objects, not arrays; camcli never loads "
+            "pickles)"
+        )

@@ -41,6 +41,15 @@ __all__ = [
 _READ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile)
 
 
+def _reason(exc: BaseException) -> str:
+    """One line on why a map file cannot be read. numpy's refusal of pickled data suggests
+    loading it unsafely; camcli never does, so the reason says what the file is instead."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "allow_pickle" in text or "pickled" in text:
+        return "it holds pickled objects, not arrays; camcli never loads pickles"
+    return text
+
+
 class MapFileError(ValueError):
     """A map file that cannot be used; the message is one line, e.g. ``cannot read map file
     (<reason>)``."""
@@ -138,7 +147,7 @@ def read_map_header(path: str | os.PathLike, root: str | os.PathLike | None = No
         with np.load(path, allow_pickle=False) as z:
             return _header_arrays(z, Path(path), root)
     except _READ_ERRORS as exc:
-        raise MapFileError(f"cannot read map file {path} ({exc})") from None
+        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
 
 
 def _cams_shape_error(cams: np.ndarray, k: int) -> str | None:
@@ -170,7 +179,7 @@ def load_class_map(path: str | os.PathLike, cls: int) -> np.ndarray | None:
                 return None
             cams = z["cams"]
     except _READ_ERRORS as exc:
-        raise MapFileError(f"cannot read map file ({exc})") from None
+        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
     why = _cams_shape_error(cams, classes.size)
@@ -204,7 +213,7 @@ def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None
                 else None
             )
     except _READ_ERRORS as exc:
-        raise MapFileError(f"cannot read map file ({exc})") from None
+        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
     why = _cams_shape_error(cams, head.class_indices.size)
