@@ -72,14 +72,13 @@ def join_parts(target: Path, count: int, items: list) -> list[dict]:
     """
     import json
 
-    from camcli.atomic import write_atomic
-    from camcli.runs.merge import merge_records_in_order
+    from camcli.runs.merge import merge_records_in_order, write_lines
     from camcli.runs.shards import part_path
 
     parts = [part_path(target, i, count) for i in range(count)]
     lines = merge_records_in_order([it.path for it in items], parts)
     try:
-        write_atomic(target, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
+        write_lines(target, lines)
     except OSError as exc:
         from camcli.errors import write_error
 

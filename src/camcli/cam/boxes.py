@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from ._common import Box, is_torch_tensor, to_numpy
-from .dtbox import DT_THRESHOLDS, dt_boxes_inclusive
+from camcli.cam._common import Box, is_torch_tensor, to_numpy
+from camcli.cam.dtbox import DT_THRESHOLDS, dt_boxes_inclusive
 
 __all__ = [
     "RULES",

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._common import Box, to_numpy
+from camcli.cam._common import Box, to_numpy
 
 __all__ = [
     "DT_THRESHOLDS",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .upsample import Interpolation, resize_maps
+from camcli.cam.upsample import Interpolation, resize_maps
 
 __all__ = ["merge_ten_crop", "ten_crop", "ten_crop_offsets", "ten_crop_scores"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camcli.errors import Exit, NoInputError
+from camcli.errors import NoInputError
 
 __all__ = [
     "MapFile",
@@ -110,12 +110,11 @@ def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Pat
     """
     base = Path(root)
     if not base.is_dir():
-        raise NoInputError(f"{flag} {root}: not a folder of .npz map files", Exit.NO_INPUT)
+        raise NoInputError(f"{flag} {root}: not a folder of .npz map files")
     files = sorted(base.rglob("*.npz"), key=lambda p: p.relative_to(base).as_posix())
     if not files:
         raise NoInputError(
-            f"{flag} {root}: no .npz files; save maps with `camcli cam ... --save-maps`",
-            Exit.NO_INPUT,
+            f"{flag} {root}: no .npz files; save maps with `camcli cam ... --save-maps`"
         )
     return files
 

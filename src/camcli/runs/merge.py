@@ -101,7 +101,8 @@ def find_parts(target: Path) -> tuple[int, list[Path]]:
     return n, [byi[i] for i in range(n)]
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
+def write_lines(path: Path, lines: list[str]) -> None:
+    """JSON Lines ``lines`` (without newlines) into ``path``, atomically, bytes kept."""
     write_atomic(path, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
 
 
@@ -110,7 +111,7 @@ def merge_jsonl(target: Path, *, keep_parts: bool = False) -> int:
     Returns the number of records."""
     n, parts = find_parts(target)
     lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
-    _write_lines(target, lines)
+    write_lines(target, lines)
     if not keep_parts:
         for p in parts:
             p.unlink(missing_ok=True)
@@ -125,7 +126,7 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
     n = _manifest_shard_count(root)
     parts, infos = _finished_shards(root, n)
     lines = _merged_manifest(root, parts, infos, keys)
-    _write_lines(root / MANIFEST, lines)
+    write_lines(root / MANIFEST, lines)
     if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
         info = merged_run_info(infos)
         write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())
