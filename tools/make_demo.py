@@ -1,11 +1,11 @@
-"""Regenerate the bundled demo model and the sample images.
+"""Regenerate the bundled shapes model (registry name `shapes`) and its sample images.
 
 1. camcli.data.synthetic writes a labelled set of coloured shapes on textured backgrounds
    (5 classes x 300 train + 60 val images, 64 x 64, seed 0) into a temporary folder;
 2. `camcli train` trains camnet-small on it from scratch (the real command, in a subprocess);
-3. best.pt becomes src/camcli/assets/demo.pt (a camcli checkpoint named "demo", < 2 MB);
-4. a few sample images (128 x 128 JPEGs, a few KB each) go to examples/;
-5. the sha256 to put into weights.toml [models.demo] is printed (--update-registry writes it).
+3. best.pt becomes src/camcli/assets/shapes.pt (a camcli checkpoint named "shapes", < 2 MB);
+4. a few sample images (128 x 128 JPEGs, a few KB each) go to tests/data/shapes/;
+5. the sha256 to put into weights.toml [models.shapes] is printed (--update-registry writes it).
 
 Usage: python tools/make_demo.py [--epochs 15] [--work DIR] [--update-registry]
 Takes a few minutes on 2 CPU cores.
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from camcli.data import synthetic as synthetic  # noqa: E402
 
-ASSET = ROOT / "src" / "camcli" / "assets" / "demo.pt"
-EXAMPLES = ROOT / "examples"
+ASSET = ROOT / "src" / "camcli" / "assets" / "shapes.pt"
+EXAMPLES = ROOT / "tests" / "data" / "shapes"
 MAX_BYTES = 2 * 1024 * 1024
 
 
@@ -72,22 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.update_registry:
         update_registry(digest)
-        print("weights.toml [models.demo] sha256 updated")
+        print("weights.toml [models.shapes] sha256 updated")
     else:
-        print(f'put into weights.toml [models.demo]: sha256 = "{digest}"')
+        print(f'put into weights.toml [models.shapes]: sha256 = "{digest}"')
     check()
     return 0
 
 
 def write_asset(best: Path) -> None:
-    """best.pt -> assets/demo.pt: named "demo", nothing machine-specific, no optimizer state."""
+    """best.pt -> assets/shapes.pt: named "shapes", nothing machine-specific, no optimizer state."""
     import torch
 
     from camcli.train.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(best)
     ck.pop("training_state", None)
-    ck["model"] = "demo"
+    ck["model"] = "shapes"
     ck["created"] = "by tools/make_demo.py"
     ck["data"] = "camcli.data.synthetic.generate(seed=0): coloured shapes, 64 x 64"
     ck["state_dict"] = {k: v.contiguous() for k, v in ck["state_dict"].items()}
@@ -96,7 +96,7 @@ def write_asset(best: Path) -> None:
 
 
 def write_examples(seed: int) -> None:
-    """One 128 x 128 JPEG per shape, plus a second circle, in examples/."""
+    """One 128 x 128 JPEG per shape, plus a second circle, in tests/data/shapes/."""
     from PIL import Image
 
     EXAMPLES.mkdir(exist_ok=True)
@@ -105,15 +105,15 @@ def write_examples(seed: int) -> None:
         im = synthetic.render(shape, size=128, seed=synthetic.image_seed(seed, "examples", ci, j))
         name = f"{shape}{'' if j == 0 else f'_{j + 1}'}.jpg"
         Image.fromarray(im.pixels).save(EXAMPLES / name, quality=85)
-        print(f"examples/{name}: box {list(im.box)}", file=sys.stderr)
+        print(f"tests/data/shapes/{name}: box {list(im.box)}", file=sys.stderr)
 
 
 def update_registry(digest: str) -> None:
     path = ROOT / "weights.toml"
     text = path.read_text(encoding="utf-8")
-    block = re.search(r"\[models\.demo\][^\[]*", text)
+    block = re.search(r"\[models\.shapes\][^\[]*", text)
     if block is None:
-        raise SystemExit("weights.toml has no [models.demo] entry")
+        raise SystemExit("weights.toml has no [models.shapes] entry")
     new = re.sub(r'sha256 = "[0-9a-f]*"', f'sha256 = "{digest}"', block.group(0), count=1)
     path.write_text(text[: block.start()] + new + text[block.end() :], encoding="utf-8")
 

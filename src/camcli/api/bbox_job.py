@@ -15,7 +15,12 @@ from camcli.api.progress import JobRun, Progress
 from camcli.api.session import Session
 from camcli.api.sink import RecordSink
 from camcli.api.split import Split
-from camcli.api.submission import load_synsets, maps_num_classes, write_submission
+from camcli.api.submission import (
+    builtin_synsets,
+    load_synsets,
+    maps_num_classes,
+    write_submission,
+)
 from camcli.data import inputs, loader
 from camcli.runs.outdir import OutDir
 
@@ -229,6 +234,8 @@ def _synset_map(opts: BboxOptions, session: Session | None):
     num_classes = maps_num_classes(opts.from_maps) if opts.from_maps is not None else None
     if session is not None:
         num_classes = session.model.num_classes
+    if not opts.synsets and opts.submission is not None:
+        return builtin_synsets(opts.submission, session)
     if not opts.synsets:
         return None
     return load_synsets(opts.synsets, opts.submission_format, num_classes)

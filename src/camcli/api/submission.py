@@ -72,6 +72,29 @@ def load_synsets(path: Path, fmt: str, num_classes: int | None):
     return m
 
 
+def builtin_synsets(submission: Path, session):
+    """The built-in ImageNet-1k WNIDs for a Kaggle submission without ``--synsets``: only when
+    the model's classes are ImageNet-1k's (its category names, in order).
+
+    Raises:
+        CamcliError: the model has other classes (or the maps' model is unknown): ``--synsets``
+            is needed (exit 2).
+    """
+    from camcli.errors import SynsetError
+    from camcli.evaluate.synsets import imagenet1k_synsets
+
+    try:
+        builtin = imagenet1k_synsets()
+    except SynsetError as exc:
+        raise CamcliError(f"--submission {submission}: {exc}") from None
+    if session is None or list(session.model.categories) != list(builtin.names):
+        raise CamcliError(
+            f"--submission {submission}: the model's classes are not ImageNet-1k's, so pass "
+            "--synsets (LOC_synset_mapping.txt, map_clsloc.txt or meta.mat) to name them"
+        )
+    return builtin
+
+
 def write_submission(
     path: Path,
     fmt: str,

@@ -126,6 +126,7 @@ def bbox(
         gt=gt,
         tight_loose=tight_loose,
         box_rule=box_rule,
+        submission_format=submission_format,
     )
     opts = _bbox_options(
         top_k=top_k,
@@ -170,6 +171,7 @@ def _check_flags(
     gt: Path | None,
     tight_loose: bool,
     box_rule: Rule,
+    submission_format: str = "ilsvrc",
 ) -> None:
     """Refuse the flag combinations ``bbox`` cannot run (exit 2), before any input is read."""
     from camcli.errors import CamcliError
@@ -181,10 +183,11 @@ def _check_flags(
         raise CamcliError("no input: give image files or folders, - for stdin, or --from-maps")
     if resume and output in (None, "-"):
         raise CamcliError("--resume needs --output FILE (records on stdout cannot be resumed)")
-    if submission is not None and synsets is None:
+    if submission is not None and synsets is None and submission_format == "ilsvrc":
         raise CamcliError(
-            f"--submission {submission}: pass --synsets (devkit meta.mat or "
-            "map_clsloc.txt; LOC_synset_mapping.txt for --submission-format kaggle)"
+            f"--submission {submission}: an ilsvrc submission labels classes by ILSVRC2012_ID; "
+            "pass --synsets (devkit meta.mat or map_clsloc.txt), or use --submission-format "
+            "kaggle (WNIDs: built in for ImageNet-1k models)"
         )
     if from_maps is not None and (shard is not None or torchrun_env() is not None):
         raise CamcliError("--from-maps runs in one process: drop --shard (or torchrun)")

