@@ -139,3 +139,12 @@ def subprocess_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+def full_maps(path) -> np.ndarray:
+    """float32 [k, H, W]: the maps of a map file on the original image (v1: as stored; v2:
+    rebuilt by camcli's reader from the feature-resolution maps and their geometry)."""
+    from camcli.data.mapfiles import read_map_file
+
+    mf = read_map_file(path)
+    return mf.cams if mf.v2 is None else mf.v2.stack()

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from camcli.cam import dtbox
 from camcli.cli import main
-from conftest import CLI_CORRUPT, CLI_IMAGES
+from conftest import CLI_CORRUPT, CLI_IMAGES, full_maps
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
@@ -136,8 +136,7 @@ def test_records_schema_and_paper_boxes(runs, cli_images):
         check_schema(r, {"largest"})
         assert [e["rank"] for e in r["boxes"]] == [1, 2, 3, 4, 5]
         # the paper rule from scratch on the same maps: largest 8-connected component > 0.2 max
-        with np.load(maps_dir / f"{rel.rsplit('.', 1)[0]}.npz") as z:
-            cams = z["cams"]
+        cams = full_maps(maps_dir / f"{rel.rsplit('.', 1)[0]}.npz")
         assert [e["box"] for e in r["boxes"]] == [components(m, 0.2)[0] for m in cams]
 
 
@@ -167,8 +166,7 @@ def test_box_rule_all_and_threshold(runs, cli_images, cli_ckpt):
     for r in recs:
         check_schema(r, {"component"})
         rel = Path(r["image"]).relative_to(cli_images).as_posix()
-        with np.load(runs / "maps" / f"{rel.rsplit('.', 1)[0]}.npz") as z:
-            cams = z["cams"][:2]
+        cams = full_maps(runs / "maps" / f"{rel.rsplit('.', 1)[0]}.npz")[:2]
         want = [(rank, b) for rank, m in enumerate(cams, 1) for b in components(m, 0.5)]
         assert [(e["rank"], e["box"]) for e in r["boxes"]] == want
 
@@ -181,8 +179,7 @@ def test_box_rule_dt_box(runs, cli_images, cli_ckpt):
     for r in good_records(out):
         check_schema(r, {"loose", "tight"})
         rel = Path(r["image"]).relative_to(cli_images).as_posix()
-        with np.load(runs / "maps" / f"{rel.rsplit('.', 1)[0]}.npz") as z:
-            cams = z["cams"][:2]
+        cams = full_maps(runs / "maps" / f"{rel.rsplit('.', 1)[0]}.npz")[:2]
         want = []
         for rank, m in enumerate(cams, 1):
             bx = [list(b) for b in dtbox.dt_boxes_inclusive(m)]

@@ -18,12 +18,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from camcli.cli import main
-from conftest import (
+
+V2_FIELDS = {
+    "version", "cams", "class_indices", "scores", "labels", "image", "norm", "interpolation",
+    "height", "width", "input_size", "resize", "short_side",
+}  # fmt: skip
+
+from conftest import (  # noqa: E402
     CLI_CATEGORIES,
     CLI_CORRUPT,
     CLI_IMAGES,
     CLI_INPUT_SIZE,
     PYTHON,
+    full_maps,
     make_image,
     subprocess_env,
 )
@@ -206,9 +213,11 @@ def test_full_run_maps_scores_and_classes_match_an_independent_reference(
     for rel in GOOD:
         h, w = SIZES[rel]
         with np.load(out / f"{key_of(rel)}.npz", allow_pickle=False) as z:
-            assert set(z.files) == {"cams", "class_indices", "scores", "labels", "image"}
-            cams, cls, scores = z["cams"], z["class_indices"], z["scores"]
+            assert set(z.files) == V2_FIELDS
+            assert int(z["version"]) == 2 and z["cams"].shape == (3, 2, 2)  # features (64 px input)
+            cls, scores = z["class_indices"], z["scores"]
             labels, image = z["labels"], str(z["image"])
+        cams = full_maps(out / f"{key_of(rel)}.npz")
         assert cams.dtype == np.float32 and cams.shape == (3, h, w)
         assert cls.dtype == np.int64 and scores.dtype == np.float32
         assert image == str(cli_images / rel)
@@ -253,8 +262,9 @@ def two_images(tmp_path, cli_images) -> Path:
 
 
 def _npz(path: Path) -> dict:
+    """The arrays of a map file, ``cams`` the maps on the original image (v2: rebuilt)."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        return {**{k: z[k] for k in z.files}, "cams": full_maps(path)}
 
 
 def test_class_by_name_and_index(two_images, cli_ckpt, cli_model, tmp_path):

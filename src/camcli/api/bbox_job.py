@@ -117,7 +117,6 @@ def box_entries(res: cams.CamResult, bopts: BoxOptions) -> list[dict]:
         "score", "box": [x0, y0, x1, y1] inclusive original-image pixels or None, "kind"}``
         and a ``"reason"`` when a class has no box (or for a tight/loose guess).
     """
-    from camcli.cam import boxes as B
     from camcli.cam import dtbox
 
     preds = res.predictions
@@ -138,13 +137,13 @@ def box_entries(res: cams.CamResult, bopts: BoxOptions) -> list[dict]:
         return e
 
     if bopts.tight_loose:
-        # boxes_for_maps gives [loose, tight] per class (tight = loose when there is one box).
-        dt = [[b for b, _ in lst] for lst in B.boxes_for_maps(res.cams[:3], "dt-box")]
+        # boxes_for_map gives [loose, tight] per class (tight = loose when there is one box).
+        dt = [[b for b, _ in _class_boxes(res, i, "dt-box", 0.0)] for i in range(min(3, res.k))]
         for g in dtbox.tight_loose_boxes(dt):
             entries.append(entry(g.class_rank, g.box, g.kind, g.reason))
         return entries
-    per_class = B.boxes_for_maps(res.cams, bopts.rule, bopts.threshold)
-    for r, lst in enumerate(per_class):
+    for r in range(res.k):
+        lst = _class_boxes(res, r, bopts.rule, bopts.threshold)
         if not lst:
             kind = {"paper": "largest", "all": "component", "dt-box": "loose"}[bopts.rule]
             why = (
@@ -156,6 +155,58 @@ def box_entries(res: cams.CamResult, bopts: BoxOptions) -> list[dict]:
         for box, kind in lst:
             entries.append(entry(r, box, kind))
     return entries
+
+
+def _class_boxes(res: cams.CamResult, i: int, rule: str, tau: float) -> list:
+    """The boxes of class ``i``'s map, upsampled here and dropped as soon as it is
+    thresholded (one full-size float map in memory at a time)."""
+    from camcli.cam import boxes as B
+
+    return B.boxes_for_map(res.cam(i), rule, tau)
+
+
+class _Boxer:
+    """Boxes computed in worker threads beside the drawings, handed back in input order.
+
+    ``submit`` queues a result (a failed Sample passes through); ``ready`` (``block``: every
+    queued one) returns ``(result, boxes or None)`` pairs in submission order. The main thread
+    only runs the network; on the CPU the job drains the threads before each forward pass
+    (:func:`camcli.api.cams.iter_cams` ``before_forward``) so that they never compete with it.
+    """
+
+    def __init__(self, bopts: BoxOptions, profiler=None, workers: int | None = None) -> None:
+        import os
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.bopts = bopts
+        self.profiler = profiler
+        n = workers or min(8, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="camcli-boxes")
+        self._pending: deque = deque()
+
+    def submit(self, res) -> None:
+        fut = None
+        if not isinstance(res, loader.Sample):
+            fut = self._pool.submit(self._boxes, res)
+        self._pending.append((res, fut))
+
+    def _boxes(self, res: cams.CamResult) -> list[dict]:
+        if self.profiler is None:
+            return box_entries(res, self.bopts)
+        with self.profiler.stage("boxes"):
+            return box_entries(res, self.bopts)
+
+    def ready(self, block: bool = False):
+        while self._pending:
+            fut = self._pending[0][1]
+            if not (block or fut is None or fut.done()):
+                return
+            res, fut = self._pending.popleft()
+            yield res, (fut.result() if fut is not None else None)
+
+    def close(self, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,10 +245,23 @@ def run_bbox(
     stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
     sink = RecordSink(opts.output, split, resume=opts.resume)
     drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
-    results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
+    boxer = _Boxer(opts.box_options, session.profiler if session is not None else None)
+    emit = []  # the record writer, set by _write_box_records (drains before a forward pass)
+    cpu = session is not None and session.device.type == "cpu"
+    before = (lambda: emit[0](True)) if cpu else None
+    results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir, before)
     progress.start(total, skipped, len(mine) if mine is not None else None)
     records, completed = _write_box_records(
-        results, opts, session, mine, stats, sink=sink, drawdir=drawdir, progress=progress
+        results,
+        opts,
+        session,
+        mine,
+        stats,
+        sink=sink,
+        drawdir=drawdir,
+        progress=progress,
+        boxer=boxer,
+        emit=emit,
     )
     if drawdir is not None:
         drawing.finish_drawings(drawdir, completed, split, items, stats, skipped)
@@ -247,6 +311,7 @@ def _bbox_results(
     mine: list[inputs.InputItem] | None,
     sink: RecordSink,
     drawdir: OutDir | None,
+    before_forward=None,
 ):
     """The maps to box, lazily: (results, inputs to do or None from maps, inputs resumed).
 
@@ -259,7 +324,13 @@ def _bbox_results(
         for it in mine
         if it.path not in sink.done or (drawdir is not None and it.key not in drawdir.done)
     ]
-    results = cams.iter_cams(session, todo, opts.cam_options, keep_image=drawdir is not None)
+    results = cams.iter_cams(
+        session,
+        todo,
+        opts.cam_options,
+        keep_image=drawdir is not None,
+        before_forward=before_forward,
+    )
     return results, len(todo), len(mine) - len(todo)
 
 
@@ -273,6 +344,8 @@ def _write_box_records(
     sink: RecordSink,
     drawdir: OutDir | None,
     progress: Progress,
+    boxer: _Boxer,
+    emit: list,
 ) -> tuple[list[dict], bool]:
     """Box each result and write its record (and drawing); then close the drawings and
     finish the output in input order, also when interrupted or a write failed.
@@ -284,22 +357,33 @@ def _write_box_records(
     seen: list[tuple[int, str]] = []  # (index, key) of each result, for the --draw manifest
     records: list[dict] = []
     interrupted = completed = False
-    try:
-        for res in results:
-            item = res.item if isinstance(res, loader.Sample) else res.sample.item
-            seen.append((item.index, item.key))
-            rec = _box_record(res, opts, session, stats, drawdir)
+
+    def write_ready(block: bool = False) -> None:
+        with session.profiler.stage("boxes (waited)") if session else contextlib.nullcontext():
+            done = list(boxer.ready(block))
+        for res, entries in done:
+            rec = _box_record(res, entries, opts, stats, drawdir)
             order.append(rec["image"])
             records.append(rec)
             sink.write(rec)
             progress.record(rec, on_stdout=sink.stdout is not None)
             if drawdir is not None:
                 drawdir.check_errors()
+
+    emit.append(write_ready)
+    try:
+        for res in results:
+            item = res.item if isinstance(res, loader.Sample) else res.sample.item
+            seen.append((item.index, item.key))
+            boxer.submit(res)
+            write_ready()
+        write_ready(block=True)
         completed = True
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
+        boxer.close(cancel=not completed)
         progress.stop()
         if drawdir is not None:
             drawdir.close(order=drawing.draw_order(mine, seen), cancel=interrupted)
@@ -318,13 +402,13 @@ def _write_box_records(
 
 def _box_record(
     res: cams.CamResult | loader.Sample,
+    entries: list[dict] | None,
     opts: BboxOptions,
-    session: Session | None,
     stats: dict,
     drawdir: OutDir | None,
 ) -> dict:
-    """One input's record, its boxes or its error; its drawing (or error line) queued in
-    ``drawdir``; from maps, ``stats`` counts it."""
+    """One input's record, its boxes (``entries``, from :func:`box_entries`) or its error;
+    its drawing (or error line) queued in ``drawdir``; from maps, ``stats`` counts it."""
     if isinstance(res, loader.Sample):
         rec = {"image": res.item.path, "error": res.error}
         if opts.from_maps is not None:
@@ -334,8 +418,7 @@ def _box_record(
         return rec
     if opts.from_maps is not None:
         stats["ok"] += 1
-    with session.profiler.stage("boxes") if session else contextlib.nullcontext():
-        rec = {**res.record, "boxes": box_entries(res, opts.box_options)}
+    rec = {**res.record, "boxes": entries}
     if drawdir is not None:
         drawing.draw_record(drawdir, res, rec)
     return rec

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from camcli.api import cams
-from camcli.atomic import save_npz_atomic, write_atomic
+from camcli.atomic import AtomicFile, save_npz_atomic, write_atomic
 from camcli.data.codec import encode_image
 from camcli.runs.outdir import OutDir, safe_label
 
@@ -29,7 +29,11 @@ class CamWriteOptions:
         overlays: write one overlay per class, ``<key>/<rank>_<label>.<fmt>``.
         grid: write one captioned image per input, ``<key>/grid.<fmt>``: the original and its
             overlays.
-        save_maps: write the raw maps, float32 [k, H, W] at original resolution, ``<key>.npz``.
+        save_maps: write the maps, ``<key>.npz``: a v2 map file (raw maps at feature
+            resolution and their geometry, :mod:`camcli.data.mapfiles_v2`) or, with
+            ``maps_format="full"``, float16 [k, H, W] normalised maps at the original size,
+            compressed.
+        maps_format: ``"small"`` (v2, the default) or ``"full"``.
         device_render: render and encode on the maps' device (the GPU path); set from the
             session by :func:`camcli.api.cam_job.run_cam_job`.
     """
@@ -40,6 +44,7 @@ class CamWriteOptions:
     overlays: bool = True
     grid: bool = False
     save_maps: bool = False
+    maps_format: str = "small"
     device_render: bool = False  # render + encode on the maps' device (GPU path)
 
 
@@ -53,33 +58,54 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
 
 def _render_and_write_cpu(
     image: torch.Tensor,
-    maps: np.ndarray,
+    res: cams.CamResult,
     paths: list[Path],
     grid_path: Path | None,
     captions: list[str],
     wopts: CamWriteOptions,
 ) -> None:
-    """CPU path, in a writer thread: quantise, OpenCV overlays (GIL released), encode, write.
+    """CPU path, in a writer thread: upsample, quantise, OpenCV overlay (GIL released), encode,
+    write, one class at a time, so that one full-size map and one overlay are in memory at
+    once; the grid is drawn from overlays downscaled to its panel size as they are made.
 
-    Rendered in BGR, OpenCV's encoder order (one channel swap per image, not one per overlay).
     image: uint8 [3, H, W], usually a view of the decoder's [H, W, 3] array (no copy here);
-    maps: float32 [k, H, W] in [0, 1].
+    res: the maps (:meth:`camcli.api.cams.CamResult.cam`, float32 [H, W] in [0, 1]).
     """
     import cv2
 
     from camcli.cam import render
 
-    bgr = cv2.cvtColor(image.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
-    ovs = [
-        render.overlay_cv2(bgr, render.levels_cv2(m), wopts.colormap, wopts.alpha, bgr=True)
-        for m in maps
-    ]
-    for p, ov in zip(paths, ovs):
-        write_atomic(p, encode_image(ov, wopts.fmt, bgr=True))
+    rgb = image.permute(1, 2, 0).contiguous().numpy()
+    h, w = rgb.shape[:2]
+    ph, pw = render.grid_panel_size(h, w, res.k + 1) if grid_path is not None else (h, w)
+    small: list[np.ndarray] = []
+    for i in range(res.k):
+        m = res.cam(i).float().cpu().numpy()
+        levels = render.levels_cv2(m, inplace=res.full is None)
+        del m
+        ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
+        del levels
+        if grid_path is not None:  # a copy: ov is swapped to BGR in place below
+            small.append(_panel(ov, ph, pw, copy=True))
+        if i < len(paths):
+            cv2.cvtColor(ov, cv2.COLOR_RGB2BGR, dst=ov)
+            write_atomic(paths[i], encode_image(ov, wopts.fmt, bgr=True))
+        del ov
     if grid_path is not None:
-        rgb = torch.from_numpy(np.ascontiguousarray(np.stack(ovs)[..., ::-1]))
-        g = render.grid(image, rgb.permute(0, 3, 1, 2), captions)
+        img_small = torch.from_numpy(_panel(rgb, ph, pw)).permute(2, 0, 1)
+        ovs = torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2)
+        g = render.grid(img_small, ovs, captions)
         write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt))
+
+
+def _panel(rgb: np.ndarray, h: int, w: int, copy: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3] -> [h, w, 3]: unchanged (a copy with ``copy``) at that size, else
+    downscaled (pixel area)."""
+    import cv2
+
+    if rgb.shape[:2] == (h, w):
+        return rgb.copy() if copy else rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def _write_encoded(blobs: list[bytes], paths: list[Path]) -> None:
@@ -119,9 +145,7 @@ def cam_outputs(res: cams.CamResult, out: OutDir, wopts: CamWriteOptions) -> tup
     Args:
         res: the image's maps (``sample.image`` needed for overlays and grids).
         out: the output folder; files go to ``<key>/<rank>_<label>.<fmt>``,
-            ``<key>/grid.<fmt>`` and ``<key>.npz`` (``cams`` float32 [k, H, W],
-            ``class_indices`` int64 [k], ``scores`` float32 [k], ``labels``, ``image`` and,
-            for centre-crop preprocessing, ``coverage`` bool [H, W]).
+            ``<key>/grid.<fmt>`` and ``<key>.npz`` (see :func:`_submit_maps`).
         wopts: which files.
 
     Returns:
@@ -152,7 +176,7 @@ def cam_outputs(res: cams.CamResult, out: OutDir, wopts: CamWriteOptions) -> tup
             files.append(outputs["grid"])
     if wopts.save_maps:
         p = out.root / f"{key}.npz"
-        futures.append(_submit_maps(res, out, p, labels))
+        futures.append(_submit_maps(res, out, p, labels, wopts.maps_format))
         outputs["maps"] = out.rel(p)
         files.append(outputs["maps"])
     outputs["files"] = files
@@ -176,7 +200,7 @@ def _submit_images(
         return out.submit(
             _render_and_write_cpu,
             res.sample.image,
-            res.cams.float().cpu().numpy(),
+            res,
             paths,
             grid_path,
             captions,
@@ -209,15 +233,46 @@ def _submit_device_render(
     return out.submit(_encode_and_write_all, ov_np, paths, grid_rgb, grid_path, wopts.fmt)
 
 
-def _submit_maps(res: cams.CamResult, out: OutDir, path: Path, labels: list[str]):
-    """Queue the write of the raw maps file ``path`` (see :func:`cam_outputs`); its future."""
-    arrays = {
-        "cams": res.cams.float().cpu().numpy(),
+def _submit_maps(res: cams.CamResult, out: OutDir, path: Path, labels: list[str], fmt: str):
+    """Queue the write of the maps file ``path`` (see :func:`cam_outputs`); its future.
+
+    ``fmt="small"``: a v2 map file (:func:`camcli.data.mapfiles_v2.v2_arrays`), a few hundred
+    bytes per class. ``fmt="full"``: float16 [k, H, W] normalised maps at the original size
+    (``coverage`` bool [H, W] for centre-crop preprocessing), ``np.savez_compressed``."""
+    meta = {
         "class_indices": np.asarray(res.class_indices, dtype=np.int64),
         "scores": np.asarray(res.scores, dtype=np.float32),
         "labels": np.asarray(labels),
         "image": np.asarray(res.sample.item.path),
     }
-    if res.coverage is not None:
-        arrays["coverage"] = res.coverage.cpu().numpy()
+    if fmt == "full":
+        return out.submit(_write_full_maps, path, res, meta)
+    from camcli.data.mapfiles_v2 import v2_arrays
+
+    arrays = v2_arrays(
+        res.raw.float().cpu().numpy(),
+        class_indices=meta["class_indices"],
+        scores=meta["scores"],
+        labels=meta["labels"],
+        image=res.sample.item.path,
+        geometry=res.geometry.to_dict(),
+        norm=res.norm,
+        interpolation=res.interpolation,
+    )
     return out.submit(lambda p=path, a=arrays: save_npz_atomic(p, **a))
+
+
+def _write_full_maps(path: Path, res: cams.CamResult, meta: dict) -> None:
+    """The ``full`` maps file, in a writer thread: every map upsampled, one at a time, into a
+    float16 [k, H, W] array, written compressed and atomically."""
+
+    h, w = res.sample.size
+    full = np.empty((res.k, h, w), dtype=np.float16)
+    for i in range(res.k):
+        full[i] = res.cam(i).cpu().numpy()
+    arrays = {"cams": full, **meta}
+    cover = res.coverage
+    if cover is not None:
+        arrays["coverage"] = cover.cpu().numpy()
+    with AtomicFile(path) as fh:
+        np.savez_compressed(fh, **arrays)

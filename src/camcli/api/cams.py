@@ -36,25 +36,70 @@ class CamOptions:
 
 @dataclass
 class CamResult:
-    """The maps of one image.
+    """The maps of one image, kept small: each class's map is upsampled onto the original
+    image only when asked for (:meth:`cam`), one class at a time, so that memory stays bounded
+    on large images and the upsampling runs where the map is used (the writer threads).
 
     Attributes:
         sample: the input (``size`` its original (H, W); ``image`` uint8 [3, H, W] if kept).
         class_indices: the k mapped classes, best first.
         scores: their softmax scores (NaN for maps of another tool).
-        cams: float32 [k, H, W] on the session's device (CPU from map files), normalised as
-            asked, in original-image pixels.
-        coverage: bool [H, W], the pixels the network saw (centre-crop preprocessing); None
-            when it saw the whole image.
         predictions: ``[{"class_index", "label", "score"}, ...]`` as in a predict record.
+        raw: float32 [k, h, w], the unnormalised maps at feature resolution (the ten-crop
+            canvas with ``--ten-crop``) on the session's device; None for v1 map files.
+        small: float32 [k, h, w], ``raw`` normalised as asked; None for v1 map files.
+        geometry: how the image became the network input
+            (:class:`camcli.cam.upsample.Geometry`); None for v1 map files.
+        norm: the normalisation of ``small``.
+        interpolation: the upsampling, ``"bilinear"`` or ``"bicubic"``.
+        full: float32 [k, H, W], maps already at the original size (v1 map files); else None.
     """
 
     sample: loader.Sample
     class_indices: list[int]
     scores: list[float]
-    cams: torch.Tensor
-    coverage: torch.Tensor | None
     predictions: list[dict]
+    raw: torch.Tensor | None = None
+    small: torch.Tensor | None = None
+    geometry: object | None = None
+    norm: str = "minmax"
+    interpolation: str = "bilinear"
+    full: torch.Tensor | None = None
+
+    @property
+    def k(self) -> int:
+        """The number of maps."""
+        return len(self.class_indices)
+
+    def cam(self, i: int) -> torch.Tensor:
+        """Map ``i`` on the original image: float32 [H, W], normalised as asked, on the device
+        of the maps (:func:`camcli.cam.upsample.upsample_one` of ``small[i]``)."""
+        if self.full is not None:
+            return self.full[i]
+        from camcli.cam.upsample import upsample_one
+
+        up, _ = upsample_one(self.small[i : i + 1], self.geometry, self.interpolation)
+        return up[0]
+
+    @property
+    def cams(self) -> torch.Tensor:
+        """Every map on the original image at once: float32 [k, H, W] (k full-size maps in
+        memory: prefer :meth:`cam` where one at a time will do)."""
+        if self.full is not None:
+            return self.full
+        from camcli.cam.upsample import upsample_one
+
+        return upsample_one(self.small, self.geometry, self.interpolation)[0]
+
+    @property
+    def coverage(self) -> torch.Tensor | None:
+        """bool [H, W], the pixels the network saw (centre-crop preprocessing); None when it
+        saw the whole image (or for v1 map files)."""
+        if self.geometry is None or self.geometry.mode == "resize":
+            return None
+        from camcli.cam.upsample import coverage_mask
+
+        return coverage_mask(self.geometry, self.small.device)
 
     @property
     def record(self) -> dict:
@@ -198,7 +243,6 @@ def _batch_cams(
     """
     from camcli.cam import pipeline as P
     from camcli.cam import tencrop as T
-    from camcli.cam import upsample as U
 
     model = session.model
     x = session.to_input(batch.x, pre)
@@ -212,13 +256,23 @@ def _batch_cams(
             cams = _ten_crop_cams(feats, weight, idx, b, k, opts, pre, model)
         else:
             cams = P.cams_from_features(feats, weight, idx)
-        cams = P.normalize_cams(cams, opts.norm)
+        raw = cams.to(torch.float32)
+        small = P.normalize_cams(raw, opts.norm)
         geoms = [_geometry(model.preprocess, s.size, ten_crop=opts.ten_crop) for s in batch.samples]
-        up = U.upsample_to_images(cams, geoms, interpolation=opts.interpolation)
     preds = prediction_list(model, scores.cpu(), idx.cpu())
     idx_l, sc_l = idx.tolist(), scores.tolist()
     return [
-        CamResult(s, idx_l[j], sc_l[j], up.maps[j], up.coverage[j], preds[j])
+        CamResult(
+            s,
+            idx_l[j],
+            sc_l[j],
+            preds[j],
+            raw=raw[j],
+            small=small[j],
+            geometry=geoms[j],
+            norm=opts.norm,
+            interpolation=opts.interpolation,
+        )
         for j, s in enumerate(batch.samples)
     ]
 
@@ -264,8 +318,9 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
     ``top_k``: keep only the first (most confident) ``top_k`` maps of each file.
 
     Yields:
-        A :class:`CamResult` per file (``cams`` float32 [k, H, W] on the CPU, ``coverage``
-        None, the file's key as output key) or a failed Sample for an unreadable file.
+        A :class:`CamResult` per file (v2 files: ``raw``/``small`` and the stored geometry,
+        upsampled class by class as ``cam`` did; v1 files: ``full`` float32 [k, H, W]; on the
+        CPU, the file's key as output key) or a failed Sample for an unreadable file.
 
     Raises:
         NoInputError: ``root`` is not a folder or holds no .npz file (exit 3), raised by
@@ -282,14 +337,23 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
         except MapFileError as exc:
             yield loader.Sample(inputs.InputItem(i, str(f), key), None, None, error=str(exc))
             continue
-        cams, cls = mf.cams, mf.header.class_indices
+        cls = mf.header.class_indices
         image = mf.header.image or str(f)
         scores = mf.scores if mf.scores is not None else np.full(len(cls), np.nan, np.float32)
         labels = mf.header.labels or [f"class_{c}" for c in cls]
+        if mf.v2 is not None:
+            v2 = mf.v2
+            raw = torch.from_numpy(v2.raw[:top_k])
+            small = v2.normalized()[:top_k]
+            full, size = None, v2.size
+        else:
+            raw = small = None
+            full = torch.from_numpy(mf.cams[:top_k])
+            size = (int(mf.cams.shape[1]), int(mf.cams.shape[2]))
         if top_k is not None:
-            cams, cls, scores, labels = cams[:top_k], cls[:top_k], scores[:top_k], labels[:top_k]
+            cls, scores, labels = cls[:top_k], scores[:top_k], labels[:top_k]
         item = inputs.InputItem(i, image, key)
-        sample = loader.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
+        sample = loader.Sample(item, None, size)
         preds = [
             {
                 "class_index": int(c),
@@ -298,4 +362,15 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
             }
             for c, lab, s in zip(cls.tolist(), labels, scores.tolist())
         ]
-        yield CamResult(sample, cls.tolist(), scores.tolist(), torch.from_numpy(cams), None, preds)
+        yield CamResult(
+            sample,
+            cls.tolist(),
+            scores.tolist(),
+            preds,
+            raw=raw,
+            small=small,
+            geometry=mf.v2.geometry if mf.v2 is not None else None,
+            norm=mf.v2.norm if mf.v2 is not None else "minmax",
+            interpolation=mf.v2.interpolation if mf.v2 is not None else "bilinear",
+            full=full,
+        )

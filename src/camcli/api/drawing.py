@@ -107,8 +107,9 @@ def draw_order(
     return sorted(seen)
 
 
-def _write_jpeg(path: Path, rgb) -> None:
-    write_atomic(path, encode_image(rgb, "jpg"))
+def _draw_and_write(path: Path, image: torch.Tensor, entries: list[dict]) -> None:
+    """In a writer thread: the boxes drawn onto the image, encoded and written."""
+    write_atomic(path, encode_image(draw_boxes(image, entries), "jpg"))
 
 
 def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
@@ -130,7 +131,7 @@ def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
         if tuple(img.shape[1:]) != tuple(res.sample.size):
             return
     path = drawdir.root / res.sample.item.key / "boxes.jpg"
-    fut = drawdir.submit(_write_jpeg, path, draw_boxes(img, rec["boxes"]))
+    fut = drawdir.submit(_draw_and_write, path, img, rec["boxes"])
     drawdir.record(
         res.sample.item.index,
         {**rec, "key": res.sample.item.key, "outputs": {"files": [drawdir.rel(path)]}},

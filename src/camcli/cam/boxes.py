@@ -24,16 +24,18 @@ import cv2
 import numpy as np
 
 from camcli.cam._common import Box, is_torch_tensor, to_numpy
-from camcli.cam.dtbox import DT_THRESHOLDS, dt_boxes_inclusive
+from camcli.cam.dtbox import DT_THRESHOLDS, dt_boxes_inclusive, quantize_map
 
 __all__ = [
     "RULES",
     "Box",
     "box_iou",
+    "boxes_for_map",
     "boxes_for_maps",
     "component_boxes",
     "paper_box",
     "threshold_masks",
+    "threshold_u8",
 ]
 
 RULES = ("paper", "dt-box", "all")
@@ -106,6 +108,38 @@ def threshold_masks(maps, tau: float):
     return arr > limit
 
 
+def threshold_u8(m: np.ndarray, tau: float) -> np.ndarray:
+    """:func:`threshold_masks` of ONE map straight to a uint8 mask, in one OpenCV call.
+
+    ``255`` where ``m > tau * max(m)`` (compared in float32, ``tau * max`` rounded to
+    float32, exactly as :func:`threshold_masks` compares a float32 map), ``0`` elsewhere; a map
+    whose max is NaN keeps no pixel.
+
+    Args:
+        m: ``[H, W]`` float32 numpy array (other dtypes go through :func:`threshold_masks`).
+        tau: the fraction of the max, a finite number.
+
+    Returns:
+        ``[H, W]`` uint8 numpy array of 0 and 255 (OpenCV's foreground is nonzero).
+
+    Raises:
+        ValueError: ``tau`` is not finite or ``m`` is not 2-D.
+    """
+    tau = float(tau)
+    if not np.isfinite(tau):
+        raise ValueError(f"tau={tau!r} is not a finite number; pass e.g. --tau 0.2")
+    if m.ndim != 2:
+        raise ValueError(f"map must be 2-D [H, W], got shape {m.shape}")
+    if m.dtype != np.float32:
+        return threshold_masks(m, tau).astype(np.uint8) * np.uint8(255)
+    limit = np.float32(m.max()) * np.float32(tau)
+    if np.isnan(limit):
+        return np.zeros(m.shape, np.uint8)
+    if m.size < 16:  # OpenCV takes tiny arrays for scalars: compare in numpy (same float32)
+        return (m > limit).astype(np.uint8) * np.uint8(255)
+    return cv2.compare(np.ascontiguousarray(m), float(limit), cv2.CMP_GT)
+
+
 def _components(mask) -> list[tuple[int, Box]]:
     """8-connected components of a 2-D mask as ``(pixel_count, box)``, largest first.
 
@@ -116,8 +150,9 @@ def _components(mask) -> list[tuple[int, Box]]:
     m = to_numpy(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D [H, W], got shape {m.shape}")
-    m = np.ascontiguousarray(m != 0, dtype=np.uint8)
-    if not m.any():
+    if m.dtype != np.uint8 or not m.flags.c_contiguous:  # uint8: nonzero is foreground as is
+        m = np.ascontiguousarray(m != 0, dtype=np.uint8)
+    if cv2.countNonZero(m) == 0:
         return []
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8, ltype=cv2.CV_32S)
     areas = stats[1:, cv2.CC_STAT_AREA]
@@ -187,7 +222,7 @@ def boxes_for_maps(
 
     Rules:
 
-    - ``"paper"``: ``threshold_masks(maps, tau)`` (on the maps' device), then per map the
+    - ``"paper"``: ``threshold_u8`` (= ``threshold_masks(maps, tau)``, on the CPU), then per map the
       largest 8-connected component -> ``[(box, "largest")]``, or ``[]`` when the mask is empty.
     - ``"all"``: every component, largest first -> ``[(box, "component"), ...]``.
     - ``"dt-box"``: ``dt_boxes_inclusive(map, thresholds)`` (``tau`` unused) -> the loose
@@ -213,20 +248,31 @@ def boxes_for_maps(
     ndim = maps.ndim if is_torch_tensor(maps) else np.asarray(maps).ndim
     if ndim != 3:
         raise ValueError(f"maps must be [k, H, W], got {ndim} dimensions")
-    out: list[list[tuple[Box, str]]] = []
+    return [boxes_for_map(m, rule, tau, thresholds) for m in maps]
+
+
+def boxes_for_map(
+    m, rule: str = "paper", tau: float = 0.2, thresholds: Sequence[int] = DT_THRESHOLDS
+) -> list[tuple[Box, str]]:
+    """:func:`boxes_for_maps` of ONE ``[H, W]`` map (torch on any device, or numpy).
+
+    The float map is only read once: `paper`/`all` threshold it straight to a uint8 mask
+    (:func:`threshold_u8`), `dt-box` quantises it to uint8 (:func:`camcli.cam.dtbox.quantize_map`);
+    everything after works on that mask, so a caller that drops its map first keeps one
+    uint8 image per class in memory.
+
+    Raises:
+        ValueError: as :func:`boxes_for_maps`.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown box rule {rule!r}; choose one of {', '.join(RULES)}")
+    arr = to_numpy(m)
     if rule == "dt-box":
-        for m in to_numpy(maps):
-            boxes = dt_boxes_inclusive(m, thresholds)
-            out.append(
-                [(boxes[0], "loose"), (boxes[min(1, len(boxes) - 1)], "tight")] if boxes else []
-            )
-        return out
-    masks = threshold_masks(maps, tau)
-    masks = to_numpy(masks).astype(np.uint8)
-    for mask in masks:
-        if rule == "paper":
-            box = paper_box(mask)
-            out.append([(box, "largest")] if box is not None else [])
-        else:
-            out.append([(b, "component") for b in component_boxes(mask)])
-    return out
+        boxes = dt_boxes_inclusive(quantize_map(arr), thresholds)
+        return [(boxes[0], "loose"), (boxes[min(1, len(boxes) - 1)], "tight")] if boxes else []
+    mask = threshold_u8(arr, tau)
+    del arr
+    if rule == "paper":
+        box = paper_box(mask)
+        return [(box, "largest")] if box is not None else []
+    return [(b, "component") for b in component_boxes(mask)]

@@ -80,12 +80,35 @@ def quantize_map(heatmap) -> np.ndarray:
         return np.ascontiguousarray(m)
     if m.dtype.kind not in "biuf":
         raise ValueError(f"heatmap dtype {m.dtype} is not a real number type")
-    m = m.astype(np.float64)
-    m = np.where(np.isfinite(m) & (m > 0), m, 0.0)
-    peak = m.max() if m.size else 0.0
+    # In row strips of about _STRIP_PIXELS (same float64 maths per pixel, bounded memory).
+    peak = 0.0
+    for y0, y1 in _strips(m.shape):
+        part = _clean(m[y0:y1])
+        if part.size:
+            peak = max(peak, float(part.max()))
+    out = np.zeros(m.shape, np.uint8)
     if peak <= 0:
-        return np.zeros(m.shape, np.uint8)
-    return np.floor(m * (255.0 / peak) + 0.5).clip(0, 255).astype(np.uint8)
+        return out
+    for y0, y1 in _strips(m.shape):
+        out[y0:y1] = np.floor(_clean(m[y0:y1]) * (255.0 / peak) + 0.5).clip(0, 255)
+    return out
+
+
+_STRIP_PIXELS = 1 << 22
+"""Pixels per row strip of the float64 steps (32 MiB): bounded memory on large maps."""
+
+
+def _strips(shape: tuple[int, ...]):
+    """(y0, y1) row ranges of about :data:`_STRIP_PIXELS` pixels covering ``shape[0]`` rows."""
+    rows = max(1, _STRIP_PIXELS // max(1, shape[1]))
+    for y0 in range(0, shape[0], rows):
+        yield y0, min(shape[0], y0 + rows)
+
+
+def _clean(part: np.ndarray) -> np.ndarray:
+    """float64, non-finite values and negatives set to 0 (as Matlab's ``imwrite`` clips)."""
+    part = part.astype(np.float64)
+    return np.where(np.isfinite(part) & (part > 0), part, 0.0)
 
 
 def _dt_erode(binary: np.ndarray) -> np.ndarray:
@@ -101,9 +124,14 @@ def _dt_erode(binary: np.ndarray) -> np.ndarray:
     d = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     # cv2 returns float32; recover the exact integer squared distances and redo the C maths in
     # float64: sqrt, then s = d * (255 / (max - min)) with min = 0, then (int)(s + 0.5).
-    dist = np.sqrt(np.rint(d.astype(np.float64) ** 2))
-    scaled = np.floor(dist * (255.0 / dist.max()) + 0.5)
-    return scaled > 10
+    # The max of sqrt(rint(d^2)) is that of the max of d (both steps are monotone); the rest
+    # runs in row strips (bounded memory on large maps).
+    top = float(np.sqrt(np.rint(np.float64(d.max()) ** 2)))
+    out = np.empty(d.shape, dtype=bool)
+    for y0, y1 in _strips(d.shape):
+        dist = np.sqrt(np.rint(d[y0:y1].astype(np.float64) ** 2))
+        out[y0:y1] = np.floor(dist * (255.0 / top) + 0.5) > 10
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

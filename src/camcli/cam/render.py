@@ -192,11 +192,9 @@ def _fit_width(panels: Tensor, max_width: int, gap: int) -> Tensor:
     """``[n, 3, h, w]`` uint8 panels scaled down (antialiased) so that ``n`` of them and the
     ``gap``s between them fit in ``max_width``; unchanged when they already fit."""
     n, _, h, w = panels.shape
-    room = max_width - (n - 1) * gap
-    if n * w <= room:
+    new_h, new_w = grid_panel_size(h, w, n, max_width, gap)
+    if (new_h, new_w) == (h, w):
         return panels
-    new_w = max(1, room // n)
-    new_h = max(1, round(h * new_w / w))
     scaled = F.interpolate(
         panels.to(torch.float32), size=(new_h, new_w), mode="bilinear", antialias=True
     )
@@ -279,7 +277,7 @@ def levels_u8(maps: Tensor) -> Tensor:
     return levels.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def levels_cv2(m: np.ndarray) -> np.ndarray:
+def levels_cv2(m: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """:func:`levels_u8` for one map on the CPU, in two OpenCV SIMD passes.
 
     Negatives to 0 (``THRESH_TOZERO``), then ``saturate_cast(|255 m|)`` (rounding half to even
@@ -287,13 +285,14 @@ def levels_cv2(m: np.ndarray) -> np.ndarray:
 
     Args:
         m: ``[H, W]`` float32 numpy array, values in [0, 1].
+        inplace: clip the negatives of ``m`` in place (no float copy: large images).
 
     Returns:
         ``[H, W]`` uint8 numpy array, equal to ``levels_u8(torch.from_numpy(m)).numpy()``.
     """
     import cv2
 
-    _, pos = cv2.threshold(m, 0.0, 0.0, cv2.THRESH_TOZERO)
+    _, pos = cv2.threshold(m, 0.0, 0.0, cv2.THRESH_TOZERO, dst=m if inplace else None)
     return cv2.convertScaleAbs(pos, alpha=255.0)
 
 
@@ -333,4 +332,17 @@ def overlay_cv2(
     import cv2
 
     heat = cv2.applyColorMap(levels, _lut_cv2(colormap, bgr))  # channel order of the LUT
-    return cv2.addWeighted(image_hwc, 1.0 - alpha, heat, alpha, 0.0)
+    return cv2.addWeighted(image_hwc, 1.0 - alpha, heat, alpha, 0.0, dst=heat)  # no 2nd buffer
+
+
+def grid_panel_size(
+    height: int, width: int, panels: int, max_width: int = MAX_GRID_WIDTH, gap: int = 4
+) -> tuple[int, int]:
+    """(h, w) of each panel in a :func:`grid` of ``panels`` images of ``height x width``: the
+    size :func:`grid` scales them to. Panels already at this size are not scaled again, so the
+    caller can downscale each overlay as soon as it is rendered (bounded memory)."""
+    room = max_width - (panels - 1) * gap
+    if panels * width <= room:
+        return height, width
+    new_w = max(1, room // panels)
+    return max(1, round(height * new_w / width)), new_w

@@ -25,7 +25,9 @@ __all__ = [
     "Geometry",
     "Interpolation",
     "UpsampledCams",
+    "coverage_mask",
     "resize_maps",
+    "upsample_one",
     "upsample_to_images",
 ]
 
@@ -81,6 +83,38 @@ class Geometry:
                 object.__setattr__(self, "short_side", round(self.size * 256 / 224))
             elif self.short_side < 1:
                 raise ValueError(f"short_side must be positive, got {self.short_side}")
+
+    def to_dict(self) -> dict:
+        """``{"height", "width", "size", "mode", "short_side"}`` (``short_side`` None for
+        ``resize``): what a map file stores to rebuild this geometry (:meth:`from_dict`)."""
+        return {
+            "height": self.height,
+            "width": self.width,
+            "size": self.size,
+            "mode": self.mode,
+            "short_side": self.short_side if self.mode == "center_crop" else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        """The geometry :meth:`to_dict` described.
+
+        Raises:
+            ValueError: a missing or bad field (the message names it).
+        """
+        try:
+            short = d.get("short_side")
+            return cls(
+                height=int(d["height"]),
+                width=int(d["width"]),
+                size=int(d["size"]),
+                mode=str(d["mode"]),  # type: ignore[arg-type]
+                short_side=None if short is None else int(short),
+            )
+        except KeyError as exc:
+            raise ValueError(f"geometry without {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad geometry ({exc})") from None
 
     @property
     def resized_hw(self) -> tuple[int, int]:
@@ -251,11 +285,23 @@ def _place_crop(
     cy0, cy1 = max(y0, 0), min(y1, geom.height)
     cx0, cx1 = max(x0, 0), min(x1, geom.width)
     canvas = region.new_zeros((batch.shape[0], region.shape[1], geom.height, geom.width))
-    cover = torch.zeros((geom.height, geom.width), dtype=torch.bool, device=batch.device)
     if cy1 > cy0 and cx1 > cx0:
         canvas[..., cy0:cy1, cx0:cx1] = region[..., cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    return canvas, coverage_mask(geom, batch.device)
+
+
+def coverage_mask(geom: Geometry, device: torch.device | str | None = None) -> Tensor:
+    """``[H, W]`` bool on ``device``: True where the network input saw the original pixel
+    (the crop region inside the image; every pixel for ``resize``)."""
+    if geom.mode == "resize":
+        return torch.ones((geom.height, geom.width), dtype=torch.bool, device=device)
+    y0, y1, x0, x1 = geom.crop_region
+    cy0, cy1 = max(y0, 0), min(y1, geom.height)
+    cx0, cx1 = max(x0, 0), min(x1, geom.width)
+    cover = torch.zeros((geom.height, geom.width), dtype=torch.bool, device=device)
+    if cy1 > cy0 and cx1 > cx0:
         cover[cy0:cy1, cx0:cx1] = True
-    return canvas, cover
+    return cover
 
 
 def upsample_to_images(
@@ -309,3 +355,30 @@ def upsample_to_images(
             maps[i] = canvas[j]
             coverage[i] = cover.clone()
     return UpsampledCams(maps=maps, coverage=coverage)  # type: ignore[arg-type]
+
+
+def upsample_one(
+    cams: Tensor, geometry: Geometry, interpolation: Interpolation = "bilinear"
+) -> tuple[Tensor, Tensor | None]:
+    """The maps of ONE image onto that image: :func:`upsample_to_images` for a batch of one.
+
+    Calling it once per class gives exactly the maps of one batched call (every map is resized
+    on its own); it is how camcli bounds memory on large images (one full-size map at a time)
+    and how a v2 map file (:mod:`camcli.data.mapfiles_v2`) is turned back into the maps ``cam``
+    would have written.
+
+    Args:
+        cams: ``[k, h, w]`` float (normalised, or raw), any device.
+        geometry: the image's :class:`Geometry`.
+        interpolation: ``"bilinear"`` or ``"bicubic"``.
+
+    Returns:
+        (``[k, H, W]`` float32 on the device of ``cams``, the ``[H, W]`` bool coverage or None).
+
+    Raises:
+        ValueError: an unknown interpolation or ``cams`` not 3-D.
+    """
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be [k, h, w], got shape {tuple(cams.shape)}")
+    up = upsample_to_images(cams.unsqueeze(0), [geometry], interpolation)
+    return up.maps[0], up.coverage[0]

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
     from camcli.api.split import Split
 
 
+class MapsFormat(StrEnum):
+    small = "small"
+    full = "full"
+
+
+MAX_TOP_K = 100
+"""The largest ``--top-k`` of ``cam``: every class is an overlay file per image; a larger
+value is lowered to it with a warning."""
+
+
 class Fmt(StrEnum):
     jpg = "jpg"
     png = "png"
@@ -65,9 +75,19 @@ def cam(
     save_maps: Annotated[
         bool,
         typer.Option(
-            "--save-maps", help="Write DIR/<name>.npz with the raw maps at original resolution."
+            "--save-maps",
+            help="Write DIR/<name>.npz: the raw maps at feature resolution and the geometry "
+            "that maps them onto the image (map file v2; see --maps-format).",
         ),
     ] = False,
+    maps_format: Annotated[
+        MapsFormat,
+        typer.Option(
+            "--maps-format",
+            help="--save-maps file form: small (v2, maps at feature resolution, exact) or "
+            "full (float16 maps at the original size, compressed, for other tools).",
+        ),
+    ] = MapsFormat.small,
     no_overlay: Annotated[
         bool, typer.Option("--no-overlay", help="Write no per-class overlays.")
     ] = False,
@@ -94,6 +114,11 @@ def cam(
     from camcli.cli.run import open_session, resolve_inputs, session_options
 
     _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
+    if top_k > MAX_TOP_K:
+        from camcli.console import warn
+
+        warn(f"--top-k {top_k} lowered to {MAX_TOP_K} (one overlay file per class and image)")
+        top_k = MAX_TOP_K
     opts = _cam_job_options(
         out=out,
         inputs=inputs,
@@ -108,6 +133,7 @@ def cam(
         no_overlay=no_overlay,
         grid=grid,
         save_maps=save_maps,
+        maps_format=maps_format,
         resume=resume,
     )
     items = resolve_inputs(inputs)
@@ -151,6 +177,7 @@ def _cam_job_options(
     no_overlay: bool,
     grid: bool,
     save_maps: bool,
+    maps_format: MapsFormat = MapsFormat.small,
     resume: bool,
 ) -> CamJobOptions:
     """The job's options from the command's flags."""
@@ -172,6 +199,7 @@ def _cam_job_options(
             overlays=not no_overlay,
             grid=grid,
             save_maps=save_maps,
+            maps_format=maps_format.value,
         ),
         resume=resume,
     )

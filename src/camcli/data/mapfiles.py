@@ -9,6 +9,10 @@ Its arrays (``np.load(..., allow_pickle=False)``: a pickled object is refused, n
 - optional ``image`` (str, the image's path; without it the file's relative path without
   ``.npz`` names the image), ``labels`` (str [k]) and ``scores`` (float [k]).
 
+A v2 file (``version`` 2: maps at feature resolution and the geometry that maps them onto
+the image, written by default since camcli 0.x) is read through
+:mod:`camcli.data.mapfiles_v2`; this module dispatches on ``version``.
+
 Files of other tools with only ``cams`` and ``class_indices`` read too. Every problem with one
 file is a :class:`MapFileError` with a one-line reason, so that callers can fail that image and
 go on; a folder without map files is a :class:`~camcli.errors.NoInputError` (exit 3).
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from camcli.data import mapfiles_v2
 from camcli.errors import NoInputError
 
 __all__ = [
@@ -86,13 +91,16 @@ class MapFile:
     Attributes:
         header: its :class:`MapHeader` (image, class indices, labels).
         cams: float32 [k, H, W] (a stored [H, W] map becomes [1, H, W]), k = len(class_indices),
-            H, W >= 1.
+            H, W >= 1; None for a v2 file (its maps are in ``v2``).
         scores: float32 [k] when stored, else None.
+        v2: a v2 file's maps and geometry (:class:`camcli.data.mapfiles_v2.MapFileV2`),
+            else None.
     """
 
     header: MapHeader
-    cams: np.ndarray
+    cams: np.ndarray | None
     scores: np.ndarray | None = None
+    v2: mapfiles_v2.MapFileV2 | None = None
 
 
 def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Path]:
@@ -176,6 +184,9 @@ def load_class_map(path: str | os.PathLike, cls: int) -> np.ndarray | None:
             hit = np.flatnonzero(classes == cls)
             if hit.size == 0:
                 return None
+            if mapfiles_v2.is_v2(z):
+                v2 = mapfiles_v2.read_v2(z, classes.size)
+                return v2.class_map(int(hit[0])).astype(np.float64)
             cams = z["cams"]
     except _READ_ERRORS as exc:
         raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
@@ -205,6 +216,9 @@ def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None
     try:
         with np.load(path, allow_pickle=False) as z:
             head = _header_arrays(z, Path(path), root)
+            if mapfiles_v2.is_v2(z):
+                v2 = mapfiles_v2.read_v2(z, head.class_indices.size)
+                return MapFile(head, None, v2.scores, v2)
             cams = np.asarray(z["cams"], dtype=np.float32)
             scores = (
                 np.asarray(z["scores"], dtype=np.float32).reshape(-1)

@@ -12,16 +12,20 @@ STAGES = (
     "transfer",
     "forward",
     "cam",
+    "boxes (waited)",
     "boxes",
     "post-process",
     "encode+write (waited)",
     "encode+write",
 )
 
+THREADED = {"encode+write": "writer threads, overlapped", "boxes": "box threads, overlapped"}
+"""Stages timed in worker threads (busy time beside the main thread's wall time)."""
+
 
 class Profiler:
     """Accumulates wall seconds per stage. Stages of the main thread add up to its wall time;
-    ``encode+write`` runs in writer threads (overlapped) and decode in loader workers, so those
+    ``encode+write`` and ``boxes`` run in worker threads (overlapped) and decode in loader workers, so those
     are reported as busy time beside it. On CUDA each stage synchronises the device when
     profiling is on, so the GPU's time lands in the stage that queued it."""
 
@@ -59,11 +63,11 @@ class Profiler:
             f"profile: {self.images} images in {wall:.2f} s "
             f"({self.images / wall if wall else 0:.2f} images/s)"
         ]
-        main = sum(v for k, v in self.totals.items() if k != "encode+write")
+        main = sum(v for k, v in self.totals.items() if k not in THREADED)
         for name in STAGES:
             if name in self.totals:
                 v = self.totals[name]
-                where = "writer threads, overlapped" if name == "encode+write" else "main"
+                where = THREADED.get(name, "main")
                 lines.append(f"  {name:16s} {v:8.2f} s  {100 * v / wall:5.1f} % of wall  ({where})")
         if self.decode_worker_s:
             lines.append(
