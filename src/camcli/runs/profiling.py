@@ -26,8 +26,8 @@ THREADED = {"encode+write": "writer threads, overlapped", "boxes": "box threads,
 class Profiler:
     """Accumulates wall seconds per stage. Stages of the main thread add up to its wall time;
     ``encode+write`` and ``boxes`` run in worker threads (overlapped) and decode in loader
-    workers, so those are reported as busy time beside it. On CUDA each stage synchronises the device when
-    profiling is on, so the GPU's time lands in the stage that queued it."""
+    workers, so those are reported as busy time beside it. On CUDA each stage synchronises the
+    device when profiling is on, so the GPU's time lands in the stage that queued it."""
 
     def __init__(self, enabled: bool, device=None) -> None:
         self.enabled = enabled
