@@ -184,3 +184,61 @@ def test_top_k_is_capped_with_a_warning(tmp_path, cli_images, cli_ckpt, camcli_r
     assert "--top-k 100000 lowered to 100" in err
     with np.load(tmp_path / "o" / "a.npz") as z:
         assert z["cams"].shape[0] == 10  # the model's 10 classes
+
+
+# --- large images: maps in row strips, never a whole float map -------------------------------
+
+
+def test_bilinear_rows_match_opencv_and_do_not_depend_on_the_strip_height():
+    import cv2
+
+    from camcli.cam.upsample import bilinear_rows
+
+    rng = np.random.default_rng(7)
+    src = rng.random((9, 13), dtype=np.float32)
+    want = cv2.resize(src, (301, 257), interpolation=cv2.INTER_LINEAR)
+    whole = np.concatenate([s for _, _, s in bilinear_rows(src, 257, 301, rows=257)])
+    np.testing.assert_allclose(whole, want, atol=1e-6, rtol=0)
+    for rows in (1, 7, 100):
+        parts = list(bilinear_rows(src, 257, 301, rows=rows))
+        assert parts[0][0] == 0 and parts[-1][1] == 257
+        assert np.array_equal(np.concatenate([s for _, _, s in parts]), whole)
+
+
+def test_large_maps_come_in_strips_equal_to_the_whole_map(monkeypatch):
+    from camcli.cam import upsample as U
+
+    monkeypatch.setattr(U, "LARGE_PIXELS", 1000)
+    monkeypatch.setattr(U, "STRIP_PIXELS", 500)
+    cam = normalize_cams(torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(2)))[0]
+    geom = Geometry(97, 61, size=32)
+    strips = list(U.upsample_rows(cam, geom))
+    assert len(strips) > 5
+    whole, _ = U.upsample_one(cam[None], geom)
+    assert np.array_equal(np.concatenate([s for _, _, s in strips]), whole[0].numpy())
+    rows = lambda: U.upsample_rows(cam, geom)  # noqa: E731
+    m = whole[0].numpy()
+    assert np.array_equal(B.threshold_rows(rows, m.shape, 0.2), B.threshold_u8(m, 0.2))
+    assert np.array_equal(dtbox.quantize_rows(rows, m.shape), dtbox.quantize_map(m))
+    for rule in ("paper", "all", "dt-box"):
+        assert B.boxes_for_rows(rows, m.shape, rule) == B.boxes_for_map(m, rule)
+
+
+def test_bbox_from_v2_maps_equals_bbox_on_images_in_strips(
+    tmp_path, cli_images, cli_ckpt, monkeypatch
+):
+    # every map upsampled in strips (as on a huge image): same boxes from images and from maps
+    from camcli.cam import upsample as U
+
+    monkeypatch.setattr(U, "LARGE_PIXELS", 100)
+    monkeypatch.setattr(U, "STRIP_PIXELS", 300)
+    maps = tmp_path / "maps"
+    assert run_main("cam", cli_images, "--out", maps, "--weights", cli_ckpt, "--top-k", 3,
+                    "--save-maps", "--grid", "--quiet") == 1  # fmt: skip
+    img, frm = tmp_path / "img.jsonl", tmp_path / "frm.jsonl"
+    for extra in ([], ["--tight-loose-heuristic"]):
+        assert run_main("bbox", cli_images, "--weights", cli_ckpt, "--top-k", 3, "--output",
+                        img, "--quiet", *extra) == 1  # fmt: skip
+        assert run_main("bbox", "--from-maps", maps, "--top-k", 3, "--output", frm, "--quiet",
+                        *extra) == 0  # fmt: skip
+        assert [r["boxes"] for r in good(img)] == [r["boxes"] for r in good(frm)]

@@ -158,11 +158,11 @@ def box_entries(res: cams.CamResult, bopts: BoxOptions) -> list[dict]:
 
 
 def _class_boxes(res: cams.CamResult, i: int, rule: str, tau: float) -> list:
-    """The boxes of class ``i``'s map, upsampled here and dropped as soon as it is
-    thresholded (one full-size float map in memory at a time)."""
+    """The boxes of class ``i``'s map, upsampled here (in row strips on large images) and
+    thresholded or quantised straight to uint8: no full-size float map is kept."""
     from camcli.cam import boxes as B
 
-    return B.boxes_for_map(res.cam(i), rule, tau)
+    return B.boxes_for_rows(lambda: res.cam_rows(i), tuple(res.sample.size), rule, tau)
 
 
 class _Boxer:

@@ -80,9 +80,16 @@ def _render_and_write_cpu(
     ph, pw = render.grid_panel_size(h, w, res.k + 1) if grid_path is not None else (h, w)
     small: list[np.ndarray] = []
     for i in range(res.k):
-        m = res.cam(i).float().cpu().numpy()
-        levels = render.levels_cv2(m, inplace=res.full is None)
-        del m
+        levels = None
+        for y0, y1, strip in res.cam_rows(i):  # one strip (the map) unless the image is large
+            lv = render.levels_cv2(strip, inplace=res.full is None)
+            if y0 == 0 and y1 == h:
+                levels = lv
+                continue
+            if levels is None:
+                levels = np.empty((h, w), dtype=np.uint8)
+            levels[y0:y1] = lv
+        del strip
         ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
         del levels
         if grid_path is not None:  # a copy: ov is swapped to BGR in place below

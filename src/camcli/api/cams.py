@@ -81,6 +81,17 @@ class CamResult:
         up, _ = upsample_one(self.small[i : i + 1], self.geometry, self.interpolation)
         return up[0]
 
+    def cam_rows(self, i: int):
+        """Map ``i`` as :meth:`cam` gives it, in row strips (bounded memory on large images):
+        ``(y0, y1, float32 numpy [y1 - y0, W])`` top to bottom
+        (:func:`camcli.cam.upsample.upsample_rows`); small maps come as one strip."""
+        if self.full is not None:
+            yield 0, int(self.full.shape[1]), self.full[i].float().cpu().numpy()
+            return
+        from camcli.cam.upsample import upsample_rows
+
+        yield from upsample_rows(self.small[i], self.geometry, self.interpolation)
+
     @property
     def cams(self) -> torch.Tensor:
         """Every map on the original image at once: float32 [k, H, W] (k full-size maps in

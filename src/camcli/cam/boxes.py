@@ -24,13 +24,14 @@ import cv2
 import numpy as np
 
 from camcli.cam._common import Box, is_torch_tensor, to_numpy
-from camcli.cam.dtbox import DT_THRESHOLDS, dt_boxes_inclusive, quantize_map
+from camcli.cam.dtbox import DT_THRESHOLDS, dt_boxes_inclusive, quantize_map, quantize_rows
 
 __all__ = [
     "RULES",
     "Box",
     "box_iou",
     "boxes_for_map",
+    "boxes_for_rows",
     "boxes_for_maps",
     "component_boxes",
     "paper_box",
@@ -135,9 +136,48 @@ def threshold_u8(m: np.ndarray, tau: float) -> np.ndarray:
     limit = np.float32(m.max()) * np.float32(tau)
     if np.isnan(limit):
         return np.zeros(m.shape, np.uint8)
+    return _greater_u8(m, limit)
+
+
+def _greater_u8(m: np.ndarray, limit: np.float32) -> np.ndarray:
+    """uint8 255 where float32 ``m > limit``, else 0: one OpenCV call."""
     if m.size < 16:  # OpenCV takes tiny arrays for scalars: compare in numpy (same float32)
         return (m > limit).astype(np.uint8) * np.uint8(255)
     return cv2.compare(np.ascontiguousarray(m), float(limit), cv2.CMP_GT)
+
+
+def threshold_rows(rows, shape: tuple[int, int], tau: float) -> np.ndarray:
+    """:func:`threshold_u8` of a float32 map given in row strips (large maps never whole).
+
+    Args:
+        rows: a callable returning an iterator of ``(y0, y1, strip)`` (float32
+            ``[y1 - y0, W]``, top to bottom); called a second time when the map comes in more
+            than one strip (the max comes first).
+        shape: ``(H, W)``.
+        tau: the fraction of the max.
+
+    Returns:
+        ``[H, W]`` uint8 0/255, equal to ``threshold_u8`` of the whole map.
+    """
+    tau = float(tau)
+    if not np.isfinite(tau):
+        raise ValueError(f"tau={tau!r} is not a finite number; pass e.g. --tau 0.2")
+    peak, whole = np.float32(-np.inf), None
+    for y0, y1, strip in rows():
+        if y0 == 0 and y1 == shape[0]:
+            whole = strip
+            break
+        if strip.size:
+            peak = np.float32(np.max([peak, np.float32(strip.max())]))  # NaN wins
+    if whole is not None:
+        return threshold_u8(np.asarray(whole, dtype=np.float32), tau)
+    limit = peak * np.float32(tau)
+    out = np.zeros(shape, np.uint8)
+    if np.isnan(limit):
+        return out
+    for y0, y1, strip in rows():
+        out[y0:y1] = _greater_u8(strip, limit)
+    return out
 
 
 def _components(mask) -> list[tuple[int, Box]]:
@@ -271,10 +311,44 @@ def boxes_for_map(
     if rule == "dt-box":
         gray = quantize_map(arr)
         del arr
-        boxes = dt_boxes_inclusive(gray, thresholds)
-        return [(boxes[0], "loose"), (boxes[min(1, len(boxes) - 1)], "tight")] if boxes else []
+        return _dt_pair(dt_boxes_inclusive(gray, thresholds))
     mask = threshold_u8(arr, tau)
     del arr
+    return _mask_boxes(mask, rule)
+
+
+def boxes_for_rows(
+    rows,
+    shape: tuple[int, int],
+    rule: str = "paper",
+    tau: float = 0.2,
+    thresholds: Sequence[int] = DT_THRESHOLDS,
+) -> list[tuple[Box, str]]:
+    """:func:`boxes_for_map` of a map given in row strips, for large images: the float map
+    is never whole in memory, only its uint8 mask (or quantised map).
+
+    Args:
+        rows: a callable returning an iterator of ``(y0, y1, float32 strip)``, top to bottom
+            (e.g. ``lambda: upsample_rows(...)``); called twice when there is more than one
+            strip. A single strip covering every row is the whole map (read once).
+        shape: ``(H, W)``.
+        rule, tau, thresholds: as :func:`boxes_for_maps`.
+
+    Returns:
+        The boxes of :func:`boxes_for_map` on the whole map.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown box rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "dt-box":
+        return _dt_pair(dt_boxes_inclusive(quantize_rows(rows, shape), thresholds))
+    return _mask_boxes(threshold_rows(rows, shape, tau), rule)
+
+
+def _dt_pair(boxes: list[Box]) -> list[tuple[Box, str]]:
+    return [(boxes[0], "loose"), (boxes[min(1, len(boxes) - 1)], "tight")] if boxes else []
+
+
+def _mask_boxes(mask: np.ndarray, rule: str) -> list[tuple[Box, str]]:
     if rule == "paper":
         box = paper_box(mask)
         return [(box, "largest")] if box is not None else []

@@ -34,6 +34,7 @@ __all__ = [
     "dt_boxes",
     "dt_boxes_inclusive",
     "quantize_map",
+    "quantize_rows",
     "tight_loose_boxes",
     "xywh_to_box",
 ]
@@ -91,6 +92,36 @@ def quantize_map(heatmap) -> np.ndarray:
         return out
     for y0, y1 in _strips(m.shape):
         out[y0:y1] = np.floor(_clean(m[y0:y1]) * (255.0 / peak) + 0.5).clip(0, 255)
+    return out
+
+
+def quantize_rows(rows, shape: tuple[int, int]) -> np.ndarray:
+    """:func:`quantize_map` of a float map given in row strips (large maps never whole).
+
+    Args:
+        rows: a callable returning an iterator of ``(y0, y1, strip)`` (float ``[y1 - y0, W]``
+            numpy, top to bottom, e.g. :func:`camcli.cam.upsample.upsample_rows`); called a
+            second time when the map comes in more than one strip (the peak comes first).
+        shape: ``(H, W)`` of the map.
+
+    Returns:
+        ``[H, W]`` uint8, equal to ``quantize_map`` of the whole map.
+    """
+    peak, whole = 0.0, None
+    for y0, y1, strip in rows():
+        if y0 == 0 and y1 == shape[0]:
+            whole = strip
+            break
+        part = _clean(strip)
+        if part.size:
+            peak = max(peak, float(part.max()))
+    if whole is not None:
+        return quantize_map(whole)
+    out = np.zeros(shape, np.uint8)
+    if peak <= 0:
+        return out
+    for y0, y1, strip in rows():
+        out[y0:y1] = np.floor(_clean(strip) * (255.0 / peak) + 0.5).clip(0, 255)
     return out
 
 

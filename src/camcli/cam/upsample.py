@@ -28,8 +28,16 @@ __all__ = [
     "coverage_mask",
     "resize_maps",
     "upsample_one",
+    "upsample_rows",
     "upsample_to_images",
 ]
+
+LARGE_PIXELS = 1 << 24
+"""Maps of at least this many pixels (16.8 M, e.g. 4096 x 4096) are upsampled on the CPU in
+row strips (:func:`bilinear_rows`): bounded memory, values within 1e-6 of OpenCV's."""
+
+STRIP_PIXELS = 1 << 22
+"""Pixels per row strip of :func:`bilinear_rows` (16 MiB of float32)."""
 
 Interpolation = Literal["bilinear", "bicubic"]
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
@@ -194,7 +202,8 @@ def resize_maps(
     smaller than its input dim the resize is antialiased (like Matlab's ``imresize``). Bicubic
     output is clamped per map to the input map's [min, max] so it cannot overshoot. A resize to
     the same size returns the values unchanged (a copy). A CPU bilinear upsampling without
-    gradients goes through OpenCV (same rule, within 1e-6, faster).
+    gradients goes through OpenCV (same rule, within 1e-6, faster), or for outputs of
+    :data:`LARGE_PIXELS` or more through :func:`bilinear_rows` (same rule, within 1e-6).
 
     Args:
         maps: ``[N, k, h, w]`` float, any device.
@@ -230,6 +239,47 @@ def resize_maps(
     return out
 
 
+def _linear_taps(n_in: int, n_out: int):
+    """(i0, i1, w0, w1): the two source indices and float32 weights of every output index of
+    an ``align_corners=False`` linear resize ``n_in -> n_out``, computed as PyTorch does
+    (float32 ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0; the edge replicated)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    return i0, i1, (np.float32(1) - w1).astype(np.float32), w1
+
+
+def bilinear_rows(src: np.ndarray, out_h: int, out_w: int, rows: int | None = None):
+    """Bilinear upsampling of one ``[h, w]`` float32 map to ``out_h x out_w``, in row strips.
+
+    The rule of :func:`resize_maps` (``align_corners=False``, no antialias: an upsampling):
+    the rows are interpolated along x once (``[h, out_w]``), then each output strip along y,
+    so memory stays at one strip whatever the output size. Every output pixel is computed
+    the same way whatever the strip height (identical values for any ``rows``).
+
+    Args:
+        src: ``[h, w]`` float32 numpy array.
+        out_h, out_w: the output size.
+        rows: output rows per strip; default :data:`STRIP_PIXELS` ``// out_w``.
+
+    Yields:
+        ``(y0, y1, strip)``: ``strip`` float32 ``[y1 - y0, out_w]``, rows ``y0..y1-1``.
+    """
+    src = np.ascontiguousarray(src, dtype=np.float32)
+    i0, i1, w0, w1 = _linear_taps(src.shape[1], out_w)
+    along_x = src[:, i0] * w0 + src[:, i1] * w1  # [h, out_w]
+    j0, j1, v0, v1 = _linear_taps(src.shape[0], out_h)
+    rows = rows or max(1, STRIP_PIXELS // max(1, out_w))
+    for y0 in range(0, out_h, rows):
+        y1 = min(out_h, y0 + rows)
+        strip = along_x[j0[y0:y1]] * v0[y0:y1, None]
+        strip += along_x[j1[y0:y1]] * v1[y0:y1, None]
+        yield y0, y1, strip
+
+
 def _upsample_bilinear_cv2(maps: Tensor, out_h: int, out_w: int) -> Tensor:
     """CPU bilinear upsampling of [..., h, w] maps with OpenCV, one SIMD call per map.
 
@@ -242,7 +292,11 @@ def _upsample_bilinear_cv2(maps: Tensor, out_h: int, out_w: int) -> Tensor:
     src = maps.reshape(-1, *maps.shape[-2:]).contiguous().numpy()
     out = np.empty((src.shape[0], out_h, out_w), dtype=np.float32)
     for i in range(src.shape[0]):
-        cv2.resize(src[i], (out_w, out_h), dst=out[i], interpolation=cv2.INTER_LINEAR)
+        if out_h * out_w >= LARGE_PIXELS:  # in row strips: no second full-size buffer
+            for y0, y1, strip in bilinear_rows(src[i], out_h, out_w):
+                out[i, y0:y1] = strip
+        else:
+            cv2.resize(src[i], (out_w, out_h), dst=out[i], interpolation=cv2.INTER_LINEAR)
     return torch.from_numpy(out).reshape(*lead, out_h, out_w)
 
 
@@ -382,3 +436,32 @@ def upsample_one(
         raise ValueError(f"cams must be [k, h, w], got shape {tuple(cams.shape)}")
     up = upsample_to_images(cams.unsqueeze(0), [geometry], interpolation)
     return up.maps[0], up.coverage[0]
+
+
+def upsample_rows(cam: Tensor, geometry: Geometry, interpolation: Interpolation = "bilinear"):
+    """ONE map on its image, in row strips: what :func:`upsample_one` gives, without holding
+    the whole float map when it is large (a CPU bilinear ``resize`` of :data:`LARGE_PIXELS`
+    or more pixels; anything else comes as one strip, the whole map).
+
+    Args:
+        cam: ``[h, w]`` float, any device.
+        geometry: the image's :class:`Geometry`.
+        interpolation: ``"bilinear"`` or ``"bicubic"``.
+
+    Yields:
+        ``(y0, y1, strip)``: float32 numpy ``[y1 - y0, W]``, equal to rows ``y0..y1-1`` of
+        ``upsample_one(cam[None], geometry, interpolation)[0][0]``, top to bottom.
+    """
+    h, w = geometry.height, geometry.width
+    if (
+        interpolation == "bilinear"
+        and geometry.mode == "resize"
+        and cam.device.type == "cpu"
+        and h * w >= LARGE_PIXELS
+    ):
+        s = geometry.size
+        at_input = resize_maps(cam[None, None].detach(), (s, s), interpolation)[0, 0].numpy()
+        yield from bilinear_rows(at_input, h, w)
+        return
+    up, _ = upsample_one(cam[None], geometry, interpolation)
+    yield 0, h, up[0].detach().cpu().numpy()
