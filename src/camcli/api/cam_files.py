@@ -228,8 +228,9 @@ def _submit_device_render(
     when it can; queue their writes (and, otherwise, their encoding). Returns the future."""
     from camcli.cam import render
 
-    img = res.sample.image.to(res.cams.device, non_blocking=True)
-    ov = render.overlay(img, res.cams, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
+    maps = res.cams  # [k, H, W] upsampled on the maps' device, batched
+    img = res.sample.image.to(maps.device, non_blocking=True)
+    ov = render.overlay(img, maps, wopts.colormap, wopts.alpha)  # [k, 3, H, W]
     grid = render.grid(img, ov, captions) if wopts.grid else None
     blobs = _encode_on_device([*ov[: len(paths)], *([grid] if wopts.grid else [])], wopts.fmt)
     if blobs is not None:
