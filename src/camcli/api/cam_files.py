@@ -95,7 +95,7 @@ def _render_and_write_cpu(
         if grid_path is not None:  # a copy: ov is swapped to BGR in place below
             small.append(_panel(ov, ph, pw, copy=True))
         if i < len(paths):
-            cv2.cvtColor(ov, cv2.COLOR_RGB2BGR, dst=ov)
+            _rgb_to_bgr_inplace(ov)
             write_atomic(paths[i], encode_image(ov, wopts.fmt, bgr=True))
         del ov
     if grid_path is not None:
@@ -103,6 +103,17 @@ def _render_and_write_cpu(
         ovs = torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2)
         g = render.grid(img_small, ovs, captions)
         write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt))
+
+
+def _rgb_to_bgr_inplace(img: np.ndarray) -> None:
+    """Swap the channels of a C-contiguous uint8 [H, W, 3] array in place, in row strips
+    (OpenCV copies a source that is also its destination: a strip's copy, not the image's)."""
+    import cv2
+
+    rows = max(1, (1 << 22) // max(1, img.shape[1]))
+    for y0 in range(0, img.shape[0], rows):
+        part = img[y0 : y0 + rows]
+        cv2.cvtColor(part, cv2.COLOR_RGB2BGR, dst=part)
 
 
 def _panel(rgb: np.ndarray, h: int, w: int, copy: bool = False) -> np.ndarray:
