@@ -71,7 +71,6 @@ def _render_and_write_cpu(
     image: uint8 [3, H, W], usually a view of the decoder's [H, W, 3] array (no copy here);
     res: the maps (:meth:`camcli.api.cams.CamResult.cam`, float32 [H, W] in [0, 1]).
     """
-    import cv2
 
     from camcli.cam import render
 
