@@ -242,3 +242,40 @@ def test_bbox_from_v2_maps_equals_bbox_on_images_in_strips(
         assert run_main("bbox", "--from-maps", maps, "--top-k", 3, "--output", frm, "--quiet",
                         *extra) == 0  # fmt: skip
         assert [r["boxes"] for r in good(img)] == [r["boxes"] for r in good(frm)]
+
+
+def test_eval_maps_reads_v2_as_the_maps_on_the_images(tmp_path, capsys):
+    """eval --maps on v2 files scores exactly what it scores on the same maps stored whole
+    (v1, float32 at the original size)."""
+    from test_eval_cli import _cats, run, write_gt_csv
+
+    gt = write_gt_csv(
+        tmp_path / "gt.csv", [("a.jpg", "0", 2, 2, 30, 20), ("b.jpg", "1", 10, 5, 40, 35)]
+    )
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    v2.mkdir()
+    v1.mkdir()
+    rng = np.random.default_rng(11)
+    geoms = {"a": Geometry(25, 45, size=32), "b": Geometry(40, 50, size=32, mode="center_crop")}
+    for name, geom in geoms.items():
+        arrays = mapfiles_v2.v2_arrays(
+            rng.standard_normal((2, 3, 3)).astype(np.float32), class_indices=[0, 1],
+            scores=[0.6, 0.3], labels=["x", "y"], image=f"{name}.jpg", geometry=geom.to_dict(),
+            norm="minmax", interpolation="bilinear",
+        )  # fmt: skip
+        np.savez(v2 / f"{name}.npz", **arrays)
+        np.savez(v1 / f"{name}.npz", cams=full_maps(v2 / f"{name}.npz"),
+                 class_indices=np.array([0, 1]), image=f"{name}.jpg")  # fmt: skip
+    got = {}
+    for tag, folder in (("v2", v2), ("v1", v1)):
+        res = tmp_path / f"{tag}.json"
+        code, _, err = run(
+            ["eval", "--gt", str(gt), "--maps", str(folder), "--taus", "0:1:0.05", "--categories",
+             str(_cats(tmp_path)), "-o", str(res), "--workers", "0"],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        got[tag] = json.loads(res.read_text())
+    assert got["v2"]["n_loc_images"] == 2
+    assert got["v2"]["boxacc"] == got["v1"]["boxacc"]
+    assert got["v2"]["maxboxacc_v1"] == got["v1"]["maxboxacc_v1"]
