@@ -280,23 +280,34 @@ def bilinear_rows(src: np.ndarray, out_h: int, out_w: int, rows: int | None = No
         yield y0, y1, strip
 
 
+def _bilinear_one(src: np.ndarray, out_h: int, out_w: int, out: np.ndarray | None = None):
+    """One ``[h, w]`` float32 map upsampled as :func:`_upsample_bilinear_cv2` does each map:
+    OpenCV, or :func:`bilinear_rows` from :data:`LARGE_PIXELS` output pixels. Into ``out``
+    (float32 ``[out_h, out_w]``) when given; returns it."""
+    import cv2
+
+    if out is None:
+        out = np.empty((out_h, out_w), dtype=np.float32)
+    if out_h * out_w >= LARGE_PIXELS:  # in row strips: no second full-size buffer
+        for y0, y1, strip in bilinear_rows(src, out_h, out_w):
+            out[y0:y1] = strip
+    else:
+        cv2.resize(src, (out_w, out_h), dst=out, interpolation=cv2.INTER_LINEAR)
+    return out
+
+
 def _upsample_bilinear_cv2(maps: Tensor, out_h: int, out_w: int) -> Tensor:
     """CPU bilinear upsampling of [..., h, w] maps with OpenCV, one SIMD call per map.
 
     The same rule as ``F.interpolate(mode="bilinear", align_corners=False)`` (half-pixel
     centres, edge replicated), equal to it within 1e-6, and 5-6x faster for photo-sized maps.
     """
-    import cv2
 
     lead = maps.shape[:-2]
     src = maps.reshape(-1, *maps.shape[-2:]).contiguous().numpy()
     out = np.empty((src.shape[0], out_h, out_w), dtype=np.float32)
     for i in range(src.shape[0]):
-        if out_h * out_w >= LARGE_PIXELS:  # in row strips: no second full-size buffer
-            for y0, y1, strip in bilinear_rows(src[i], out_h, out_w):
-                out[i, y0:y1] = strip
-        else:
-            cv2.resize(src[i], (out_w, out_h), dst=out[i], interpolation=cv2.INTER_LINEAR)
+        _bilinear_one(src[i], out_h, out_w, out[i])
     return torch.from_numpy(out).reshape(*lead, out_h, out_w)
 
 
@@ -453,15 +464,24 @@ def upsample_rows(cam: Tensor, geometry: Geometry, interpolation: Interpolation 
         ``upsample_one(cam[None], geometry, interpolation)[0][0]``, top to bottom.
     """
     h, w = geometry.height, geometry.width
+    s = geometry.size
     if (
         interpolation == "bilinear"
         and geometry.mode == "resize"
         and cam.device.type == "cpu"
-        and h * w >= LARGE_PIXELS
+        and min(h, w) >= s >= max(cam.shape[-2:])
+        and (h, w) != (s, s)
+        and not cam.requires_grad
     ):
-        s = geometry.size
-        at_input = resize_maps(cam[None, None].detach(), (s, s), interpolation)[0, 0].numpy()
-        yield from bilinear_rows(at_input, h, w)
+        # Two upsamplings, the path resize_maps takes here (same calls, same values), without
+        # its batching overhead: OpenCV to S x S (unless already there), then to H x W.
+        src = cam.detach().to(torch.float32).contiguous().numpy()
+        if src.shape != (s, s):
+            src = _bilinear_one(src, s, s)
+        if h * w >= LARGE_PIXELS:
+            yield from bilinear_rows(src, h, w)
+        else:
+            yield 0, h, _bilinear_one(src, h, w)
         return
     up, _ = upsample_one(cam[None], geometry, interpolation)
     yield 0, h, up[0].detach().cpu().numpy()
