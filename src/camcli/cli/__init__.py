@@ -84,17 +84,33 @@ def main(argv: list[str] | None = None) -> None:
         error("interrupted")
         sys.exit(Exit.INTERRUPTED)
     except BrokenPipeError:
-        # The reader of stdout went away (`camcli ... | head`): not an error.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        finally:
-            sys.exit(0)
+        _exit_stdout_closed()
+    except SystemExit as exc:
+        # click turns a broken pipe into exit 1 after wrapping the streams
+        if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _exit_stdout_closed()
+        raise
     except Exception as exc:  # noqa: BLE001
         _exit_on_usage_error(exc)
         if debug:
             raise
         _exit_on_error(exc)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _exit_stdout_closed()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _exit_stdout_closed() -> NoReturn:
+    """The reader of stdout went away (``camcli ... | head``): exit 0 quietly, as Unix tools
+    do, with no error line and no "Exception ignored" when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(Exit.OK)
 
 
 def _exit_on_usage_error(exc: Exception) -> None:

@@ -227,6 +227,8 @@ def train(
     from camcli.train.run import train_folder
 
     _require_model(model, resume)
+    if val is not None:
+        o.refuse_unused(ctx, ("val_split",), f"with --val {val} (it validates on that folder)")
     opts = _train_options(
         model=model or "",
         epochs=epochs,
