@@ -33,6 +33,8 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
     """
     from PIL import Image, ImageDraw, ImageFont
 
+    from camcli.cam.render import caption_text
+
     img = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     draw = ImageDraw.Draw(img)
     colours = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255)]
@@ -48,7 +50,7 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
         x0, y0, x1, y1 = e["box"]
         draw.rectangle([x0, y0, x1, y1], outline=c, width=lw)
         score = "" if e["score"] is None else f" {e['score']:.2f}"
-        text = f"{e['rank']}. {e['label']}{score}" + (
+        text = f"{e['rank']}. {caption_text(e['label'])}{score}" + (
             f" ({e['kind']})" if e["kind"] in ("loose", "tight") else ""
         )
         tb = draw.textbbox((x0, y0), text, font=font)
