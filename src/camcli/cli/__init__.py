@@ -42,6 +42,33 @@ def _root(
     """Class activation maps and weakly-supervised boxes from GAP networks."""
 
 
+def _plain_help_types() -> None:
+    """Help without typer's type column where it says nothing: no ``<bool>`` beside a flag,
+    ``<str>`` rather than ``<list[str]>`` for a repeatable option or the INPUTS argument."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover - other typer versions
+        return
+    for cls in (TyperArgument, TyperOption):
+        shown_type = getattr(cls, "display_type_rich", None)
+        if shown_type is None or getattr(shown_type, "_camcli", False):
+            continue
+
+        def display_type_rich(self, ctx, _shown=shown_type):
+            if getattr(self, "is_flag", False) and getattr(self, "metavar", None) is None:
+                return None
+            text = _shown(self, ctx)
+            if isinstance(text, str) and text.startswith("<list[") and "]>" in text:
+                text = "<" + text[len("<list[") :].replace("]>", ">", 1)
+            return text
+
+        display_type_rich._camcli = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display_type_rich
+
+
+_plain_help_types()
+
+
 def _register() -> None:
     from camcli.cli import (
         bbox_cmd,

@@ -143,7 +143,7 @@ def eval_command(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=0, help="Processes scoring maps [default: cores, max 8]."),
+        typer.Option("--workers", min=0, help="Processes scoring maps (default: cores, max 8)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or progress.")] = False,
 ) -> int:

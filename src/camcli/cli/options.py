@@ -36,7 +36,7 @@ TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per ima
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        "--batch-size", "-b", min=1, help="Images per forward pass [default: 8 on CPU, 64 on CUDA]."
+        "--batch-size", "-b", min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA)."
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -46,7 +46,7 @@ Offline = Annotated[
 ]
 Workers = Annotated[
     int | None,
-    typer.Option("--workers", min=0, help="Decoding worker processes [default: cores, max 4]."),
+    typer.Option("--workers", min=0, help="Decoding worker processes (default: cores, max 4)."),
 ]
 Output = Annotated[
     str | None,
@@ -79,8 +79,8 @@ Profile = Annotated[
     bool,
     typer.Option(
         "--profile",
-        help="Print where the time went (decode, transfer, forward, "
-        "CAM, post-processing, encode+write) at the end.",
+        help="Print where the time went at the end: decode, transfer, forward, CAM, then "
+        "post-process and encode+write (cam) or boxes (bbox).",
     ),
 ]
 Codec = Annotated[
