@@ -276,3 +276,27 @@ def test_leftover_d_bbox_resume_and_profile_help():
     assert "--output FILE" in resume
     profile = text[text.index("--profile") : text.index("--codec")]
     assert "boxes (bbox)" in profile
+
+
+def test_O1_bbox_from_maps_draw_says_what_it_could_not_draw(tmp_path, camcli_run):
+    """--draw from maps needs the source images: one that is gone is named, not skipped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("circle.jpg", "ring.jpg"):
+        (src / name).write_bytes((EXAMPLES / name).read_bytes())
+    code, _, err = camcli_run(
+        "cam", src, "--out", tmp_path / "cams", "-m", "demo", "--save-maps", "--no-overlay", "-q"
+    )
+    assert code == 0, err
+    (src / "ring.jpg").unlink()
+    drawn = tmp_path / "drawn"
+    code, _, err = camcli_run(
+        "bbox", "--from-maps", tmp_path / "cams", "--draw", drawn, "-o", tmp_path / "b.jsonl"
+    )
+    assert code == 0, err
+    assert (drawn / "circle" / "boxes.jpg").is_file()
+    assert not (drawn / "ring").exists()
+    warn = [x for x in err.splitlines() if x.startswith("warning: --draw:")]
+    assert warn == [
+        f"warning: --draw: 1 image(s) not drawn: {src / 'ring.jpg'}: source image not found"
+    ]

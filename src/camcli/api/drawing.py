@@ -113,24 +113,25 @@ def _write_jpeg(path: Path, rgb) -> None:
     write_atomic(path, encode_image(rgb, "jpg"))
 
 
-def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
+def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> str | None:
     """Queue ``<key>/boxes.jpg``, the image with the record's boxes, and its manifest line.
 
     From maps the source image is read again when it is still there (same size); otherwise
-    nothing is drawn."""
+    nothing is drawn and the reason is returned (None when the drawing was queued)."""
     import os
 
     img = res.sample.image
     if img is None:  # from maps: the source image, when it is still there
-        if not os.path.isfile(res.sample.item.path):
-            return
+        src = res.sample.item.path
+        if not os.path.isfile(src):
+            return f"{src}: source image not found"
         try:
-            arr = codec.decode_image(res.sample.item.path)
-        except ValueError:
-            return
+            arr = codec.decode_image(src)
+        except ValueError as exc:
+            return f"{src}: source image unreadable ({exc})"
         img = torch.from_numpy(arr).permute(2, 0, 1)
         if tuple(img.shape[1:]) != tuple(res.sample.size):
-            return
+            return f"{src}: source image is no longer the size the maps were made at"
     path = drawdir.root / res.sample.item.key / "boxes.jpg"
     fut = drawdir.submit(_write_jpeg, path, draw_boxes(img, rec["boxes"]))
     drawdir.record(
@@ -138,3 +139,4 @@ def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
         {**rec, "key": res.sample.item.key, "outputs": {"files": [drawdir.rel(path)]}},
         [fut],
     )
+    return None

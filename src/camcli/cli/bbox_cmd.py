@@ -327,6 +327,11 @@ def _report_end(
             from camcli.cli.eval_cmd import report_for_records
 
             report_for_records(run.records, gt, opts.synsets)
+    if run.not_drawn:
+        from camcli.console import warn
+
+        more = f" and {len(run.not_drawn) - 1} more" if len(run.not_drawn) > 1 else ""
+        warn(f"--draw: {len(run.not_drawn)} image(s) not drawn: {run.not_drawn[0]}{more}")
     where = ""
     if split.shard is not None:
         where = f" (shard {split.shard}: {run.selected} of {run.total} inputs)"
