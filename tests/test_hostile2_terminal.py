@@ -271,3 +271,13 @@ def test_leftover_e_train_counts_the_images_an_epoch_trains_on(tmp_path, camcli_
     assert images_per_epoch(36, 36) == 36  # one batch: nothing dropped
     assert images_per_epoch(36, 64) == 36
     assert images_per_epoch(37, 8, world=2) == 32  # 19 per rank (padded) -> 16 each
+
+
+def test_T1_error_line_keeps_a_file_name_with_a_newline_whole(tmp_path, camcli_run):
+    d = tmp_path / f"two\nlines{ESC_CLEAR}"
+    d.mkdir()
+    code, out, err = camcli_run("predict", d, "-m", "demo")
+    assert code == 3
+    _no_raw(err)
+    assert err.count("\n") == 1
+    assert f"no images found in {tmp_path}/two\\u000alines\\u001b[2J: give image files" in err

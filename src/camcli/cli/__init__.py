@@ -162,7 +162,11 @@ def _exit_on_error(exc: Exception) -> NoReturn:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no second failure at exit
         sys.exit(werr.code)
     code = _exit_for(exc)
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    # camcli's own messages are one line: a line break in them comes from a file name or label
+    # and is shown escaped; another library's message is cut to its first line
+    msg = text if isinstance(exc, CamcliError) else text.split("\n")[0]
+    msg = msg or type(exc).__name__
     if code == 1 and not isinstance(exc, CamcliError):
         msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
     error(msg)
