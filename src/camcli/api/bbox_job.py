@@ -94,6 +94,8 @@ class BboxRun(JobRun):
     """
 
     records: list[dict] = field(default_factory=list)
+    not_drawn: list[str] = field(default_factory=list)
+    """``--draw`` from maps: why an image could not be drawn (its source image is gone)."""
 
 
 @dataclass
@@ -196,8 +198,17 @@ def run_bbox(
     drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
     results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
     progress.start(total, skipped, len(mine) if mine is not None else None)
+    not_drawn: list[str] = []
     records, completed = _write_box_records(
-        results, opts, session, mine, stats, sink=sink, drawdir=drawdir, progress=progress
+        results,
+        opts,
+        session,
+        mine,
+        stats,
+        sink=sink,
+        drawdir=drawdir,
+        progress=progress,
+        not_drawn=not_drawn,
     )
     if drawdir is not None:
         drawing.finish_drawings(drawdir, completed, split, items, stats, skipped)
@@ -225,6 +236,7 @@ def run_bbox(
         total=len(items) if items is not None else None,
         main=split.main,
         records=records,
+        not_drawn=not_drawn,
     )
 
 
@@ -273,6 +285,7 @@ def _write_box_records(
     sink: RecordSink,
     drawdir: OutDir | None,
     progress: Progress,
+    not_drawn: list[str],
 ) -> tuple[list[dict], bool]:
     """Box each result and write its record (and drawing); then close the drawings and
     finish the output in input order, also when interrupted or a write failed.
@@ -288,7 +301,7 @@ def _write_box_records(
         for res in results:
             item = res.item if isinstance(res, loader.Sample) else res.sample.item
             seen.append((item.index, item.key))
-            rec = _box_record(res, opts, session, stats, drawdir)
+            rec = _box_record(res, opts, session, stats, drawdir, not_drawn)
             order.append(rec["image"])
             records.append(rec)
             sink.write(rec)
@@ -322,6 +335,7 @@ def _box_record(
     session: Session | None,
     stats: dict,
     drawdir: OutDir | None,
+    not_drawn: list[str],
 ) -> dict:
     """One input's record, its boxes or its error; its drawing (or error line) queued in
     ``drawdir``; from maps, ``stats`` counts it."""
@@ -337,7 +351,9 @@ def _box_record(
     with session.profiler.stage("boxes") if session else contextlib.nullcontext():
         rec = {**res.record, "boxes": box_entries(res, opts.box_options)}
     if drawdir is not None:
-        drawing.draw_record(drawdir, res, rec)
+        why = drawing.draw_record(drawdir, res, rec)
+        if why is not None:
+            not_drawn.append(why)
     return rec
 
 

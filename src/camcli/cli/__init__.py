@@ -42,6 +42,33 @@ def _root(
     """Class activation maps and weakly-supervised boxes from GAP networks."""
 
 
+def _plain_help_types() -> None:
+    """Help without typer's type column where it says nothing: no ``<bool>`` beside a flag,
+    ``<str>`` rather than ``<list[str]>`` for a repeatable option or the INPUTS argument."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover - other typer versions
+        return
+    for cls in (TyperArgument, TyperOption):
+        shown_type = getattr(cls, "display_type_rich", None)
+        if shown_type is None or getattr(shown_type, "_camcli", False):
+            continue
+
+        def display_type_rich(self, ctx, _shown=shown_type):
+            if getattr(self, "is_flag", False) and getattr(self, "metavar", None) is None:
+                return None
+            text = _shown(self, ctx)
+            if isinstance(text, str) and text.startswith("<list[") and "]>" in text:
+                text = "<" + text[len("<list[") :].replace("]>", ">", 1)
+            return text
+
+        display_type_rich._camcli = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display_type_rich
+
+
+_plain_help_types()
+
+
 def _register() -> None:
     from camcli.cli import (
         bbox_cmd,
@@ -84,17 +111,33 @@ def main(argv: list[str] | None = None) -> None:
         error("interrupted")
         sys.exit(Exit.INTERRUPTED)
     except BrokenPipeError:
-        # The reader of stdout went away (`camcli ... | head`): not an error.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        finally:
-            sys.exit(0)
+        _exit_stdout_closed()
+    except SystemExit as exc:
+        # click turns a broken pipe into exit 1 after wrapping the streams
+        if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _exit_stdout_closed()
+        raise
     except Exception as exc:  # noqa: BLE001
         _exit_on_usage_error(exc)
         if debug:
             raise
         _exit_on_error(exc)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _exit_stdout_closed()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _exit_stdout_closed() -> NoReturn:
+    """The reader of stdout went away (``camcli ... | head``): exit 0 quietly, as Unix tools
+    do, with no error line and no "Exception ignored" when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(Exit.OK)
 
 
 def _exit_on_usage_error(exc: Exception) -> None:
@@ -119,7 +162,11 @@ def _exit_on_error(exc: Exception) -> NoReturn:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no second failure at exit
         sys.exit(werr.code)
     code = _exit_for(exc)
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    # camcli's own messages are one line: a line break in them comes from a file name or label
+    # and is shown escaped; another library's message is cut to its first line
+    msg = text if isinstance(exc, CamcliError) else text.split("\n")[0]
+    msg = msg or type(exc).__name__
     if code == 1 and not isinstance(exc, CamcliError):
         msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
     error(msg)

@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_command(
+    ctx: typer.Context,
     gt: Annotated[
         str,
         typer.Option(
@@ -142,7 +143,7 @@ def eval_command(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=0, help="Processes scoring maps [default: cores, max 8]."),
+        typer.Option("--workers", min=0, help="Processes scoring maps (default: cores, max 8)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or progress.")] = False,
 ) -> int:
@@ -157,6 +158,7 @@ def eval_command(
     from camcli.evaluate.report import eval_result
 
     _check_source(boxes, maps, submission, plot, submission_format)
+    _refuse_unused(ctx, maps=maps, submission=submission, categories=categories)
     tau_grid = _tau_grid(taus)
     _check_inputs(boxes, submission, blacklist, masks)
 
@@ -210,6 +212,26 @@ def _check_source(
         raise CamcliError(f"--plot {plot}: give a .png file name")
     if submission_format not in ("auto", "ilsvrc", "kaggle"):
         raise CamcliError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
+
+
+def _refuse_unused(
+    ctx: typer.Context | None, *, maps: str | None, submission: str | None, categories: str | None
+) -> None:
+    """Options that would do nothing in this run are a usage error (exit 2), not ignored."""
+    from camcli.cli.options import refuse_unused
+
+    if maps is None:
+        refuse_unused(
+            ctx,
+            ("taus", "wsol_boxes", "masks", "workers"),
+            "without --maps (they set how saved maps are scored)",
+        )
+    else:
+        refuse_unused(ctx, ("iou",), "with --maps (MaxBoxAcc uses its own IoU 0.5 / 0.3, 0.5, 0.7)")
+    if submission is None:
+        refuse_unused(ctx, ("submission_format",), "without --submission")
+    if categories is not None:
+        refuse_unused(ctx, ("model",), "with --categories (the class names come from --categories)")
 
 
 def _tau_grid(taus: str) -> np.ndarray:

@@ -82,7 +82,7 @@ def _print_table(rows: list[dict]) -> None:
     from rich import box
     from rich.table import Table
 
-    from camcli.console import stdout_console
+    from camcli.console import cell, stdout_console
 
     # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(
@@ -109,11 +109,11 @@ def _print_table(rows: list[dict]) -> None:
             "download": "cyan",
         }.get(r["weights"], "yellow")
         t.add_row(
-            r["name"],
-            r["architecture"],
-            r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP"),
-            r["feature_map"],
+            cell(r["name"]),
+            cell(r["architecture"]),
+            cell(r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP")),
+            cell(r["feature_map"]),
             str(r["classes"]),
-            f"[{colour}]{r['weights']}[/]",
+            f"[{colour}]{cell(r['weights'])}[/]",
         )
     stdout_console().print(t)

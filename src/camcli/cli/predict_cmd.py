@@ -137,7 +137,7 @@ def _report_end(
 
     if profile:
         session.profiler.images = session.stats["ok"]
-        info(session.profiler.report())
+        info(session.profiler.report(), multiline=True)
     summary = f"predict: {ok} done, {failed} failed" + (f", {resumed} resumed" if resumed else "")
     if split.shard is not None and split.dist is None:
         summary += f" (shard {split.shard}: {selected} of {inputs_total} inputs)"

@@ -37,10 +37,18 @@ from camcli.runs.shards import shard_names
 _LABEL_BAD = re.compile(r"[^\w.+-]+", re.UNICODE)
 
 
+LABEL_MAX_BYTES = 80
+"""The longest file-name part :func:`safe_label` makes, in UTF-8 bytes (file systems limit a
+name to 255 bytes, not characters)."""
+
+
 def safe_label(label: str) -> str:
-    """A class label as a file-name part: ``German shepherd`` -> ``German_shepherd``."""
+    """A class label as a file-name part: ``German shepherd`` -> ``German_shepherd``; at most
+    :data:`LABEL_MAX_BYTES` UTF-8 bytes, cut between characters; ``class`` when nothing is
+    left."""
     s = _LABEL_BAD.sub("_", label).strip("._")
-    return s[:80] or "class"
+    s = s.encode("utf-8", "ignore")[:LABEL_MAX_BYTES].decode("utf-8", "ignore").rstrip("._")
+    return s or "class"
 
 
 class OutDir:

@@ -22,7 +22,14 @@ from camcli.models.gap import GapModel
 from camcli.models.load import entry_for
 from camcli.models.registry import ModelEntry
 from camcli.train.checkpoint import load_checkpoint, model_from_checkpoint
-from camcli.train.data import FolderData, FolderImages, default_workers, make_loader, scan_folders
+from camcli.train.data import (
+    FolderData,
+    FolderImages,
+    default_workers,
+    images_per_epoch,
+    make_loader,
+    scan_folders,
+)
 from camcli.train.distributed import (
     DistContext,
     init_distributed,
@@ -250,9 +257,18 @@ def _summary(
 ) -> str:
     """The one line that says what is about to be trained, on what, how and where."""
     dist = job.dist
+    # the linear probe trains one layer on every rank's gathered features: no sharding
+    world = dist.world if dist.enabled and not o.freeze_backbone else 1
+    used = images_per_epoch(n_train, o.batch_size, world)
+    images = f"{n_train} images of {len(folders.classes)} classes"
+    if used != n_train:
+        images = (
+            f"{used} of {n_train} images of {len(folders.classes)} classes per epoch (the last "
+            "partial batch of each epoch's shuffle is dropped)"
+        )
     return (
         f"train {entry.name} ({o.recipe}, pool {'GAP' if o.pool == 'avg' else 'GMP'}) on "
-        f"{n_train} images of {len(folders.classes)} classes, validation: "
+        f"{images}, validation: "
         f"{n_val} images ({folders.val_source}); {o.epochs} epochs, batch "
         f"{o.batch_size}{f' x {dist.world} processes' if dist.enabled else ''}, "
         f"{o.optimizer} lr {o.lr:g} ({o.schedule}), {o.image_size} px, {o.precision}, "
