@@ -15,8 +15,8 @@ from conftest import PYTHON, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-DEMO_PT = Path(__file__).resolve().parents[1] / "src" / "camcli" / "assets" / "demo.pt"
+EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "shapes"
+DEMO_PT = Path(__file__).resolve().parents[1] / "src" / "camcli" / "assets" / "shapes.pt"
 
 
 def _files(root: Path) -> list[str]:

@@ -19,8 +19,8 @@ from conftest import PYTHON, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-DEMO_PT = Path(__file__).resolve().parents[1] / "src" / "camcli" / "assets" / "demo.pt"
+EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "shapes"
+DEMO_PT = Path(__file__).resolve().parents[1] / "src" / "camcli" / "assets" / "shapes.pt"
 
 ESC_TITLE = "\x1b]0;owned\x07"  # OSC: sets the terminal title
 ESC_CLEAR = "\x1b[2J"  # CSI: clears the screen

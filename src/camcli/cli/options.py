@@ -20,7 +20,7 @@ Model = Annotated[
         "--model",
         "-m",
         help="Registry name (`camcli models`), torchvision:<name> or timm:<name> "
-        "[default: efficientnet_lite0, or the network a camcli checkpoint in --weights names].",
+        "(default: efficientnet_lite0, or the network a camcli checkpoint in --weights names).",
     ),
 ]
 Weights = Annotated[
