@@ -22,12 +22,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from camcli.api.progress import Progress
 from camcli.atomic import write_atomic
 from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit, NoInputError
+
+if TYPE_CHECKING:  # torch-free at run time: camcli.api.progress imports the predict job
+    from camcli.api.progress import Progress
 
 __all__ = [
     "ReportInputs",
