@@ -320,3 +320,22 @@ def test_cli_eval_only_and_bad_lines(tmp_path, camcli_run):
     assert code == 0
     assert "warning: skipped" in err and "some.jsonl line 2: not JSON" in err
     assert "report: 1 images (0 failed)" in err
+
+
+def test_cli_undecodable_file_name(tmp_path, camcli_run):
+    """A path that is not UTF-8 (surrogate escapes in the record) gets its thumbnail and link;
+    the page stays valid UTF-8."""
+    raw = os.fsencode(tmp_path) + b"/bad\xff.jpg"
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(raw.decode("utf-8", "surrogateescape"))
+    name = os.fsdecode(raw)
+    recs = tmp_path / "r.jsonl"
+    rec = {"image": name, "width": 64, "height": 48, "predictions": PRED}
+    recs.write_text(json.dumps(rec) + "\n")
+    code, _o, err = camcli_run("report", recs, "--out", tmp_path / "rep")
+    assert code == 0 and "thumbnails 1 made" in err
+    html = (tmp_path / "rep" / "index.html").read_bytes().decode("utf-8")  # strict
+    p = _Page()
+    p.feed(html)
+    (row,) = json.loads(p.scripts[0][1])
+    assert row["n"] == name and row["f"] == "../bad%FF.jpg"
+    assert (tmp_path / "rep" / row["t"]).is_file()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from camcli.atomic import write_atomic
+from camcli.console import shown
 from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit, NoInputError
 
@@ -456,7 +457,7 @@ def _eval_view(path: Path, res: dict) -> dict:
             v = res[key]
             figs.append([label, f"{100 * v:.2f} %" if frac else str(v)])
     per_class = res.get("per_class") if isinstance(res.get("per_class"), list) else None
-    return {"path": str(path), "figures": figs, "curve": boxacc_svg(res), "per_class": per_class}
+    return {"path": shown(path), "figures": figs, "curve": boxacc_svg(res), "per_class": per_class}
 
 
 def _run_view(folder: Path, run: dict) -> dict:
@@ -464,7 +465,7 @@ def _run_view(folder: Path, run: dict) -> dict:
     keep = ("command", "camcli", "torch", "model", "weights", "weights_sha256", "num_classes",
             "device", "batch_size", "wall_time_s")  # fmt: skip
     return {
-        "path": str(folder),
+        "path": shown(folder),
         "fields": [
             [k, json.dumps(run[k]) if isinstance(run[k], (dict, list)) else str(run[k])]
             for k in keep
@@ -631,9 +632,12 @@ def write_report(
         "box_missed": sum(r.box_missed is True for r in rows),
     }
     context = {
-        "title": title or "camcli report: " + ", ".join(Path(r).name or str(r) for r in runs),
+        "title": shown(
+            title or "camcli report: " + ", ".join(Path(r).name or str(r) for r in runs)
+        ),
         "runs": [_run_view(f, j) for f, _r, j in inputs.cam_dirs if j],
-        "sources": [str(f) for f, _r, _j in inputs.cam_dirs] + [str(f) for f, _r in inputs.records],
+        "sources": [shown(f) for f, _r, _j in inputs.cam_dirs]
+        + [shown(f) for f, _r in inputs.records],
         "evals": [_eval_view(p, e) for p, e in inputs.evals],
         "classes": classes,
         "class_table": class_table(rows, iou),
