@@ -279,7 +279,8 @@ def test_report_in_browser(browser, report_page, tmp_path):
     assert b.js("decodeURIComponent(document.getElementById('viewer-img').src)").endswith(
         "/cams/good/1_0.jpg"
     )
-    assert b.js("document.getElementById('viewer-cap').textContent").startswith("cat")
+    cap = b.js("document.getElementById('viewer-cap').textContent")
+    assert cap == f"1. cat · {report_page.parents[1] / 'images' / 'good.jpg'} · IoU 1.000"
     # its boxes: the top-1 box and the GT box
     assert b.js("document.querySelectorAll('#viewer-svg rect').length") == 2
     # thumbnails are thumbnails (longest side 160)

@@ -78,7 +78,7 @@
     for (const o of r.o || []) {
       const f = el("figure", "ov");
       f.style.margin = "0";
-      f.appendChild(thumb(o[2], o[3], r, o[0], o[1]));
+      f.appendChild(thumb(o[2], o[3], r, o[0], o[0] + ". " + o[1] + " · " + r.n));
       f.appendChild(el("figcaption", null, o[0] + ". " + o[1]));
       ovs.appendChild(f);
     }
@@ -138,6 +138,12 @@
   }
   function openViewer(full, r, rank, caption) {
     const img = $("viewer-img"), svg = $("viewer-svg");
+    img.removeAttribute("style");
+    img.onload = () => {
+      // the file at full resolution; a small one is enlarged (up to 4x) to fill the screen
+      const s = Math.min(4, 0.92 * innerWidth / img.naturalWidth, 0.86 * innerHeight / img.naturalHeight);
+      if (s > 1) { img.style.width = Math.round(img.naturalWidth * s) + "px"; img.style.maxWidth = "none"; img.style.maxHeight = "none"; }
+    };
     img.src = full;
     img.alt = caption;
     svg.replaceChildren();
