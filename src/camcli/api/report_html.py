@@ -386,10 +386,21 @@ def make_thumbnail(src: str | os.PathLike, dst: str | os.PathLike, size: int = T
     write_atomic(dst, buf.getvalue())
 
 
-def _href(path: str | os.PathLike, out: Path) -> str:
-    """``path`` as a URL relative to the report folder (percent-encoded bytes)."""
-    rel = os.path.relpath(os.path.abspath(path), out.resolve())
-    return quote(os.fsencode(rel.replace(os.sep, "/")), safe="/")
+class _Links:
+    """Paths as URLs relative to the report folder (percent-encoded bytes); the relative path
+    of each folder is worked out once."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = os.path.abspath(out)
+        self.dirs: dict[str, str] = {}
+
+    def __call__(self, path: str | os.PathLike) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        rel = self.dirs.get(folder)
+        if rel is None:
+            rel = os.path.relpath(folder, self.out).replace(os.sep, "/")
+            self.dirs[folder] = rel = "" if rel == "." else rel + "/"
+        return quote(os.fsencode(rel + name), safe="/")
 
 
 # ---- page -------------------------------------------------------------------------------------
@@ -621,7 +632,8 @@ def write_report(
     def thumb(s):
         return None if s is None or s in failed_thumbs else thumb_of.get(s)
 
-    page_rows = [_row_json(i, r, thumb, outp) for i, r in enumerate(rows)]
+    href = _Links(outp)
+    page_rows = [_row_json(i, r, thumb, href) for i, r in enumerate(rows)]
     classes = sorted({r.preds[0][0] for r in rows if r.preds} | {g for r in rows
                       for g in r.gt_labels[:1]})  # fmt: skip
     counts = {
@@ -660,7 +672,7 @@ def write_report(
     )
 
 
-def _row_json(i: int, r: Row, thumb, out: Path) -> dict:
+def _row_json(i: int, r: Row, thumb, href: _Links) -> dict:
     d: dict = {"i": i, "n": r.image}
     if r.error is not None:
         d["e"] = r.error
@@ -670,8 +682,8 @@ def _row_json(i: int, r: Row, thumb, out: Path) -> dict:
     d["p"] = r.preds
     src_ok = r.source is not None and os.path.exists(r.source)
     d["t"] = thumb(r.source)
-    d["f"] = _href(r.source, out) if src_ok else None
-    d["o"] = [[o[0], o[1], thumb(o[2]), _href(o[2], out)] for o in r.overlays]
+    d["f"] = href(r.source) if src_ok else None
+    d["o"] = [[o[0], o[1], thumb(o[2]), href(o[2])] for o in r.overlays]
     if r.boxes:
         d["b"] = r.boxes
     if r.gt_labels or r.gt_boxes:
