@@ -120,6 +120,14 @@ class Chromium:
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply.get("result", {})
 
+    def open(self, path: Path) -> None:
+        """Load a page and wait for the report's script to have drawn it; console messages
+        of earlier pages are forgotten."""
+        with self.cv:
+            self.events.clear()
+        self.send("Page.navigate", url=path.as_uri())
+        self.wait("document.body && document.body.dataset.ready === '1'")
+
     def js(self, expr: str):
         """Value of a JavaScript expression in the page (awaited if a promise)."""
         res = self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
@@ -224,8 +232,7 @@ def stem(path: str) -> str:
 
 def test_report_in_browser(browser, report_page, tmp_path):
     b = browser
-    b.send("Page.navigate", url=report_page.as_uri())
-    b.wait("document.body && document.body.dataset.ready === '1'")
+    b.open(report_page)
 
     # every image is a row, in input order; the failed one says so
     shown = [stem(n) for n in names(b)]
@@ -242,6 +249,14 @@ def test_report_in_browser(browser, report_page, tmp_path):
     b.click("button.sort[data-key=iou]")
     desc = sorted(EXPECT, key=lambda s: (-EXPECT[s][3], list(EXPECT).index(s)))
     assert [stem(n) for n in names(b)] == [*desc, FAILED]
+    # by top-1 score (highest first, then reversed), by error (failed, wrong class, missed)
+    b.click("button.sort[data-key=score]")
+    assert [stem(n) for n in names(b)] == [*EXPECT, FAILED]  # the fixture's scores fall
+    b.click("button.sort[data-key=score]")
+    assert [stem(n) for n in names(b)] == [*reversed(EXPECT), FAILED]
+    b.click("button.sort[data-key=error]")
+    assert [stem(n) for n in names(b)] == [FAILED, "wrong", "missed", "nobox", "good", "evil",
+                                           "html"]  # fmt: skip
     b.click("button.sort[data-key=order]")
 
     # filters: box missed, wrong class, failed to decode
@@ -297,4 +312,34 @@ def test_report_in_browser(browser, report_page, tmp_path):
     assert shot.stat().st_size > 10_000
 
     # nothing failed in the console: no script error, no missing file
+    assert b.console_errors() == []
+
+
+def test_report_pages_in_browser(browser, tmp_path):
+    """120 records-only rows: 50 a page, the next page, 25 a page, a filter back to page 1."""
+    from camcli.api.report_html import write_report
+
+    recs = tmp_path / "r.jsonl"
+    recs.write_text("".join(
+        json.dumps({"image": f"img{i:03d}.jpg", "width": 10, "height": 10, "predictions": [
+            {"class_index": i % 2, "label": "odd" if i % 2 else "even", "score": 0.5}]}) + "\n"
+        for i in range(120)
+    ))  # fmt: skip
+    page = write_report([recs], tmp_path / "rep").index
+    b = browser
+    b.open(page)
+    info = "document.getElementById('page-info').textContent"
+    assert b.js(info) == "page 1 of 3 · 120 of 120 images"
+    assert names(b) == [f"img{i:03d}.jpg" for i in range(50)]
+    b.click("#next")
+    assert names(b) == [f"img{i:03d}.jpg" for i in range(50, 100)]
+    b.click("#next")
+    assert names(b) == [f"img{i:03d}.jpg" for i in range(100, 120)]
+    assert b.js("document.getElementById('next').disabled")
+    b.select("#page-size", "25")
+    assert b.js(info) == "page 1 of 5 · 120 of 120 images"
+    b.click("#next")
+    b.select("#f-class", "odd")
+    assert b.js(info) == "page 1 of 3 · 60 of 120 images"
+    assert names(b)[:2] == ["img001.jpg", "img003.jpg"]
     assert b.console_errors() == []
