@@ -20,6 +20,7 @@ def report(
         typer.Argument(
             help="A `camcli cam --out` folder, `bbox`/`predict` records (JSON Lines), an "
             "`eval --output` JSON; any combination (records of the same image are joined).",
+            metavar="RUN",
             show_default=False,
         ),
     ],
