@@ -77,10 +77,20 @@ def _register() -> None:
         merge_cmd,
         models_cmd,
         predict_cmd,
+        report_cmd,
         train_cmd,
     )
 
-    for m in (models_cmd, predict_cmd, cam_cmd, bbox_cmd, eval_cmd, train_cmd, merge_cmd):
+    for m in (
+        models_cmd,
+        predict_cmd,
+        cam_cmd,
+        bbox_cmd,
+        eval_cmd,
+        train_cmd,
+        merge_cmd,
+        report_cmd,
+    ):
         m.register(app)
 
 
