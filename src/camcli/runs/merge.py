@@ -129,7 +129,7 @@ def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None
     write_lines(root / MANIFEST, lines)
     if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
         info = merged_run_info(infos)
-        write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())
+        write_atomic(root / RUN_JSON, (json.dumps(info, indent=2, allow_nan=False) + "\n").encode())
     if not keep_parts:
         for i in range(n):
             for name in shard_names(i, n):

@@ -10,6 +10,7 @@ optimizer, scheduler and RNG state. Progress goes to a
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,9 @@ def fit(
         train_sums, seconds = epoch_trainer.run(train_loader, epoch)
         val = _validate(net, val_loader, eval_preprocess or model.preprocess, device, options, dist)
         record = _epoch_record(epoch, options, steps_per_epoch, train_sums, seconds, val)
+        bad = _nonfinite_in(record, model)
+        if bad is not None:  # never saved: a NaN/inf state is no checkpoint
+            raise NonFiniteError(_nonfinite_epoch_message(bad, epoch, options, out))
         best, record["best"] = _update_best(best, record, epoch, validated=val is not None)
         history.append(record)
         if out is not None and dist.is_main:
@@ -362,7 +366,40 @@ def _save_epoch(
         make_checkpoint(model, best=best, training_state=state, **common), out / "last.pt"
     )
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def _nonfinite_in(record: dict, model: nn.Module) -> str | None:
+    """What is non-finite after an epoch: a loss of ``record`` or a parameter or buffer of
+    ``model`` (e.g. BatchNorm's running_var); None when all are finite."""
+    for key in ("train_loss", "val_loss"):
+        v = record.get(key)
+        if v is not None and not math.isfinite(v):
+            return f"{key.replace('_', ' ')} ({v})"
+    with torch.no_grad():
+        for name, t in unwrap(model).state_dict().items():
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                return f"{name}"
+    return None
+
+
+def _nonfinite_epoch_message(bad: str, epoch: int, o: TrainOptions, out: Path | None) -> str:
+    msg = (
+        f"non-finite {bad} after epoch {epoch + 1}: training stopped, this epoch not saved; "
+        f"lower --lr (now {o.lr:g})"
+    )
+    if o.precision != "fp32":
+        msg += " or use --precision fp32"
+    return msg + _last_good(epoch, out)
+
+
+def _last_good(epoch: int, out: Path | None) -> str:
+    """Where the last good state is: ``epoch`` epochs were completed and saved before."""
+    if out is None:
+        return ""
+    if epoch:
+        return f"; {out / 'last.pt'} keeps epoch {epoch}, the last good one"
+    return "; no good checkpoint exists (none was written): rerun with a lower --lr"
 
 
 def _nonfinite_message(
@@ -374,16 +411,12 @@ def _nonfinite_message(
     )
     if o.precision != "fp32":
         msg += " or use --precision fp32"
-    if out is not None:
-        msg += (
-            f"; {out / 'last.pt'} keeps epoch {epoch}, the last good one"
-            if epoch
-            else "; no checkpoint was written"
-        )
-    return msg
+    return msg + _last_good(epoch, out)
 
 
 def _rewrite_metrics(path: Path, history: list[dict]) -> None:
     from camcli.atomic import write_atomic
 
-    write_atomic(path, "".join(json.dumps(h) + "\n" for h in history).encode("utf-8"))
+    write_atomic(
+        path, "".join(json.dumps(h, allow_nan=False) + "\n" for h in history).encode("utf-8")
+    )

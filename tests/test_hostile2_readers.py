@@ -1,0 +1,293 @@
+"""Hostile files, round 2 (issue 15, cases N, R, C, M, G, K of cases/hostile-2.md): no
+non-finite number reaches an output, and one validating reader per file kind gives one-line
+errors naming the file (and line) with the README's exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from camcli.cli import main
+
+pytestmark = pytest.mark.usefixtures("cli_one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "src" / "camcli" / "assets" / "demo.pt"
+EXAMPLES = REPO / "examples"
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run camcli in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    o, e = capsys.readouterr()
+    return code, o, e
+
+
+def one_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def edited_demo(tmp_path: Path, edit, name: str = "x.pt") -> Path:
+    import torch
+
+    c = torch.load(DEMO, weights_only=True)
+    edit(c)
+    p = tmp_path / name
+    torch.save(c, p)
+    return p
+
+
+# ------------------------------------------------------------------ N1: non-finite weights
+
+
+def _set_bias_nan(c):
+    c["state_dict"]["fc.bias"][0] = float("nan")
+
+
+def _set_bn_inf(c):
+    c["state_dict"]["trunk.1.running_var"][0] = float("inf")
+
+
+N1_EDITS = {
+    "fc.bias nan": (_set_bias_nan, "'fc.bias'"),
+    "running_var inf": (_set_bn_inf, "'trunk.1.running_var'"),
+    "mean nan": (lambda c: c["preprocess"].update(mean=[float("nan"), 0.4, 0.4]), "mean"),
+    "std 1e-45": (lambda c: c["preprocess"].update(std=[1e-45, 0.2, 0.2]), "std"),
+    "std inf": (lambda c: c["preprocess"].update(std=[float("inf"), 0.2, 0.2]), "std"),
+}
+
+
+@pytest.mark.parametrize("command", ["predict", "cam", "bbox"])
+@pytest.mark.parametrize("case", list(N1_EDITS))
+def test_N1_nonfinite_weights_refused_at_load(case, command, tmp_path, capsys):
+    edit, names = N1_EDITS[case]
+    ck = edited_demo(tmp_path, edit)
+    out = tmp_path / "out"
+    args = {
+        "predict": ["--output", out / "p.jsonl"],
+        "cam": ["--out", out],
+        "bbox": ["--output", out / "b.jsonl"],
+    }[command]
+    code, o, e = cli(capsys, command, EXAMPLES / "circle.jpg", "-w", ck, *args)
+    assert code == 4, e
+    line = one_line(e)
+    assert str(ck) in line and names in line
+    assert not out.exists() or not any(out.rglob("*.jsonl"))
+    assert "NaN" not in o and "Infinity" not in o
+
+
+def test_N1_json_writers_refuse_nan():
+    """Every JSON writer of camcli refuses NaN: records.dumps raises, and no json.dump(s) call
+    in src/ goes without allow_nan=False (grep-level guard)."""
+    from camcli.data.records import dumps
+
+    for bad in (float("nan"), float("inf"), np.float32("nan"), np.array([1.0, np.inf])):
+        with pytest.raises(ValueError, match="non-finite"):
+            dumps({"score": bad})
+    import re
+
+    offenders = []
+    for path in (REPO / "src" / "camcli").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"json\.dumps?\(", text):
+            depth, i = 1, m.end()
+            while depth and i < len(text):
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            if "allow_nan=False" not in text[m.end() : i]:
+                offenders.append(f"{path.relative_to(REPO)}:{text[: m.start()].count(chr(10)) + 1}")
+    assert offenders == []
+
+
+# ------------------------------------------------------------------ C1, C2: checkpoint fields
+
+
+def _pop(key):
+    return lambda c: c.pop(key)
+
+
+def _set(key, value):
+    return lambda c: c.__setitem__(key, value)
+
+
+def _pre(key, value):
+    return lambda c: c["preprocess"].__setitem__(key, value)
+
+
+C1_EDITS = {
+    "categories [1, None]": (_set("categories", [1, None, "a", "b", "c"]), "categories[0]"),
+    "categories missing": (_pop("categories"), "'categories'"),
+    "nested labels": (_set("categories", [["a"], "b", "c", "d", "e"]), "categories[0]"),
+    "preprocess str": (_set("preprocess", "resize"), "'preprocess'"),
+    "input_size str": (_pre("input_size", "64"), "preprocess.input_size"),
+    "input_size 0": (_pre("input_size", 0), "preprocess.input_size"),
+    "mean str": (_pre("mean", "abc"), "preprocess.mean"),
+    "interpolation": (_pre("interpolation", 3), "preprocess.interpolation"),
+    "pool median": (_set("pool", "median"), "'pool'"),
+    "arch_options str": (_set("arch_options", "width=16"), "'arch_options'"),
+    "state_dict None": (_set("state_dict", None), "'state_dict'"),
+    "model int": (_set("model", 5), "'model'"),
+}
+
+
+@pytest.mark.parametrize("case", list(C1_EDITS))
+def test_C1_checkpoint_fields_checked(case, tmp_path, capsys):
+    edit, field = C1_EDITS[case]
+    ck = edited_demo(tmp_path, edit)
+    code, _, e = cli(capsys, "predict", EXAMPLES / "circle.jpg", "-w", ck)
+    assert code == 4, e
+    line = one_line(e)
+    assert f"{ck}: checkpoint field" in line and field in line
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (_pop("train_options"), "'train_options'"),
+        (_set("epoch", "two"), "'epoch'"),
+        (_set("train_options", {"lr": "fast"}), "'train_options'"),
+        (_set("history", "h"), "'history'"),
+    ],
+)
+def test_C1_train_resume_checkpoint_checked(edit, field, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    last = edited_demo(run, edit, "last.pt")
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+    code, _, e = cli(capsys, "train", data, "--out", run, "--resume")
+    assert code == 4, e
+    line = one_line(e)
+    assert f"{last}: checkpoint field" in line and field in line
+
+
+@pytest.mark.parametrize("size", [6000, 100000, 1025])
+def test_C2_input_size_bounded_at_load(size, tmp_path, capsys):
+    ck = edited_demo(tmp_path, _pre("input_size", size))
+    code, o, e = cli(capsys, "predict", EXAMPLES / "circle.jpg", "-w", ck)
+    assert code == 4 and o == ""
+    line = one_line(e)
+    assert str(ck) in line and "preprocess.input_size" in line and "1024" in line
+
+
+def _bomb(tmp_path: Path, mib: int) -> Path:
+    """demo.pt re-zipped with an extra deflated member of ``mib`` MiB of zeros."""
+    src = zipfile.ZipFile(DEMO)
+    p = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info.filename))
+        prefix = src.infolist()[0].filename.split("/")[0]
+        with z.open(f"{prefix}/data/999", "w", force_zip64=True) as fh:
+            chunk = bytes(1 << 20)
+            for _ in range(mib):
+                fh.write(chunk)
+    return p
+
+
+def test_C2_decompression_bomb_refused(tmp_path, capsys, monkeypatch):
+    bomb = _bomb(tmp_path, 80)
+    assert bomb.stat().st_size < 2 << 20
+    import torch
+
+    called = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: called.append(1) or real(*a, **k))
+    code, _, e = cli(capsys, "predict", EXAMPLES / "circle.jpg", "-w", bomb)
+    assert code == 4, e
+    line = one_line(e)
+    assert str(bomb) in line and "decompression bomb" in line
+    assert called == []  # refused from the zip directory, before anything is decompressed
+    # the same through train --resume
+    run = tmp_path / "run"
+    run.mkdir()
+    os.replace(bomb, run / "last.pt")
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    code, _, e = cli(capsys, "train", tmp_path / "data", "--out", run, "--resume")
+    assert code == 4 and "decompression bomb" in one_line(e)
+
+
+# ------------------------------------------------------------------ N2: training never saves NaN
+
+TINY_ARGS = [a for kv in ("width=4", "stages=2", "downsamplings=2", "blocks=1")
+             for a in ("--arch-option", kv)]  # fmt: skip
+
+
+def _all_finite(path: Path) -> bool:
+    import torch
+
+    ck = torch.load(path, weights_only=True)
+    ok = all(torch.isfinite(v.float()).all() for v in ck["state_dict"].values())
+    return ok and all(math.isfinite(v) for h in ck["history"] for v in h.values()
+                      if isinstance(v, float))  # fmt: skip
+
+
+def test_N2_sgd_lr_1e6_saves_no_nonfinite_state(tmp_path, capsys):
+    from camcli.data import synthetic
+
+    data = synthetic.generate(tmp_path / "s", shapes=("circle", "square", "cross"),
+                              train_per_class=12, val_per_class=4, size=32, seed=3)  # fmt: skip
+    run = tmp_path / "run"
+    code, _, e = cli(capsys, "train", data, "-m", "camnet-small", "--out", run, "--epochs", "3",
+                     "--image-size", "16", "--batch-size", "8", "--workers", "0", "--device",
+                     "cpu", "--optimizer", "sgd", "--lr", "1e6", *TINY_ARGS)  # fmt: skip
+    assert code == 1, e
+    line = [x for x in e.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and "non-finite" in line[0]
+    saved = sorted(run.glob("*.pt"))
+    assert all(_all_finite(p) for p in saved)
+    if not saved:
+        assert "no good checkpoint exists" in line[0]
+    for text in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+
+
+@pytest.mark.parametrize("what", ["running_var inf", "weight nan"])
+def test_N2_nonfinite_buffer_after_good_epoch_not_saved(what, tmp_path):
+    import torch
+
+    from camcli.errors import NonFiniteError
+    from camcli.models.load import build_model, entry_for
+    from camcli.models.registry import Preprocess
+    from camcli.train.loop import fit
+    from camcli.train.options import TrainOptions, resolve_options
+
+    torch.manual_seed(0)
+    tiny = {"width": 4, "stages": 2, "downsamplings": 2, "blocks": 1}
+    o = resolve_options(TrainOptions(model="camnet-small", epochs=3, batch_size=4, image_size=16,
+                                     workers=0, seed=0, arch_options=dict(tiny)),
+                        entry_for("camnet-small"))  # fmt: skip
+    model = build_model(entry_for("camnet-small"), None, num_classes=2, categories=["a", "b"],
+                        preprocess=Preprocess(input_size=16), arch_options=tiny)  # fmt: skip
+    x, y = torch.randn(8, 3, 16, 16), torch.tensor([0, 1] * 4)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    name = "trunk.1.running_var" if what.startswith("running") else "fc.weight"
+
+    def poison(epoch, step):
+        if epoch == 1 and step == 1:
+            with torch.no_grad():
+                model.state_dict()[name].view(-1)[0] = math.inf if "inf" in what else math.nan
+
+    with pytest.raises(NonFiniteError) as ei:
+        fit(model, batches, batches, options=o, device=torch.device("cpu"), out_dir=tmp_path,
+            step_callback=poison)  # fmt: skip
+    msg = str(ei.value)
+    assert "after epoch 2" in msg and f"{tmp_path / 'last.pt'} keeps epoch 1" in msg
+    for p in ("last.pt", "best.pt"):
+        assert _all_finite(tmp_path / p)
+        assert torch.load(tmp_path / p, weights_only=True)["epoch"] == 1
