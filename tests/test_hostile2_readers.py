@@ -291,3 +291,270 @@ def test_N2_nonfinite_buffer_after_good_epoch_not_saved(what, tmp_path):
     for p in ("last.pt", "best.pt"):
         assert _all_finite(tmp_path / p)
         assert torch.load(tmp_path / p, weights_only=True)["epoch"] == 1
+
+
+# ------------------------------------------------------------------ M1-M3: map files
+
+
+def _map(path: Path, image: str, **kw) -> Path:
+    m = np.zeros((1, 10, 10), np.float32)
+    m[0, 2:6, 2:6] = 1
+    arrays = {"cams": m, "class_indices": np.array([0]), "image": image, **kw}
+    np.savez(path, **arrays)
+    return path
+
+
+def _header_only(path: Path, shape, descr="<f4", body=100, deflate_bytes=0) -> Path:
+    """A .npz whose cams header declares ``shape``: a short body, or ``deflate_bytes`` zeros
+    deflated (a decompression bomb)."""
+    import io
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("cams.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": descr, "fortran_order": False, "shape": tuple(shape)}
+            )
+            left = deflate_bytes or body
+            while left > 0:
+                fh.write(bytes(min(left, 1 << 22)))
+                left -= 1 << 22
+        buf = io.BytesIO()
+        np.save(buf, np.array([0]))
+        z.writestr("class_indices.npy", buf.getvalue())
+    return path
+
+
+def _bad_maps(kind: str, d: Path) -> Path:
+    p = d / "b.npz"
+    if kind == "garbage after zip header":
+        p.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 2)
+    elif kind == "0 bytes":
+        p.write_bytes(b"")
+    elif kind == "bad crc":
+        _map(p, "b.jpg")
+        raw = bytearray(p.read_bytes())
+        raw[raw.find(b"\x93NUMPY", raw.find(b"cams.npy")) + 200] ^= 0xFF
+        p.write_bytes(bytes(raw))
+    elif kind == "structured dtype":
+        np.savez(p, cams=np.zeros((1, 10, 10), [("x", "f4"), ("y", "f4")]),
+                 class_indices=np.array([0]), image="b.jpg")  # fmt: skip
+    elif kind == "header [2, 100000, 100000]":
+        _header_only(p, (2, 100000, 100000))
+    elif kind == "nan class index":
+        _map(p, "b.jpg", class_indices=np.array([np.nan]))
+    elif kind == "labels a number":
+        _map(p, "b.jpg", labels=np.array([1.5]))
+    return p
+
+
+M1_KINDS = ["garbage after zip header", "0 bytes", "bad crc", "structured dtype",
+            "header [2, 100000, 100000]", "nan class index", "labels a number"]  # fmt: skip
+
+
+def _maps_folder(tmp_path: Path, make_bad) -> Path:
+    d = tmp_path / "maps"
+    d.mkdir()
+    _map(d / "a.npz", "a.jpg")
+    make_bad(d)
+    _map(d / "c.npz", "c.jpg")
+    return d
+
+
+def _gt_csv(tmp_path: Path) -> tuple[Path, Path]:
+    gt = tmp_path / "gt.csv"
+    gt.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,0,2,2,6,6\nb.jpg,0,2,2,6,6\n"
+                  "c.jpg,0,2,2,6,6\n")  # fmt: skip
+    cats = tmp_path / "cats.txt"
+    cats.write_text("ant\nbee\n")
+    return gt, cats
+
+
+def _check_bbox_from_maps(tmp_path, capsys, d, reason):
+    out = tmp_path / "boxes.jsonl"
+    code, _, e = cli(capsys, "bbox", "--from-maps", d, "--output", out)
+    assert code == 1, e
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [("error" in r) for r in recs] == [False, True, False]  # one record each, in order
+    assert str(d / "b.npz") in recs[1]["error"] and reason in recs[1]["error"]
+    assert str(d / "b.npz") in e and "Traceback" not in e
+
+
+def _check_eval_maps(tmp_path, capsys, d, reason):
+    gt, cats = _gt_csv(tmp_path)
+    res = tmp_path / "r.json"
+    code, _, e = cli(capsys, "eval", "--gt", gt, "--maps", d, "--categories", cats,
+                     "--workers", "0", "-o", res)  # fmt: skip
+    assert code == 1, e
+    r = json.loads(res.read_text())
+    assert r["n_failed"] == 1 and r["failed"][0]["image"] == str(d / "b.npz")
+    assert reason in r["failed"][0]["error"]
+    assert r["maxboxacc_v1"] == pytest.approx(2 / 3)
+
+
+M1_REASONS = {"garbage after zip header": "zip", "0 bytes": "empty file", "bad crc": "CRC",
+              "structured dtype": "dtype", "header [2, 100000, 100000]": "limit",
+              "nan class index": "non-integer", "labels a number": "dtype"}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", M1_KINDS)
+def test_M1_bad_npz_is_an_error_record_run_goes_on_bbox(kind, tmp_path, capsys):
+    d = _maps_folder(tmp_path, lambda d: _bad_maps(kind, d))
+    _check_bbox_from_maps(tmp_path, capsys, d, M1_REASONS[kind])
+
+
+@pytest.mark.parametrize("kind", M1_KINDS)
+def test_M1_bad_npz_is_an_error_record_run_goes_on_eval(kind, tmp_path, capsys):
+    d = _maps_folder(tmp_path, lambda d: _bad_maps(kind, d))
+    _check_eval_maps(tmp_path, capsys, d, M1_REASONS[kind])
+
+
+def test_M2_fifo_map_file_refused_without_blocking(tmp_path, capsys):
+    d = _maps_folder(tmp_path, lambda d: os.mkfifo(d / "b.npz"))
+    _check_bbox_from_maps(tmp_path, capsys, d, "not a regular file")
+    (tmp_path / "e").mkdir()
+    _check_eval_maps(tmp_path / "e", capsys, d, "not a regular file")
+
+
+def test_M2_fifo_as_gt_or_mask_refused_without_blocking(tmp_path, capsys):
+    d = _maps_folder(tmp_path, lambda d: _map(d / "b.npz", "b.jpg"))
+    fifo = tmp_path / "gt.csv"
+    os.mkfifo(fifo)
+    code, _, e = cli(capsys, "eval", "--gt", fifo, "--maps", d, "--workers", "0")
+    assert code == 2 and str(fifo) in one_line(e) and "not a regular file" in e
+    # a GT mask that is a FIFO: that image fails, the others are scored
+    os.mkfifo(tmp_path / "m.png")
+    from PIL import Image
+
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "ok.png")
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text("".join(json.dumps({"image": f"{n}.jpg", "label": 0, "mask": m}) + "\n"
+                          for n, m in (("a", "ok.png"), ("b", "m.png"), ("c", "ok.png"))))  # fmt: skip
+    cats = tmp_path / "cats.txt"
+    cats.write_text("ant\n")
+    res = tmp_path / "r.json"
+    code, _, e = cli(capsys, "eval", "--gt", gt, "--maps", d, "--categories", cats,
+                     "--workers", "0", "-o", res)  # fmt: skip
+    assert code == 1, e
+    r = json.loads(res.read_text())
+    assert r["n_failed"] == 1 and "not a regular file" in r["failed"][0]["error"]
+
+
+def test_M3_pixel_limit_applied_before_decompressing(tmp_path, capsys):
+    """A 180 MB (uint8) map deflated to a few hundred KB: refused from its header (13400 x
+    13400 pixels > the 178,956,970 limit) without allocating it."""
+    import tracemalloc
+
+    d = _maps_folder(
+        tmp_path,
+        lambda d: _header_only(d / "b.npz", (1, 13400, 13400), "|u1", deflate_bytes=13400 * 13400),
+    )
+    assert (d / "b.npz").stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        _check_bbox_from_maps(tmp_path, capsys, d, "178956970 pixels per map")
+        _check_eval_maps(tmp_path, capsys, d, "178956970 pixels per map")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+# ------------------------------------------------------------------ G1, G2: ground truth
+
+BIG = "9" * 400
+
+
+def _boxes_file(tmp_path: Path) -> Path:
+    p = tmp_path / "boxes.jsonl"
+    recs = [{"image": f"{n}.jpg", "width": 20, "height": 20,
+             "predictions": [{"class_index": 0, "label": "ant", "score": 0.9}],
+             "boxes": [{"rank": 1, "class_index": 0, "label": "ant", "score": 0.9,
+                        "box": [2, 2, 6, 6], "kind": "largest"}]} for n in "abc"]  # fmt: skip
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return p
+
+
+def _cats(tmp_path: Path) -> Path:
+    p = tmp_path / "cats.txt"
+    p.write_text("ant\nbee\n")
+    return p
+
+
+def _gt_jsonl_line(**kw) -> str:
+    rec = {"image": "b.jpg", "label": "ant", "boxes": [[2, 2, 6, 6]], **kw}
+    return json.dumps(rec)
+
+
+G_JSONL = {
+    "width 1e400": ('{"image": "b.jpg", "label": "ant", "width": 1e400}', "image size"),
+    "boxes 7": (_gt_jsonl_line(boxes=7), '"boxes"'),
+    "labels 5": (_gt_jsonl_line(labels=5), '"labels"'),
+    "mask [5]": (_gt_jsonl_line(mask=[5]), '"mask"'),
+    "400-digit coordinate": ('{"image": "b.jpg", "label": "ant", "boxes": [[1, 2, 3, %s]]}'
+                             % BIG, "box coordinate"),  # fmt: skip
+    "box a string": (_gt_jsonl_line(boxes=["abcd"]), "4 numbers"),
+    "label a dict": (_gt_jsonl_line(label={"a": 1}), "label"),
+    "height -5": (_gt_jsonl_line(height=-5), "image size"),
+}
+
+
+def _eval_gt(tmp_path, capsys, gt: Path):
+    return cli(capsys, "eval", "--gt", gt, "--boxes", _boxes_file(tmp_path), "--categories",
+               _cats(tmp_path))  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(G_JSONL))
+def test_G1_gt_jsonl_malformed_values_one_line_with_file_and_line(case, tmp_path, capsys):
+    line, what = G_JSONL[case]
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text(_gt_jsonl_line(image="a.jpg") + "\n" + line + "\n")
+    code, _, e = _eval_gt(tmp_path, capsys, gt)
+    assert code == 2, e
+    msg = one_line(e)
+    assert f"{gt} line 2" in msg and what in msg
+
+
+def test_G2_gt_labels_string_is_not_a_list(tmp_path, capsys):
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text(_gt_jsonl_line(image="a.jpg") + "\n"
+                  + _gt_jsonl_line(labels="triangle") + "\n")  # fmt: skip
+    code, _, e = _eval_gt(tmp_path, capsys, gt)
+    assert code == 2, e
+    msg = one_line(e)
+    assert f"{gt} line 2" in msg and '"labels" must be a list' in msg
+
+
+@pytest.mark.parametrize(
+    ("row", "what"),
+    [
+        ("b.jpg,ant,2,2,6,6,1e400,20", "image size"),
+        ("b.jpg,ant,2,2,6,%s,20,20" % BIG, "box coordinate"),
+        ("b.jpg,ant,2,2,6,6,20," + "7" * 200_000, "bad CSV"),
+    ],
+)
+def test_G1_gt_csv_malformed_values(row, what, tmp_path, capsys):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("path,label,xmin,ymin,xmax,ymax,width,height\na.jpg,ant,2,2,6,6,20,20\n"
+                  + row + "\n")  # fmt: skip
+    code, _, e = _eval_gt(tmp_path, capsys, gt)
+    assert code == 2, e
+    msg = one_line(e)
+    assert f"{gt} line 3" in msg and what in msg
+
+
+def test_G1_gt_xml_bad_width_skips_that_file(tmp_path, capsys):
+    xml = tmp_path / "xml"
+    xml.mkdir()
+    for n, w in (("a", "20"), ("b", "1e999"), ("c", "20")):
+        (xml / f"{n}.xml").write_text(
+            f"<annotation><size><width>{w}</width><height>20</height></size><object>"
+            "<name>ant</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>6</xmax><ymax>6</ymax>"
+            "</bndbox></object></annotation>"
+        )
+    res = tmp_path / "r.json"
+    code, _, e = cli(capsys, "eval", "--gt", xml, "--boxes", _boxes_file(tmp_path),
+                     "--categories", _cats(tmp_path), "-o", res)  # fmt: skip
+    assert code in (0, 1), e
+    assert str(xml / "b.xml") in e and "image size" in e and "Traceback" not in e
+    r = json.loads(res.read_text())
+    assert r["n_gt_images"] == 2
