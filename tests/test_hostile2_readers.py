@@ -427,8 +427,9 @@ def test_M2_fifo_as_gt_or_mask_refused_without_blocking(tmp_path, capsys):
 
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "ok.png")
     gt = tmp_path / "gt.jsonl"
+    rows = (("a", "ok.png"), ("b", "m.png"), ("c", "ok.png"))
     gt.write_text("".join(json.dumps({"image": f"{n}.jpg", "label": 0, "mask": m}) + "\n"
-                          for n, m in (("a", "ok.png"), ("b", "m.png"), ("c", "ok.png"))))  # fmt: skip
+                          for n, m in rows))  # fmt: skip
     cats = tmp_path / "cats.txt"
     cats.write_text("ant\n")
     res = tmp_path / "r.json"
@@ -490,8 +491,10 @@ G_JSONL = {
     "boxes 7": (_gt_jsonl_line(boxes=7), '"boxes"'),
     "labels 5": (_gt_jsonl_line(labels=5), '"labels"'),
     "mask [5]": (_gt_jsonl_line(mask=[5]), '"mask"'),
-    "400-digit coordinate": ('{"image": "b.jpg", "label": "ant", "boxes": [[1, 2, 3, %s]]}'
-                             % BIG, "box coordinate"),  # fmt: skip
+    "400-digit coordinate": (
+        '{"image": "b.jpg", "label": "ant", "boxes": [[1, 2, 3, %s]]}' % BIG,
+        "box coordinate",
+    ),  # fmt: skip
     "box a string": (_gt_jsonl_line(boxes=["abcd"]), "4 numbers"),
     "label a dict": (_gt_jsonl_line(label={"a": 1}), "label"),
     "height -5": (_gt_jsonl_line(height=-5), "image size"),
@@ -558,3 +561,173 @@ def test_G1_gt_xml_bad_width_skips_that_file(tmp_path, capsys):
     assert str(xml / "b.xml") in e and "image size" in e and "Traceback" not in e
     r = json.loads(res.read_text())
     assert r["n_gt_images"] == 2
+
+
+def _good_rec(image: str) -> dict:
+    return {"image": image, "width": 20, "height": 20,
+            "predictions": [{"class_index": 0, "label": "ant", "score": 0.9}],
+            "boxes": [{"rank": 1, "class_index": 0, "label": "ant", "score": 0.9,
+                       "box": [2, 2, 6, 6], "kind": "largest"}]}  # fmt: skip
+
+
+def _bad_box_rec(box) -> str:
+    rec = _good_rec("b.jpg")
+    rec["boxes"][0]["box"] = box
+    return json.dumps(rec)
+
+
+def _bad_cls_rec(value, *, drop=False) -> str:
+    rec = _good_rec("b.jpg")
+    if drop:
+        del rec["predictions"][0]["class_index"]
+    else:
+        rec["predictions"][0]["class_index"] = value
+    return json.dumps(rec)
+
+
+G1_RECORDS = {
+    "class_index abc": (_bad_cls_rec("abc"), "class_index"),
+    "class_index missing": (_bad_cls_rec(None, drop=True), "class_index"),
+    "class_index 1e400": (_bad_cls_rec(None).replace("null", "1e400"), "class_index"),
+    "class_index 10**12": (_bad_cls_rec(10**12), "class_index"),
+    "box [1,2,3]": (_bad_box_rec([1, 2, 3]), "box"),
+    "box abcd": (_bad_box_rec("abcd"), "box"),
+    "box NaN": (_bad_box_rec([1, 2, 3, 4]).replace("[1, 2, 3, 4]", "[1, 2, NaN, 4]"), "box"),
+    "boxes [1,2]": (json.dumps({**_good_rec("b.jpg"), "boxes": [1, 2]}), "boxes[1]"),
+    "predictions a dict": (
+        json.dumps({**_good_rec("b.jpg"), "predictions": {"a": 1}}),
+        '"predictions"',
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(G1_RECORDS))
+def test_G1_records_malformed_values_skipped_with_file_and_line(case, tmp_path, capsys):
+    line, what = G1_RECORDS[case]
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text("\n".join([json.dumps(_good_rec("a.jpg")), line,
+                                json.dumps(_good_rec("c.jpg"))]) + "\n")  # fmt: skip
+    gt = tmp_path / "gt.csv"
+    gt.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,ant,2,2,6,6\nc.jpg,ant,2,2,6,6\n")
+    res = tmp_path / "r.json"
+    code, _, e = cli(capsys, "eval", "--gt", gt, "--boxes", boxes, "--categories",
+                     _cats(tmp_path), "-o", res)  # fmt: skip
+    assert code in (0, 1) and "Traceback" not in e, e
+    r = json.loads(res.read_text())
+    assert r["n_unreadable"] == 1
+    assert f"{boxes} line 2" in r["unreadable"][0] and what in r["unreadable"][0]
+    assert f"{boxes} line 2" in e
+    assert r["top1_loc_error"] == 0.0 and r["n_images"] == 2
+
+
+def _sub_setup(tmp_path: Path) -> tuple[Path, Path]:
+    xml = tmp_path / "xml"
+    xml.mkdir()
+    (xml / "ILSVRC2012_val_00000001.xml").write_text(
+        "<annotation><object><name>n00000001</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
+    )
+    synsets = tmp_path / "map_clsloc.txt"
+    synsets.write_text("n00000001 1 ant\nn00000002 2 bee\n")
+    return xml, synsets
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "what"),
+    [
+        ("sub.txt", f"1 1 1 5 {BIG}\n".encode(), "line 1"),
+        (
+            "sub.csv",
+            f"ImageId,PredictionString\nILSVRC2012_val_00000001,n00000001 1 1 5 {BIG}\n".encode(),
+            "line 2",
+        ),  # fmt: skip
+        ("sub.txt", b"1 1 1 5 \xff5\n", "not UTF-8"),
+        (
+            "sub.csv",
+            b"ImageId,PredictionString\nILSVRC2012_val_00000001,n00000001 1 1 5 \xff\n",
+            "not UTF-8",
+        ),  # fmt: skip
+    ],
+)
+def test_G1_submission_malformed_one_line(name, body, what, tmp_path, capsys):
+    xml, synsets = _sub_setup(tmp_path)
+    sub = tmp_path / name
+    sub.write_bytes(body)
+    code, _, e = cli(capsys, "eval", "--gt", xml, "--synsets", synsets, "--submission", sub)
+    assert code == 2, e
+    msg = one_line(e)
+    assert str(sub) in msg and what in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("n00000001 1 ant\nn00000002 \u00b2 bee\n", "line 2"),
+        ("n00000001 1 ant\nn00000002 %s bee\n" % ("7" * 5000), "line 2"),
+    ],
+)
+def test_G1_synsets_bad_ids_one_line(text, what, tmp_path, capsys):
+    synsets = tmp_path / "map_clsloc.txt"
+    synsets.write_text(text)
+    code, _, e = cli(capsys, "eval", "--gt", _gt_csv(tmp_path)[0], "--boxes",
+                     _boxes_file(tmp_path), "--synsets", synsets)  # fmt: skip
+    assert code == 2, e
+    msg = one_line(e)
+    assert str(synsets) in msg and what in msg
+
+
+@pytest.mark.parametrize("empty", ["ILSVRC2012_ID", "WNID"])
+def test_G1_meta_mat_empty_id_or_wnid_one_line(empty, tmp_path, capsys):
+    scipy_io = pytest.importorskip("scipy.io")
+    dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")]
+    syn = np.zeros(2, dtype=dt)
+    for i, w in enumerate(["n00000001", "n00000002"]):
+        syn[i] = (np.array([[i + 1]]), np.array([w]), np.array(["x"]))
+    syn[1][empty] = np.zeros((0, 0))
+    meta = tmp_path / "meta.mat"
+    scipy_io.savemat(meta, {"synsets": syn})
+    code, _, e = cli(capsys, "eval", "--gt", _gt_csv(tmp_path)[0], "--boxes",
+                     _boxes_file(tmp_path), "--synsets", meta)  # fmt: skip
+    assert code == 2, e
+    msg = one_line(e)
+    assert str(meta) in msg and "synset 2" in msg
+
+
+@pytest.mark.parametrize("flag", ["--blacklist", "--categories"])
+def test_G1_blacklist_categories_not_utf8(flag, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ant\n\xff\xfe bee\n")
+    extra = [] if flag == "--categories" else ["--categories", _cats(tmp_path)]
+    code, _, e = cli(capsys, "eval", "--gt", _gt_csv(tmp_path)[0], "--boxes",
+                     _boxes_file(tmp_path), flag, bad, *extra)  # fmt: skip
+    assert code == 2, e
+    msg = one_line(e)
+    assert str(bad) in msg and "not UTF-8" in msg
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["eval", "--taus", "0:1:1e-12"], "--taus"),
+        (["eval", "--taus", "nan"], "--taus"),
+        (["eval", "--taus", "0:nan:0.1"], "--taus"),
+        (["predict", "--batch-size", "99999999999999999999"], "--batch-size"),
+        (["cam", "--top-k", "99999999999999999999"], "--top-k"),
+        (["cam", "--top-k", "1001"], "--top-k"),
+        (["train", "--batch-size", "99999999999999999999"], "--batch-size"),
+    ],
+)
+def test_G1_options_that_size_memory_are_bounded(args, what, tmp_path, capsys):
+    if args[0] == "eval":
+        gt, _ = _gt_csv(tmp_path)
+        d = _maps_folder(tmp_path, lambda d: None)
+        full = [*args, "--gt", gt, "--maps", d, "--workers", "0"]
+    elif args[0] == "train":
+        full = [*args, str(tmp_path), "--out", tmp_path / "run"]
+    else:
+        full = [*args, EXAMPLES / "circle.jpg", "-w", DEMO, "--out" if args[0] == "cam" else
+                "--output", tmp_path / "o"]  # fmt: skip
+    code, o, e = cli(capsys, *full)
+    assert code == 2, e
+    assert what in e and "Traceback" not in e
+    assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()

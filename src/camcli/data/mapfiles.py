@@ -112,8 +112,10 @@ def check_map_file(path: str | os.PathLike) -> None:
             f"cannot read map file {path} (cams has shape {list(shape)}, expected [k, H, W])"
         )
     k = shape[0] if len(shape) == 3 else 1
-    if shape[-1] * shape[-2] > MAX_MAP_PIXELS or k > MAX_MAPS or k * shape[-1] * shape[-2] > (
-        MAX_TOTAL_VALUES
+    if (
+        shape[-1] * shape[-2] > MAX_MAP_PIXELS
+        or k > MAX_MAPS
+        or k * shape[-1] * shape[-2] > (MAX_TOTAL_VALUES)
     ):
         raise MapFileError(
             f"cannot read map file {path} (cams of shape {list(shape)} exceed the limit of "
@@ -308,5 +310,7 @@ def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None
     k = head.class_indices.size
     for name, arr in (("labels", head.labels), ("scores", scores)):
         if arr is not None and len(arr) != k:
-            raise MapFileError(f"cannot read map file {path} ({name} has {len(arr)} values, {k} maps)")
+            raise MapFileError(
+                f"cannot read map file {path} ({name} has {len(arr)} values, {k} maps)"
+            )
     return MapFile(head, cams, scores)

@@ -212,9 +212,7 @@ def parse_box(vals: Sequence, where: str) -> Box:
             ``y_max < y_min``.
     """
     if not isinstance(vals, list | tuple) or len(vals) != 4:
-        raise GtError(
-            f"{where}: a box needs 4 numbers x_min y_min x_max y_max, got {_brief(vals)}"
-        )
+        raise GtError(f"{where}: a box needs 4 numbers x_min y_min x_max y_max, got {_brief(vals)}")
     x0, y0, x1, y1 = (_int_coord(v, where) for v in vals)
     if x1 < x0 or y1 < y0:
         raise GtError(
