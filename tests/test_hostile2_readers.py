@@ -492,7 +492,7 @@ G_JSONL = {
     "labels 5": (_gt_jsonl_line(labels=5), '"labels"'),
     "mask [5]": (_gt_jsonl_line(mask=[5]), '"mask"'),
     "400-digit coordinate": (
-        '{"image": "b.jpg", "label": "ant", "boxes": [[1, 2, 3, %s]]}' % BIG,
+        f'{{"image": "b.jpg", "label": "ant", "boxes": [[1, 2, 3, {BIG}]]}}',
         "box coordinate",
     ),  # fmt: skip
     "box a string": (_gt_jsonl_line(boxes=["abcd"]), "4 numbers"),
@@ -531,7 +531,7 @@ def test_G2_gt_labels_string_is_not_a_list(tmp_path, capsys):
     ("row", "what"),
     [
         ("b.jpg,ant,2,2,6,6,1e400,20", "image size"),
-        ("b.jpg,ant,2,2,6,%s,20,20" % BIG, "box coordinate"),
+        (f"b.jpg,ant,2,2,6,{BIG},20,20", "box coordinate"),
         ("b.jpg,ant,2,2,6,6,20," + "7" * 200_000, "bad CSV"),
     ],
 )
