@@ -731,3 +731,49 @@ def test_G1_options_that_size_memory_are_bounded(args, what, tmp_path, capsys):
     assert code == 2, e
     assert what in e and "Traceback" not in e
     assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ R1: train's val split
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_R1_truncated_image_in_val_reported_like_train(split, tmp_path, capsys):
+    from camcli.data import synthetic
+
+    data = synthetic.generate(tmp_path / "s", shapes=("circle", "square"), train_per_class=6,
+                              val_per_class=3, size=32, seed=3)  # fmt: skip
+    good = next((data / split / "circle").iterdir())
+    bad = data / split / "circle" / "zz_truncated.jpg"
+    from PIL import Image
+
+    Image.open(good).convert("RGB").save(tmp_path / "full.jpg", quality=95)
+    raw = (tmp_path / "full.jpg").read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2])
+    run = tmp_path / "run"
+    code, _, e = cli(capsys, "train", data, "-m", "camnet-small", "--out", run, "--epochs", "1",
+                     "--image-size", "16", "--batch-size", "4", "--workers", "0", "--device",
+                     "cpu", *TINY_ARGS)  # fmt: skip
+    assert code == 1, e
+    hits = [x for x in e.splitlines() if "zz_truncated.jpg" in x]
+    assert len(hits) == 1 and str(bad) in hits[0], e
+    assert "could not be used" in e
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    if split == "val":
+        assert metrics["val_images"] == 6  # 7 found, the truncated one reported and left out
+
+
+def test_R1_linear_probe_feature_pass_reports_undecodable_images():
+    """The linear probe's feature pass (both splits) hands undecodable images on too."""
+    import torch
+
+    from camcli.models.load import random_model
+    from camcli.train.distributed import DistContext
+    from camcli.train.probe import pooled_features
+
+    model = random_model("camnet-small", num_classes=2)
+    x = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    batches = [(x, torch.tensor([0, 1]), [("v/bad.jpg", "truncated")]), (x, torch.tensor([1, 0]))]
+    got = []
+    f, y = pooled_features(model, batches, device=torch.device("cpu"), precision="fp32",
+                           mirror=False, dist=DistContext(), on_errors=got.extend)  # fmt: skip
+    assert got == [("v/bad.jpg", "truncated")] and len(y) == 4

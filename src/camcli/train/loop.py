@@ -59,8 +59,12 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     dist: DistContext | None = None,
+    on_errors: Callable[[list], None] | None = None,
 ) -> dict | None:
     """Loss, top-1 and top-5 (top-min(5, C)) over a loader, summed across ranks.
+
+    ``on_errors`` receives each batch's ``[(path, reason)]`` of undecodable images (so that a
+    corrupt validation image is reported like a training one, not dropped silently).
 
     Returns:
         ``{"loss", "top1", "top5", "images"}``, or None when the loader holds no image.
@@ -70,7 +74,9 @@ def evaluate(
     net.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     for batch in loader:
-        x, y, _ = unpack_batch(batch)
+        x, y, errors = unpack_batch(batch)
+        if errors and on_errors is not None:
+            on_errors(errors)
         if x is None:
             continue
         x, y = prepare_inputs(x, preprocess, device), y.to(device)
@@ -111,6 +117,7 @@ def fit(
     dist: DistContext | None = None,
     step_callback: Callable[[int, int], None] | None = None,
     eval_preprocess: Preprocess | None = None,
+    seen: SeenErrors | None = None,
 ) -> FitResult:
     """Train ``net`` on ``train_loader`` for ``options.epochs`` epochs (resolved options).
 
@@ -130,6 +137,8 @@ def fit(
         step_callback: ``(epoch, step)`` after every optimisation step (tests use it to
             interrupt a run).
         eval_preprocess: normalisation of validation batches [default: ``model.preprocess``].
+        seen: collects undecodable inputs (training and validation) [default: a new one
+            warning through ``reporter``].
 
     Returns:
         The final model (eval mode), history, best epoch and the inputs skipped.
@@ -148,7 +157,7 @@ def fit(
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _rewrite_metrics(out / "metrics.jsonl", history)
-    seen = SeenErrors(reporter)
+    seen = seen if seen is not None else SeenErrors(reporter)
     epoch_trainer = _EpochTrainer(
         net=net,
         preprocess=model.preprocess,
@@ -167,7 +176,9 @@ def fit(
         net.train()
         reporter.epoch_start(epoch + 1, options.epochs, steps_per_epoch)
         train_sums, seconds = epoch_trainer.run(train_loader, epoch)
-        val = _validate(net, val_loader, eval_preprocess or model.preprocess, device, options, dist)
+        val = _validate(
+            net, val_loader, eval_preprocess or model.preprocess, device, options, dist, seen
+        )
         record = _epoch_record(epoch, options, steps_per_epoch, train_sums, seconds, val)
         bad = _nonfinite_in(record, model)
         if bad is not None:  # never saved: a NaN/inf state is no checkpoint
@@ -295,6 +306,7 @@ def _validate(
     device: torch.device,
     options: TrainOptions,
     dist: DistContext,
+    seen: SeenErrors | None = None,
 ) -> dict | None:
     """:func:`evaluate` on the validation loader (the unwrapped net under DDP), if any."""
     if val_loader is None:
@@ -306,6 +318,7 @@ def _validate(
         device=device,
         precision=options.precision,
         dist=dist,
+        on_errors=seen,
     )
 
 
