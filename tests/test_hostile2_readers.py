@@ -777,3 +777,109 @@ def test_R1_linear_probe_feature_pass_reports_undecodable_images():
     f, y = pooled_features(model, batches, device=torch.device("cpu"), precision="fp32",
                            mirror=False, dist=DistContext(), on_errors=got.extend)  # fmt: skip
     assert got == [("v/bad.jpg", "truncated")] and len(y) == 4
+
+
+# ------------------------------------------------------------------ K1: camcli merge
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+def _predict_parts(tmp_path: Path, capsys) -> Path:
+    out = tmp_path / "p.jsonl"
+    for i in range(2):
+        code, _, e = cli(capsys, "predict", EXAMPLES, "-w", DEMO, "--output", out,
+                         "--shard", f"{i}/2", "--workers", "0", "-q")  # fmt: skip
+        assert code == 0, e
+    return out
+
+
+def _fake_outdir(d: Path, n: int, sizes: list[int], total: int, run1=None) -> None:
+    d.mkdir()
+    k = 0
+    for i, size in enumerate(sizes):
+        lines = []
+        for _ in range(size):
+            lines.append(json.dumps({"image": f"i{k}.jpg", "key": f"i{k}", "outputs": {}}))
+            k += 1
+        (d / f"manifest.shard-{i}-of-{n}.jsonl").write_text("".join(x + "\n" for x in lines))
+        info = {"command": "cam", "inputs_total": total, "counts": {"done": size},
+                "wall_time_s": 1.0, "options": {"resumed": 0}, "shard": f"{i}/{n}"}  # fmt: skip
+        (d / f"run.shard-{i}-of-{n}.json").write_text(
+            json.dumps(info) if not (run1 is not None and i == 1) else run1
+        )
+
+
+def test_K1_parts_cut_at_line_boundaries_refused_nothing_written(tmp_path, capsys):
+    out = _predict_parts(tmp_path, capsys)
+    parts = [tmp_path / f"p.shard-{i}-of-2.jsonl" for i in range(2)]
+    for p, keep in zip(parts, (2, 1)):  # 3 + 3 records for 6 inputs, cut to 2 + 1
+        p.write_text("".join(p.read_text().splitlines(keepends=True)[:keep]))
+    before = _snapshot(tmp_path)
+    code, _, e = cli(capsys, "merge", out)
+    assert code == 3, e
+    msg = one_line(e)
+    assert str(parts[0]) in msg and "2 records for the shard's 3 inputs" in msg
+    assert _snapshot(tmp_path) == before and not out.exists()
+    # the same parts whole again merge fine, and the input-count files go with the parts
+    out2 = _predict_parts(tmp_path / "again", capsys)
+    assert cli(capsys, "merge", out2)[0] == 0
+    assert len(out2.read_text().splitlines()) == 6
+    assert sorted(p.name for p in out2.parent.iterdir()) == ["p.jsonl"]
+
+
+def test_K1_folder_parts_short_of_their_inputs_refused(tmp_path, capsys):
+    d = tmp_path / "cams"
+    _fake_outdir(d, 2, [2, 1], total=6)
+    before = _snapshot(tmp_path)
+    code, _, e = cli(capsys, "merge", d)
+    assert code == 3 and "for the shard's 3 inputs" in one_line(e)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("run1", ["[]", '"x"', '{"counts": [1]}', '{"wall_time_s": "x"}',
+                                  '{"options": 5}', '{"inputs_total": "6"}'])  # fmt: skip
+def test_K1_run_json_not_an_object_refused_before_writing(run1, tmp_path, capsys):
+    d = tmp_path / "cams"
+    _fake_outdir(d, 2, [3, 3], total=6, run1=run1)
+    before = _snapshot(tmp_path)
+    code, _, e = cli(capsys, "merge", d)
+    assert code == 3, e
+    assert str(d / "run.shard-1-of-2.json") in one_line(e)
+    assert _snapshot(tmp_path) == before  # no manifest.jsonl, no run.json, parts kept
+
+
+def test_K1_huge_shard_count_refused_fast(tmp_path, capsys):
+    import time
+
+    (tmp_path / "boxes.shard-0-of-99999999999.jsonl").write_text('{"image": "a"}\n')
+    d = tmp_path / "cams"
+    d.mkdir()
+    (d / "manifest.shard-0-of-99999999999.jsonl").write_text('{"image": "a", "key": "a"}\n')
+    (d / "run.shard-0-of-99999999999.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    for target in (tmp_path / "boxes.jsonl", d):
+        t0 = time.monotonic()
+        code, _, e = cli(capsys, "merge", target)
+        assert code == 3 and "at most 100000 shards" in one_line(e)
+        assert time.monotonic() - t0 < 5
+    assert _snapshot(tmp_path) == before
+    code, _, e = cli(capsys, "predict", EXAMPLES, "-w", DEMO, "--shard", "0/99999999999")
+    assert code == 2 and "at most 100000 shards" in e
+
+
+def test_K1_one_bad_target_nothing_written_for_any(tmp_path, capsys):
+    good = _predict_parts(tmp_path, capsys)
+    d = tmp_path / "cams"
+    _fake_outdir(d, 2, [3, 3], total=6, run1="[]")
+    before = _snapshot(tmp_path)
+    code, _, e = cli(capsys, "merge", good, d)
+    assert code == 3, e
+    assert _snapshot(tmp_path) == before and not good.exists()
+    # a part line that is an object without "image" (not a record) is refused too
+    part = tmp_path / "p.shard-1-of-2.jsonl"
+    part.write_text('{"x": 1}\n' + "".join(part.read_text().splitlines(keepends=True)[1:]))
+    code, _, e = cli(capsys, "merge", good)
+    assert code == 3 and f"{part} line 1" in one_line(e) and not good.exists()
