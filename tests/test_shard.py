@@ -95,7 +95,6 @@ def test_merge_fails_on_a_bad_line_naming_file_and_line(tmp_path):
     """A part being merged must be whole: a cut line is an error naming the file and line."""
     from camcli.errors import CamcliError, Exit
     from camcli.runs.merge import merge_jsonl
-
     from camcli.runs.shards import count_path
 
     target = tmp_path / "boxes.jsonl"
