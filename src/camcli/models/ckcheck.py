@@ -164,11 +164,11 @@ def check_checkpoint(ck: dict, path: Path | str, *, resume: bool = False) -> Non
             path, "categories", f"is {_brief(cats)}, expected a list of 1..{MAX_CATEGORIES} names"
         )
     for i, c in enumerate(cats):
-        if not isinstance(c, str) or not c or len(c) > MAX_LABEL_CHARS:
+        if not isinstance(c, str) or len(c) > MAX_LABEL_CHARS:
             raise _field(
                 path,
                 f"categories[{i}]",
-                f"is {_brief(c)}, expected a non-empty string of at most {MAX_LABEL_CHARS} chars",
+                f"is {_brief(c)}, expected a string of at most {MAX_LABEL_CHARS} characters",
             )
     if ck.get("preprocess") is not None:
         check_preprocess(ck["preprocess"], path)
