@@ -883,3 +883,34 @@ def test_K1_one_bad_target_nothing_written_for_any(tmp_path, capsys):
     part.write_text('{"x": 1}\n' + "".join(part.read_text().splitlines(keepends=True)[1:]))
     code, _, e = cli(capsys, "merge", good)
     assert code == 3 and f"{part} line 1" in one_line(e) and not good.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "cam", "bbox"])
+def test_N1_overflowing_finite_weights_fail_the_image_not_the_json(command, tmp_path, capsys):
+    """Finite weights whose logits overflow to inf (softmax NaN): each image fails with a
+    one-line reason; no NaN or Infinity token is written anywhere."""
+
+    def huge(c):
+        c["state_dict"]["fc.weight"].fill_(3e38)
+
+    ck = edited_demo(tmp_path, huge)
+    out = tmp_path / "out"
+    target = out / "r.jsonl" if command != "cam" else out
+    flag = "--out" if command == "cam" else "--output"
+    code, o, e = cli(capsys, command, EXAMPLES / "circle.jpg", EXAMPLES / "ring.jpg", "-w", ck,
+                     flag, target, "--workers", "0")  # fmt: skip
+    assert code == 3, e
+    assert "Traceback" not in e and "non-finite scores" in e
+    files = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json")]
+    assert files
+
+    def no_token(c):
+        pytest.fail(f"{c} written")
+
+    for p in files:
+        text = p.read_text()
+        if p.suffix == ".jsonl":
+            recs = [json.loads(x, parse_constant=no_token) for x in text.splitlines()]
+            assert recs and all("non-finite scores" in r["error"] for r in recs)
+        else:
+            json.loads(text, parse_constant=no_token)
