@@ -11,7 +11,6 @@ from camcli.data import inputs, loader
 from camcli.errors import Exit
 from camcli.models.gap import GapModel
 
-
 #: The error of an image whose scores or maps came out NaN or infinite.
 NON_FINITE = (
     "the network gave non-finite scores or maps (NaN/inf): its weights or this input "
