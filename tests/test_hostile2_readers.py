@@ -141,6 +141,7 @@ C1_EDITS = {
     "arch_options str": (_set("arch_options", "width=16"), "'arch_options'"),
     "state_dict None": (_set("state_dict", None), "'state_dict'"),
     "model int": (_set("model", 5), "'model'"),
+    "model unknown": (_set("model", "no-such-net"), "'model'"),
 }
 
 

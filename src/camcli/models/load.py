@@ -196,6 +196,13 @@ def load_model(
         if ckpt is None:
             raise ModelError("--model is required unless --weights is a camcli checkpoint")
         name = ckpt["model"]
+        try:
+            entry_for(name)
+        except (RegistryError, ModelError):
+            raise WeightsError(
+                f"{loaded.source}: checkpoint field 'model' is {name[:60]!r}, not a network "
+                "camcli knows (see `camcli models`)"
+            ) from None
     if weights is not None and loaded is None:
         loaded = _load_named_weights(weights, offline)
     entry = entry_for(name)
