@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from camcli.api.predict import prediction_list
+from camcli.api.predict import NON_FINITE, prediction_list
 from camcli.api.session import Session
 from camcli.data import inputs, loader
 from camcli.errors import CamcliError
@@ -157,10 +157,22 @@ def iter_cams(
             if before_forward is not None:
                 before_forward()
             for res in _batch_cams(session, batch, opts, pre, weight, k, fixed):
+                if not _finite(res):  # never a NaN into records or maps: that image fails
+                    res.sample.error = NON_FINITE
+                    out[res.sample.item.index] = res.sample
+                    session.stats["failed"] += 1
+                    continue
                 out[res.sample.item.index] = res
                 session.stats["ok"] += 1
         for i in sorted(out):
             yield out[i]
+
+
+def _finite(res: CamResult) -> bool:
+    """Whether a result's scores and maps are all finite."""
+    import math
+
+    return all(math.isfinite(s) for s in res.scores) and bool(torch.isfinite(res.cams).all())
 
 
 def _input_preprocess(pre, *, ten_crop: bool):

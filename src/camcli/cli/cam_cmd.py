@@ -42,7 +42,7 @@ def cam(
     out: o.OutDir,
     model: o.Model = None,
     weights: o.Weights = None,
-    top_k: o.TopK = 5,
+    top_k: o.CamTopK = 5,
     classes: Classes = None,
     norm: o.NormOpt = o.Norm.minmax,
     interpolation: o.InterpOpt = o.Interp.bilinear,

@@ -23,7 +23,7 @@ def models(
     rows = _registry_rows()
     if as_json:
         for r in rows:
-            typer.echo(json.dumps(r))
+            typer.echo(json.dumps(r, allow_nan=False))
         return
     _print_table(rows)
 

@@ -32,11 +32,19 @@ Weights = Annotated[
         "file or camcli checkpoint, or an https URL.",
     ),
 ]
-TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image.")]
+TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, max=100_000, help="Classes per image.")]
+#: ``cam`` writes one overlay per class: at most 1000 per image.
+CamTopK = Annotated[
+    int, typer.Option("--top-k", "-k", min=1, max=1000, help="Classes (maps) per image.")
+]
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        "--batch-size", "-b", min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA)."
+        "--batch-size",
+        "-b",
+        min=1,
+        max=65536,
+        help="Images per forward pass (default: 8 on CPU, 64 on CUDA).",
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]

@@ -114,7 +114,11 @@ def train(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", "-b", min=2, help="Images per step and process (default: 64)."
+            "--batch-size",
+            "-b",
+            min=2,
+            max=65536,
+            help="Images per step and process (default: 64).",
         ),
     ] = None,
     lr: Annotated[

@@ -18,27 +18,36 @@ Used by ``camcli eval --maps`` (header first, then one class's map per image) an
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from camcli.data.inputs import DEFAULT_MAX_PIXELS
 from camcli.errors import NoInputError
 
 __all__ = [
     "MapFile",
     "MapFileError",
     "MapHeader",
+    "check_map_file",
     "list_map_files",
     "load_class_map",
     "read_map_file",
     "read_map_header",
 ]
 
-#: What np.load and the array reads raise for a file that is not a usable map file.
-_READ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile)
+#: Bounds checked from each array's .npy header, before any data is decompressed.
+MAX_MAP_PIXELS = DEFAULT_MAX_PIXELS  # H * W of one map
+MAX_MAPS = 10_000  # k, maps in one file
+MAX_TOTAL_VALUES = 4 * DEFAULT_MAX_PIXELS  # k * H * W
+MAX_CLASSES = 1_000_000  # entries of class_indices / labels / scores
+#: The arrays a map file may hold, with the dtype kinds each accepts.
+_KINDS = {"cams": "fiub", "class_indices": "iuf", "scores": "fiub", "labels": "U", "image": "U"}
 
 
 def _reason(exc: BaseException) -> str:
@@ -47,7 +56,84 @@ def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "allow_pickle" in text or "pickled" in text:
         return "it holds pickled objects, not arrays; camcli never loads pickles"
-    return text
+    return text[:300]
+
+
+def _npy_header(z: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a member's .npy header, reading only the header."""
+    import numpy.lib.format as npf
+
+    with z.open(member) as fh:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npf.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = npf.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"{member}: unsupported .npy format version {version}")
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def check_map_file(path: str | os.PathLike) -> None:
+    """Refuse, without reading any array data, a map file that is not a regular file, not a
+    zip, or whose arrays' .npy headers declare a wrong dtype (structured, object, complex, a
+    non-integer class index), a wrong shape, or more than :data:`MAX_MAP_PIXELS` pixels per map
+    / :data:`MAX_TOTAL_VALUES` values in all.
+
+    Raises:
+        MapFileError: ``cannot read map file PATH (<reason>)``.
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file (a FIFO, device or folder); not read")
+        if st.st_size == 0:
+            raise ValueError("empty file (0 bytes)")
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a .npz (zip) file")
+        with zipfile.ZipFile(path) as z:
+            names = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
+            for required in ("cams", "class_indices"):
+                if required not in names:
+                    raise ValueError(f"no {required!r} array")
+            heads = {k: _npy_header(z, names[k]) for k in _KINDS if k in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, TypeError) as exc:
+        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
+    for key, (shape, dtype) in heads.items():
+        if dtype.hasobject:
+            raise MapFileError(f"cannot read map file {path} ({_reason(ValueError('pickled'))})")
+        if dtype.kind not in _KINDS[key] or dtype.fields is not None:
+            raise MapFileError(f"cannot read map file {path} ({key} has dtype {dtype.str})")
+        if key != "cams" and math.prod(shape) > MAX_CLASSES:
+            raise MapFileError(f"cannot read map file {path} ({key} has {math.prod(shape)} values)")
+    shape = heads["cams"][0]
+    if len(shape) not in (2, 3):
+        raise MapFileError(
+            f"cannot read map file {path} (cams has shape {list(shape)}, expected [k, H, W])"
+        )
+    k = shape[0] if len(shape) == 3 else 1
+    if (
+        shape[-1] * shape[-2] > MAX_MAP_PIXELS
+        or k > MAX_MAPS
+        or k * shape[-1] * shape[-2] > (MAX_TOTAL_VALUES)
+    ):
+        raise MapFileError(
+            f"cannot read map file {path} (cams of shape {list(shape)} exceed the limit of "
+            f"{MAX_MAP_PIXELS} pixels per map, {MAX_MAPS} maps, {MAX_TOTAL_VALUES} values)"
+        )
+
+
+def _class_indices(raw: np.ndarray) -> np.ndarray:
+    """int64 [k] class indices; float ones must be finite non-negative integers."""
+    arr = np.asarray(raw).reshape(-1)
+    if arr.dtype.kind == "f":
+        ok = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2**53)
+        if not ok.all():
+            raise ValueError(f"class_indices holds non-integer values ({float(arr[~ok][0])})")
+    out = arr.astype(np.int64)
+    if out.size and out.min() < 0:
+        raise ValueError(f"class_indices holds a negative index ({int(out.min())})")
+    return out
 
 
 class MapFileError(ValueError):
@@ -126,7 +212,7 @@ def _key(path: Path, root: str | os.PathLike | None) -> str:
 
 def _header_arrays(z, path: Path, root) -> MapHeader:
     image = str(z["image"]) if "image" in z.files else None
-    classes = np.asarray(z["class_indices"], dtype=np.int64).reshape(-1)
+    classes = _class_indices(z["class_indices"])
     labels = [str(x) for x in z["labels"].reshape(-1)] if "labels" in z.files else None
     return MapHeader(Path(path), _key(Path(path), root), image or None, classes, labels)
 
@@ -142,10 +228,11 @@ def read_map_header(path: str | os.PathLike, root: str | os.PathLike | None = No
         MapFileError: ``cannot read map file <path> (<reason>)`` for a file that is not a
             readable ``.npz`` with ``class_indices``.
     """
+    check_map_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return _header_arrays(z, Path(path), root)
-    except _READ_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
         raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
 
 
@@ -170,15 +257,16 @@ def load_class_map(path: str | os.PathLike, cls: int) -> np.ndarray | None:
         MapFileError: ``cannot read map file (<reason>)``, or ``cams has shape [...], expected
             [k, H, W] with k = <n>``.
     """
+    check_map_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            classes = np.asarray(z["class_indices"]).reshape(-1)
+            classes = _class_indices(z["class_indices"])
             hit = np.flatnonzero(classes == cls)
             if hit.size == 0:
                 return None
             cams = z["cams"]
-    except _READ_ERRORS as exc:
-        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
+        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
     why = _cams_shape_error(cams, classes.size)
@@ -202,6 +290,7 @@ def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None
         MapFileError: ``cannot read map file (<reason>)``, the reason naming a bad ``cams``
             shape as ``cams has shape [...], expected [k, H, W] with k = <n> class_indices``.
     """
+    check_map_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             head = _header_arrays(z, Path(path), root)
@@ -211,11 +300,17 @@ def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None
                 if "scores" in z.files
                 else None
             )
-    except _READ_ERRORS as exc:
-        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
+        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
     why = _cams_shape_error(cams, head.class_indices.size)
     if why:
         raise MapFileError(f"cannot read map file ({why} class_indices)")
+    k = head.class_indices.size
+    for name, arr in (("labels", head.labels), ("scores", scores)):
+        if arr is not None and len(arr) != k:
+            raise MapFileError(
+                f"cannot read map file {path} ({name} has {len(arr)} values, {k} maps)"
+            )
     return MapFile(head, cams, scores)

@@ -21,12 +21,20 @@ from camcli.errors import write_error
 def dumps(record: dict) -> str:
     """One JSON line, UTF-8 text. Paths with undecodable bytes (surrogate escapes) are written
     as ``\\udcXX`` escapes, which keeps the line valid UTF-8 and lets
-    ``os.fsencode(json.loads(line)["image"])`` give the original bytes back."""
-    text = json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    ``os.fsencode(json.loads(line)["image"])`` give the original bytes back.
+
+    Raises:
+        ValueError: ``non-finite number in a record ...``: NaN and infinities are never written.
+    """
+    kw = {"separators": (", ", ": "), "default": _json_default}
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, **kw)
+    except ValueError as exc:  # NaN or inf: never written (invalid JSON for other tools)
+        raise ValueError(f"non-finite number in a record, not written ({exc})") from None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(record, ensure_ascii=True, separators=(", ", ": "), default=_json_default)
+        text = json.dumps(record, ensure_ascii=True, allow_nan=False, **kw)
     return text
 
 

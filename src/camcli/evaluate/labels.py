@@ -261,7 +261,11 @@ def _read_categories(categories: str) -> list[str]:
     """The class names of a file (one per line, blank lines skipped) or a packaged set."""
     p = Path(categories)
     if p.is_file():
-        return [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise GtError(f"--categories {categories}: not UTF-8 text (byte {exc.start})") from None
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
     from camcli.models.registry import RegistryError, load_categories
 
     try:

@@ -93,7 +93,7 @@ def score_map_job(job: MapJob) -> tuple:
         try:
             fg = read_mask(job.masks, cam.shape)
             ig = read_mask([job.ignore], cam.shape) & ~fg if job.ignore else None
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - OSError, a PIL bomb: that image fails alone
             return ("failed", f"cannot read mask ({exc})")
         acc = PxAPAccumulator(taus)
         acc.add(cam, fg, ig)

@@ -335,6 +335,9 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
             f"weights file {path} not found: pass an existing file, a registry name or an https URL"
         )
     digest = sha256_file(path)
+    from camcli.models.ckcheck import check_archive, check_checkpoint, check_finite_state
+
+    check_archive(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file as st_load
@@ -352,6 +355,7 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
         ) from exc
     checkpoint = None
     if isinstance(obj, dict) and obj.get("format") == "camcli-checkpoint":
+        check_checkpoint(obj, path)
         checkpoint = obj
         state = obj["state_dict"]
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -366,4 +370,5 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
 
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: the state_dict holds non-tensor values")
+    check_finite_state(state, path)
     return LoadedWeights(state, source or str(path), digest, checkpoint)

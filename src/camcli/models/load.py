@@ -222,6 +222,15 @@ def load_model(
                 "it is for; pass --model too"
             )
         name = ckpt["model"] if ckpt is not None else DEFAULT_MODEL
+        try:
+            entry_for(name)
+        except (RegistryError, ModelError):
+            if ckpt is None:
+                raise
+            raise WeightsError(
+                f"{loaded.source}: checkpoint field 'model' is {name[:60]!r}, not a network "
+                "camcli knows (see `camcli models`)"
+            ) from None
     if weights is not None and loaded is None:
         loaded = _load_named_weights(weights, offline)
     entry = entry_for(name)

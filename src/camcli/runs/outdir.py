@@ -265,7 +265,9 @@ class OutDir:
 
     def write_run_json(self, info: dict) -> None:
         try:
-            write_atomic(self.run_json_path, (json.dumps(info, indent=2) + "\n").encode())
+            write_atomic(
+                self.run_json_path, (json.dumps(info, indent=2, allow_nan=False) + "\n").encode()
+            )
         except OSError as exc:
             raise write_error(exc, self.root) from None
 

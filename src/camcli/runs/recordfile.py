@@ -7,7 +7,7 @@ from pathlib import Path
 from camcli.atomic import write_atomic
 from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import write_error
-from camcli.runs.shards import partial_path
+from camcli.runs.shards import count_path, partial_path
 
 
 class RecordFile:
@@ -71,6 +71,8 @@ class RecordFile:
             return recs
         try:
             write_atomic(self.target, "".join(dumps(r) + "\n" for r in recs).encode("utf-8"))
+            if self.part:  # merge checks each part against its input count
+                write_atomic(count_path(self.target), dumps({"inputs": len(order)}).encode())
         except OSError as exc:
             self.failed = True
             raise write_error(exc, self.target) from None

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from camcli.data import inputs
-from camcli.errors import TrainingError
+from camcli.errors import TrainingError, WeightsError
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for
 from camcli.models.registry import ModelEntry
@@ -38,7 +38,7 @@ from camcli.train.distributed import (
 )
 from camcli.train.initial import initial_model, new_layer_prefixes
 from camcli.train.loop import FitResult, fit
-from camcli.train.options import TrainOptions, resolve_options
+from camcli.train.options import TrainOptions, check_options, resolve_options
 from camcli.train.probe import linear_probe
 from camcli.train.report import Reporter, SilentReporter
 
@@ -167,8 +167,16 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
     last = run_dir_state(out)
     if last is None:
         raise TrainingError(f"--resume: {out / 'last.pt'} not found; nothing to resume")
-    ck = load_checkpoint(last)
-    saved = TrainOptions.from_dict(ck["train_options"])
+    ck = load_checkpoint(last, resume=True)
+    try:
+        saved = TrainOptions.from_dict(ck["train_options"])
+        check_options(saved)
+        if not isinstance(saved.model, str):
+            raise TypeError(f"model is {saved.model!r}")
+    except (TypeError, ValueError, KeyError, AttributeError, TrainingError) as exc:
+        raise WeightsError(
+            f"{last}: checkpoint field 'train_options' cannot be used ({exc})"
+        ) from None
     saved.epochs = options.epochs or saved.epochs
     saved.workers = options.workers if options.workers is not None else saved.workers
     return ck, saved
