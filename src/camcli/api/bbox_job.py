@@ -188,8 +188,15 @@ def run_bbox(
     # from maps: counted here; from a model: the session counts
     stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
     sink = RecordSink(opts.output, split, resume=opts.resume)
-    drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
-    results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
+    drawdir = None
+    try:
+        drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
+        results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
+    except BaseException:
+        sink.release()
+        if drawdir is not None:
+            drawdir.release()
+        raise
     progress.start(total, skipped, len(mine) if mine is not None else None)
     records, completed = _write_box_records(
         results, opts, session, mine, stats, sink=sink, drawdir=drawdir, progress=progress
@@ -296,6 +303,8 @@ def _write_box_records(
         progress.stop()
         if drawdir is not None:
             drawdir.close(order=drawing.draw_order(mine, seen), cancel=interrupted)
+            if not completed:
+                drawdir.release()
         if opts.from_maps is None:
             order = [it.path for it in mine]
         try:

@@ -1,0 +1,269 @@
+"""Hostile outputs, round 2 (issue 15, cases W1-W7, S1-S3 of ``hostile-2.md``): writes never
+leave the output folder, one run per output, resume validates what it reads, output names
+cannot collide, links out of an input folder are not followed, the weights cache is keyed by
+URL, SIGTERM ends a run like Ctrl-C, and no stray temporary files are left.
+
+Each test names its case id. A snapshot of the folder around the output (``snapshot``) shows
+nothing was written outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from camcli.cli import main
+from conftest import make_image
+
+pytestmark = pytest.mark.usefixtures("cli_one_thread")
+
+ARGS = ["--batch-size", "1", "--workers", "0", "--quiet"]
+
+
+def run_main(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    else:  # pragma: no cover - main always exits
+        code = 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(base: Path, skip: Path | None = None) -> dict[str, tuple]:
+    """Every entry under ``base`` (links not followed) except ``skip``: type, size, mtime."""
+    snap = {}
+    for dirpath, dirnames, files in os.walk(base):
+        if skip is not None and Path(dirpath) == skip:
+            dirnames[:] = []
+            continue
+        for name in dirnames + files:
+            p = Path(dirpath, name)
+            if p == skip:
+                continue
+            st = os.lstat(p)
+            snap[str(p)] = (st.st_mode, st.st_size if not p.is_dir() else 0, st.st_mtime_ns)
+    return snap
+
+
+def tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def two(tmp_path) -> Path:
+    """A folder of two small images, a.jpg and b.png."""
+    d = tmp_path / "in"
+    make_image(d / "a.jpg", (40, 30), 1)
+    make_image(d / "b.png", (30, 44), 2)
+    return d
+
+
+# --- W1: a directory link inside --out ---------------------------------------------------------
+
+
+def test_W1_cam_refuses_a_folder_link_inside_out(tmp_path, two, cli_ckpt, capsys):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "1_class_a.jpg").write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").symlink_to(victim, target_is_directory=True)  # a.jpg's key is "a"
+    before = snapshot(tmp_path, out)
+    code, _, err = run_main(capsys, "cam", two, "--out", out, "-w", cli_ckpt, "--top-k", "1", *ARGS)
+    assert snapshot(tmp_path, out) == before  # nothing written outside --out
+    assert sorted(p.name for p in victim.iterdir()) == ["1_class_a.jpg"]
+    assert (victim / "1_class_a.jpg").read_bytes() == b"precious"
+    assert code == 5
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(out / "a") in lines[0] and "link" in lines[0]
+    assert ".camcli-tmp" not in err
+    assert not [f for f in tree(out) if ".camcli-tmp" in f]
+
+
+def test_W1_atomic_writer_refuses_links_below_a_confined_root(tmp_path):
+    from camcli import atomic
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "deep").symlink_to(victim)
+    atomic.confine(root)
+    try:
+        with pytest.raises(atomic.LinkError) as ei:
+            atomic.write_atomic(root / "sub" / "deep" / "x" / "f.bin", b"1")
+        assert str(root / "sub" / "deep") in str(ei.value)
+        atomic.write_atomic(root / "sub" / "ok" / "f.bin", b"2")  # real folders are made
+    finally:
+        atomic.release(root)
+    assert list(victim.iterdir()) == []
+    assert (root / "sub" / "ok" / "f.bin").read_bytes() == b"2"
+
+
+# --- W2: a planted .FILE.partial link -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_W2_bbox_does_not_write_through_a_planted_partial_link(
+    tmp_path, two, cli_ckpt, capsys, resume
+):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "p").write_text("precious\n")
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / ".boxes.jsonl.partial").symlink_to(victim / "p")
+    before = snapshot(tmp_path, o)
+    extra = ["--resume"] if resume else []
+    code, _, err = run_main(
+        capsys, "bbox", two, "--output", o / "boxes.jsonl", "-w", cli_ckpt, *extra, *ARGS
+    )
+    assert snapshot(tmp_path, o) == before
+    assert (victim / "p").read_text() == "precious\n"
+    assert code == 0, err
+    recs = [json.loads(x) for x in (o / "boxes.jsonl").read_text().splitlines()]
+    assert [Path(r["image"]).name for r in recs] == ["a.jpg", "b.png"]
+    assert sorted(p.name for p in o.iterdir()) == ["boxes.jsonl"]  # link, lock, partial gone
+
+
+def test_W2_atomic_temporary_file_never_follows_a_planted_link(tmp_path):
+    from camcli import atomic
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    target = tmp_path / "d" / "f.txt"
+    target.parent.mkdir()
+    atomic.tmp_path_for(target).symlink_to(victim)  # planted at the exact temporary name
+    atomic.write_atomic(target, b"new")
+    assert victim.read_text() == "precious"
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.txt"]
+
+
+# --- W3: two runs on one output -----------------------------------------------------------------
+
+
+def test_W3_second_run_on_a_locked_out_folder_is_refused(tmp_path, two, cli_ckpt, capsys):
+    from camcli.atomic import RunLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = RunLock(out / ".camcli.lock")  # a first run is writing out
+    try:
+        before = snapshot(tmp_path)
+        code, _, err = run_main(capsys, "cam", two, "--out", out, "-w", cli_ckpt, *ARGS)
+        assert snapshot(tmp_path) == before  # nothing written at all
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"error: {out}: another camcli run is writing it; wait for it to finish or "
+            "choose another output folder"
+        ]
+    finally:
+        held.release()
+    # the lock is gone with its holder: the run goes through and leaves no lock file
+    code, _, err = run_main(capsys, "cam", two, "--out", out, "-w", cli_ckpt, *ARGS)
+    assert code == 0, err
+    assert not (out / ".camcli.lock").exists()
+
+
+def test_W3_second_run_on_a_locked_output_file_is_refused(tmp_path, two, cli_ckpt, capsys):
+    from camcli.atomic import RunLock
+
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / "boxes.jsonl").write_text('{"image": "first run"}\n')
+    held = RunLock(o / ".boxes.jsonl.lock")
+    try:
+        before = snapshot(tmp_path)
+        code, _, err = run_main(
+            capsys, "predict", two, "--output", o / "boxes.jsonl", "-w", cli_ckpt, *ARGS
+        )
+        assert snapshot(tmp_path) == before
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "another camcli run is writing it" in lines[0], err
+        assert str(o / "boxes.jsonl") in lines[0]
+    finally:
+        held.release()
+
+
+def test_W3_lock_of_a_killed_process_does_not_block(tmp_path, two, cli_ckpt, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # a process that took the lock and was killed (-9): the kernel dropped its lock
+    code = (
+        "import fcntl, os, sys; fh = open(sys.argv[1], 'a'); fcntl.flock(fh, fcntl.LOCK_EX);"
+        " os.kill(os.getpid(), 9)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(out / ".camcli.lock")], check=False)
+    assert (out / ".camcli.lock").exists()
+    code, _, err = run_main(capsys, "cam", two, "--out", out, "-w", cli_ckpt, *ARGS)
+    assert code == 0, err
+    assert not (out / ".camcli.lock").exists()
+
+
+# --- W4: --resume validates the manifest and the partial records --------------------------------
+
+
+def test_W4_resume_redoes_manifest_records_with_bad_paths_or_types(tmp_path, two, cli_ckpt, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, "cam", two, "--out", out, "-w", cli_ckpt, "--top-k", "1", *ARGS)
+    assert code == 0, err
+    recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    good = {r["key"]: r for r in recs}
+    # a's overlay is removed; its record now names a file outside the folder, which exists
+    for f in good["a"]["outputs"]["files"]:
+        (out / f).unlink()
+    hostile = [
+        {**good["a"], "outputs": {"files": ["../../../../../../../../etc/passwd"]}},
+        {**good["a"], "outputs": {"files": [str(tmp_path / "in" / "a.jpg")]}},
+        {**good["a"], "outputs": ["a/1_class_a.jpg"]},
+        {**good["a"], "outputs": {"files": [5]}},
+        {**good["a"], "outputs": {"files": []}},
+        {**good["a"], "key": ["a"]},
+        {**good["b"], "key": "a"},  # b's existing files under a's key
+        {**good["b"], "outputs": "b"},
+    ]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hostile))
+    before = snapshot(tmp_path, out)
+    code, _, err = run_main(
+        capsys, "cam", two, "--out", out, "-w", cli_ckpt, "--top-k", "1", "--resume", *ARGS
+    )
+    assert snapshot(tmp_path, out) == before
+    assert code == 0, err
+    assert err == ""
+    after = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in after] == ["a", "b"]
+    for r in after:
+        assert all((out / f).is_file() for f in r["outputs"]["files"])
+    assert after == recs  # both redone, the same records
+
+
+def test_W4_resume_redoes_partial_records_with_wrong_types(tmp_path, two, cli_ckpt, capsys):
+    o = tmp_path / "o"
+    o.mkdir()
+    target = o / "boxes.jsonl"
+    a, b = str(two / "a.jpg"), str(two / "b.png")
+    (o / ".boxes.jsonl.partial").write_text(
+        json.dumps({"image": ["x"], "boxes": []}) + "\n"
+        + json.dumps({"image": {"a": 1}}) + "\n"
+        + json.dumps({"image": 5}) + "\n"
+        + json.dumps({"image": None}) + "\n"
+    )  # fmt: skip
+    code, _, err = run_main(
+        capsys, "bbox", two, "--output", target, "-w", cli_ckpt, "--resume", *ARGS
+    )
+    assert code == 0, err
+    recs = [json.loads(x) for x in target.read_text().splitlines()]
+    assert [r["image"] for r in recs] == [a, b]
+    assert all(isinstance(r["boxes"], list) for r in recs)
