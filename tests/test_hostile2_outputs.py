@@ -267,3 +267,79 @@ def test_W4_resume_redoes_partial_records_with_wrong_types(tmp_path, two, cli_ck
     recs = [json.loads(x) for x in target.read_text().splitlines()]
     assert [r["image"] for r in recs] == [a, b]
     assert all(isinstance(r["boxes"], list) for r in recs)
+
+
+# --- W5: output names that collide or are too long ----------------------------------------------
+
+
+def test_W5_keys_cannot_collide_with_output_files(tmp_path, cli_ckpt, capsys):
+    d = tmp_path / "in"
+    make_image(d / "b.jpg", (30, 30), 1)
+    make_image(d / "b.npz.png", (30, 30), 2)  # would be the folder DIR/b.npz/ beside b.npz
+    make_image(d / "c.jpg", (30, 30), 3)
+    make_image(d / "c" / "1_class_a.png.jpg", (30, 30), 4)  # would be DIR/c/1_class_a.png/
+    out = tmp_path / "out"
+    code, _, err = run_main(
+        capsys, "cam", d, "--out", out, "-w", cli_ckpt, "--top-k", "1", "--save-maps",
+        "--format", "png", *ARGS,
+    )  # fmt: skip
+    assert code == 0, err
+    recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and not [r for r in recs if "error" in r]
+    files = [f for r in recs for f in r["outputs"]["files"]]
+    assert len(set(files)) == len(files) == 8
+    assert all((out / f).is_file() for f in files)
+    # and again: --resume finds every image complete
+    code, _, err = run_main(
+        capsys, "cam", d, "--out", out, "-w", cli_ckpt, "--top-k", "1", "--save-maps",
+        "--format", "png", "--resume", *ARGS,
+    )  # fmt: skip
+    assert code == 0, err
+
+
+def test_W5_long_names_stay_within_the_file_name_limit(tmp_path, cli_ckpt, capsys):
+    d = tmp_path / "in"
+    stem = "é" * 125  # 250 bytes; with .jpg/.png 254 bytes, the longest a name can be
+    make_image(d / f"{stem}.jpg", (30, 30), 1)
+    make_image(d / f"{stem}.png", (30, 30), 2)
+    out = tmp_path / "out"
+    before = snapshot(tmp_path, out)
+    code, _, err = run_main(
+        capsys, "cam", d, "--out", out, "-w", cli_ckpt, "--top-k", "1", "--save-maps", *ARGS
+    )
+    assert snapshot(tmp_path, out) == before
+    assert code == 0, err
+    recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and not [r for r in recs if "error" in r]
+    keys = [r["key"] for r in recs]
+    assert len(set(keys)) == 2
+    for r in recs:
+        assert all((out / f).is_file() for f in r["outputs"]["files"])
+        assert all(
+            len(os.fsencode(part)) <= 255 for f in r["outputs"]["files"] for part in f.split("/")
+        )
+
+
+# --- W6: folder links that leave the input folder -----------------------------------------------
+
+
+def test_W6_folder_links_out_of_the_input_folder_are_not_followed(tmp_path, cli_ckpt, capsys):
+    outside = tmp_path / "outside"
+    make_image(outside / "secret.jpg", (30, 30), 1)
+    r = tmp_path / "r"
+    make_image(r / "a.jpg", (30, 30), 2)
+    make_image(r / "sub" / "b.jpg", (30, 30), 3)
+    (r / "all").symlink_to(outside, target_is_directory=True)  # leaves r
+    (r / "again").symlink_to(r / "sub", target_is_directory=True)  # stays inside r
+    out = tmp_path / "p.jsonl"
+    code, _, err = run_main(capsys, "predict", r, "--output", out, "-w", cli_ckpt, *ARGS)
+    assert code == 0, err
+    names = [json.loads(x)["image"] for x in out.read_text().splitlines()]
+    # the link inside r is followed (each folder is read once: through the first name)
+    assert names == [str(r / "a.jpg"), str(r / "again" / "b.jpg")]
+    code, _, err = run_main(
+        capsys, "predict", r, "--output", out, "-w", cli_ckpt, "--follow-links", *ARGS
+    )
+    assert code == 0, err
+    names = [json.loads(x)["image"] for x in out.read_text().splitlines()]
+    assert names == [str(r / "a.jpg"), str(r / "again" / "b.jpg"), str(r / "all" / "secret.jpg")]

@@ -130,12 +130,12 @@ def _open_folder(path: Path) -> int:
 
 
 def _link_error(where: Path) -> LinkError:
-    what = "a symbolic link" if os.path.islink(where) else "not a folder"
+    if os.path.islink(where):
+        why = "is a symbolic link; camcli does not write through links"
+    else:
+        why = "is in the way (not a folder)"
     return LinkError(
-        errno.ELOOP,
-        f"{where} is {what}; camcli does not write through links: remove it or choose another "
-        "output folder",
-        str(where),
+        errno.ELOOP, f"{where} {why}: remove it or choose another output folder", str(where)
     )
 
 

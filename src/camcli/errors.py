@@ -24,6 +24,7 @@ error                           exit  raised for
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -121,6 +122,8 @@ def write_error(exc: OSError, where: object, *, resumable: bool = True) -> Write
         resumable: whether the message suggests ``--resume``.
     """
     reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ELOOP and exc.filename:  # a link on the way (camcli.atomic.LinkError)
+        return WriteError(f"cannot write to {where}: {reason}")
     fix = "free space or fix permissions, then rerun"
     return WriteError(
         f"cannot write to {where}: {reason}; {fix}" + (" with --resume" if resumable else "")

@@ -93,6 +93,7 @@ def bbox(
     interpolation: o.InterpOpt = o.Interp.bilinear,
     ten_crop: o.TenCrop = False,
     resume: o.Resume = False,
+    follow_links: o.FollowLinks = False,
     shard: o.Shard = None,
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
@@ -144,7 +145,7 @@ def bbox(
         resume=resume,
     )
 
-    items = resolve_inputs(inputs) if from_maps is None else None
+    items = resolve_inputs(inputs, follow_links=follow_links) if from_maps is None else None
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:
         session = None

@@ -138,3 +138,11 @@ Resume = Annotated[
     bool,
     typer.Option("--resume", help="Skip inputs already complete in DIR/manifest.jsonl."),
 ]
+FollowLinks = Annotated[
+    bool,
+    typer.Option(
+        "--follow-links",
+        help="Follow folder links that lead out of an input folder (default: only links to "
+        "folders inside it).",
+    ),
+]
