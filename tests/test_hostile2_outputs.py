@@ -343,3 +343,62 @@ def test_W6_folder_links_out_of_the_input_folder_are_not_followed(tmp_path, cli_
     assert code == 0, err
     names = [json.loads(x)["image"] for x in out.read_text().splitlines()]
     assert names == [str(r / "a.jpg"), str(r / "again" / "b.jpg"), str(r / "all" / "secret.jpg")]
+
+
+# --- W7: the weights cache and plain http -------------------------------------------------------
+
+
+@pytest.fixture
+def web(monkeypatch, tmp_path):
+    from test_hub import _Server
+
+    monkeypatch.setenv("CAMCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    s = _Server()
+    yield s
+    s.close()
+
+
+def test_W7_two_urls_with_one_file_name_do_not_share_a_cache_entry(web, tmp_path, cli_ckpt):
+    from camcli.models import hub
+
+    first = cli_ckpt.read_bytes()
+    second = first + b"\0" * 7  # a different file with the same name
+    web.files["/a/model.pt"] = first
+    web.files["/b/model.pt"] = second
+    pa = hub.download(f"{web.url}/a/model.pt", None, progress=False)
+    pb = hub.download(f"{web.url}/b/model.pt", None, progress=False)
+    assert pa != pb
+    assert pa.read_bytes() == first and pb.read_bytes() == second
+    assert web.requests == ["/a/model.pt", "/b/model.pt"]
+    # each is reused from the cache, not downloaded again
+    assert hub.download(f"{web.url}/b/model.pt", None, progress=False).read_bytes() == second
+    assert hub.download(f"{web.url}/a/model.pt", None, offline=True).read_bytes() == first
+    assert len(web.requests) == 2
+    # a pinned digest keys by file name (what the registry's entries use), and checks it
+    import hashlib
+
+    pinned = hub.download(
+        f"{web.url}/a/model.pt#sha256={hashlib.sha256(first).hexdigest()}", None, progress=False
+    )
+    assert pinned.parent == tmp_path / "cache" / "weights" and pinned.read_bytes() == first
+
+
+def test_W7_plain_http_needs_a_pinned_sha256(web, tmp_path, two, capsys, monkeypatch):
+    import urllib.request
+
+    def no_network(*a, **k):  # pragma: no cover - must not be reached
+        raise AssertionError("downloaded an unpinned http URL")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    url = "http://weights.example.com/w/model.pt"
+    code, _, err = run_main(
+        capsys, "predict", two / "a.jpg", "--model", "resnet18", "--weights", url, *ARGS
+    )
+    assert code == 4
+    assert err.strip().splitlines() == [
+        f"error: {url}: plain http needs the file's full digest, as "
+        f"{url}#sha256=<64 hex digits>; or use https"
+    ]
+    assert not (tmp_path / "cache").exists()

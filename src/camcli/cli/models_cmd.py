@@ -36,7 +36,7 @@ def _registry_rows() -> list[dict]:
     rows = []
     for e in load_registry().values():
         bundled = bool(e.url) and e.url.startswith(hub.PACKAGE_PREFIX)
-        cached = bool(e.url) and not bundled and hub.cached_path(e.url).is_file()
+        cached = bool(e.url) and not bundled and hub.cached_path(e.url, e.sha256).is_file()
         if e.needs_training:
             status = "train first" + (" (backbone cached)" if cached else "")
         else:
