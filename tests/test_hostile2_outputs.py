@@ -402,3 +402,93 @@ def test_W7_plain_http_needs_a_pinned_sha256(web, tmp_path, two, capsys, monkeyp
         f"{url}#sha256=<64 hex digits>; or use https"
     ]
     assert not (tmp_path / "cache").exists()
+
+
+# --- S3: read-only output folders, error messages, numpy warnings -------------------------------
+
+
+@pytest.fixture
+def ro_fs(tmp_path) -> Path:
+    """A read-only tmpfs (needs root, or skips)."""
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_S3_output_folder_on_a_read_only_fs_exits_5(ro_fs, two, cli_ckpt, capsys):
+    for argv, where in [
+        (["cam", two, "--out", ro_fs / "out"], ro_fs / "out"),
+        (["bbox", two, "--output", ro_fs / "o" / "b.jsonl"], ro_fs / "o" / "b.jsonl"),
+        (["predict", two, "--output", ro_fs / "p.jsonl"], ro_fs / "p.jsonl"),
+    ]:
+        code, _, err = run_main(capsys, *argv, "-w", cli_ckpt, *ARGS)
+        assert code == 5, (argv, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot write to {where}:"), err
+        assert "Read-only file system" in lines[0]
+    assert list(ro_fs.iterdir()) == []
+
+
+def test_S3_eval_and_submission_write_errors_name_the_target(ro_fs, tmp_path, two, cli_ckpt,
+                                                            capsys):  # fmt: skip
+    from test_bbox_cli import write_map_clsloc
+
+    recs = tmp_path / "r.jsonl"
+    syn = write_map_clsloc(tmp_path / "map_clsloc.txt", n=10)
+    code, _, err = run_main(
+        capsys, "bbox", two, "-w", cli_ckpt, "--output", recs, "--submission",
+        ro_fs / "s.txt", "--synsets", syn, *ARGS,
+    )  # fmt: skip
+    assert code == 5, err
+    assert err.strip().splitlines() == [
+        f"error: cannot write to {ro_fs / 's.txt'}: Read-only file system; free space or fix "
+        "permissions, then rerun"
+    ]
+    gt = tmp_path / "gt.csv"
+    gt.write_text(
+        "ImageId,PredictionString\n"
+        f"a,{open(syn).read().split()[0]} 0 0 9 9\nb,{open(syn).read().split()[0]} 1 1 5 5\n"
+    )
+    for opt, name in [("--output", "m.json")]:  # --plot writes through the same function
+        code, _, err = run_main(capsys, "eval", "--gt", gt, "--boxes", recs, opt, ro_fs / name,
+                                "--synsets", syn, "--quiet")  # fmt: skip
+        assert code == 5, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot write to {ro_fs / name}:")
+        assert ".camcli-tmp" not in err
+
+
+def test_S3_numpy_warnings_do_not_reach_stderr(tmp_path, capsys):
+    import numpy as np
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(
+        maps / "x.npz",
+        cams=(rng.random((1, 20, 20)) + 1j).astype(np.complex64),  # ComplexWarning when cast
+        class_indices=np.array([0]),
+        scores=np.array([0.5], np.float32),
+        labels=np.array(["a"]),
+        image=np.array("x.jpg"),
+    )
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    r = subprocess.run(
+        [sys.executable, "-m", "camcli", "bbox", "--from-maps", str(maps), "--output",
+         str(tmp_path / "b.jsonl")],
+        capture_output=True, text=True, env=subprocess_env(), timeout=120,
+    )  # fmt: skip
+    assert "Warning" not in r.stderr and "np." not in r.stderr, r.stderr
+    assert r.returncode in (0, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from typing import Annotated, NoReturn
 
 import typer
@@ -74,7 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG."""
     debug = os.environ.get("CAMCLI_DEBUG") == "1"
     try:
-        rv = app(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:
+                # numpy's RuntimeWarning family (ComplexWarning, invalid value, overflow):
+                # camcli reports what matters as one-line errors; the rest is noise.
+                warnings.simplefilter("ignore", RuntimeWarning)
+            rv = app(args=argv, standalone_mode=False)
     except KeyboardInterrupt:
         error("interrupted")
         sys.exit(Exit.INTERRUPTED)
