@@ -492,3 +492,97 @@ def test_S3_numpy_warnings_do_not_reach_stderr(tmp_path, capsys):
     )  # fmt: skip
     assert "Warning" not in r.stderr and "np." not in r.stderr, r.stderr
     assert r.returncode in (0, 1)
+
+
+# --- S1: SIGTERM and process pools --------------------------------------------------------------
+
+
+def _term_after_first_record(argv: list[str], progress_file: Path) -> tuple[int, str]:
+    """Run ``python -m camcli argv``, SIGTERM it once ``progress_file`` holds a line ->
+    (exit code, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import subprocess_env
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "camcli", *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if progress_file.is_file() and progress_file.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "finished before it could be terminated"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:  # pragma: no cover
+            p.kill()
+    return p.returncode, err
+
+
+@pytest.fixture
+def many(tmp_path) -> Path:
+    d = tmp_path / "many"
+    for i in range(60):
+        make_image(d / f"i{i:02d}.jpg", (48, 48), i)
+    return d
+
+
+def test_S1_sigterm_during_cam_ends_like_ctrl_c(tmp_path, many, cli_ckpt):
+    out = tmp_path / "out"
+    code, err = _term_after_first_record(
+        ["cam", str(many), "--out", str(out), "-w", str(cli_ckpt), "--top-k", "1", *ARGS],
+        out / "manifest.jsonl",
+    )
+    assert code == 143
+    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    assert "Traceback" not in err
+    info = json.loads((out / "run.json").read_text())
+    assert info["interrupted"] is True
+    recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert 1 <= len(recs) < 60
+    for r in recs:  # every listed image is complete; nothing half-written, no lock left
+        assert all((out / f).is_file() for f in r["outputs"]["files"])
+    assert not [f for f in tree(out) if ".camcli-tmp" in f or f.endswith(".lock")]
+
+
+def test_S1_sigterm_during_bbox_writes_the_records_file(tmp_path, many, cli_ckpt):
+    target = tmp_path / "boxes.jsonl"
+    code, err = _term_after_first_record(
+        ["bbox", str(many), "--output", str(target), "-w", str(cli_ckpt), *ARGS],
+        tmp_path / ".boxes.jsonl.partial",
+    )
+    assert code == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    recs = [json.loads(x) for x in target.read_text().splitlines()]
+    assert 1 <= len(recs) < 60
+    assert [r["image"] for r in recs] == sorted(r["image"] for r in recs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.jsonl", "many"]
+
+
+def test_S1_map_job_pool_is_shut_down_on_early_exit(tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from camcli.evaluate import mapjobs
+
+    monkeypatch.setattr(mapjobs, "POOL_MIN_SECONDS", 0.0)
+    jobs = []
+    for i in range(80):
+        p = tmp_path / f"m{i}.npz"
+        np.savez(p, cams=np.random.default_rng(i).random((1, 16, 16)).astype(np.float32),
+                 class_indices=np.array([0]))  # fmt: skip
+        jobs.append(mapjobs.MapJob(str(p), 0, ((0, 0, 5, 5),), None, (), None, (0.5,), True))
+    gen = mapjobs.run_jobs(jobs, 2, None)
+    results = [next(gen) for _ in range(40)]  # 32 here, then 8 from the pool
+    assert all(r[0] == "ok" for r in results)
+    assert mp.active_children()  # the pool is running
+    gen.close()  # the consumer stops (an error, Ctrl-C or SIGTERM upstream)
+    assert mp.active_children() == []

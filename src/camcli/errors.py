@@ -37,7 +37,14 @@ class Exit(IntEnum):
     NO_INPUT = 3
     WEIGHTS = 4
     WRITE = 5  # an output could not be written (disk full, permissions); rerun with --resume
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM (128 + 15), handled as Ctrl-C is
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (Slurm, Kubernetes, ``kill``): raised in the main thread by
+    ``camcli.cli.main``'s handler and handled exactly as Ctrl-C (outputs complete or absent,
+    records and run.json written); the exit code is :attr:`Exit.TERMINATED` (143)."""
 
 
 class CamcliError(Exception):
