@@ -586,3 +586,62 @@ def test_S1_map_job_pool_is_shut_down_on_early_exit(tmp_path, monkeypatch):
     assert mp.active_children()  # the pool is running
     gen.close()  # the consumer stops (an error, Ctrl-C or SIGTERM upstream)
     assert mp.active_children() == []
+
+
+_POOL_SCRIPT = r"""
+import multiprocessing as mp, sys, time
+import numpy as np
+from camcli.evaluate import mapjobs
+mapjobs.POOL_MIN_SECONDS = 0.0
+jobs = []
+for i in range(80):
+    p = f"{sys.argv[1]}/m{i}.npz"
+    np.savez(p, cams=np.random.default_rng(i).random((1, 16, 16)).astype(np.float32),
+             class_indices=np.array([0]))
+    jobs.append(mapjobs.MapJob(p, 0, ((0, 0, 5, 5),), None, (), None, (0.5,), True))
+gen = mapjobs.run_jobs(jobs, 2, None)
+for _ in range(40):
+    next(gen)
+from multiprocessing import forkserver
+pids = [p.pid for p in mp.active_children()] + [forkserver._forkserver._forkserver_pid]
+print(" ".join(map(str, pids)), flush=True)
+time.sleep(300)
+"""
+
+
+def test_S1_pool_workers_and_forkserver_leave_with_a_killed_parent(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import subprocess_env
+
+    p = subprocess.Popen([sys.executable, "-c", _POOL_SCRIPT, str(tmp_path)],
+                         stdout=subprocess.PIPE, text=True, env=subprocess_env())  # fmt: skip
+    try:
+        pids = [int(x) for x in p.stdout.readline().split()]
+        assert len(pids) == 3  # two workers and the forkserver
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [q for q in alive if _alive(q)]
+            time.sleep(0.1)
+        assert alive == []
+    finally:
+        if p.poll() is None:  # pragma: no cover
+            p.kill()
+        for q in pids if "pids" in locals() else []:
+            if _alive(q):  # pragma: no cover - leave nothing behind on failure
+                os.kill(q, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
