@@ -645,3 +645,36 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# --- S2: train killed while saving --------------------------------------------------------------
+
+
+def test_S2_train_resume_removes_a_killed_save_and_says_to_rerun(tmp_path, capsys):
+    from camcli.data import synthetic
+    from test_train import SHAPES3, TINY_ARGS
+
+    shapes = synthetic.generate(tmp_path / "shapes", shapes=SHAPES3, train_per_class=4,
+                                val_per_class=2, size=32, seed=3)  # fmt: skip
+    out = tmp_path / "run"
+    out.mkdir()
+    # killed during the first best.pt save: only its temporary files are there
+    stray = [".best.pt.camcli-tmp4194305-1", ".last.pt.camcli-tmp4194305-2", ".best.pt.tmp123"]
+    for name in stray:
+        (out / name).write_bytes(b"half a checkpoint")
+    base = ["train", shapes, "--out", out, "--epochs", "1", "--image-size", "16",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    code, _, err = run_main(capsys, *base[:4], "--device", "cpu", "--resume")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --resume: {out / 'last.pt'} not found; nothing to resume (no epoch of a run in "
+        f"{out} was saved): rerun without --resume to start it"
+    ]
+    code, _, err = run_main(capsys, *base, "--model", "camnet-small", *TINY_ARGS)
+    assert code == 0, err
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+    # killed while saving last.pt of epoch 2: the resume that finishes leaves nothing stray
+    (out / ".last.pt.camcli-tmp4194305-3").write_bytes(b"half")
+    code, _, err = run_main(capsys, *base[:4], "--epochs", "2", "--device", "cpu", "--resume")
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["best.pt", "last.pt", "metrics.jsonl"]

@@ -29,7 +29,7 @@ from typing import IO, Any
 TMP_MARK = ".camcli-tmp"
 #: ``.<name>.camcli-tmp<pid>-<thread id>``: a file being written; ``name`` is the target's name
 #: (cut to :data:`TMP_NAME_MAX` UTF-8 bytes).
-TMP_RE = re.compile(r"^\.(?P<name>.*)" + re.escape(TMP_MARK) + r"\d+-\d+$", re.DOTALL)
+TMP_RE = re.compile(r"^\.(?P<name>.*)" + re.escape(TMP_MARK) + r"(?P<pid>\d+)-\d+$", re.DOTALL)
 TMP_NAME_MAX = 120  # bytes of the target's name kept in a temporary name (NAME_MAX 255)
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -59,6 +59,43 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(
         f".{cut_bytes(path.name, TMP_NAME_MAX)}{TMP_MARK}{os.getpid()}-{threading.get_ident()}"
     )
+
+
+def remove_stray(folder: str | os.PathLike, *, legacy: re.Pattern | None = None) -> list[str]:
+    """Remove the temporary files a killed run left directly in ``folder`` (names matching
+    :data:`TMP_RE` whose process is gone, or ``legacy``); links and folders are left alone.
+    Returns the names removed. A missing folder is fine."""
+    import stat
+
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = TMP_RE.match(name)
+        if not (m or (legacy is not None and legacy.match(name))):
+            continue
+        if m and _other_live_process(int(m["pid"])):
+            continue  # being written by a run that is still going
+        p = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                os.unlink(p)
+                removed.append(name)
+    return removed
+
+
+def _other_live_process(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # there, but not ours to signal
+    return True
 
 
 _ROOTS: dict[str, int] = {}

@@ -9,6 +9,7 @@ Recipe defaults (:mod:`~camcli.train.options`), the starting network with its ba
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camcli.atomic import remove_stray
 from camcli.data import inputs
 from camcli.errors import TrainingError
 from camcli.models.gap import GapModel
@@ -106,9 +108,15 @@ class _Job:
     dev: torch.device
 
 
+# temporary checkpoint names of camcli versions before camcli.atomic
+_LEGACY_TMP = re.compile(r"^\.(last|best)\.pt\.tmp\d*$")
+
+
 def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
     """:func:`train_folder` once this process has its place in the job."""
     resume_ck = None
+    if job.dist.is_main:  # a run killed while saving left its temporary checkpoint
+        remove_stray(job.out, legacy=_LEGACY_TMP)
     if job.resume:
         resume_ck, o = _resumed_options(job.out, options)
         entry = entry_for(o.model)
@@ -159,7 +167,10 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
     """``out/last.pt`` and its saved options, with ``epochs`` and ``workers`` as given."""
     last = run_dir_state(out)
     if last is None:
-        raise TrainingError(f"--resume: {out / 'last.pt'} not found; nothing to resume")
+        raise TrainingError(
+            f"--resume: {out / 'last.pt'} not found; nothing to resume (no epoch of a run in "
+            f"{out} was saved): rerun without --resume to start it"
+        )
     ck = load_checkpoint(last)
     saved = TrainOptions.from_dict(ck["train_options"])
     saved.epochs = options.epochs or saved.epochs
