@@ -678,3 +678,21 @@ def test_S2_train_resume_removes_a_killed_save_and_says_to_rerun(tmp_path, capsy
     code, _, err = run_main(capsys, *base[:4], "--epochs", "2", "--device", "cpu", "--resume")
     assert code == 0, err
     assert sorted(os.listdir(out)) == ["best.pt", "last.pt", "metrics.jsonl"]
+
+
+def test_S2_records_file_temporary_file_of_a_killed_run_is_removed(tmp_path, two, cli_ckpt,
+                                                                  capsys):  # fmt: skip
+    o = tmp_path / "o"
+    o.mkdir()
+    (o / ".p.jsonl.camcli-tmp4194305-7").write_text("half\n")  # killed as it wrote p.jsonl
+    (o / ".other.jsonl.camcli-tmp4194305-7").write_text("not ours\n")
+    (o / f".p.jsonl.camcli-tmp{os.getppid()}-7").write_text("a live process's\n")
+    code, _, err = run_main(
+        capsys, "predict", two, "--output", o / "p.jsonl", "-w", cli_ckpt, *ARGS
+    )
+    assert code == 0, err
+    assert sorted(os.listdir(o)) == [
+        ".other.jsonl.camcli-tmp4194305-7",
+        f".p.jsonl.camcli-tmp{os.getppid()}-7",
+        "p.jsonl",
+    ]

@@ -61,10 +61,13 @@ def tmp_path_for(path: Path) -> Path:
     )
 
 
-def remove_stray(folder: str | os.PathLike, *, legacy: re.Pattern | None = None) -> list[str]:
+def remove_stray(
+    folder: str | os.PathLike, *, legacy: re.Pattern | None = None, only: set[str] | None = None
+) -> list[str]:
     """Remove the temporary files a killed run left directly in ``folder`` (names matching
     :data:`TMP_RE` whose process is gone, or ``legacy``); links and folders are left alone.
-    Returns the names removed. A missing folder is fine."""
+    ``only``: remove only temporary files of these target names. Returns the names removed. A
+    missing folder is fine."""
     import stat
 
     removed = []
@@ -75,6 +78,8 @@ def remove_stray(folder: str | os.PathLike, *, legacy: re.Pattern | None = None)
     for name in names:
         m = TMP_RE.match(name)
         if not (m or (legacy is not None and legacy.match(name))):
+            continue
+        if only is not None and not (m and m["name"] in only):
             continue
         if m and _other_live_process(int(m["pid"])):
             continue  # being written by a run that is still going

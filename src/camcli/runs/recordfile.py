@@ -6,7 +6,15 @@ import os
 import stat
 from pathlib import Path
 
-from camcli.atomic import BusyError, RunLock, open_nofollow, write_atomic
+from camcli.atomic import (
+    TMP_NAME_MAX,
+    BusyError,
+    RunLock,
+    cut_bytes,
+    open_nofollow,
+    remove_stray,
+    write_atomic,
+)
 from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import CamcliError, Exit, write_error
 from camcli.runs.shards import partial_path
@@ -34,6 +42,8 @@ class RecordFile:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.target.with_name(f".{self.target.name}.lock"))
+            # FILE's temporary file, left by a run killed as it wrote FILE
+            remove_stray(self.target.parent, only={cut_bytes(self.target.name, TMP_NAME_MAX)})
             if resume:
                 for src in (*also, self.target, self.partial):
                     if _regular(src):
