@@ -696,3 +696,22 @@ def test_S2_records_file_temporary_file_of_a_killed_run_is_removed(tmp_path, two
         f".p.jsonl.camcli-tmp{os.getppid()}-7",
         "p.jsonl",
     ]
+
+
+def test_W3_second_train_into_a_locked_run_folder_is_refused(tmp_path, capsys):
+    from camcli.atomic import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = RunLock(out / ".camcli.lock")
+    try:
+        code, _, err = run_main(capsys, "train", tmp_path / "nodata", "--out", out, "--model",
+                                "camnet-small", "--device", "cpu")  # fmt: skip
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"error: --out {out}: another camcli run is writing it; wait for it to finish or "
+            "choose another --out"
+        ]
+    finally:
+        held.release()
+    assert os.listdir(out) == []

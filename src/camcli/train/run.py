@@ -8,6 +8,7 @@ Recipe defaults (:mod:`~camcli.train.options`), the starting network with its ba
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camcli.atomic import remove_stray
+from camcli.atomic import BusyError, RunLock, remove_stray
 from camcli.data import inputs
 from camcli.errors import TrainingError
 from camcli.models.gap import GapModel
@@ -85,11 +86,41 @@ def train_folder(
     out = Path(out)
     reporter = reporter or SilentReporter()
     dist, dev = init_distributed(device)
+    lock = made = None
     try:
+        if dist.is_main:
+            lock, made = _lock_run_folder(out)
         job = _Job(data, out, val, resume, offline, reporter, step_callback, max_pixels, dist, dev)
         return _train_folder(job, options)
     finally:
+        if lock is not None:
+            lock.release()
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # a run that wrote nothing leaves no folder behind
         shutdown_distributed(dist)
+
+
+def _lock_run_folder(out: Path):
+    """Lock ``out`` (``out/.camcli.lock``) for this run -> (the lock, whether ``out`` was made
+    here).
+
+    Raises:
+        TrainingError: another run trains into ``out`` (exit 2), or it cannot be created.
+    """
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return RunLock(out / ".camcli.lock"), made
+    except BusyError:
+        raise TrainingError(
+            f"--out {out}: another camcli run is writing it; wait for it to finish or choose "
+            "another --out"
+        ) from None
+    except OSError as exc:
+        from camcli.errors import write_error
+
+        raise write_error(exc, out) from None
 
 
 @dataclass
