@@ -229,7 +229,6 @@ def test_W4_resume_redoes_manifest_records_with_bad_paths_or_types(tmp_path, two
         {**good["a"], "outputs": {"files": [str(tmp_path / "in" / "a.jpg")]}},
         {**good["a"], "outputs": ["a/1_class_a.jpg"]},
         {**good["a"], "outputs": {"files": [5]}},
-        {**good["a"], "outputs": {"files": []}},
         {**good["a"], "key": ["a"]},
         {**good["b"], "key": "a"},  # b's existing files under a's key
         {**good["b"], "outputs": "b"},

@@ -302,9 +302,9 @@ def _write_box_records(
     finally:
         progress.stop()
         if drawdir is not None:
-            drawdir.close(order=drawing.draw_order(mine, seen), cancel=interrupted)
-            if not completed:
-                drawdir.release()
+            drawdir.close(
+                order=drawing.draw_order(mine, seen), cancel=interrupted, keep_lock=completed
+            )
         if opts.from_maps is None:
             order = [it.path for it in mine]
         try:

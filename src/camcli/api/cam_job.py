@@ -198,7 +198,9 @@ def run_cam_job(
     finally:
         progress.stop()
         try:
-            outdir.close(order=[(it.index, it.key) for it in mine], cancel=interrupted)
+            outdir.close(
+                order=[(it.index, it.key) for it in mine], cancel=interrupted, keep_lock=True
+            )
             # interrupted (Ctrl-C, SIGTERM): run.json says so; a shard's part stays unfinished
             if (completed or (interrupted and split.shard is None)) and not outdir.failed:
                 info = _cam_run_info(

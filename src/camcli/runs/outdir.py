@@ -201,8 +201,8 @@ class OutDir:
         key, outputs = rec.get("key"), rec.get("outputs")
         if not isinstance(key, str) or not _relative_ok(key) or not isinstance(outputs, dict):
             return False
-        files = outputs.get("files")
-        if not isinstance(files, list) or not files:
+        files = outputs.get("files", [])
+        if not isinstance(files, list):
             return False
         for f in files:
             if not isinstance(f, str) or not _relative_ok(f):
@@ -292,13 +292,27 @@ class OutDir:
         while self._pending:
             self._pending.popleft().exception()
 
-    def close(self, *, order: list[tuple[int, str]] | None = None, cancel: bool = False) -> None:
+    def close(
+        self,
+        *,
+        order: list[tuple[int, str]] | None = None,
+        cancel: bool = False,
+        keep_lock: bool = False,
+    ) -> None:
         """Finish pending writes; then rewrite the manifest in input order (atomically).
 
         order: (index, key) of every input of the run: records of images completed by an
         earlier run (resume) keep their place. Never raises for a failed write (see
         :meth:`check_errors`): the manifest appended so far is then kept as it is.
+        keep_lock: keep the folder locked (to write the run json next); :meth:`release` ends it.
         """
+        try:
+            self._close(order, cancel)
+        finally:
+            if not keep_lock:
+                self.release()
+
+    def _close(self, order: list[tuple[int, str]] | None, cancel: bool) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         self._pending.clear()
         try:
