@@ -496,9 +496,11 @@ def test_S3_numpy_warnings_do_not_reach_stderr(tmp_path, capsys):
 # --- S1: SIGTERM and process pools --------------------------------------------------------------
 
 
-def _term_after_first_record(argv: list[str], progress_file: Path) -> tuple[int, str]:
-    """Run ``python -m camcli argv``, SIGTERM it once ``progress_file`` holds a line ->
-    (exit code, stderr)."""
+def _term_after_first_record(
+    argv: list[str], progress_file: Path, *, group: bool = False
+) -> tuple[int, str]:
+    """Run ``python -m camcli argv``, SIGTERM it (``group``: its whole process group, as Slurm
+    does) once ``progress_file`` holds a line -> (exit code, stderr)."""
     import signal
     import subprocess
     import sys
@@ -509,6 +511,7 @@ def _term_after_first_record(argv: list[str], progress_file: Path) -> tuple[int,
     p = subprocess.Popen(
         [sys.executable, "-m", "camcli", *argv],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        start_new_session=group,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -517,7 +520,10 @@ def _term_after_first_record(argv: list[str], progress_file: Path) -> tuple[int,
                 break
             time.sleep(0.05)
         assert p.poll() is None, "finished before it could be terminated"
-        p.send_signal(signal.SIGTERM)
+        if group:
+            os.killpg(p.pid, signal.SIGTERM)
+        else:
+            p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:  # pragma: no cover
@@ -563,6 +569,16 @@ def test_S1_sigterm_during_bbox_writes_the_records_file(tmp_path, many, cli_ckpt
     assert 1 <= len(recs) < 60
     assert [r["image"] for r in recs] == sorted(r["image"] for r in recs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.jsonl", "many"]
+
+
+def test_S1_sigterm_to_the_process_group_with_loader_workers(tmp_path, many, cli_ckpt):
+    out = tmp_path / "out"
+    argv = ["cam", str(many), "--out", str(out), "-w", str(cli_ckpt), "--top-k", "1",
+            "--batch-size", "1", "--workers", "2", "--quiet"]  # fmt: skip
+    code, err = _term_after_first_record(argv, out / "manifest.jsonl", group=True)
+    assert code == 143
+    assert err.strip().splitlines() == ["error: terminated (SIGTERM)"]  # no worker traceback
+    assert json.loads((out / "run.json").read_text())["interrupted"] is True
 
 
 def test_S1_map_job_pool_is_shut_down_on_early_exit(tmp_path, monkeypatch):

@@ -140,6 +140,8 @@ def _main(argv: list[str] | None) -> None:
         finally:
             sys.exit(0)
     except Exception as exc:  # noqa: BLE001
+        if _SIGTERM_SEEN[0]:  # e.g. DataLoader workers killed by the same SIGTERM first
+            _interrupted(exc)
         _exit_on_usage_error(exc)
         if debug:
             raise
