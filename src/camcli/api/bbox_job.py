@@ -195,8 +195,15 @@ def run_bbox(
     # from maps: counted here; from a model: the session counts
     stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
     sink = RecordSink(opts.output, split, resume=opts.resume)
-    drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
-    results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
+    drawdir = None
+    try:
+        drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
+        results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir)
+    except BaseException:
+        sink.release()
+        if drawdir is not None:
+            drawdir.release()
+        raise
     progress.start(total, skipped, len(mine) if mine is not None else None)
     not_drawn: list[str] = []
     records, completed = _write_box_records(
@@ -315,7 +322,9 @@ def _write_box_records(
     finally:
         progress.stop()
         if drawdir is not None:
-            drawdir.close(order=drawing.draw_order(mine, seen), cancel=interrupted)
+            drawdir.close(
+                order=drawing.draw_order(mine, seen), cancel=interrupted, keep_lock=completed
+            )
         if opts.from_maps is None:
             order = [it.path for it in mine]
         try:

@@ -83,7 +83,15 @@ def finish_drawings(
     stats: dict,
     skipped: int,
 ) -> None:
-    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part."""
+    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part.
+    Releases the folder's lock."""
+    try:
+        _finish_drawings(drawdir, completed, split, items, stats, skipped)
+    finally:
+        drawdir.release()
+
+
+def _finish_drawings(drawdir, completed, split, items, stats, skipped) -> None:
     drawdir.check_errors()
     if completed and split.shard is not None:
         from camcli.runs.shards import DRAW_MARK

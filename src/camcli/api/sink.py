@@ -30,6 +30,11 @@ class RecordSink:
         elif not table:
             self.stdout = JsonlWriter("-")
 
+    def release(self) -> None:
+        """Release FILE's lock without finishing (:meth:`finish` releases it too)."""
+        if self.rfile is not None:
+            self.rfile.release()
+
     @property
     def done(self) -> dict[str, dict]:
         """Records of an earlier run kept by ``resume``, by image path."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from typing import Annotated, NoReturn
 
 import typer
 
 from camcli import __version__
 from camcli.console import error
-from camcli.errors import CamcliError, Exit
+from camcli.errors import CamcliError, Exit, Terminated
 
 app = typer.Typer(
     name="camcli",
@@ -107,19 +108,68 @@ def _exit_for(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, CamcliError) else Exit.SOME_FAILED
 
 
+_SIGTERM_SEEN = [False]
+
+
+def _on_sigterm(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up it starts is not cut short
+    _SIGTERM_SEEN[0] = True
+    raise Terminated()
+
+
+def _terminated(exc: BaseException | None) -> bool:
+    if _SIGTERM_SEEN[0]:
+        return True
+    while exc is not None:
+        if isinstance(exc, Terminated):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    if _terminated(exc):
+        error("terminated (SIGTERM)")
+        sys.exit(Exit.TERMINATED)
+    error("interrupted")
+    sys.exit(Exit.INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG."""
+    """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG.
+
+    SIGTERM is handled as Ctrl-C (:class:`camcli.errors.Terminated`), exit 143."""
+    import signal
+    import threading
+
+    prev = None
+    _SIGTERM_SEEN[0] = False
+    if threading.current_thread() is threading.main_thread():
+        prev = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main(argv)
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGTERM, prev)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("CAMCLI_DEBUG") == "1"
     try:
-        rv = app(args=argv, standalone_mode=False)
-    except KeyboardInterrupt:
-        error("interrupted")
-        sys.exit(Exit.INTERRUPTED)
+        with warnings.catch_warnings():
+            if not debug:
+                # numpy's RuntimeWarning family (ComplexWarning, invalid value, overflow):
+                # camcli reports what matters as one-line errors; the rest is noise.
+                warnings.simplefilter("ignore", RuntimeWarning)
+            rv = app(args=argv, standalone_mode=False)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        error("interrupted")
-        sys.exit(Exit.INTERRUPTED)
+    except typer.Abort as exc:
+        _interrupted(exc)
     except BrokenPipeError:
         _exit_stdout_closed()
     except SystemExit as exc:
@@ -128,10 +178,14 @@ def main(argv: list[str] | None = None) -> None:
             _exit_stdout_closed()
         raise
     except Exception as exc:  # noqa: BLE001
+        if _SIGTERM_SEEN[0]:  # e.g. DataLoader workers killed by the same SIGTERM first
+            _interrupted(exc)
         _exit_on_usage_error(exc)
         if debug:
             raise
         _exit_on_error(exc)
+    if rv == Exit.INTERRUPTED and _terminated(None):  # typer turns the interrupt into 130
+        _interrupted(Terminated())
     try:
         sys.stdout.flush()
     except BrokenPipeError:

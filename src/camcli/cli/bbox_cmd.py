@@ -100,14 +100,8 @@ def bbox(
     norm: o.NormOpt = o.Norm.minmax,
     interpolation: o.InterpOpt = o.Interp.bilinear,
     ten_crop: o.TenCrop = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Keep the records already in --output FILE (and the drawings in --draw DIR); "
-            "do only the rest.",
-        ),
-    ] = False,
+    resume: o.Resume = False,
+    follow_links: o.FollowLinks = False,
     shard: o.Shard = None,
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
@@ -162,7 +156,7 @@ def bbox(
         resume=resume,
     )
 
-    items = resolve_inputs(inputs) if from_maps is None else None
+    items = resolve_inputs(inputs, follow_links=follow_links) if from_maps is None else None
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:
         session = None

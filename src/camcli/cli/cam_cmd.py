@@ -74,6 +74,7 @@ def cam(
     ] = False,
     ten_crop: o.TenCrop = False,
     resume: o.Resume = False,
+    follow_links: o.FollowLinks = False,
     shard: o.Shard = None,
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
@@ -112,7 +113,7 @@ def cam(
         save_maps=save_maps,
         resume=resume,
     )
-    items = resolve_inputs(inputs)
+    items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs)
     started = time.time()
     try:

@@ -277,7 +277,6 @@ def report(
     (JSON otherwise). ``bbox --gt`` calls it with ``table_on_stderr=True``: its stdout carries
     records, so the table goes to stderr and JSON only to an ``output`` file.
     """
-    from camcli.atomic import write_atomic
     from camcli.data.records import dumps
     from camcli.evaluate.report import check_matched, exit_status
 
@@ -287,11 +286,11 @@ def report(
     if plot is not None:
         from camcli.evaluate.plot import boxacc_png
 
-        write_atomic(Path(plot), boxacc_png(result))
+        _write_file(Path(plot), boxacc_png(result))
     text = dumps(result) + "\n"
     if table_on_stderr:
         if output not in (None, "-"):
-            write_atomic(Path(output), text.encode("utf-8"))
+            _write_file(Path(output), text.encode("utf-8"))
         if not quiet:
             print_metrics_table(result, stderr=True)
     elif output == "-" or (output is None and not sys.stdout.isatty()):
@@ -299,10 +298,21 @@ def report(
         sys.stdout.flush()
     else:
         if output is not None:
-            write_atomic(Path(output), text.encode("utf-8"))
+            _write_file(Path(output), text.encode("utf-8"))
         if sys.stdout.isatty() or output is None:
             print_metrics_table(result)
     return exit_status(result)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically; a failure is a one-line write error naming it (exit 5)."""
+    from camcli.atomic import write_atomic
+    from camcli.errors import write_error
+
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise write_error(exc, path, resumable=False) from None
 
 
 def report_for_records(

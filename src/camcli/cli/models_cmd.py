@@ -37,7 +37,9 @@ def _registry_rows() -> list[dict]:
     for e in load_registry().values():
         bundled = bool(e.url) and e.url.startswith(hub.PACKAGE_PREFIX)
         pypi = bool(e.url) and e.url.startswith(hub.PYPI_PREFIX)
-        cached = bool(e.url) and not bundled and not pypi and hub.cached_path(e.url).is_file()
+        cached = (
+            bool(e.url) and not bundled and not pypi and hub.cached_path(e.url, e.sha256).is_file()
+        )
         if e.needs_training:
             status = "train first" + (" (backbone cached)" if cached else "")
         elif pypi:

@@ -180,3 +180,13 @@ def refuse_unused(ctx: typer.Context | None, names: tuple[str, ...] | list[str],
         raise CamcliError(
             f"{', '.join(flags)} {it} nothing {why}: drop {'it' if it == 'does' else 'them'}"
         )
+
+
+FollowLinks = Annotated[
+    bool,
+    typer.Option(
+        "--follow-links",
+        help="Follow folder links that lead out of an input folder (default: only links to "
+        "folders inside it).",
+    ),
+]

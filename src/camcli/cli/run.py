@@ -14,12 +14,12 @@ if TYPE_CHECKING:
     from camcli.api.split import Split
 
 
-def resolve_inputs(inputs: list[str]):
+def resolve_inputs(inputs: list[str], *, follow_links: bool = False):
     from camcli.data.inputs import IMAGE_EXTENSIONS, discover
 
     if inputs.count("-") > 1:
         raise CamcliError("'-' (paths on stdin) may be given once")
-    items = discover(inputs)
+    items = discover(inputs, follow_links=follow_links)
     if not items:
         raise CamcliError(
             f"no images found in {' '.join(inputs)}: give image files, folders holding "

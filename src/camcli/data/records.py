@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from camcli.atomic import AtomicFile
+from camcli.atomic import AtomicFile, open_nofollow
 from camcli.errors import write_error
 
 
@@ -68,7 +68,7 @@ class JsonlWriter:
             self._fh = sys.stdout
         elif append:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.target, "a", encoding="utf-8")  # noqa: SIM115
+            self._fh = open_nofollow(self.target, "a")
         else:
             self._atomic = AtomicFile(self.target, "w", encoding="utf-8", fsync=True)
             self._fh = self._atomic.file

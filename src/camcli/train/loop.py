@@ -378,7 +378,9 @@ def _save_epoch(
     save_checkpoint(
         make_checkpoint(model, best=best, training_state=state, **common), out / "last.pt"
     )
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+    from camcli.atomic import open_nofollow
+
+    with open_nofollow(out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(record, allow_nan=False) + "\n")
 
 

@@ -8,7 +8,9 @@ Recipe defaults (:mod:`~camcli.train.options`), the starting network with its ba
 
 from __future__ import annotations
 
+import contextlib
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camcli.atomic import BusyError, RunLock, remove_stray
 from camcli.data import inputs
 from camcli.errors import TrainingError, WeightsError
 from camcli.models.gap import GapModel
@@ -90,11 +93,41 @@ def train_folder(
     out = Path(out)
     reporter = reporter or SilentReporter()
     dist, dev = init_distributed(device)
+    lock = made = None
     try:
+        if dist.is_main:
+            lock, made = _lock_run_folder(out)
         job = _Job(data, out, val, resume, offline, reporter, step_callback, max_pixels, dist, dev)
         return _train_folder(job, options)
     finally:
+        if lock is not None:
+            lock.release()
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # a run that wrote nothing leaves no folder behind
         shutdown_distributed(dist)
+
+
+def _lock_run_folder(out: Path):
+    """Lock ``out`` (``out/.camcli.lock``) for this run -> (the lock, whether ``out`` was made
+    here).
+
+    Raises:
+        TrainingError: another run trains into ``out`` (exit 2), or it cannot be created.
+    """
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return RunLock(out / ".camcli.lock"), made
+    except BusyError:
+        raise TrainingError(
+            f"--out {out}: another camcli run is writing it; wait for it to finish or choose "
+            "another --out"
+        ) from None
+    except OSError as exc:
+        from camcli.errors import write_error
+
+        raise write_error(exc, out) from None
 
 
 @dataclass
@@ -113,9 +146,15 @@ class _Job:
     dev: torch.device
 
 
+# temporary checkpoint names of camcli versions before camcli.atomic
+_LEGACY_TMP = re.compile(r"^\.(last|best)\.pt\.tmp\d*$")
+
+
 def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
     """:func:`train_folder` once this process has its place in the job."""
     resume_ck = None
+    if job.dist.is_main:  # a run killed while saving left its temporary checkpoint
+        remove_stray(job.out, legacy=_LEGACY_TMP)
     if job.resume:
         resume_ck, o = _resumed_options(job.out, options)
         entry = entry_for(o.model)
@@ -166,7 +205,10 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
     """``out/last.pt`` and its saved options, with ``epochs`` and ``workers`` as given."""
     last = run_dir_state(out)
     if last is None:
-        raise TrainingError(f"--resume: {out / 'last.pt'} not found; nothing to resume")
+        raise TrainingError(
+            f"--resume: {out / 'last.pt'} not found; nothing to resume (no epoch of a run in "
+            f"{out} was saved): rerun without --resume to start it"
+        )
     ck = load_checkpoint(last, resume=True)
     try:
         saved = TrainOptions.from_dict(ck["train_options"])
