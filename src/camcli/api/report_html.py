@@ -471,6 +471,11 @@ def _eval_view(path: Path, res: dict) -> dict:
     return {"path": shown(path), "figures": figs, "curve": boxacc_svg(res), "per_class": per_class}
 
 
+def _js(v) -> str:
+    """A run.json value as JSON text for the page (a non-finite number refused, not written)."""
+    return json.dumps(v, allow_nan=False)
+
+
 def _run_view(folder: Path, run: dict) -> dict:
     opts = run.get("options") or {}
     keep = ("command", "camcli", "torch", "model", "weights", "weights_sha256", "num_classes",
@@ -478,13 +483,20 @@ def _run_view(folder: Path, run: dict) -> dict:
     return {
         "path": shown(folder),
         "fields": [
-            [k, json.dumps(run[k]) if isinstance(run[k], (dict, list)) else str(run[k])]
+            [
+                k,
+                json.dumps(run[k], allow_nan=False)
+                if isinstance(run[k], (dict, list))
+                else str(run[k]),
+            ]
             for k in keep
             if k in run
         ],  # fmt: skip
-        "options": [[k, json.dumps(v)] for k, v in opts.items()],
+        "options": [[k, _js(v)] for k, v in opts.items()],
         "counts": run.get("counts") or {},
-        "preprocess": json.dumps(run.get("preprocess")) if run.get("preprocess") else None,
+        "preprocess": json.dumps(run.get("preprocess"), allow_nan=False)
+        if run.get("preprocess")
+        else None,
     }
 
 
