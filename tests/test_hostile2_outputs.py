@@ -490,7 +490,8 @@ def test_S3_numpy_warnings_do_not_reach_stderr(tmp_path, capsys):
         capture_output=True, text=True, env=subprocess_env(), timeout=120,
     )  # fmt: skip
     assert "Warning" not in r.stderr and "np." not in r.stderr, r.stderr
-    assert r.returncode in (0, 1)
+    # the complex map is refused by the map reader (a one-line error record): no usable input
+    assert r.returncode in (0, 1, 3)
 
 
 # --- S1: SIGTERM and process pools --------------------------------------------------------------

@@ -100,7 +100,14 @@ def bbox(
     norm: o.NormOpt = o.Norm.minmax,
     interpolation: o.InterpOpt = o.Interp.bilinear,
     ten_crop: o.TenCrop = False,
-    resume: o.Resume = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Keep the records already in --output FILE (and the drawings in --draw DIR); "
+            "do only the rest.",
+        ),
+    ] = False,
     follow_links: o.FollowLinks = False,
     shard: o.Shard = None,
     batch_size: o.BatchSize = None,
