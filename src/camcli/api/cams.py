@@ -283,14 +283,18 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
         NoInputError: ``root`` is not a folder or holds no .npz file (exit 3), raised by
             :func:`camcli.data.mapfiles.list_map_files`, the one reader of map files.
     """
+    from pathlib import Path
+
     import numpy as np
 
+    from camcli.api.submission import maps_num_classes
     from camcli.data.mapfiles import MapFileError, list_map_files, read_map_file
 
+    num_classes = maps_num_classes(Path(root))
     for i, f in enumerate(list_map_files(root, flag="--from-maps")):
         key = f.relative_to(root).with_suffix("").as_posix()
         try:
-            mf = read_map_file(f, root)
+            mf = read_map_file(f, root, num_classes)
         except MapFileError as exc:
             yield loader.Sample(inputs.InputItem(i, str(f), key), None, None, error=str(exc))
             continue

@@ -241,6 +241,11 @@ def _refuse_unused(
             "with --tight-loose-heuristic (the official dt-box generator thresholds at "
             "20, 100 and 110 of 255)",
         )
+        o.refuse_unused(
+            ctx,
+            ("top_k",),
+            "with --tight-loose-heuristic (its five guesses always come from the top 3 classes)",
+        )
     elif box_rule is Rule.dt_box:
         o.refuse_unused(
             ctx,

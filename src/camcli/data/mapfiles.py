@@ -261,26 +261,40 @@ def load_class_map(path: str | os.PathLike, cls: int) -> np.ndarray | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             classes = _class_indices(z["class_indices"])
-            hit = np.flatnonzero(classes == cls)
-            if hit.size == 0:
-                return None
             cams = z["cams"]
     except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
         raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
-    why = _cams_shape_error(cams, classes.size)
+    # the same checks as read_map_file, whether or not the file holds this class
+    why = _cams_shape_error(cams, classes.size) or _empty(classes)
     if why:
-        raise MapFileError(why)
-    return np.asarray(cams[int(hit[0])], dtype=np.float64)
+        raise MapFileError(f"cannot read map file {path} ({why})")
+    hit = np.flatnonzero(classes == cls)
+    if hit.size == 0:
+        return None
+    out = np.asarray(cams[int(hit[0])], dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise MapFileError(f"cannot read map file {path} (the map of class {cls} is not finite)")
+    return out
 
 
-def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None) -> MapFile:
+def _empty(classes: np.ndarray) -> str | None:
+    return "it holds no maps (class_indices is empty)" if classes.size == 0 else None
+
+
+def read_map_file(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+) -> MapFile:
     """Every map of a map file with its header (what ``bbox --from-maps`` reads).
 
     Args:
         path: the ``.npz`` file.
         root: the folder it was listed from (for :attr:`MapHeader.key`); None: the file name.
+        num_classes: the run's class count when known (``run.json``): a class index at or
+            above it is an error.
 
     Returns:
         A :class:`MapFile`: ``cams`` float32 [k, H, W], ``scores`` float32 [k] or None, and the
@@ -304,13 +318,21 @@ def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None
         raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
-    why = _cams_shape_error(cams, head.class_indices.size)
-    if why:
-        raise MapFileError(f"cannot read map file ({why} class_indices)")
     k = head.class_indices.size
+    why = _cams_shape_error(cams, k)
+    why = f"{why} class_indices" if why else _empty(head.class_indices)
+    if not why and num_classes is not None and int(head.class_indices.max()) >= num_classes:
+        why = (
+            f"class index {int(head.class_indices.max())} is outside 0..{num_classes - 1} "
+            "of the run's classes"
+        )
     for name, arr in (("labels", head.labels), ("scores", scores)):
-        if arr is not None and len(arr) != k:
-            raise MapFileError(
-                f"cannot read map file {path} ({name} has {len(arr)} values, {k} maps)"
-            )
+        if not why and arr is not None and len(arr) != k:
+            why = f"{name} has {len(arr)} values, {k} maps"
+    if not why and scores is not None and not np.isfinite(scores).all():
+        why = "scores hold non-finite values"
+    if not why and not np.isfinite(cams).all():
+        why = "cams hold non-finite values"
+    if why:
+        raise MapFileError(f"cannot read map file {path} ({why})")
     return MapFile(head, cams, scores)

@@ -125,11 +125,20 @@ class JsonLine:
         return f"{path} line {self.number}"
 
 
+class _NonFinite(ValueError):
+    """A ``NaN`` / ``Infinity`` token: not JSON (RFC 8259), and never in a camcli record."""
+
+
+def _no_constant(token: str):
+    raise _NonFinite(f"non-finite number {token} (not valid JSON)")
+
+
 def iter_jsonl(source: str | os.PathLike | IO[str], *, bom: bool = False) -> Iterator[JsonLine]:
     """The one reader of camcli's JSON Lines files (records, manifests, shard parts).
 
-    Every non-blank line comes back as a :class:`JsonLine`; a line that is not a JSON object is
-    returned with ``error`` set, never dropped silently and never raised here. The one policy
+    Every non-blank line comes back as a :class:`JsonLine`; a line that is not a JSON object
+    (or holds a ``NaN`` / ``Infinity`` token, which JSON does not have) is returned with
+    ``error`` set, never dropped silently and never raised here. The one policy
     for bad lines, applied by the callers: a file being resumed (manifest, partial records)
     skips them, so that image is done again; a file being read as input (``merge`` parts,
     ``eval --boxes``) fails naming the file and line (or reports the line and goes on where the
@@ -157,7 +166,10 @@ def iter_jsonl(source: str | os.PathLike | IO[str], *, bom: bool = False) -> Ite
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, parse_constant=_no_constant)
+            except _NonFinite as exc:
+                yield JsonLine(n, line, None, str(exc))
+                continue
             except ValueError as exc:
                 msg = getattr(exc, "msg", None) or str(exc)
                 yield JsonLine(n, line, None, f"not JSON ({msg})")

@@ -33,6 +33,7 @@ from camcli import atomic
 from camcli.atomic import TMP_NAME_MAX, TMP_RE, write_atomic
 from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import CamcliError, Exit, write_error
+from camcli.evaluate.predictions import record_problem
 from camcli.runs.shards import shard_names
 
 _LABEL_BAD = re.compile(r"[^\w.+-]+", re.UNICODE)
@@ -193,7 +194,12 @@ class OutDir:
         good = []
         for line in iter_jsonl(path):
             rec = line.value
-            if rec is None or "error" in rec or not self._complete(rec):
+            if (
+                rec is None
+                or "error" in rec
+                or not self._complete(rec)
+                or record_problem(rec) is not None  # predictions of the wrong types: redo
+            ):
                 continue
             done[rec["key"]] = rec
             good.append(line.text)

@@ -17,6 +17,7 @@ from camcli.atomic import (
 )
 from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import CamcliError, Exit, write_error
+from camcli.evaluate.predictions import record_problem
 from camcli.runs.shards import count_path, partial_path
 
 
@@ -67,7 +68,12 @@ class RecordFile:
         # Resumed: a bad line (cut by a kill) is skipped, so its image is done again.
         for line in iter_jsonl(src):
             rec = line.value
-            if rec is not None and isinstance(rec.get("image"), str) and "error" not in rec:
+            if (
+                rec is not None
+                and isinstance(rec.get("image"), str)
+                and "error" not in rec
+                and record_problem(rec) is None  # predictions/boxes of the wrong types: redo
+            ):
                 self.done[rec["image"]] = rec
 
     def release(self) -> None:
