@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from camcli.atomic import write_atomic
+from camcli import atomic
+from camcli.atomic import LinkError, write_atomic
 from camcli.console import shown
 from camcli.data.records import iter_jsonl
-from camcli.errors import CamcliError, Exit, NoInputError
+from camcli.errors import CamcliError, Exit, NoInputError, write_error
 
 if TYPE_CHECKING:  # torch-free at run time: camcli.api.progress imports the predict job
     from camcli.api.progress import Progress
@@ -49,6 +50,10 @@ __all__ = [
 THUMBS = "thumbs"
 #: longest side of a thumbnail, pixels
 THUMB_SIZE = 160
+#: the IoU a top-1 box needs not to count as missed, when none is given
+IOU = 0.5
+#: the lock file of a report folder (the one ``cam``/``bbox --draw`` take on their output folder)
+LOCK = ".camcli.lock"
 
 
 class ReportInputError(CamcliError):
@@ -555,7 +560,7 @@ def write_report(
     gt: str | None = None,
     gt_format: str = "auto",
     synsets: str | None = None,
-    iou: float = 0.5,
+    iou: float | None = None,
     thumb_size: int = THUMB_SIZE,
     workers: int | None = None,
     title: str | None = None,
@@ -564,13 +569,20 @@ def write_report(
 ) -> ReportResult:
     """Write ``out/index.html`` and ``out/thumbs/`` for the given runs.
 
+    ``out`` is locked (``out/.camcli.lock``, :class:`camcli.atomic.RunLock`) while it is
+    written, and confined (:func:`camcli.atomic.confine`): every folder below it is opened
+    without following links, and a link planted at ``index.html`` or a thumbnail is replaced,
+    never written through.
+
     Args:
         runs: cam folders, records files and eval JSON files (see :func:`load_inputs`).
         out: the report folder (created; earlier thumbnails in it are reused).
         gt: ground truth for GT boxes, IoU and wrong-class flags (formats of ``eval --gt``).
         gt_format: ``auto``, ``xml``, ``kaggle``, ``csv`` or ``jsonl``.
         synsets: a synsets file for WNID labels of ``gt``.
-        iou: the IoU a top-1 box needs not to count as missed.
+        iou: the IoU a top-1 box needs not to count as missed; None: :data:`IOU` (0.5). A
+            value given when nothing has ground truth (no ``gt`` and no record's own
+            ``"gt"``) is refused.
         thumb_size: the longest side of thumbnails, pixels.
         workers: threads making thumbnails (default: CPUs, at most 16).
         title: the page title (default: the runs' names).
@@ -584,6 +596,11 @@ def write_report(
         ReportInputError, NoInputError: see :func:`load_inputs`; NoInputError also when the
             runs hold no image and no eval result.
         GtError: unreadable ground truth.
+        CamcliError: (exit 2) another run holds ``out``'s lock, or ``iou`` given without
+            ground truth.
+        LinkError: a folder or file below ``out`` is a symbolic link where a folder is needed
+            (nothing is written through it; ``filename`` names it).
+        WriteError: (exit 5) the lock file cannot be created.
         OSError: the report cannot be written.
     """
     inputs = load_inputs(runs)
@@ -597,11 +614,57 @@ def write_report(
 
         truth = read_ground_truth(gt, gt_format)
         labels = load_label_map(synsets=synsets)
+    given_iou, iou = iou is not None, IOU if iou is None else iou
     rows = build_rows(inputs, truth, labels, iou=iou)
     if not rows and not inputs.evals:
         raise NoInputError("no image records and no eval result in " + ", ".join(map(str, runs)))
+    if given_iou and truth is None and not any(r.gt_classes or r.gt_boxes for r in rows):
+        raise CamcliError(
+            "--iou does nothing without ground truth (no --gt, and no record carries its own "
+            '"gt"): drop it or give --gt'
+        )
     outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
+    try:
+        outp.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CamcliError(
+            f"--out {outp}: exists and is not a folder; choose another --out", Exit.USAGE
+        ) from None
+    except OSError as exc:
+        raise write_error(exc, outp, resumable=False) from None
+    try:
+        lock = atomic.RunLock(outp / LOCK)
+    except atomic.BusyError as exc:
+        raise CamcliError(
+            f"{outp}: {exc.strerror}; wait for it to finish or choose another output folder",
+            Exit.USAGE,
+        ) from None
+    except OSError as exc:
+        raise write_error(exc, outp, resumable=False) from None
+    atomic.confine(outp)
+    try:
+        return _write_locked(
+            inputs, rows, runs, outp, iou=iou, thumb_size=thumb_size, workers=workers,
+            title=title, progress=progress,
+        )  # fmt: skip
+    finally:
+        atomic.release(outp)
+        lock.release()
+
+
+def _write_locked(
+    inputs: ReportInputs,
+    rows: list[Row],
+    runs: Sequence[str | os.PathLike],
+    outp: Path,
+    *,
+    iou: float,
+    thumb_size: int,
+    workers: int | None,
+    title: str | None,
+    progress: Progress | None,
+) -> ReportResult:
+    """:func:`write_report` once ``outp`` is locked and confined."""
 
     # thumbnails: (source file, target name) once per distinct source
     jobs: dict[str, str] = {}
@@ -615,7 +678,7 @@ def write_report(
                 thumb_of[s] = t
                 if t is not None:
                     jobs[s] = t
-    todo = {s: t for s, t in jobs.items() if not (outp / t).is_file()}
+    todo = {s: t for s, t in jobs.items() if not _regular_below(outp, t)}
     reused = len(jobs) - len(todo)
     failed_thumbs = {s for s, t in thumb_of.items() if t is None}
     if progress:
@@ -628,6 +691,8 @@ def write_report(
             try:
                 make_thumbnail(s, outp / t, thumb_size)
                 return None
+            except LinkError:
+                raise  # a link in the report folder: refused, not a missing thumbnail
             except (OSError, ValueError) as exc:
                 return s, exc
 
@@ -682,6 +747,24 @@ def write_report(
         thumbs_failed=len(failed_thumbs),
         bad_lines=inputs.bad_lines,
     )
+
+
+def _regular_below(root: Path, rel: str) -> bool:
+    """Whether ``root/rel`` is a regular file reached through real folders (no link on the
+    way): a thumbnail to reuse. A planted link is not reused; the thumbnail is made again and
+    replaces it."""
+    import stat
+
+    where = root
+    try:
+        for part in rel.split("/"):
+            where = where / part
+            mode = os.lstat(where).st_mode
+            if where != root / rel and not stat.S_ISDIR(mode):
+                return False
+        return stat.S_ISREG(mode)
+    except OSError:
+        return False
 
 
 def _row_json(i: int, r: Row, thumb, href: _Links) -> dict:

@@ -15,6 +15,7 @@ def register(app: typer.Typer) -> None:
 
 
 def report(
+    ctx: typer.Context,
     runs: Annotated[
         list[str],
         typer.Argument(
@@ -43,7 +44,12 @@ def report(
     ] = None,
     iou: Annotated[
         float,
-        typer.Option("--iou", min=0.0, max=1.0, help="IoU below which a top-1 box is missed."),
+        typer.Option(
+            "--iou",
+            min=0.0,
+            max=1.0,
+            help='IoU below which a top-1 box is missed (with --gt or records\' own "gt").',
+        ),
     ] = 0.5,
     thumb_size: Annotated[
         int, typer.Option("--thumb-size", min=16, max=1024, help="Thumbnail size, pixels.")
@@ -61,9 +67,16 @@ def report(
 
     Example: camcli report cams/ boxes.jsonl metrics.json --gt val.csv --out report/
     """
-    from camcli.api.report_html import write_report
+    import os
+
+    from camcli.atomic import LinkError
+    from camcli.cli.options import given, refuse_unused
     from camcli.console import info, warn
     from camcli.errors import write_error
+
+    if gt is None:
+        refuse_unused(ctx, ("gt_format", "synsets"), "without --gt")
+    from camcli.api.report_html import write_report
 
     try:
         res = write_report(
@@ -72,15 +85,19 @@ def report(
             gt=gt,
             gt_format=gt_format,
             synsets=synsets,
-            iou=iou,
+            iou=iou if given(ctx, ("iou",)) else None,
             thumb_size=thumb_size,
             workers=workers,
             title=title,
             progress=_ThumbProgress(quiet),
             warn=None if quiet else warn,
         )
+    except LinkError as exc:  # a link planted in the report folder: nothing written through it
+        raise write_error(exc, out, resumable=False) from None
     except OSError as exc:
-        if exc.filename and Path(exc.filename).resolve().is_relative_to(out.resolve()):
+        # below --out, links not followed (a link there is no reason to blame an input)
+        where = os.path.abspath(exc.filename) if exc.filename else None
+        if where and Path(where).is_relative_to(os.path.abspath(out)):
             raise write_error(exc, exc.filename, resumable=False) from None
         raise
     if res.thumbs_failed and not quiet:
