@@ -160,7 +160,9 @@ def read_v2(z, k: int) -> MapFileV2:
 
     raw = np.asarray(z["cams"])
     if raw.ndim != 3 or raw.shape[0] != k or min(raw.shape[1:]) < 1:
-        raise ValueError(f"cams has shape {list(raw.shape)}, expected [k, h, w] with k = {k}")
+        raise ValueError(
+            f"cams has shape {list(raw.shape)}, expected [k, h, w] with k = {k} class_indices"
+        )
     if raw.dtype.kind != "f":
         raise ValueError(f"cams has dtype {raw.dtype}, expected float")
     norm, interp = str(_scalar(z, "norm")), str(_scalar(z, "interpolation"))
