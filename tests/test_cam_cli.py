@@ -489,7 +489,8 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt):
     assert "Traceback" not in err.decode() and "exception calling callback" not in err.decode()
     done = manifest(out)
     assert 3 <= len(done) < n
-    assert not (out / "run.json").exists()
+    # run.json says the run was interrupted (issue 15 S1: Ctrl-C and SIGTERM alike)
+    assert json.loads((out / "run.json").read_text())["interrupted"] is True
     stray = [f for f in tree(out) if ".camcli-tmp" in f or f.endswith(".tmp")]
     assert stray == []
     for r in done:  # every record of the interrupted run is complete

@@ -142,7 +142,7 @@ def image(tmp_path) -> Path:
         (["-m", "torchvision:nope"], 2, "unknown torchvision model 'nope'"),
         (["-m", "resnet18", "-w", "missing.pth"], 4, "not a file, URL or registry name"),
         (["-m", "resnet18", "--offline"], 4, "--offline: weights not cached"),
-        (["-w", "resnet18", "--offline"], 2, "not a camcli checkpoint"),
+        (["-w", "resnet18", "--offline"], 4, "--offline: weights not cached"),
     ],
 )
 def test_one_line_errors_and_exit_codes(capsys, image, args, code, needle):

@@ -89,9 +89,13 @@ def test_split_url():
 
 def test_cached_path_names(cache):
     assert hub.cached_path("https://h/a/b/w-0123abcd.pth") == cache / "w-0123abcd.pth"
-    assert hub.cached_path("https://h/a/w.pth?token=1") == cache / "w.pth"
+    # no digest pinned: keyed by the whole URL (issue 15 W7)
+    unpinned = hub.cached_path("https://h/a/w.pth?token=1")
+    assert unpinned.name == "w.pth" and unpinned.parent.parent == cache / "by-url"
+    assert hub.cached_path("https://h/b/w.pth").parent != unpinned.parent
+    assert hub.cached_path("https://h/a/w.pth", "0123abcd") == cache / "w.pth"
     odd = hub.cached_path("https://h/a/")
-    assert odd.parent == cache and odd.name.startswith("url-")
+    assert odd.parent.parent == cache / "by-url" and odd.name.startswith("url-")
 
 
 def test_download_by_file_name_hash_is_cached_and_reused(server, cache):

@@ -127,10 +127,8 @@ def test_unusable_files_are_one_line_errors(tmp_path, reader):
     # numpy's refusal suggests loading unsafely; the reason says what the file is instead
     text = tmp_path / "notes.npz"
     text.write_text("some text, not a map file\n")
-    for p in (pickled, text):
+    for p, why in ((pickled, "it holds pickled objects, not arrays; camcli never loads pickles"),
+                   (text, "not a .npz (zip) file")):  # fmt: skip
         with pytest.raises(MapFileError) as e:
             load_class_map(p, 0)
-        assert str(e.value) == (
-            "cannot read map file (it holds pickled objects, not arrays; camcli never loads "
-            "pickles)"
-        )
+        assert str(e.value) == f"cannot read map file {p} ({why})"

@@ -95,10 +95,13 @@ def test_merge_fails_on_a_bad_line_naming_file_and_line(tmp_path):
     """A part being merged must be whole: a cut line is an error naming the file and line."""
     from camcli.errors import CamcliError, Exit
     from camcli.runs.merge import merge_jsonl
+    from camcli.runs.shards import count_path
 
     target = tmp_path / "boxes.jsonl"
     Shard(0, 2).part(target).write_text('{"image": "a"}\n{"image": "c"}\n')
     bad = Shard(1, 2).part(target)
+    for i, k in ((0, 2), (1, 1)):  # what a finished shard writes beside its part
+        count_path(Shard(i, 2).part(target)).write_text(f'{{"inputs": {k}}}')
     bad.write_text('{"image": "b"}\n\n{"ima')
     with pytest.raises(CamcliError) as ex:
         merge_jsonl(target)

@@ -495,7 +495,7 @@ def test_cli_non_finite_loss_exits_1_with_the_loop_message(shapes, tmp_path, cap
     assert code == 1, err
     assert (
         "non-finite loss (nan) at epoch 1, step 1: training stopped; lower --lr (now 0.002); "
-        "no checkpoint was written"
+        "no good checkpoint exists (none was written)"
     ) in err
 
 

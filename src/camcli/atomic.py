@@ -1,15 +1,25 @@
-"""The one atomic writer: a file appears whole under its name, or not at all.
+"""The one atomic writer: a file appears whole under its name, or not at all, and never
+through a link.
 
 Every file camcli writes (overlays, maps, records, manifests, submissions, checkpoints, downloaded
 weights) is written to a temporary name beside its target, ``.<name>.camcli-tmp<pid>-<thread>``,
 and renamed into place with :func:`os.replace` once complete; a failure or an interrupt removes
 the temporary file. An output folder's start-up removes stray temporary files of a killed run by
 matching :data:`TMP_RE`. torch-free.
+
+Writes stay inside their folder: each folder between the *confining root* and the file is
+created or opened one component at a time with ``O_NOFOLLOW`` (a symbolic link there is refused
+with :class:`LinkError`, naming it), and the temporary file is created with
+``O_CREAT | O_EXCL | O_NOFOLLOW``, so a planted link or file is never written through. The
+confining root is the innermost folder registered with :func:`confine` (an output folder, see
+:class:`camcli.runs.outdir.OutDir`) that holds the file, else the file's own folder. An error
+names the target, never the temporary name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import threading
@@ -18,16 +28,201 @@ from typing import IO, Any
 
 TMP_MARK = ".camcli-tmp"
 #: ``.<name>.camcli-tmp<pid>-<thread id>``: a file being written; ``name`` is the target's name
-#: (cut to :data:`TMP_NAME_MAX` characters).
-TMP_RE = re.compile(r"^\.(?P<name>.*)" + re.escape(TMP_MARK) + r"\d+-\d+$", re.DOTALL)
-TMP_NAME_MAX = 120  # characters of the target's name kept in a temporary name (NAME_MAX 255)
+#: (cut to :data:`TMP_NAME_MAX` UTF-8 bytes).
+TMP_RE = re.compile(r"^\.(?P<name>.*)" + re.escape(TMP_MARK) + r"(?P<pid>\d+)-\d+$", re.DOTALL)
+TMP_NAME_MAX = 120  # bytes of the target's name kept in a temporary name (NAME_MAX 255)
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRFLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class LinkError(OSError):
+    """A symbolic link (or a non-folder) where camcli would create a folder or file: refused,
+    nothing is written through it. ``errno`` ELOOP; ``filename`` the link."""
+
+
+def cut_bytes(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` bytes of its file-system encoding (UTF-8, surrogate
+    escapes one byte each), never inside a character."""
+    out, n = [], 0
+    for c in name:
+        k = len(os.fsencode(c))
+        if n + k > limit:
+            break
+        out.append(c)
+        n += k
+    return "".join(out)
 
 
 def tmp_path_for(path: Path) -> Path:
     """The temporary name ``path`` is written under (same folder, so the rename is atomic)."""
     return path.with_name(
-        f".{path.name[:TMP_NAME_MAX]}{TMP_MARK}{os.getpid()}-{threading.get_ident()}"
+        f".{cut_bytes(path.name, TMP_NAME_MAX)}{TMP_MARK}{os.getpid()}-{threading.get_ident()}"
     )
+
+
+def remove_stray(
+    folder: str | os.PathLike, *, legacy: re.Pattern | None = None, only: set[str] | None = None
+) -> list[str]:
+    """Remove the temporary files a killed run left directly in ``folder`` (names matching
+    :data:`TMP_RE` whose process is gone, or ``legacy``); links and folders are left alone.
+    ``only``: remove only temporary files of these target names. Returns the names removed. A
+    missing folder is fine."""
+    import stat
+
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = TMP_RE.match(name)
+        if not (m or (legacy is not None and legacy.match(name))):
+            continue
+        if only is not None and not (m and m["name"] in only):
+            continue
+        if m and _other_live_process(int(m["pid"])):
+            continue  # being written by a run that is still going
+        p = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                os.unlink(p)
+                removed.append(name)
+    return removed
+
+
+def _other_live_process(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # there, but not ours to signal
+    return True
+
+
+_ROOTS: dict[str, int] = {}
+_ROOTS_LOCK = threading.Lock()
+
+
+def confine(root: str | os.PathLike) -> None:
+    """Register ``root`` (an output folder): files written below it are created through folders
+    opened without following links from ``root`` down. Undo with :func:`release`."""
+    key = os.path.abspath(root)
+    with _ROOTS_LOCK:
+        _ROOTS[key] = _ROOTS.get(key, 0) + 1
+
+
+def release(root: str | os.PathLike) -> None:
+    """Undo one :func:`confine` of ``root``."""
+    key = os.path.abspath(root)
+    with _ROOTS_LOCK:
+        n = _ROOTS.get(key, 0) - 1
+        if n > 0:
+            _ROOTS[key] = n
+        else:
+            _ROOTS.pop(key, None)
+
+
+def _root_of(path: Path) -> tuple[Path, tuple[str, ...]]:
+    """(confining root, the folder parts below it leading to ``path``'s folder)."""
+    parent = os.path.abspath(path.parent)
+    with _ROOTS_LOCK:
+        roots = sorted(_ROOTS, key=len, reverse=True)
+    for r in roots:
+        if parent == r or parent.startswith(r.rstrip(os.sep) + os.sep):
+            rel = os.path.relpath(parent, r)
+            parts = () if rel == "." else tuple(Path(rel).parts)
+            if ".." not in parts:
+                return Path(r), parts
+    return Path(parent), ()
+
+
+def _open_folder(path: Path) -> int:
+    """A descriptor of ``path``'s folder, created as needed: the confining root (made with
+    ``mkdir -p``), then each folder below it made and opened with ``O_NOFOLLOW``.
+
+    Raises:
+        LinkError: a folder on the way is a symbolic link or not a folder.
+        OSError: a folder cannot be created or opened.
+    """
+    root, parts = _root_of(path)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, _DIRFLAGS)
+    where = root
+    try:
+        for part in parts:
+            where = where / part
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=fd)
+            try:
+                nfd = os.open(part, _DIRFLAGS | _NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _link_error(where) from None
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _link_error(where: Path) -> LinkError:
+    if os.path.islink(where):
+        why = "is a symbolic link; camcli does not write through links"
+    else:
+        why = "is in the way (not a folder)"
+    return LinkError(
+        errno.ELOOP, f"{where} {why}: remove it or choose another output folder", str(where)
+    )
+
+
+def open_nofollow(
+    path: str | os.PathLike, mode: str = "a", *, encoding: str | None = "utf-8", fresh: bool = False
+) -> IO[Any]:
+    """Open ``path`` for appending (``"a"``/``"ab"``) or writing (``"w"``/``"wb"``) without
+    following a link on the way (see the module doc) or at ``path`` itself.
+
+    ``fresh``: remove what is at ``path`` first (a file or a planted link, never its target)
+    and create it exclusively. Errors name ``path``.
+
+    Raises:
+        LinkError: ``path`` or a folder on the way is a symbolic link.
+        OSError: it cannot be opened.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags |= os.O_APPEND if mode.startswith("a") else (os.O_TRUNC if not fresh else 0)
+    try:
+        dfd = _open_folder(path)
+        try:
+            if fresh:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path.name, dir_fd=dfd)
+                flags |= os.O_EXCL
+            try:
+                fd = os.open(path.name, flags, 0o666, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _link_error(path) from None
+                raise
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        _name_target(exc, path)
+        raise
+    return os.fdopen(fd, mode, encoding=None if "b" in mode else encoding)
+
+
+def _name_target(exc: OSError, path: Path) -> None:
+    if not isinstance(exc, LinkError):
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.filename = str(path)
+            exc.filename2 = None
 
 
 class AtomicFile:
@@ -35,7 +230,9 @@ class AtomicFile:
     :meth:`commit`, removed on :meth:`abort`.
 
     Used as a context manager it commits when the block ends normally and aborts on any
-    exception (``KeyboardInterrupt`` included), re-raising it.
+    exception (``KeyboardInterrupt`` included), re-raising it. The temporary file is created
+    exclusively and without following links, through folders opened without following links
+    (module doc); an error's ``filename`` is the target.
 
     Args:
         path: the target.
@@ -44,6 +241,7 @@ class AtomicFile:
         fsync: flush the data to disk before the rename (records, checkpoints, downloads).
 
     Raises:
+        LinkError: a folder on the way is a symbolic link (nothing is written).
         OSError: the folder cannot be created or the file cannot be opened (nothing is left).
     """
 
@@ -54,8 +252,22 @@ class AtomicFile:
         self.path = Path(path)
         self.tmp = tmp_path_for(self.path)
         self.fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file: IO[Any] = open(self.tmp, mode, encoding=encoding)  # noqa: SIM115
+        self.closed = True
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            dfd = _open_folder(self.path)
+            try:
+                try:
+                    fd = os.open(self.tmp.name, flags, 0o666, dir_fd=dfd)
+                except FileExistsError:  # left by a killed run of the same pid, or planted
+                    os.unlink(self.tmp.name, dir_fd=dfd)
+                    fd = os.open(self.tmp.name, flags, 0o666, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            _name_target(exc, self.path)
+            raise
+        self.file: IO[Any] = os.fdopen(fd, mode, encoding=encoding)
         self.closed = False
 
     def commit(self) -> None:
@@ -68,8 +280,10 @@ class AtomicFile:
                 os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self.tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            if isinstance(exc, OSError):
+                _name_target(exc, self.path)
             raise
         self.closed = True
 
@@ -104,3 +318,73 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> None:
 
     with AtomicFile(path) as fh:
         np.savez(fh, **arrays)
+
+
+class BusyError(OSError):
+    """Another process holds the lock of an output (``errno`` EBUSY)."""
+
+
+class RunLock:
+    """An advisory lock (``fcntl.flock``) on ``path``, a lock file camcli creates and removes:
+    one run writes an output at a time. The kernel drops the lock when its process ends, so a
+    killed run never blocks the next one.
+
+    Args:
+        path: the lock file, e.g. ``DIR/.camcli.lock`` or ``.FILE.lock``.
+        shared: a shared lock (several shard runs of one folder); an exclusive lock excludes
+            every other holder.
+
+    Raises:
+        BusyError: another process holds it (its pid, when known, is in the message).
+        OSError: the lock file cannot be created (it is opened without following links).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, shared: bool = False) -> None:
+        import fcntl
+
+        self.path = Path(path)
+        self.shared = shared
+        op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        for _ in range(20):
+            fh = open_nofollow(self.path, "a")
+            try:
+                fcntl.flock(fh.fileno(), op)
+            except BlockingIOError:
+                fh.close()
+                raise self._busy() from None
+            except BaseException:
+                fh.close()
+                raise
+            # A holder may have removed the file as we opened it: lock the file that is there.
+            try:
+                same = os.path.samestat(os.fstat(fh.fileno()), os.lstat(self.path))
+            except OSError:
+                same = False
+            if same:
+                break
+            fh.close()
+        else:  # pragma: no cover - a file removed and recreated 20 times in a row
+            raise self._busy()
+        self._fh: IO[Any] | None = fh  # empty: no data block, even on a full disk
+
+    def _busy(self) -> BusyError:
+        return BusyError(errno.EBUSY, "another camcli run is writing it", str(self.path))
+
+    def release(self) -> None:
+        """Remove the lock file (when no one else holds it) and release the lock."""
+        import fcntl
+
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        try:
+            if self.shared:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # another shard still holds it
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.fstat(fh.fileno()), os.lstat(self.path)):
+                    self.path.unlink()
+        finally:
+            fh.close()

@@ -30,17 +30,37 @@ def stdout_console():
     return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
-def shown(text: object) -> str:
-    """Text that any stream can print: undecodable bytes of file names (surrogate escapes)
-    appear as ``\\udcXX``, as in JSON records."""
-    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+# Characters a terminal acts on rather than shows: C0 controls (ESC starts escape sequences,
+# BEL, CR, backspace ...), DEL, C1 controls (CSI 0x9b, OSC 0x9d, NEL 0x85), the Unicode line and
+# paragraph separators and the bidirectional overrides/isolates that reorder what is shown.
+_BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *map(ord, _BIDI))
+_ESCAPE_LINE = {c: f"\\u{c:04x}" for c in _CONTROLS}
+_ESCAPE_BLOCK = {c: v for c, v in _ESCAPE_LINE.items() if c not in (0x09, 0x0A)}
+
+
+def shown(text: object, *, one_line: bool = True) -> str:
+    """Text that is safe to print for people, as JSON records write it: control characters
+    (C0 incl. ESC/BEL/CR, DEL, C1, line separators, bidi overrides) appear as ``\\u001b`` etc.,
+    undecodable bytes of file names (surrogate escapes) as ``\\udcXX``.
+
+    ``one_line`` escapes newlines and tabs too (a table cell, an error line); False keeps them
+    (a multi-line report camcli wrote itself).
+    """
+    s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return s.translate(_ESCAPE_LINE if one_line else _ESCAPE_BLOCK)
 
 
 def _escape(text: object) -> str:
-    """Text shown literally inside rich markup (paths may hold ``[...]``)."""
+    """One line shown literally inside rich markup (paths may hold ``[...]``)."""
     from rich.markup import escape
 
     return escape(shown(text))
+
+
+def cell(text: object) -> str:
+    """A table cell: one line, control characters escaped, markup shown literally."""
+    return _escape(text)
 
 
 def error(message: str) -> None:
@@ -49,12 +69,15 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    """One line on stderr."""
     stderr_console().print(f"[yellow]warning:[/] {_escape(message)}", markup=True, highlight=False)
 
 
-def info(message: str, quiet: bool = False) -> None:
+def info(message: str, quiet: bool = False, *, multiline: bool = False) -> None:
+    """A line on stderr (``multiline``: a report camcli composed, its line breaks kept)."""
     if not quiet:
-        stderr_console().print(shown(message), markup=False, highlight=False)
+        text = shown(message, one_line=not multiline)
+        stderr_console().print(text, markup=False, highlight=False)
 
 
 def print_predictions_table(records: list[dict], title: str = "predictions") -> None:

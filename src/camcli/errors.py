@@ -24,6 +24,7 @@ error                           exit  raised for
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -36,7 +37,14 @@ class Exit(IntEnum):
     NO_INPUT = 3
     WEIGHTS = 4
     WRITE = 5  # an output could not be written (disk full, permissions); rerun with --resume
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM (128 + 15), handled as Ctrl-C is
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (Slurm, Kubernetes, ``kill``): raised in the main thread by
+    ``camcli.cli.main``'s handler and handled exactly as Ctrl-C (outputs complete or absent,
+    records and run.json written); the exit code is :attr:`Exit.TERMINATED` (143)."""
 
 
 class CamcliError(Exception):
@@ -121,6 +129,8 @@ def write_error(exc: OSError, where: object, *, resumable: bool = True) -> Write
         resumable: whether the message suggests ``--resume``.
     """
     reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ELOOP and exc.filename:  # a link on the way (camcli.atomic.LinkError)
+        return WriteError(f"cannot write to {where}: {reason}")
     fix = "free space or fix permissions, then rerun"
     return WriteError(
         f"cannot write to {where}: {reason}; {fix}" + (" with --resume" if resumable else "")

@@ -94,6 +94,8 @@ class BboxRun(JobRun):
     """
 
     records: list[dict] = field(default_factory=list)
+    not_drawn: list[str] = field(default_factory=list)
+    """``--draw`` from maps: why an image could not be drawn (its source image is gone)."""
 
 
 @dataclass
@@ -244,13 +246,22 @@ def run_bbox(
     # from maps: counted here; from a model: the session counts
     stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
     sink = RecordSink(opts.output, split, resume=opts.resume)
-    drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
+    drawdir = None
     boxer = _Boxer(opts.box_options, session.profiler if session is not None else None)
     emit = []  # the record writer, set by _write_box_records (drains before a forward pass)
     cpu = session is not None and session.device.type == "cpu"
     before = (lambda: emit[0](True)) if cpu else None
-    results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir, before)
+    try:
+        drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
+        results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir, before)
+    except BaseException:
+        boxer.close(cancel=True)
+        sink.release()
+        if drawdir is not None:
+            drawdir.release()
+        raise
     progress.start(total, skipped, len(mine) if mine is not None else None)
+    not_drawn: list[str] = []
     records, completed = _write_box_records(
         results,
         opts,
@@ -262,6 +273,7 @@ def run_bbox(
         progress=progress,
         boxer=boxer,
         emit=emit,
+        not_drawn=not_drawn,
     )
     if drawdir is not None:
         drawing.finish_drawings(drawdir, completed, split, items, stats, skipped)
@@ -289,6 +301,7 @@ def run_bbox(
         total=len(items) if items is not None else None,
         main=split.main,
         records=records,
+        not_drawn=not_drawn,
     )
 
 
@@ -346,6 +359,7 @@ def _write_box_records(
     progress: Progress,
     boxer: _Boxer,
     emit: list,
+    not_drawn: list[str],
 ) -> tuple[list[dict], bool]:
     """Box each result and write its record (and drawing); then close the drawings and
     finish the output in input order, also when interrupted or a write failed.
@@ -362,7 +376,7 @@ def _write_box_records(
         with session.profiler.stage("boxes (waited)") if session else contextlib.nullcontext():
             done = list(boxer.ready(block))
         for res, entries in done:
-            rec = _box_record(res, entries, opts, stats, drawdir)
+            rec = _box_record(res, entries, opts, stats, drawdir, not_drawn)
             order.append(rec["image"])
             records.append(rec)
             sink.write(rec)
@@ -386,7 +400,9 @@ def _write_box_records(
         boxer.close(cancel=not completed)
         progress.stop()
         if drawdir is not None:
-            drawdir.close(order=drawing.draw_order(mine, seen), cancel=interrupted)
+            drawdir.close(
+                order=drawing.draw_order(mine, seen), cancel=interrupted, keep_lock=completed
+            )
         if opts.from_maps is None:
             order = [it.path for it in mine]
         try:
@@ -406,6 +422,7 @@ def _box_record(
     opts: BboxOptions,
     stats: dict,
     drawdir: OutDir | None,
+    not_drawn: list[str],
 ) -> dict:
     """One input's record, its boxes (``entries``, from :func:`box_entries`) or its error;
     its drawing (or error line) queued in ``drawdir``; from maps, ``stats`` counts it."""
@@ -420,7 +437,9 @@ def _box_record(
         stats["ok"] += 1
     rec = {**res.record, "boxes": entries}
     if drawdir is not None:
-        drawing.draw_record(drawdir, res, rec)
+        why = drawing.draw_record(drawdir, res, rec)
+        if why is not None:
+            not_drawn.append(why)
     return rec
 
 

@@ -197,10 +197,20 @@ def run_cam_job(
         raise
     finally:
         progress.stop()
-        outdir.close(order=[(it.index, it.key) for it in mine], cancel=interrupted)
-        if completed and not outdir.failed:
-            info = _cam_run_info(session, opts, copts, wopts, split, len(items), skipped, started)
-            outdir.write_run_json(info)
+        try:
+            outdir.close(
+                order=[(it.index, it.key) for it in mine], cancel=interrupted, keep_lock=True
+            )
+            # interrupted (Ctrl-C, SIGTERM): run.json says so; a shard's part stays unfinished
+            if (completed or (interrupted and split.shard is None)) and not outdir.failed:
+                info = _cam_run_info(
+                    session, opts, copts, wopts, split, len(items), skipped, started
+                )
+                if interrupted:
+                    info["interrupted"] = True
+                outdir.write_run_json(info)
+        finally:
+            outdir.release()
     outdir.check_errors()  # a failed write: one line, exit 5, the manifest lists what is done
     st = session.stats
     ok, failed, skipped_all = split.total([st["ok"], st["failed"], skipped])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from camcli.api.predict import prediction_list
+from camcli.api.predict import NON_FINITE, prediction_list
 from camcli.api.session import Session
 from camcli.data import inputs, loader
 from camcli.errors import CamcliError
@@ -213,10 +213,23 @@ def iter_cams(
             if before_forward is not None:
                 before_forward()
             for res in _batch_cams(session, batch, opts, pre, weight, k, fixed):
+                if not _finite(res):  # never a NaN into records or maps: that image fails
+                    res.sample.error = NON_FINITE
+                    out[res.sample.item.index] = res.sample
+                    session.stats["failed"] += 1
+                    continue
                 out[res.sample.item.index] = res
                 session.stats["ok"] += 1
         for i in sorted(out):
             yield out[i]
+
+
+def _finite(res: CamResult) -> bool:
+    """Whether a result's scores and maps are all finite."""
+    import math
+
+    # the feature-resolution maps: upsampling finite values gives finite values
+    return all(math.isfinite(s) for s in res.scores) and bool(torch.isfinite(res.small).all())
 
 
 def _input_preprocess(pre, *, ten_crop: bool):
@@ -337,14 +350,18 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
         NoInputError: ``root`` is not a folder or holds no .npz file (exit 3), raised by
             :func:`camcli.data.mapfiles.list_map_files`, the one reader of map files.
     """
+    from pathlib import Path
+
     import numpy as np
 
+    from camcli.api.submission import maps_num_classes
     from camcli.data.mapfiles import MapFileError, list_map_files, read_map_file
 
+    num_classes = maps_num_classes(Path(root))
     for i, f in enumerate(list_map_files(root, flag="--from-maps")):
         key = f.relative_to(root).with_suffix("").as_posix()
         try:
-            mf = read_map_file(f, root)
+            mf = read_map_file(f, root, num_classes)
         except MapFileError as exc:
             yield loader.Sample(inputs.InputItem(i, str(f), key), None, None, error=str(exc))
             continue

@@ -33,6 +33,8 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
     """
     from PIL import Image, ImageDraw, ImageFont
 
+    from camcli.cam.render import caption_text
+
     img = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     draw = ImageDraw.Draw(img)
     colours = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255)]
@@ -48,7 +50,7 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
         x0, y0, x1, y1 = e["box"]
         draw.rectangle([x0, y0, x1, y1], outline=c, width=lw)
         score = "" if e["score"] is None else f" {e['score']:.2f}"
-        text = f"{e['rank']}. {e['label']}{score}" + (
+        text = f"{e['rank']}. {caption_text(e['label'])}{score}" + (
             f" ({e['kind']})" if e["kind"] in ("loose", "tight") else ""
         )
         tb = draw.textbbox((x0, y0), text, font=font)
@@ -81,7 +83,15 @@ def finish_drawings(
     stats: dict,
     skipped: int,
 ) -> None:
-    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part."""
+    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part.
+    Releases the folder's lock."""
+    try:
+        _finish_drawings(drawdir, completed, split, items, stats, skipped)
+    finally:
+        drawdir.release()
+
+
+def _finish_drawings(drawdir, completed, split, items, stats, skipped) -> None:
     drawdir.check_errors()
     if completed and split.shard is not None:
         from camcli.runs.shards import DRAW_MARK
@@ -112,24 +122,25 @@ def _draw_and_write(path: Path, image: torch.Tensor, entries: list[dict]) -> Non
     write_atomic(path, encode_image(draw_boxes(image, entries), "jpg"))
 
 
-def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
+def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> str | None:
     """Queue ``<key>/boxes.jpg``, the image with the record's boxes, and its manifest line.
 
     From maps the source image is read again when it is still there (same size); otherwise
-    nothing is drawn."""
+    nothing is drawn and the reason is returned (None when the drawing was queued)."""
     import os
 
     img = res.sample.image
     if img is None:  # from maps: the source image, when it is still there
-        if not os.path.isfile(res.sample.item.path):
-            return
+        src = res.sample.item.path
+        if not os.path.isfile(src):
+            return f"{src}: source image not found"
         try:
-            arr = codec.decode_image(res.sample.item.path)
-        except ValueError:
-            return
+            arr = codec.decode_image(src)
+        except ValueError as exc:
+            return f"{src}: source image unreadable ({exc})"
         img = torch.from_numpy(arr).permute(2, 0, 1)
         if tuple(img.shape[1:]) != tuple(res.sample.size):
-            return
+            return f"{src}: source image is no longer the size the maps were made at"
     path = drawdir.root / res.sample.item.key / "boxes.jpg"
     fut = drawdir.submit(_draw_and_write, path, img, rec["boxes"])
     drawdir.record(
@@ -137,3 +148,4 @@ def draw_record(drawdir: OutDir, res: cams.CamResult, rec: dict) -> None:
         {**rec, "key": res.sample.item.key, "outputs": {"files": [drawdir.rel(path)]}},
         [fut],
     )
+    return None

@@ -11,6 +11,12 @@ from camcli.data import inputs, loader
 from camcli.errors import Exit
 from camcli.models.gap import GapModel
 
+#: The error of an image whose scores or maps came out NaN or infinite.
+NON_FINITE = (
+    "the network gave non-finite scores or maps (NaN/inf): its weights or this input "
+    "overflowed; try --precision fp32 or other weights"
+)
+
 
 def error_record(sample: loader.Sample) -> dict:
     """The record of an input that could not be read: ``{"image": path, "error": message}``."""
@@ -65,7 +71,12 @@ def predict(session: Session, items: list[inputs.InputItem], top_k: int = 5) -> 
             probs = torch.softmax(logits.float(), dim=1)
             scores, idx = probs.topk(k, dim=1)
             preds = prediction_list(session.model, scores.cpu(), idx.cpu())
-            for s, p in zip(batch.samples, preds):
+            finite = torch.isfinite(scores).all(dim=1).tolist()
+            for s, p, ok in zip(batch.samples, preds, finite):
+                if not ok:  # never a NaN into a record: that image fails
+                    recs[s.item.index] = {"image": s.item.path, "error": NON_FINITE}
+                    session.stats["failed"] += 1
+                    continue
                 h, w = s.size
                 recs[s.item.index] = {
                     "image": s.item.path,

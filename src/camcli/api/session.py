@@ -80,7 +80,8 @@ class Session:
             offline: never touch the network (cached or bundled weights only).
             workers, max_pixels, precision: as the attributes.
             profile: time the stages.
-            codec: ``"auto"`` (the device on CUDA), ``"cpu"`` or ``"device"``.
+            codec: ``"auto"`` (the device on CUDA), ``"cpu"`` or ``"device"`` (on a CPU device:
+                torchvision decodes in the main process; the CLI warns).
             compile: ``torch.compile`` the trunk.
 
         Raises:

@@ -30,6 +30,11 @@ class RecordSink:
         elif not table:
             self.stdout = JsonlWriter("-")
 
+    def release(self) -> None:
+        """Release FILE's lock without finishing (:meth:`finish` releases it too)."""
+        if self.rfile is not None:
+            self.rfile.release()
+
     @property
     def done(self) -> dict[str, dict]:
         """Records of an earlier run kept by ``resume``, by image path."""
@@ -73,7 +78,7 @@ def join_parts(target: Path, count: int, items: list) -> list[dict]:
     import json
 
     from camcli.runs.merge import merge_records_in_order, write_lines
-    from camcli.runs.shards import part_path
+    from camcli.runs.shards import count_path, part_path
 
     parts = [part_path(target, i, count) for i in range(count)]
     lines = merge_records_in_order([it.path for it in items], parts)
@@ -85,4 +90,5 @@ def join_parts(target: Path, count: int, items: list) -> list[dict]:
         raise write_error(exc, target) from None
     for p in parts:
         p.unlink(missing_ok=True)
+        count_path(p).unlink(missing_ok=True)
     return [json.loads(x) for x in lines]

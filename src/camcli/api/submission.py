@@ -119,7 +119,7 @@ def write_submission(
 
     Raises:
         CamcliError: two images of one file name, a class the mapping lacks (exit 2).
-        OSError: the file could not be written.
+        WriteError: the file could not be written (exit 5, naming it).
     """
     from camcli.errors import SubmissionError, SynsetError
     from camcli.evaluate.submission import write_ilsvrc_submission, write_kaggle_submission
@@ -136,3 +136,7 @@ def write_submission(
             write_kaggle_submission(path, items, synmap)
     except (SubmissionError, SynsetError) as exc:
         raise CamcliError(f"--submission {path}: {exc}") from None
+    except OSError as exc:
+        from camcli.errors import write_error
+
+        raise write_error(exc, path, resumable=False) from None

@@ -166,8 +166,37 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+CAPTION_MAX_CHARS = 200
+"""Captions are cut to this many characters before they are fitted to their panel."""
+
+
+def caption_text(text: object) -> str:
+    """A caption as one line of bounded length: control characters (newlines, ESC, bidi
+    overrides) escaped as in JSON (``\\u000a``), at most :data:`CAPTION_MAX_CHARS` characters."""
+    from camcli.console import shown
+
+    s = shown(text)
+    return s if len(s) <= CAPTION_MAX_CHARS else s[: CAPTION_MAX_CHARS - 3] + "..."
+
+
+def _fit_text(text: str, room: float, measure) -> str:
+    """``text``, or its longest prefix + ``...`` whose width ``measure`` gives within ``room``
+    (a binary search: a few measurements whatever the length)."""
+    if measure(text) <= room:
+        return text
+    lo, hi = 0, len(text)  # the prefix of lo characters fits, of hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if measure(text[:mid] + "...") <= room:
+            lo = mid
+        else:
+            hi = mid
+    return text[:lo] + "..."
+
+
 def _caption_strips(captions: Sequence[str], width: int, font_size: int) -> np.ndarray:
-    """[n, strip_h, width, 3] uint8: black text on white, ellipsised to fit ``width``."""
+    """[n, strip_h, width, 3] uint8: black text on white, one line (:func:`caption_text`),
+    ellipsised to fit ``width``."""
     from PIL import Image, ImageDraw
 
     font = _font(font_size)
@@ -177,11 +206,9 @@ def _caption_strips(captions: Sequence[str], width: int, font_size: int) -> np.n
     strip_h = (bottom - top) + 2 * pad
     strips = []
     for text in captions:
-        text = str(text)
-        if probe.textlength(text, font=font) > width - 2 * pad:
-            while text and probe.textlength(text + "...", font=font) > width - 2 * pad:
-                text = text[:-1]
-            text += "..."
+        text = _fit_text(
+            caption_text(text), width - 2 * pad, lambda t: probe.textlength(t, font=font)
+        )
         img = Image.new("RGB", (width, strip_h), (255, 255, 255))
         ImageDraw.Draw(img).text((pad, pad - top), text, fill=(0, 0, 0), font=font)
         strips.append(np.asarray(img))

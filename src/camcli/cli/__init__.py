@@ -8,13 +8,14 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from typing import Annotated, NoReturn
 
 import typer
 
 from camcli import __version__
 from camcli.console import error
-from camcli.errors import CamcliError, Exit
+from camcli.errors import CamcliError, Exit, Terminated
 
 app = typer.Typer(
     name="camcli",
@@ -42,6 +43,33 @@ def _root(
     """Class activation maps and weakly-supervised boxes from GAP networks."""
 
 
+def _plain_help_types() -> None:
+    """Help without typer's type column where it says nothing: no ``<bool>`` beside a flag,
+    ``<str>`` rather than ``<list[str]>`` for a repeatable option or the INPUTS argument."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover - other typer versions
+        return
+    for cls in (TyperArgument, TyperOption):
+        shown_type = getattr(cls, "display_type_rich", None)
+        if shown_type is None or getattr(shown_type, "_camcli", False):
+            continue
+
+        def display_type_rich(self, ctx, _shown=shown_type):
+            if getattr(self, "is_flag", False) and getattr(self, "metavar", None) is None:
+                return None
+            text = _shown(self, ctx)
+            if isinstance(text, str) and text.startswith("<list[") and "]>" in text:
+                text = "<" + text[len("<list[") :].replace("]>", ">", 1)
+            return text
+
+        display_type_rich._camcli = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display_type_rich
+
+
+_plain_help_types()
+
+
 def _register() -> None:
     from camcli.cli import (
         bbox_cmd,
@@ -50,10 +78,20 @@ def _register() -> None:
         merge_cmd,
         models_cmd,
         predict_cmd,
+        report_cmd,
         train_cmd,
     )
 
-    for m in (models_cmd, predict_cmd, cam_cmd, bbox_cmd, eval_cmd, train_cmd, merge_cmd):
+    for m in (
+        models_cmd,
+        predict_cmd,
+        cam_cmd,
+        bbox_cmd,
+        eval_cmd,
+        train_cmd,
+        merge_cmd,
+        report_cmd,
+    ):
         m.register(app)
 
 
@@ -70,31 +108,100 @@ def _exit_for(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, CamcliError) else Exit.SOME_FAILED
 
 
+_SIGTERM_SEEN = [False]
+
+
+def _on_sigterm(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up it starts is not cut short
+    _SIGTERM_SEEN[0] = True
+    raise Terminated()
+
+
+def _terminated(exc: BaseException | None) -> bool:
+    if _SIGTERM_SEEN[0]:
+        return True
+    while exc is not None:
+        if isinstance(exc, Terminated):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    if _terminated(exc):
+        error("terminated (SIGTERM)")
+        sys.exit(Exit.TERMINATED)
+    error("interrupted")
+    sys.exit(Exit.INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG."""
+    """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG.
+
+    SIGTERM is handled as Ctrl-C (:class:`camcli.errors.Terminated`), exit 143."""
+    import signal
+    import threading
+
+    prev = None
+    _SIGTERM_SEEN[0] = False
+    if threading.current_thread() is threading.main_thread():
+        prev = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main(argv)
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGTERM, prev)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("CAMCLI_DEBUG") == "1"
     try:
-        rv = app(args=argv, standalone_mode=False)
-    except KeyboardInterrupt:
-        error("interrupted")
-        sys.exit(Exit.INTERRUPTED)
+        with warnings.catch_warnings():
+            if not debug:
+                # numpy's RuntimeWarning family (ComplexWarning, invalid value, overflow):
+                # camcli reports what matters as one-line errors; the rest is noise.
+                warnings.simplefilter("ignore", RuntimeWarning)
+            rv = app(args=argv, standalone_mode=False)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        error("interrupted")
-        sys.exit(Exit.INTERRUPTED)
+    except typer.Abort as exc:
+        _interrupted(exc)
     except BrokenPipeError:
-        # The reader of stdout went away (`camcli ... | head`): not an error.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        finally:
-            sys.exit(0)
+        _exit_stdout_closed()
+    except SystemExit as exc:
+        # click turns a broken pipe into exit 1 after wrapping the streams
+        if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _exit_stdout_closed()
+        raise
     except Exception as exc:  # noqa: BLE001
+        if _SIGTERM_SEEN[0]:  # e.g. DataLoader workers killed by the same SIGTERM first
+            _interrupted(exc)
         _exit_on_usage_error(exc)
         if debug:
             raise
         _exit_on_error(exc)
+    if rv == Exit.INTERRUPTED and _terminated(None):  # typer turns the interrupt into 130
+        _interrupted(Terminated())
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _exit_stdout_closed()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _exit_stdout_closed() -> NoReturn:
+    """The reader of stdout went away (``camcli ... | head``): exit 0 quietly, as Unix tools
+    do, with no error line and no "Exception ignored" when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(Exit.OK)
 
 
 def _exit_on_usage_error(exc: Exception) -> None:
@@ -119,7 +226,11 @@ def _exit_on_error(exc: Exception) -> NoReturn:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no second failure at exit
         sys.exit(werr.code)
     code = _exit_for(exc)
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    # camcli's own messages are one line: a line break in them comes from a file name or label
+    # and is shown escaped; another library's message is cut to its first line
+    msg = text if isinstance(exc, CamcliError) else text.split("\n")[0]
+    msg = msg or type(exc).__name__
     if code == 1 and not isinstance(exc, CamcliError):
         msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
     error(msg)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from camcli.cli import options as o
+from camcli.cli.run import SESSION_OPTIONS
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ def register(app: typer.Typer) -> None:
 
 
 def bbox(
+    ctx: typer.Context,
     inputs: Annotated[
         list[str] | None,
         typer.Argument(
@@ -47,7 +49,13 @@ def bbox(
     top_k: o.TopK = 5,
     threshold: Annotated[
         float,
-        typer.Option("--threshold", "-t", min=0.0, max=1.0, help="tau: keep pixels > tau x max."),
+        typer.Option(
+            "--threshold",
+            "-t",
+            min=0.0,
+            max=1.0,
+            help="tau: keep pixels > tau x max (paper and all rules; dt-box has its own).",
+        ),
     ] = 0.2,
     box_rule: Annotated[
         Rule,
@@ -92,7 +100,15 @@ def bbox(
     norm: o.NormOpt = o.Norm.minmax,
     interpolation: o.InterpOpt = o.Interp.bilinear,
     ten_crop: o.TenCrop = False,
-    resume: o.Resume = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Keep the records already in --output FILE (and the drawings in --draw DIR); "
+            "do only the rest.",
+        ),
+    ] = False,
+    follow_links: o.FollowLinks = False,
     shard: o.Shard = None,
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
@@ -128,6 +144,8 @@ def bbox(
         box_rule=box_rule,
         submission_format=submission_format,
     )
+    _refuse_unused(ctx, box_rule=box_rule, tight_loose=tight_loose, from_maps=from_maps)
+    _refuse_unused_outputs(ctx, submission=submission, gt=gt)
     opts = _bbox_options(
         top_k=top_k,
         box_rule=box_rule,
@@ -145,7 +163,7 @@ def bbox(
         resume=resume,
     )
 
-    items = resolve_inputs(inputs) if from_maps is None else None
+    items = resolve_inputs(inputs, follow_links=follow_links) if from_maps is None else None
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:
         session = None
@@ -199,6 +217,61 @@ def _check_flags(
         )
     if tight_loose and box_rule is not Rule.paper and box_rule is not Rule.dt_box:
         raise CamcliError("--tight-loose-heuristic uses the dt-box rule; drop --box-rule all")
+
+
+# What --from-maps leaves out: the network and everything that feeds it.
+_MODEL_OPTIONS = (
+    "model",
+    "weights",
+    "ten_crop",
+    "norm",
+    "interpolation",
+    *SESSION_OPTIONS,
+)
+
+
+def _refuse_unused(
+    ctx: typer.Context | None, *, box_rule: Rule, tight_loose: bool, from_maps: Path | None
+) -> None:
+    """Options that would do nothing in this run are a usage error (exit 2), not ignored."""
+    if tight_loose:
+        o.refuse_unused(
+            ctx,
+            ("threshold",),
+            "with --tight-loose-heuristic (the official dt-box generator thresholds at "
+            "20, 100 and 110 of 255)",
+        )
+        o.refuse_unused(
+            ctx,
+            ("top_k",),
+            "with --tight-loose-heuristic (its five guesses always come from the top 3 classes)",
+        )
+    elif box_rule is Rule.dt_box:
+        o.refuse_unused(
+            ctx,
+            ("threshold",),
+            "with --box-rule dt-box (the official generator thresholds at 20, 100 and 110 of "
+            "255; -t sets the paper and all rules' tau)",
+        )
+    if from_maps is not None:
+        o.refuse_unused(
+            ctx,
+            _MODEL_OPTIONS,
+            "with --from-maps (the boxes come from the saved maps: no network runs; the maps "
+            "were made, normalised and upsampled by `cam`)",
+        )
+
+
+def _refuse_unused_outputs(
+    ctx: typer.Context | None, *, submission: Path | None, gt: Path | None
+) -> None:
+    """--submission-format needs --submission; --synsets needs --submission or --gt."""
+    if submission is None:
+        o.refuse_unused(ctx, ("submission_format",), "without --submission")
+        if gt is None:
+            o.refuse_unused(
+                ctx, ("synsets",), "without --submission or --gt (it maps their class ids)"
+            )
 
 
 def _bbox_options(
@@ -255,7 +328,7 @@ def _report_end(
 
     if session is not None and session.profiler.enabled:
         session.profiler.images = run.stats["ok"]
-        info(session.profiler.report())
+        info(session.profiler.report(), multiline=True)
     if run.main:
         if opts.submission is not None:
             info(f"submission: {opts.submission} ({opts.submission_format})", quiet)
@@ -263,6 +336,11 @@ def _report_end(
             from camcli.cli.eval_cmd import report_for_records
 
             report_for_records(run.records, gt, opts.synsets)
+    if run.not_drawn:
+        from camcli.console import warn
+
+        more = f" and {len(run.not_drawn) - 1} more" if len(run.not_drawn) > 1 else ""
+        warn(f"--draw: {len(run.not_drawn)} image(s) not drawn: {run.not_drawn[0]}{more}")
     where = ""
     if split.shard is not None:
         where = f" (shard {split.shard}: {run.selected} of {run.total} inputs)"

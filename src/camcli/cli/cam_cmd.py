@@ -47,11 +47,12 @@ def register(app: typer.Typer) -> None:
 
 
 def cam(
+    ctx: typer.Context,
     inputs: o.Inputs,
     out: o.OutDir,
     model: o.Model = None,
     weights: o.Weights = None,
-    top_k: o.TopK = 5,
+    top_k: o.CamTopK = 5,
     classes: Classes = None,
     norm: o.NormOpt = o.Norm.minmax,
     interpolation: o.InterpOpt = o.Interp.bilinear,
@@ -93,6 +94,7 @@ def cam(
     ] = False,
     ten_crop: o.TenCrop = False,
     resume: o.Resume = False,
+    follow_links: o.FollowLinks = False,
     shard: o.Shard = None,
     batch_size: o.BatchSize = None,
     device: o.Device = "auto",
@@ -114,6 +116,7 @@ def cam(
     from camcli.cli.run import open_session, resolve_inputs, session_options
 
     _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
+    _refuse_unused(ctx, classes=classes, no_overlay=no_overlay, grid=grid)
     if top_k > MAX_TOP_K:
         from camcli.console import warn
 
@@ -136,7 +139,7 @@ def cam(
         maps_format=maps_format,
         resume=resume,
     )
-    items = resolve_inputs(inputs)
+    items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs)
     started = time.time()
     try:
@@ -160,6 +163,20 @@ def _check_flags(*, colormap: str, no_overlay: bool, grid: bool, save_maps: bool
         raise CamcliError(f"--colormap {colormap!r}: choose one of {', '.join(COLORMAPS)}")
     if no_overlay and not grid and not save_maps:
         raise CamcliError("--no-overlay leaves nothing to write: add --grid or --save-maps")
+
+
+def _refuse_unused(
+    ctx: typer.Context | None, *, classes: list[str] | None, no_overlay: bool, grid: bool
+) -> None:
+    """Options that would do nothing in this run are a usage error (exit 2), not ignored."""
+    if classes:
+        o.refuse_unused(ctx, ("top_k",), "with --class (the named classes replace the top k)")
+    if no_overlay and not grid:
+        o.refuse_unused(
+            ctx,
+            ("colormap", "alpha", "fmt"),
+            "with --no-overlay and no --grid (no image is drawn; --save-maps writes raw maps)",
+        )
 
 
 def _cam_job_options(
@@ -212,7 +229,7 @@ def _report_end(run: JobRun, session: Session, split: Split, *, out: Path, quiet
 
     if session.profiler.enabled:
         session.profiler.images = run.stats["ok"]
-        info(session.profiler.report())
+        info(session.profiler.report(), multiline=True)
     where = ""
     if split.shard is not None:
         where = f"shard {split.shard} ({run.selected} of {run.total} inputs), "

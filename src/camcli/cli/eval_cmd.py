@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_command(
+    ctx: typer.Context,
     gt: Annotated[
         str,
         typer.Option(
@@ -142,7 +143,7 @@ def eval_command(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=0, help="Processes scoring maps [default: cores, max 8]."),
+        typer.Option("--workers", min=0, help="Processes scoring maps (default: cores, max 8)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or progress.")] = False,
 ) -> int:
@@ -157,6 +158,7 @@ def eval_command(
     from camcli.evaluate.report import eval_result
 
     _check_source(boxes, maps, submission, plot, submission_format)
+    _refuse_unused(ctx, maps=maps, submission=submission, categories=categories)
     tau_grid = _tau_grid(taus)
     _check_inputs(boxes, submission, blacklist, masks)
 
@@ -212,6 +214,26 @@ def _check_source(
         raise CamcliError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
 
 
+def _refuse_unused(
+    ctx: typer.Context | None, *, maps: str | None, submission: str | None, categories: str | None
+) -> None:
+    """Options that would do nothing in this run are a usage error (exit 2), not ignored."""
+    from camcli.cli.options import refuse_unused
+
+    if maps is None:
+        refuse_unused(
+            ctx,
+            ("taus", "wsol_boxes", "masks", "workers"),
+            "without --maps (they set how saved maps are scored)",
+        )
+    else:
+        refuse_unused(ctx, ("iou",), "with --maps (MaxBoxAcc uses its own IoU 0.5 / 0.3, 0.5, 0.7)")
+    if submission is None:
+        refuse_unused(ctx, ("submission_format",), "without --submission")
+    if categories is not None:
+        refuse_unused(ctx, ("model",), "with --categories (the class names come from --categories)")
+
+
 def _tau_grid(taus: str) -> np.ndarray:
     """The --taus grid; a malformed one is a usage error."""
     from camcli.evaluate.taus import parse_taus
@@ -255,7 +277,6 @@ def report(
     (JSON otherwise). ``bbox --gt`` calls it with ``table_on_stderr=True``: its stdout carries
     records, so the table goes to stderr and JSON only to an ``output`` file.
     """
-    from camcli.atomic import write_atomic
     from camcli.data.records import dumps
     from camcli.evaluate.report import check_matched, exit_status
 
@@ -265,11 +286,11 @@ def report(
     if plot is not None:
         from camcli.evaluate.plot import boxacc_png
 
-        write_atomic(Path(plot), boxacc_png(result))
+        _write_file(Path(plot), boxacc_png(result))
     text = dumps(result) + "\n"
     if table_on_stderr:
         if output not in (None, "-"):
-            write_atomic(Path(output), text.encode("utf-8"))
+            _write_file(Path(output), text.encode("utf-8"))
         if not quiet:
             print_metrics_table(result, stderr=True)
     elif output == "-" or (output is None and not sys.stdout.isatty()):
@@ -277,10 +298,21 @@ def report(
         sys.stdout.flush()
     else:
         if output is not None:
-            write_atomic(Path(output), text.encode("utf-8"))
+            _write_file(Path(output), text.encode("utf-8"))
         if sys.stdout.isatty() or output is None:
             print_metrics_table(result)
     return exit_status(result)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically; a failure is a one-line write error naming it (exit 5)."""
+    from camcli.atomic import write_atomic
+    from camcli.errors import write_error
+
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise write_error(exc, path, resumable=False) from None
 
 
 def report_for_records(

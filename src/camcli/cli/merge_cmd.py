@@ -29,22 +29,21 @@ def merge(
 ) -> int:
     """Join shard outputs: records in the order of the unsharded run, byte for byte.
 
-    All shards must have finished (rerun an interrupted one with --resume), else nothing is written.
+    All shards must have finished (rerun an interrupted one with --resume), and every part is
+    checked (records, input counts, run json) before anything is written.
 
     Example: camcli merge boxes.jsonl cams/
     """
     from camcli.console import info
     from camcli.errors import write_error
-    from camcli.runs.merge import merge_jsonl, merge_outdir
+    from camcli.runs.merge import plan_jsonl, plan_outdir
 
-    for t in targets:
+    # every target checked whole before anything is written
+    plans = [plan_outdir(t) if t.is_dir() else plan_jsonl(t) for t in targets]
+    for t, plan in zip(targets, plans, strict=True):
         try:
-            n = (
-                merge_outdir(t, keep_parts=keep_parts)
-                if t.is_dir()
-                else merge_jsonl(t, keep_parts=keep_parts)
-            )
+            n = plan.write(keep_parts=keep_parts)
         except OSError as exc:
             raise write_error(exc, t, resumable=False) from None
-        info(f"merge: {n} records into {t / 'manifest.jsonl' if t.is_dir() else t}", quiet)
+        info(f"merge: {n} records into {plan.path}", quiet)
     return 0

@@ -23,7 +23,7 @@ def models(
     rows = _registry_rows()
     if as_json:
         for r in rows:
-            typer.echo(json.dumps(r))
+            typer.echo(json.dumps(r, allow_nan=False))
         return
     _print_table(rows)
 
@@ -37,7 +37,9 @@ def _registry_rows() -> list[dict]:
     for e in load_registry().values():
         bundled = bool(e.url) and e.url.startswith(hub.PACKAGE_PREFIX)
         pypi = bool(e.url) and e.url.startswith(hub.PYPI_PREFIX)
-        cached = bool(e.url) and not bundled and not pypi and hub.cached_path(e.url).is_file()
+        cached = (
+            bool(e.url) and not bundled and not pypi and hub.cached_path(e.url, e.sha256).is_file()
+        )
         if e.needs_training:
             status = "train first" + (" (backbone cached)" if cached else "")
         elif pypi:
@@ -82,7 +84,7 @@ def _print_table(rows: list[dict]) -> None:
     from rich import box
     from rich.table import Table
 
-    from camcli.console import stdout_console
+    from camcli.console import cell, stdout_console
 
     # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(
@@ -109,11 +111,11 @@ def _print_table(rows: list[dict]) -> None:
             "download": "cyan",
         }.get(r["weights"], "yellow")
         t.add_row(
-            r["name"],
-            r["architecture"],
-            r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP"),
-            r["feature_map"],
+            cell(r["name"]),
+            cell(r["architecture"]),
+            cell(r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP")),
+            cell(r["feature_map"]),
             str(r["classes"]),
-            f"[{colour}]{r['weights']}[/]",
+            f"[{colour}]{cell(r['weights'])}[/]",
         )
     stdout_console().print(t)

@@ -20,7 +20,7 @@ Model = Annotated[
         "--model",
         "-m",
         help="Registry name (`camcli models`), torchvision:<name> or timm:<name> "
-        "[default: efficientnet_lite0, or the network a camcli checkpoint in --weights names].",
+        "(default: efficientnet_lite0, or the network a camcli checkpoint in --weights names).",
     ),
 ]
 Weights = Annotated[
@@ -32,11 +32,19 @@ Weights = Annotated[
         "file or camcli checkpoint, or an https URL.",
     ),
 ]
-TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image.")]
+TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, max=100_000, help="Classes per image.")]
+#: ``cam`` writes one overlay per class: at most 1000 per image.
+CamTopK = Annotated[
+    int, typer.Option("--top-k", "-k", min=1, max=1000, help="Classes (maps) per image.")
+]
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        "--batch-size", "-b", min=1, help="Images per forward pass [default: 8 on CPU, 64 on CUDA]."
+        "--batch-size",
+        "-b",
+        min=1,
+        max=65536,
+        help="Images per forward pass (default: 8 on CPU, 64 on CUDA).",
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -46,7 +54,7 @@ Offline = Annotated[
 ]
 Workers = Annotated[
     int | None,
-    typer.Option("--workers", min=0, help="Decoding worker processes [default: cores, max 4]."),
+    typer.Option("--workers", min=0, help="Decoding worker processes (default: cores, max 4)."),
 ]
 Output = Annotated[
     str | None,
@@ -79,8 +87,8 @@ Profile = Annotated[
     bool,
     typer.Option(
         "--profile",
-        help="Print where the time went (decode, transfer, forward, "
-        "CAM, post-processing, encode+write) at the end.",
+        help="Print where the time went at the end: decode, transfer, forward, CAM, then "
+        "post-process and encode+write (cam) or boxes (bbox).",
     ),
 ]
 Codec = Annotated[
@@ -137,4 +145,48 @@ TenCrop = Annotated[
 Resume = Annotated[
     bool,
     typer.Option("--resume", help="Skip inputs already complete in DIR/manifest.jsonl."),
+]
+
+
+def given(ctx: typer.Context | None, names: tuple[str, ...] | list[str]) -> list[str]:
+    """The flags (``--threshold``) of the parameters among ``names`` that the user set on the
+    command line or through the environment, rather than left at their defaults."""
+    if ctx is None:
+        return []
+    flags = {p.name: p for p in ctx.command.params}
+    out = []
+    for name in names:
+        try:
+            src = ctx.get_parameter_source(name)
+        except Exception:  # noqa: BLE001 - no sources (older click): assume not given
+            continue
+        if src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT"):
+            p = flags.get(name)
+            opts = [x for x in (getattr(p, "opts", None) or []) if x.startswith("--")]
+            flag = opts[0] if opts else "--" + name.replace("_", "-")
+            off = getattr(p, "secondary_opts", None)
+            out.append(f"{flag}/{off[0]}" if off else flag)
+    return out
+
+
+def refuse_unused(ctx: typer.Context | None, names: tuple[str, ...] | list[str], why: str) -> None:
+    """A usage error (exit 2) when any option among ``names`` was given although it does
+    nothing here: ``why`` says when (``"with --from-maps (...)"``)."""
+    flags = given(ctx, names)
+    if flags:
+        from camcli.errors import CamcliError
+
+        it = "does" if len(flags) == 1 else "do"
+        raise CamcliError(
+            f"{', '.join(flags)} {it} nothing {why}: drop {'it' if it == 'does' else 'them'}"
+        )
+
+
+FollowLinks = Annotated[
+    bool,
+    typer.Option(
+        "--follow-links",
+        help="Follow folder links that lead out of an input folder (default: only links to "
+        "folders inside it).",
+    ),
 ]

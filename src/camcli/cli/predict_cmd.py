@@ -30,6 +30,7 @@ def predict(
     device: o.Device = "auto",
     output: o.Output = None,
     resume: o.ResumeFile = False,
+    follow_links: o.FollowLinks = False,
     shard: o.Shard = None,
     offline: o.Offline = False,
     workers: o.Workers = None,
@@ -51,7 +52,7 @@ def predict(
 
     if resume and output in (None, "-"):
         raise CamcliError("--resume needs --output FILE (records on stdout cannot be resumed)")
-    items = resolve_inputs(inputs)
+    items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:
         mine = split.select(items)
@@ -137,7 +138,7 @@ def _report_end(
 
     if profile:
         session.profiler.images = session.stats["ok"]
-        info(session.profiler.report())
+        info(session.profiler.report(), multiline=True)
     summary = f"predict: {ok} done, {failed} failed" + (f", {resumed} resumed" if resumed else "")
     if split.shard is not None and split.dist is None:
         summary += f" (shard {split.shard}: {selected} of {inputs_total} inputs)"

@@ -14,12 +14,12 @@ if TYPE_CHECKING:
     from camcli.api.split import Split
 
 
-def resolve_inputs(inputs: list[str]):
+def resolve_inputs(inputs: list[str], *, follow_links: bool = False):
     from camcli.data.inputs import IMAGE_EXTENSIONS, discover
 
     if inputs.count("-") > 1:
         raise CamcliError("'-' (paths on stdin) may be given once")
-    items = discover(inputs)
+    items = discover(inputs, follow_links=follow_links)
     if not items:
         raise CamcliError(
             f"no images found in {' '.join(inputs)}: give image files, folders holding "
@@ -55,7 +55,15 @@ def open_session(model, weights, *, split: Split | None = None, **kw):
         from camcli.runs.distributed import device_for_rank
 
         kw["device"] = device_for_rank(kw.get("device", "auto"), split.dist.local_rank)
-    return Session.open(model, weights, **kw)
+    session = Session.open(model, weights, **kw)
+    if kw.get("codec") == "device" and session.device.type != "cuda":
+        from camcli.console import warn
+
+        warn(
+            f"--codec device: the device is {session.device}, so JPEGs are decoded and overlays "
+            "encoded on the CPU in the main process (slower than --codec cpu's workers)"
+        )
+    return session
 
 
 def report_errors(rec: dict, quiet: bool) -> None:

@@ -96,7 +96,7 @@ def train(
     ] = None,
     val: Annotated[
         Path | None,
-        typer.Option("--val", help="Validation ImageFolder [default: DATA/val if present]."),
+        typer.Option("--val", help="Validation ImageFolder (default: DATA/val if present)."),
     ] = None,
     val_split: Annotated[
         float,
@@ -109,41 +109,45 @@ def train(
     ] = 0.1,
     epochs: Annotated[
         int | None,
-        typer.Option("--epochs", min=1, help="[default: 10 fine-tuning, 30 from scratch]"),
+        typer.Option("--epochs", min=1, help="(default: 10 fine-tuning, 30 from scratch)"),
     ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", "-b", min=2, help="Images per step and process [default: 64]."
+            "--batch-size",
+            "-b",
+            min=2,
+            max=65536,
+            help="Images per step and process (default: 64).",
         ),
     ] = None,
     lr: Annotated[
         float | None,
         typer.Option(
-            "--lr", min=0.0, help="Base learning rate [default: 1e-3 sgd fine-tuning, 2e-3 adamw]."
+            "--lr", min=0.0, help="Base learning rate (default: 1e-3 sgd fine-tuning, 2e-3 adamw)."
         ),
     ] = None,
     optimizer: Annotated[
         Optim | None,
-        typer.Option("--optimizer", help="[default: sgd fine-tuning, adamw from scratch]"),
+        typer.Option("--optimizer", help="(default: sgd fine-tuning, adamw from scratch)"),
     ] = None,
     schedule: Annotated[
         Schedule | None,
         typer.Option(
             "--schedule",
             help="step: x0.1 every third of the epochs; cosine: to 0 after warm-up "
-            "[default: step fine-tuning, cosine from scratch].",
+            "(default: step fine-tuning, cosine from scratch).",
         ),
     ] = None,
     image_size: Annotated[
         int | None,
-        typer.Option("--image-size", min=16, help="Network input side S [default: the model's]."),
+        typer.Option("--image-size", min=16, help="Network input side S (default: the model's)."),
     ] = None,
     pretrained: Annotated[
         bool | None,
         typer.Option(
             "--pretrained/--no-pretrained",
-            help="Start from the registry's backbone weights [default: where they exist].",
+            help="Start from the registry's backbone weights (default: where they exist).",
         ),
     ] = None,
     head_lr_mult: Annotated[
@@ -151,7 +155,7 @@ def train(
         typer.Option(
             "--head-lr-mult",
             min=0.0,
-            help="Learning-rate multiplier of the new layers [default: 10 fine-tuning].",
+            help="Learning-rate multiplier of the new layers (default: 10 fine-tuning).",
         ),
     ] = None,
     freeze_backbone: Annotated[
@@ -164,7 +168,7 @@ def train(
     pool: Annotated[
         Pool | None,
         typer.Option(
-            "--pool", help="Global average (gap) or max (gmp) pooling [default: model's]."
+            "--pool", help="Global average (gap) or max (gmp) pooling (default: model's)."
         ),
     ] = None,
     precision: Annotated[
@@ -176,8 +180,8 @@ def train(
         typer.Option(
             "--workers",
             min=0,
-            help="Decoding worker processes per training process [default: half the cores, "
-            "max 4, on CPU; up to 8 on CUDA].",
+            help="Decoding worker processes per training process (default: half the cores, "
+            "max 4, on CPU; up to 8 on CUDA).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Initialisation, split, order, crops.")] = 0,
@@ -191,11 +195,11 @@ def train(
     ] = False,
     weight_decay: Annotated[
         float | None,
-        typer.Option("--weight-decay", min=0.0, help="[default: 5e-4 sgd, 0.05 adamw]"),
+        typer.Option("--weight-decay", min=0.0, help="(default: 5e-4 sgd, 0.05 adamw)"),
     ] = None,
     warmup_epochs: Annotated[
         float | None,
-        typer.Option("--warmup-epochs", min=0.0, help="[default: 1 from scratch, else 0]"),
+        typer.Option("--warmup-epochs", min=0.0, help="(default: 1 from scratch, else 0)"),
     ] = None,
     arch_option: Annotated[
         list[str] | None,
@@ -227,6 +231,8 @@ def train(
     from camcli.train.run import train_folder
 
     _require_model(model, resume)
+    if val is not None:
+        o.refuse_unused(ctx, ("val_split",), f"with --val {val} (it validates on that folder)")
     opts = _train_options(
         model=model or "",
         epochs=epochs,

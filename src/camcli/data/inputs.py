@@ -46,6 +46,28 @@ def _safe_part(part: str) -> str:
 _RESERVED = re.compile(r"^\.?(manifest|run)(\.shard-\d+-of-\d+)?\.jsonl?(\.tmp)?$", re.IGNORECASE)
 
 
+# Suffixes of the files an output folder holds (overlays, grids, drawings, maps, records, lock
+# and partial files): a key part ending in one gains '_', so that no input's key can name
+# another input's output file (``b.jpg`` -> ``b.npz`` vs ``b.npz.png`` -> ``b.npz_/``).
+_OUTPUT_SUFFIXES = (".npz", ".jpg", ".jpeg", ".png", ".json", ".jsonl", ".lock", ".partial", ".tmp")
+#: Bytes of one key part at most: room for ``.npz``, a de-duplicating suffix and '_' within
+#: NAME_MAX (255). A longer part is cut and ends in ``~`` and 16 hex digits of its sha256.
+KEY_PART_MAX = 200
+
+
+def _bounded_part(part: str) -> str:
+    if part.lower().endswith(_OUTPUT_SUFFIXES):
+        part += "_"
+    raw = os.fsencode(part)
+    if len(raw) <= KEY_PART_MAX:
+        return part
+    import hashlib
+
+    from camcli.atomic import cut_bytes
+
+    return cut_bytes(part, KEY_PART_MAX - 17) + "~" + hashlib.sha256(raw).hexdigest()[:16]
+
+
 def _key_for(rel: PurePosixPath) -> str:
     parts = [_safe_part(p) for p in rel.parts]
     last = parts[-1]
@@ -53,14 +75,23 @@ def _key_for(rel: PurePosixPath) -> str:
     parts[-1] = _safe_part(stem)
     if _RESERVED.match(parts[0]):  # an image named manifest.jsonl.jpg or run.json.png
         parts[0] += "_"
-    return "/".join(parts)
+    return "/".join(_bounded_part(p) for p in parts)
 
 
-def walk_images(root: Path) -> list[Path]:
-    """The image files under ``root`` (recursive, following links once, sorted by relative
-    path)."""
+def _inside(path: str, root_real: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def walk_images(root: Path, *, follow_links: bool = False) -> list[Path]:
+    """The image files under ``root`` (recursive, sorted by relative path).
+
+    A folder link is followed (once: loops are cut) only when it leads to a folder inside
+    ``root``; ``follow_links`` follows links that leave it too (``--follow-links``). File links
+    are read wherever they point, as files named on the command line are."""
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
+    root_real = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         try:
             st = os.stat(dirpath)
@@ -71,6 +102,13 @@ def walk_images(root: Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(ident)
+        if not follow_links:
+            dirnames[:] = [
+                d
+                for d in dirnames
+                if not os.path.islink(os.path.join(dirpath, d))
+                or _inside(os.path.join(dirpath, d), root_real)
+            ]
         dirnames.sort()
         for f in filenames:
             if Path(f).suffix.lower() in IMAGE_EXTENSIONS:
@@ -78,7 +116,9 @@ def walk_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def discover(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> list[InputItem]:
+def discover(
+    inputs: Iterable[str], stdin: Iterable[str] | None = None, *, follow_links: bool = False
+) -> list[InputItem]:
     """Expand inputs into items in a deterministic order.
 
     Directories are walked recursively (image extensions only, sorted by relative path; their key
@@ -86,6 +126,9 @@ def discover(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> list[
     Keys that would collide (``a.jpg`` and ``a.png``, or two roots with the same relative path)
     keep their extension, then gain a numeric suffix, so no two inputs share an output name.
     A path that does not exist still becomes an item: its record will carry the error.
+    Key parts never end in an output file's suffix (``.npz``, ``.jpg``, ... gain ``_``) and
+    are at most :data:`KEY_PART_MAX` bytes, so keys cannot collide with output files and stay
+    within file-name limits. ``follow_links``: see :func:`walk_images`.
     """
     pairs: list[tuple[str, PurePosixPath]] = []
     for raw in inputs:
@@ -98,7 +141,7 @@ def discover(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> list[
             continue
         p = Path(raw)
         if p.is_dir():
-            for f in walk_images(p):
+            for f in walk_images(p, follow_links=follow_links):
                 pairs.append((str(f), PurePosixPath(f.relative_to(p).as_posix())))
         else:
             pairs.append((raw, PurePosixPath(p.name or "_")))

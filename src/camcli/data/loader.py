@@ -187,11 +187,17 @@ def device_decode(batch: Batch, preprocess, device, *, keep_image: bool) -> Batc
 
 
 def worker_init(_: int) -> None:
-    """DataLoader worker start-up: one torch thread, OpenCV on the calling thread."""
+    """DataLoader worker start-up: one torch thread, OpenCV on the calling thread; SIGTERM
+    (sent to the whole process group by Slurm, Kubernetes) ends the worker quietly, so the
+    main process handles it alone, as Ctrl-C (no "worker killed by signal" traceback)."""
+    import os
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
     sequential_opencv()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 
 def sequential_opencv() -> None:

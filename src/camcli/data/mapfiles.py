@@ -22,7 +22,9 @@ Used by ``camcli eval --maps`` (header first, then one class's map per image) an
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +32,27 @@ from pathlib import Path
 import numpy as np
 
 from camcli.data import mapfiles_v2
+from camcli.data.inputs import DEFAULT_MAX_PIXELS
 from camcli.errors import NoInputError
 
 __all__ = [
     "MapFile",
     "MapFileError",
     "MapHeader",
+    "check_map_file",
     "list_map_files",
     "load_class_map",
     "read_map_file",
     "read_map_header",
 ]
 
-#: What np.load and the array reads raise for a file that is not a usable map file.
-_READ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile)
+#: Bounds checked from each array's .npy header, before any data is decompressed.
+MAX_MAP_PIXELS = DEFAULT_MAX_PIXELS  # H * W of one map
+MAX_MAPS = 10_000  # k, maps in one file
+MAX_TOTAL_VALUES = 4 * DEFAULT_MAX_PIXELS  # k * H * W
+MAX_CLASSES = 1_000_000  # entries of class_indices / labels / scores
+#: The arrays a map file may hold, with the dtype kinds each accepts.
+_KINDS = {"cams": "fiub", "class_indices": "iuf", "scores": "fiub", "labels": "U", "image": "U"}
 
 
 def _reason(exc: BaseException) -> str:
@@ -52,7 +61,84 @@ def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "allow_pickle" in text or "pickled" in text:
         return "it holds pickled objects, not arrays; camcli never loads pickles"
-    return text
+    return text[:300]
+
+
+def _npy_header(z: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a member's .npy header, reading only the header."""
+    import numpy.lib.format as npf
+
+    with z.open(member) as fh:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npf.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = npf.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"{member}: unsupported .npy format version {version}")
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def check_map_file(path: str | os.PathLike) -> None:
+    """Refuse, without reading any array data, a map file that is not a regular file, not a
+    zip, or whose arrays' .npy headers declare a wrong dtype (structured, object, complex, a
+    non-integer class index), a wrong shape, or more than :data:`MAX_MAP_PIXELS` pixels per map
+    / :data:`MAX_TOTAL_VALUES` values in all.
+
+    Raises:
+        MapFileError: ``cannot read map file PATH (<reason>)``.
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file (a FIFO, device or folder); not read")
+        if st.st_size == 0:
+            raise ValueError("empty file (0 bytes)")
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a .npz (zip) file")
+        with zipfile.ZipFile(path) as z:
+            names = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
+            for required in ("cams", "class_indices"):
+                if required not in names:
+                    raise ValueError(f"no {required!r} array")
+            heads = {k: _npy_header(z, names[k]) for k in _KINDS if k in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, TypeError) as exc:
+        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
+    for key, (shape, dtype) in heads.items():
+        if dtype.hasobject:
+            raise MapFileError(f"cannot read map file {path} ({_reason(ValueError('pickled'))})")
+        if dtype.kind not in _KINDS[key] or dtype.fields is not None:
+            raise MapFileError(f"cannot read map file {path} ({key} has dtype {dtype.str})")
+        if key != "cams" and math.prod(shape) > MAX_CLASSES:
+            raise MapFileError(f"cannot read map file {path} ({key} has {math.prod(shape)} values)")
+    shape = heads["cams"][0]
+    if len(shape) not in (2, 3):
+        raise MapFileError(
+            f"cannot read map file {path} (cams has shape {list(shape)}, expected [k, H, W])"
+        )
+    k = shape[0] if len(shape) == 3 else 1
+    if (
+        shape[-1] * shape[-2] > MAX_MAP_PIXELS
+        or k > MAX_MAPS
+        or k * shape[-1] * shape[-2] > (MAX_TOTAL_VALUES)
+    ):
+        raise MapFileError(
+            f"cannot read map file {path} (cams of shape {list(shape)} exceed the limit of "
+            f"{MAX_MAP_PIXELS} pixels per map, {MAX_MAPS} maps, {MAX_TOTAL_VALUES} values)"
+        )
+
+
+def _class_indices(raw: np.ndarray) -> np.ndarray:
+    """int64 [k] class indices; float ones must be finite non-negative integers."""
+    arr = np.asarray(raw).reshape(-1)
+    if arr.dtype.kind == "f":
+        ok = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2**53)
+        if not ok.all():
+            raise ValueError(f"class_indices holds non-integer values ({float(arr[~ok][0])})")
+    out = arr.astype(np.int64)
+    if out.size and out.min() < 0:
+        raise ValueError(f"class_indices holds a negative index ({int(out.min())})")
+    return out
 
 
 class MapFileError(ValueError):
@@ -134,7 +220,7 @@ def _key(path: Path, root: str | os.PathLike | None) -> str:
 
 def _header_arrays(z, path: Path, root) -> MapHeader:
     image = str(z["image"]) if "image" in z.files else None
-    classes = np.asarray(z["class_indices"], dtype=np.int64).reshape(-1)
+    classes = _class_indices(z["class_indices"])
     labels = [str(x) for x in z["labels"].reshape(-1)] if "labels" in z.files else None
     return MapHeader(Path(path), _key(Path(path), root), image or None, classes, labels)
 
@@ -150,10 +236,11 @@ def read_map_header(path: str | os.PathLike, root: str | os.PathLike | None = No
         MapFileError: ``cannot read map file <path> (<reason>)`` for a file that is not a
             readable ``.npz`` with ``class_indices``.
     """
+    check_map_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return _header_arrays(z, Path(path), root)
-    except _READ_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
         raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
 
 
@@ -178,32 +265,48 @@ def load_class_map(path: str | os.PathLike, cls: int) -> np.ndarray | None:
         MapFileError: ``cannot read map file (<reason>)``, or ``cams has shape [...], expected
             [k, H, W] with k = <n>``.
     """
+    check_map_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            classes = np.asarray(z["class_indices"]).reshape(-1)
-            hit = np.flatnonzero(classes == cls)
-            if hit.size == 0:
-                return None
-            if mapfiles_v2.is_v2(z):
-                v2 = mapfiles_v2.read_v2(z, classes.size)
-                return v2.class_map(int(hit[0])).astype(np.float64)
-            cams = z["cams"]
-    except _READ_ERRORS as exc:
-        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
+            classes = _class_indices(z["class_indices"])
+            v2 = mapfiles_v2.read_v2(z, classes.size) if mapfiles_v2.is_v2(z) else None
+            cams = v2.raw if v2 is not None else z["cams"]
+    except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
+        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
-    why = _cams_shape_error(cams, classes.size)
+    # the same checks as read_map_file, whether or not the file holds this class
+    why = _cams_shape_error(cams, classes.size) or _empty(classes)
     if why:
-        raise MapFileError(why)
-    return np.asarray(cams[int(hit[0])], dtype=np.float64)
+        raise MapFileError(f"cannot read map file {path} ({why})")
+    hit = np.flatnonzero(classes == cls)
+    if hit.size == 0:
+        return None
+    if v2 is not None:  # the map on the image, as cam computed it
+        out = v2.class_map(int(hit[0])).astype(np.float64)
+    else:
+        out = np.asarray(cams[int(hit[0])], dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise MapFileError(f"cannot read map file {path} (the map of class {cls} is not finite)")
+    return out
 
 
-def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None) -> MapFile:
+def _empty(classes: np.ndarray) -> str | None:
+    return "it holds no maps (class_indices is empty)" if classes.size == 0 else None
+
+
+def read_map_file(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+) -> MapFile:
     """Every map of a map file with its header (what ``bbox --from-maps`` reads).
 
     Args:
         path: the ``.npz`` file.
         root: the folder it was listed from (for :attr:`MapHeader.key`); None: the file name.
+        num_classes: the run's class count when known (``run.json``): a class index at or
+            above it is an error.
 
     Returns:
         A :class:`MapFile`: ``cams`` float32 [k, H, W], ``scores`` float32 [k] or None, and the
@@ -213,23 +316,40 @@ def read_map_file(path: str | os.PathLike, root: str | os.PathLike | None = None
         MapFileError: ``cannot read map file (<reason>)``, the reason naming a bad ``cams``
             shape as ``cams has shape [...], expected [k, H, W] with k = <n> class_indices``.
     """
+    check_map_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             head = _header_arrays(z, Path(path), root)
-            if mapfiles_v2.is_v2(z):
+            v2 = None
+            if mapfiles_v2.is_v2(z):  # the checks below run on its feature-resolution maps
                 v2 = mapfiles_v2.read_v2(z, head.class_indices.size)
-                return MapFile(head, None, v2.scores, v2)
-            cams = np.asarray(z["cams"], dtype=np.float32)
+            cams = v2.raw if v2 is not None else np.asarray(z["cams"], dtype=np.float32)
             scores = (
                 np.asarray(z["scores"], dtype=np.float32).reshape(-1)
                 if "scores" in z.files
                 else None
             )
-    except _READ_ERRORS as exc:
-        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
+        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
-    why = _cams_shape_error(cams, head.class_indices.size)
+    k = head.class_indices.size
+    why = _cams_shape_error(cams, k)
+    why = f"{why} class_indices" if why else _empty(head.class_indices)
+    if not why and num_classes is not None and int(head.class_indices.max()) >= num_classes:
+        why = (
+            f"class index {int(head.class_indices.max())} is outside 0..{num_classes - 1} "
+            "of the run's classes"
+        )
+    for name, arr in (("labels", head.labels), ("scores", scores)):
+        if not why and arr is not None and len(arr) != k:
+            why = f"{name} has {len(arr)} values, {k} maps"
+    if not why and scores is not None and not np.isfinite(scores).all():
+        why = "scores hold non-finite values"
+    if not why and not np.isfinite(cams).all():
+        why = "cams hold non-finite values"
     if why:
-        raise MapFileError(f"cannot read map file ({why} class_indices)")
+        raise MapFileError(f"cannot read map file {path} ({why})")
+    if v2 is not None:
+        return MapFile(head, None, scores, v2)
     return MapFile(head, cams, scores)

@@ -14,19 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from camcli.atomic import AtomicFile
+from camcli.atomic import AtomicFile, open_nofollow
 from camcli.errors import write_error
 
 
 def dumps(record: dict) -> str:
     """One JSON line, UTF-8 text. Paths with undecodable bytes (surrogate escapes) are written
     as ``\\udcXX`` escapes, which keeps the line valid UTF-8 and lets
-    ``os.fsencode(json.loads(line)["image"])`` give the original bytes back."""
-    text = json.dumps(record, ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+    ``os.fsencode(json.loads(line)["image"])`` give the original bytes back.
+
+    Raises:
+        ValueError: ``non-finite number in a record ...``: NaN and infinities are never written.
+    """
+    kw = {"separators": (", ", ": "), "default": _json_default}
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, **kw)
+    except ValueError as exc:  # NaN or inf: never written (invalid JSON for other tools)
+        raise ValueError(f"non-finite number in a record, not written ({exc})") from None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(record, ensure_ascii=True, separators=(", ", ": "), default=_json_default)
+        text = json.dumps(record, ensure_ascii=True, allow_nan=False, **kw)
     return text
 
 
@@ -60,7 +68,7 @@ class JsonlWriter:
             self._fh = sys.stdout
         elif append:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.target, "a", encoding="utf-8")  # noqa: SIM115
+            self._fh = open_nofollow(self.target, "a")
         else:
             self._atomic = AtomicFile(self.target, "w", encoding="utf-8", fsync=True)
             self._fh = self._atomic.file
@@ -117,11 +125,20 @@ class JsonLine:
         return f"{path} line {self.number}"
 
 
+class _NonFinite(ValueError):
+    """A ``NaN`` / ``Infinity`` token: not JSON (RFC 8259), and never in a camcli record."""
+
+
+def _no_constant(token: str):
+    raise _NonFinite(f"non-finite number {token} (not valid JSON)")
+
+
 def iter_jsonl(source: str | os.PathLike | IO[str], *, bom: bool = False) -> Iterator[JsonLine]:
     """The one reader of camcli's JSON Lines files (records, manifests, shard parts).
 
-    Every non-blank line comes back as a :class:`JsonLine`; a line that is not a JSON object is
-    returned with ``error`` set, never dropped silently and never raised here. The one policy
+    Every non-blank line comes back as a :class:`JsonLine`; a line that is not a JSON object
+    (or holds a ``NaN`` / ``Infinity`` token, which JSON does not have) is returned with
+    ``error`` set, never dropped silently and never raised here. The one policy
     for bad lines, applied by the callers: a file being resumed (manifest, partial records)
     skips them, so that image is done again; a file being read as input (``merge`` parts,
     ``eval --boxes``) fails naming the file and line (or reports the line and goes on where the
@@ -149,7 +166,10 @@ def iter_jsonl(source: str | os.PathLike | IO[str], *, bom: bool = False) -> Ite
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, parse_constant=_no_constant)
+            except _NonFinite as exc:
+                yield JsonLine(n, line, None, str(exc))
+                continue
             except ValueError as exc:
                 msg = getattr(exc, "msg", None) or str(exc)
                 yield JsonLine(n, line, None, f"not JSON ({msg})")

@@ -41,6 +41,8 @@ def read_blacklist(path: str | os.PathLike, gt: GroundTruth) -> list[bool]:
         lines = Path(path).read_text(encoding="utf-8-sig").split()
     except OSError as exc:
         raise GtError(f"--blacklist {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise GtError(f"--blacklist {path}: not UTF-8 text (byte {exc.start})") from None
     numbers: dict[int, int] = {}
     for i, im in enumerate(gt.images):
         m = _TRAILING_NUMBER.search(name_parts(im.name)[-1])
@@ -50,7 +52,7 @@ def read_blacklist(path: str | os.PathLike, gt: GroundTruth) -> list[bool]:
     flags = [False] * len(gt)
     unknown = []
     for tok in lines:
-        if tok.isdigit():
+        if tok.isascii() and tok.isdigit() and len(tok) <= 18:
             n = int(tok)
             if numbers:
                 i = numbers.get(n)

@@ -53,6 +53,8 @@ def read_ground_truth(path: str | os.PathLike, fmt: str = "auto") -> GroundTruth
     p = Path(path)
     if not p.exists():
         raise GtError(f"--gt {path}: no such file or folder", Exit.NO_INPUT)
+    if not p.is_dir() and not p.is_file():  # a FIFO or device would block or never end
+        raise GtError(f"--gt {path}: not a regular file or folder (a FIFO or device?)")
     if fmt not in GT_FORMATS:
         raise GtError(f"--gt-format {fmt!r}: use one of {', '.join(GT_FORMATS)}")
     if fmt == "auto":

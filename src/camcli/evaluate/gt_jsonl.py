@@ -46,28 +46,54 @@ def read_gt_jsonl(path: str | os.PathLike) -> GroundTruth:
             name = rec["image"]
             if name in images:
                 raise GtError(f"{where}: image {name!r} appears twice")
-            im = GtImage(name=name, width=opt_int(rec.get("width")))
-            im.height = opt_int(rec.get("height"))
+            im = GtImage(name=name, width=opt_int(rec.get("width"), where))
+            im.height = opt_int(rec.get("height"), where)
             labels = rec.get("labels", [rec["label"]] if "label" in rec else [])
+            if not isinstance(labels, list):  # a string is not a list of labels
+                raise GtError(f'{where}: "labels" must be a list, got {_brief(labels)}')
+            labels = [_label(lab, where) for lab in labels]
             for lab in labels:
-                im.add_label((str(lab),))
-            for k, b in enumerate(rec.get("boxes") or [], 1):
+                im.add_label((lab,))
+            boxes = rec.get("boxes") or []
+            if not isinstance(boxes, list):
+                raise GtError(f'{where}: "boxes" must be a list of boxes, got {_brief(boxes)}')
+            for k, b in enumerate(boxes, 1):
                 if isinstance(b, dict):
                     lab = b.get("label", labels[0] if labels else None)
+                    lab = None if lab is None else _label(lab, f"{where} box {k}")
                     b = b.get("box")
                 else:
                     lab = labels[0] if labels else None
                 if lab is None:
                     raise GtError(f"{where}: box {k} has no label and the image none either")
-                im.add_label((str(lab),))
-                im.boxes.append(((str(lab),), parse_box(list(b or []), f"{where} box {k}")))
+                im.add_label((lab,))
+                im.boxes.append(((lab,), parse_box(b, f"{where} box {k}")))
             if not im.labels:
                 raise GtError(f'{where}: no "label", "labels" or labelled boxes')
             masks = rec.get("mask") or []
-            for m in [masks] if isinstance(masks, str) else masks:
+            masks = [masks] if isinstance(masks, str) else masks
+            if not isinstance(masks, list) or not all(isinstance(m, str) and m for m in masks):
+                raise GtError(f'{where}: "mask" must be a path or a list of paths')
+            for m in masks:
                 im.masks.append(str(base / m) if not os.path.isabs(m) else m)
             if rec.get("ignore"):
-                ig = str(rec["ignore"])
+                ig = rec["ignore"]
+                if not isinstance(ig, str):
+                    raise GtError(f'{where}: "ignore" must be a path, got {_brief(ig)}')
                 im.ignore = ig if os.path.isabs(ig) else str(base / ig)
             images[name] = im
     return GroundTruth(list(images.values()), str(path))
+
+
+def _brief(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _label(v, where: str) -> str:
+    """A label: a non-empty string or a class index (an int, not a bool)."""
+    if isinstance(v, str) and v.strip() and len(v) <= 1000:
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    raise GtError(f"{where}: label {_brief(v)} is not a class name or index")

@@ -74,8 +74,8 @@ def _read_xml(f: Path, rel: str, ET) -> GtImage:
     im = GtImage(name=rel[: -len(".xml")] if rel.lower().endswith(".xml") else rel)
     size = ann.find("size")
     if size is not None:
-        im.width = opt_int(size.findtext("width"))
-        im.height = opt_int(size.findtext("height"))
+        im.width = opt_int(size.findtext("width"), f"--gt {f}")
+        im.height = opt_int(size.findtext("height"), f"--gt {f}")
     for k, obj in enumerate(ann.iter("object"), 1):
         name = (obj.findtext("name") or "").strip()
         if not name:

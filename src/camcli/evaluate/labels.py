@@ -206,7 +206,8 @@ def load_label_map(
             class indices, names, ILSVRC IDs.
         categories: a file with one class name per line (class index order) or a packaged set
             name (``imagenet1k``).
-        model: a registry name, for its categories (when ``categories`` is not given).
+        model: a registry name or a camcli checkpoint file, for its class names (when
+            ``categories`` is not given), see :func:`_model_categories`.
 
     Returns:
         An explicit :class:`LabelMap`, or None when no option was given.
@@ -260,7 +261,11 @@ def _read_categories(categories: str) -> list[str]:
     """The class names of a file (one per line, blank lines skipped) or a packaged set."""
     p = Path(categories)
     if p.is_file():
-        return [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise GtError(f"--categories {categories}: not UTF-8 text (byte {exc.start})") from None
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
     from camcli.models.registry import RegistryError, load_categories
 
     try:
@@ -273,11 +278,55 @@ def _read_categories(categories: str) -> list[str]:
 
 
 def _model_categories(model: str) -> list[str]:
-    """The class names of a registry model (ImageNet's for ``torchvision:<name>``)."""
-    from camcli.models.registry import get_entry, load_categories
+    """The class names of a model: ImageNet's for ``torchvision:<name>``; a registry entry's
+    category set, or else the names its bundled or cached checkpoint carries (``demo``); the
+    names a camcli checkpoint file carries (``--model RUN/best.pt``).
+
+    Raises:
+        GtError: the model has no class names of its own (an untrained ``camnet-small``), or
+            its checkpoint cannot be read.
+        RegistryError: an unknown model name.
+    """
+    from camcli.errors import CamcliError
+    from camcli.models.registry import RegistryError, get_entry, load_categories
 
     if model.startswith(("torchvision:", "timm:")):
-        cat_set = "imagenet1k"
-    else:
-        cat_set = get_entry(model).categories
-    return list(load_categories(cat_set))
+        return list(load_categories("imagenet1k"))
+    if Path(model).is_file():
+        try:
+            return _checkpoint_categories(model, None, f"--model {model}")
+        except CamcliError as exc:
+            if exc.exit_code != 2:  # unreadable or corrupt weights: their own exit code
+                raise
+            raise GtError(
+                f"--model {model}: not a camcli checkpoint ({exc}); give a registry name, "
+                "RUN/best.pt, or --categories FILE"
+            ) from None
+    entry = get_entry(model)
+    try:
+        return list(load_categories(entry.categories))
+    except RegistryError:
+        pass
+    if entry.url is None or entry.needs_training:
+        raise GtError(
+            f"--model {model}: no class names of its own (its weights are trained with "
+            "`camcli train`); pass --model RUN/best.pt (a checkpoint carries its class names) "
+            "or --categories FILE"
+        )
+    try:
+        return _checkpoint_categories(None, model, f"--model {model}")
+    except CamcliError as exc:
+        raise GtError(
+            f"--model {model}: its class names are in its weights, which cannot be read "
+            f"offline ({exc}); pass --categories FILE"
+        ) from None
+
+
+def _checkpoint_categories(path: str | None, name: str | None, what: str) -> list[str]:
+    """The categories of the model ``load_model(name, path, offline=True)`` builds."""
+    from camcli.models.load import load_model
+
+    m = load_model(name, path, offline=True)
+    if not m.categories:
+        raise GtError(f"{what}: the weights carry no class names; pass --categories FILE")
+    return list(m.categories)

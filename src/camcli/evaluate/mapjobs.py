@@ -93,7 +93,7 @@ def score_map_job(job: MapJob) -> tuple:
         try:
             fg = read_mask(job.masks, cam.shape)
             ig = read_mask([job.ignore], cam.shape) & ~fg if job.ignore else None
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - OSError, a PIL bomb: that image fails alone
             return ("failed", f"cannot read mask ({exc})")
         acc = PxAPAccumulator(taus)
         acc.add(cam, fg, ig)
@@ -101,11 +101,48 @@ def score_map_job(job: MapJob) -> tuple:
     return ("ok", v1, v2, hist, renorm)
 
 
-def _worker_init() -> None:
-    """One OpenCV thread per worker process (the workers are the parallelism)."""
+def _worker_init(parent: int | None = None) -> None:
+    """One OpenCV thread per worker process (the workers are the parallelism). Ctrl-C is the
+    parent's to handle (it stops the pool); a worker whose parent ``parent`` is gone (kill -9)
+    exits by itself."""
+    import signal
+    import threading
+
     import cv2
 
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent is not None:
+
+        def watch() -> None:
+            import time
+
+            while True:
+                time.sleep(0.5)
+                try:
+                    os.kill(parent, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                except OSError:
+                    pass
+
+        threading.Thread(target=watch, daemon=True, name="camcli-parent-watch").start()
+
+
+def _stop_pool(ex) -> None:
+    """Stop a process pool now: queued jobs cancelled, workers terminated and reaped."""
+    import contextlib
+
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    with contextlib.suppress(Exception):
+        ex.shutdown(wait=True, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(timeout=5)
 
 
 def _pool_usable() -> bool:
@@ -134,7 +171,8 @@ def run_jobs(
         progress: called once per finished job, or None.
 
     Yields:
-        :func:`score_map_job`'s result per job.
+        :func:`score_map_job`'s result per job. On any exit before the end (an exception,
+        Ctrl-C, SIGTERM, the generator closed) the pool's workers are terminated and reaped.
     """
     import time
 
@@ -153,11 +191,18 @@ def run_jobs(
 
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as ex:
+        ex = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
+        )
+        try:
             for r in ex.map(score_map_job, rest, chunksize=16):
                 yield r
                 if progress is not None:
                     progress()
+        except BaseException:  # Ctrl-C, SIGTERM, an error, the consumer stopping early
+            _stop_pool(ex)
+            raise
+        ex.shutdown(wait=True)
         return
     for j in rest:
         yield score_map_job(j)

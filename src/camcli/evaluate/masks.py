@@ -7,6 +7,7 @@ holding ``<name>.png`` and an optional ``<name>_ignore.png``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,12 +29,14 @@ def read_mask(paths: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
         bool [H, W].
 
     Raises:
-        OSError: a file cannot be read as an image.
+        OSError: a file cannot be read as an image, or is not a regular file (a FIFO).
     """
     from PIL import Image
 
     out = np.zeros(shape, dtype=bool)
     for p in paths:
+        if not os.path.isfile(p):  # a FIFO would block: refused like a non-image
+            raise OSError(f"{p}: not a regular file")
         with Image.open(p) as im:
             a = np.asarray(im.convert("L"))
         if a.shape != shape:

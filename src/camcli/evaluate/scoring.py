@@ -153,6 +153,18 @@ def read_submission(
     return out
 
 
+def _imagenet1k_labels() -> LabelMap:
+    """Without ``--synsets``: ImageNet-1k's WNIDs and names (a Kaggle file's WNIDs read; an
+    ILSVRC file's IDs still need the devkit's mapping, which the error then names)."""
+    from camcli.evaluate.synsets import SynsetError, imagenet1k_synsets
+
+    try:
+        syn = imagenet1k_synsets()
+    except SynsetError as exc:
+        raise GtError(f"--submission needs --synsets to map labels to classes ({exc})") from None
+    return LabelMap(list(syn.names), wnids=list(syn.wnids), source=syn.source)
+
+
 def evaluate_submission(
     path: str,
     gt: GroundTruth,
@@ -168,7 +180,8 @@ def evaluate_submission(
     Args:
         path: the submission file.
         gt: the ground truth.
-        labels: the label map from ``--synsets`` (required).
+        labels: the label map from ``--synsets``; None: ImageNet-1k's WNIDs and names (enough
+            for Kaggle files; ILSVRC files need the devkit's IDs).
         fmt: ``auto``, ``ilsvrc`` or ``kaggle``.
         iou: the IoU a box needs to be right.
         blacklist: a blacklist file, flags per GT image, or None.
@@ -178,13 +191,11 @@ def evaluate_submission(
         A result with the keys of :func:`evaluate_records`.
 
     Raises:
-        GtError: no label map, or what :func:`read_submission` and :func:`score_matched` raise.
+        GtError: ILSVRC IDs without a mapping that has them, or what
+            :func:`read_submission` and :func:`score_matched` raise.
     """
     if labels is None:
-        raise GtError(
-            "--submission needs --synsets (devkit map_clsloc.txt or meta.mat for ILSVRC files, "
-            "any of them or LOC_synset_mapping.txt for Kaggle files) to map labels to classes"
-        )
+        labels = _imagenet1k_labels()
     preds = read_submission(path, gt, labels, fmt)
     m = match_predictions(gt, preds.items())
     return score_matched(gt, m, labels, iou=iou, blacklist=blacklist, subset=subset)

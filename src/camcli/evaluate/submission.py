@@ -159,6 +159,16 @@ def write_kaggle_submission(
 # ---------------------------------------------------------------------------------------------
 
 
+def _read_text(path: str | os.PathLike, encoding: str) -> str:
+    """A submission's text; a file that is not UTF-8 is a SubmissionError naming it."""
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(
+            f"submission {str(path)!r}: not UTF-8 text (byte {exc.start}); write it as UTF-8"
+        ) from None
+
+
 def _parse_groups(tokens: list[str], where: str, label_is_int: bool) -> list[tuple]:
     if len(tokens) % 5:
         raise SubmissionError(
@@ -168,6 +178,8 @@ def _parse_groups(tokens: list[str], where: str, label_is_int: bool) -> list[tup
     for g in range(0, len(tokens), 5):
         label_tok, coords = tokens[g], tokens[g + 1 : g + 5]
         try:
+            if any(len(t) > 12 for t in coords) or (label_is_int and len(label_tok) > 9):
+                raise ValueError("too many digits")  # beyond any image: 400-digit numbers
             label = int(label_tok) if label_is_int else label_tok
             box = tuple(int(v) for v in coords)
         except ValueError:
@@ -198,11 +210,12 @@ def read_ilsvrc_submission(
         ``{file name: [(ILSVRC2012_ID, (xmin, ymin, xmax, ymax)), ...]}``, groups in file order.
 
     Raises:
-        SubmissionError: the wrong number of lines, or a line that is not groups of 5 integers.
-        OSError, UnicodeDecodeError: the file cannot be read as UTF-8 text.
+        SubmissionError: the wrong number of lines, a line that is not groups of 5 integers
+            (of at most 12 digits), or a file that is not UTF-8 text.
+        OSError: the file cannot be read.
     """
     names = sorted({Path(n).name for n in image_names})
-    text = Path(path).read_text(encoding="utf-8")
+    text = _read_text(path, "utf-8")
     lines = text.splitlines()
     if len(lines) == len(names) - 1 and names:
         lines.append("")  # the last image had no guess and its empty line was dropped
@@ -227,10 +240,11 @@ def read_kaggle_submission(path: str | os.PathLike) -> dict[str, list[tuple[str,
         ``{ImageId: [(WNID, (xmin, ymin, xmax, ymax)), ...]}``, groups in file order.
 
     Raises:
-        SubmissionError: no header, a malformed row or group, an ImageId twice.
-        OSError, UnicodeDecodeError: the file cannot be read as UTF-8 text.
+        SubmissionError: no header, a malformed row or group, an ImageId twice, or a file
+            that is not UTF-8 text.
+        OSError: the file cannot be read.
     """
-    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    lines = _read_text(path, "utf-8-sig").splitlines()
     if not lines or lines[0].strip() != KAGGLE_HEADER:
         raise SubmissionError(
             f"Kaggle submission {str(path)!r} must start with the header {KAGGLE_HEADER!r}"

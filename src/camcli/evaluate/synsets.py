@@ -197,14 +197,27 @@ def _read_meta_mat(path: Path, num_classes: int | None) -> list[tuple[str, int |
         )
     limit = num_classes if num_classes is not None else 1000
     out = []
-    for rec in syn:
-        ident = int(np.asarray(rec[id_field]).ravel()[0])
-        if not 1 <= ident <= limit:
-            continue  # inner WordNet nodes (IDs above the leaf classes)
-        wnid = str(np.asarray(rec["WNID"]).ravel()[0])
-        words = str(np.asarray(rec["words"]).ravel()[0]) if "words" in names else ""
+    for k, rec in enumerate(syn, 1):
+        try:
+            ident = int(np.asarray(rec[id_field]).ravel()[0])
+            if not 1 <= ident <= limit:
+                continue  # inner WordNet nodes (IDs above the leaf classes)
+            wnid = str(np.asarray(rec["WNID"]).ravel()[0])
+            words = str(np.asarray(rec["words"]).ravel()[0]) if "words" in names else ""
+        except (IndexError, ValueError, TypeError, OverflowError):
+            raise SynsetError(
+                f"{where}: synset {k} has an empty or malformed {id_field} or WNID; pass the "
+                "devkit's data/meta.mat"
+            ) from None
+        if not wnid.strip():
+            raise SynsetError(f"{where}: synset {k} (ID {ident}) has an empty WNID")
         out.append((wnid, ident, words))
     return out
+
+
+def _is_id(tok: str) -> bool:
+    """An ILSVRC ID: 1 to 9 ASCII digits (``str.isdigit`` also takes ``²``)."""
+    return tok.isascii() and tok.isdigit() and len(tok) <= 9
 
 
 def _read_text_mapping(path: Path) -> tuple[str, list[tuple[str, int | None, str]]]:
@@ -222,14 +235,15 @@ def _read_text_mapping(path: Path) -> tuple[str, list[tuple[str, int | None, str
             f"{where} is empty; pass meta.mat, map_clsloc.txt or LOC_synset_mapping.txt"
         )
     first = lines[0][1].split()
-    fmt = "map_clsloc" if len(first) >= 2 and first[1].isdigit() else "loc_synset_mapping"
+    fmt = "map_clsloc" if len(first) >= 2 and _is_id(first[1]) else "loc_synset_mapping"
     out: list[tuple[str, int | None, str]] = []
     for n, ln in lines:
         if fmt == "map_clsloc":
             parts = ln.split(maxsplit=2)
-            if len(parts) < 2 or not parts[1].isdigit():
+            if len(parts) < 2 or not _is_id(parts[1]):
                 raise SynsetError(
-                    f"{where} line {n}: expected 'WNID ID name' like 'n02119789 1 kit_fox', got "
+                    f"{where} line {n}: expected 'WNID ID name' like 'n02119789 1 kit_fox' (ID "
+                    f"1..999999999), got "
                     f"{ln[:60]!r}; fix the line or pass the devkit's map_clsloc.txt"
                 )
             out.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""))

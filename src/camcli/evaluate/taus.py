@@ -11,7 +11,10 @@ import math
 
 import numpy as np
 
-__all__ = ["DEFAULT_TAUS", "parse_taus", "tau_grid"]
+__all__ = ["DEFAULT_TAUS", "MAX_TAUS", "parse_taus", "tau_grid"]
+
+#: The most thresholds a grid may have (each costs memory and time per image).
+MAX_TAUS = 10_000
 
 
 def tau_grid(start: float = 0.0, stop: float = 1.0, step: float = 0.01) -> np.ndarray:
@@ -30,13 +33,18 @@ def tau_grid(start: float = 0.0, stop: float = 1.0, step: float = 0.01) -> np.nd
         float64 [T].
 
     Raises:
-        ValueError: ``step <= 0`` or ``stop <= start``.
+        ValueError: ``step <= 0``, ``stop <= start``, a non-finite value, or more than
+            :data:`MAX_TAUS` values.
     """
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ValueError(f"taus must be finite numbers, got {start}:{stop}:{step}")
     if not step > 0:
         raise ValueError(f"tau step must be > 0, got {step}")
     if not stop > start:
         raise ValueError(f"tau stop must be > start, got {start}:{stop}")
     n = math.ceil((stop - start) / step - 1e-9)
+    if n > MAX_TAUS:
+        raise ValueError(f"{n} thresholds, more than {MAX_TAUS}; use a larger step")
     return start + np.arange(n, dtype=np.float64) * step
 
 
@@ -73,6 +81,10 @@ def parse_taus(spec: str) -> np.ndarray:
         ) from None
     if taus.size == 0:
         raise ValueError(f"--taus {spec!r}: no thresholds")
+    if taus.size > MAX_TAUS:
+        raise ValueError(f"--taus {spec[:40]!r}: more than {MAX_TAUS} thresholds")
+    if not np.isfinite(taus).all():
+        raise ValueError(f"--taus {spec!r}: thresholds must be finite numbers (no nan, inf)")
     if np.any(taus < 0) or np.any(taus >= 1) or np.any(np.diff(taus) <= 0):
         raise ValueError(f"--taus {spec!r}: thresholds must be ascending, unique, in [0, 1)")
     return taus

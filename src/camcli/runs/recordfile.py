@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
-from camcli.atomic import write_atomic
+from camcli.atomic import (
+    TMP_NAME_MAX,
+    BusyError,
+    RunLock,
+    cut_bytes,
+    open_nofollow,
+    remove_stray,
+    write_atomic,
+)
 from camcli.data.records import dumps, iter_jsonl
-from camcli.errors import write_error
-from camcli.runs.shards import partial_path
+from camcli.errors import CamcliError, Exit, write_error
+from camcli.evaluate.predictions import record_problem
+from camcli.runs.shards import count_path, partial_path
 
 
 class RecordFile:
@@ -16,7 +27,9 @@ class RecordFile:
     except for a shard's part, which is written only when the shard is complete).
     ``resume=True`` keeps the error-free records of FILE, of a partial file left by a killed
     run, and of ``also`` (read only: a merged FILE for a part), keyed by ``image``; ``done``
-    holds them. A failed write raises a one-line error (exit 5) and keeps the partial file."""
+    holds them (a record whose ``image`` is not a string is done again; a link or other
+    non-regular file is not read). A failed write raises a one-line error (exit 5) and keeps the
+    partial file. ``.FILE.lock`` keeps a second run off FILE until :meth:`finish` (exit 2)."""
 
     def __init__(
         self, target: Path, *, resume: bool, part: bool = False, also: tuple[Path, ...] = ()
@@ -26,17 +39,28 @@ class RecordFile:
         self.part = part
         self.done: dict[str, dict] = {}
         self.failed = False
+        self._lock = None
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.target.with_name(f".{self.target.name}.lock"))
+            # FILE's temporary file, left by a run killed as it wrote FILE
+            remove_stray(self.target.parent, only={cut_bytes(self.target.name, TMP_NAME_MAX)})
             if resume:
                 for src in (*also, self.target, self.partial):
-                    if src.is_file():
+                    if _regular(src):
                         self._load(src)
-            self._fh = open(self.partial, "w", encoding="utf-8")
+            self._fh = open_nofollow(self.partial, "w", fresh=True)
             for rec in self.done.values():
                 self._fh.write(dumps(rec) + "\n")
             self._fh.flush()
+        except BusyError as exc:
+            raise CamcliError(
+                f"--output {self.target}: {exc.strerror}; wait for it to finish or choose "
+                "another --output",
+                Exit.USAGE,
+            ) from None
         except OSError as exc:
+            self.release()
             raise write_error(exc, self.target) from None
         self.new: dict[str, dict] = {}
 
@@ -44,8 +68,19 @@ class RecordFile:
         # Resumed: a bad line (cut by a kill) is skipped, so its image is done again.
         for line in iter_jsonl(src):
             rec = line.value
-            if rec is not None and "image" in rec and "error" not in rec:
+            if (
+                rec is not None
+                and isinstance(rec.get("image"), str)
+                and "error" not in rec
+                and record_problem(rec) is None  # predictions/boxes of the wrong types: redo
+            ):
                 self.done[rec["image"]] = rec
+
+    def release(self) -> None:
+        """Release FILE's lock (:meth:`finish` does)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     def write(self, rec: dict) -> None:
         try:
@@ -62,6 +97,12 @@ class RecordFile:
         An incomplete part, or a run whose writes failed, keeps only the partial file (its
         complete lines are what --resume reads)."""
         try:
+            return self._finish(order, complete)
+        finally:
+            self.release()
+
+    def _finish(self, order: list[str], complete: bool) -> list[dict]:
+        try:
             self._fh.close()
         except OSError:
             self.failed = True
@@ -71,8 +112,18 @@ class RecordFile:
             return recs
         try:
             write_atomic(self.target, "".join(dumps(r) + "\n" for r in recs).encode("utf-8"))
+            if self.part:  # merge checks each part against its input count
+                write_atomic(count_path(self.target), dumps({"inputs": len(order)}).encode())
         except OSError as exc:
             self.failed = True
             raise write_error(exc, self.target) from None
         self.partial.unlink(missing_ok=True)
         return recs
+
+
+def _regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a link, FIFO or folder)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

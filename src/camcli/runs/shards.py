@@ -24,6 +24,8 @@ from camcli.errors import CamcliError
 
 PART_RE = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<suffix>(\.[^.]*)?)$")
 MANIFEST = "manifest.jsonl"
+#: The most shards a run may be split into (``--shard I/N``, ``camcli merge``).
+MAX_SHARDS = 100_000
 RUN_JSON = "run.json"
 DRAW_MARK = "bbox --draw"  # the command of a bbox --draw shard's run json (a marker only)
 
@@ -61,7 +63,20 @@ def parse_shard(text: str) -> Shard:
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= i < n:
         raise CamcliError(f"--shard {text}: need 0 <= I < N (shards are numbered 0 to N-1)")
+    if n > MAX_SHARDS:
+        raise CamcliError(f"--shard {text}: at most {MAX_SHARDS} shards")
     return Shard(i, n)
+
+
+def count_path(part: Path) -> Path:
+    """``PART.inputs`` beside a finished ``--output`` part: ``{"inputs": k}``, the number of
+    inputs of that shard, so that ``camcli merge`` knows each part is whole."""
+    return part.with_name(part.name + ".inputs")
+
+
+def shard_inputs(index: int, count: int, total: int) -> int:
+    """How many of ``total`` inputs shard ``index`` of ``count`` holds (items I, I + N, ...)."""
+    return len(range(index, total, count))
 
 
 def partial_path(target: Path) -> Path:

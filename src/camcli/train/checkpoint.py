@@ -17,7 +17,8 @@ from torch import nn
 
 from camcli import __version__
 from camcli.atomic import AtomicFile
-from camcli.errors import TrainingError
+from camcli.errors import TrainingError, WeightsError
+from camcli.models.ckcheck import check_archive, check_checkpoint, check_finite_state
 from camcli.models.gap import GapModel
 from camcli.models.load import build_model, entry_for
 from camcli.models.registry import Preprocess
@@ -113,21 +114,33 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A camcli checkpoint, loaded without executing code (``weights_only``), on the CPU.
+def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict:
+    """A camcli checkpoint, loaded without executing code (``weights_only``), on the CPU, its
+    fields and tensors validated (:mod:`camcli.models.ckcheck`).
+
+    Args:
+        path: the file.
+        resume: also validate what ``train --resume`` needs (epoch, options, training state).
 
     Raises:
         TrainingError: no such file, not loadable, or not a camcli checkpoint.
+        WeightsError: a field of the wrong type or out of bounds, non-finite weights, or a
+            zip that would expand too far (exit 4).
     """
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"{path}: no such checkpoint")
+    check_archive(path)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
         raise TrainingError(f"{path}: not a loadable checkpoint ({exc})") from exc
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path}: not a camcli checkpoint")
+    check_checkpoint(ck, path, resume=resume)
+    if not all(isinstance(v, torch.Tensor) for v in ck["state_dict"].values()):
+        raise WeightsError(f"{path}: checkpoint field 'state_dict' holds non-tensor values")
+    check_finite_state(ck["state_dict"], path)
     return ck
 
 

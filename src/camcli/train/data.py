@@ -283,6 +283,16 @@ def make_loader(
     )
 
 
+def images_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """How many of ``n`` training images one epoch trains on: each of the ``world`` shards
+    (``ceil(n / world)`` images, :class:`EpochSampler`) in whole batches of ``batch_size``
+    when it holds more than one batch, as :func:`make_loader` drops the last partial batch
+    (the linear probe's batches too). At most ``n``."""
+    per_rank = -(-n // max(1, world))
+    used = per_rank - per_rank % batch_size if per_rank > batch_size else per_rank
+    return min(n, used * max(1, world))
+
+
 def set_loader_epoch(loader: Any, epoch: int) -> None:
     """Tell a loader (or its sampler) which epoch comes next, where it listens."""
     for obj in (

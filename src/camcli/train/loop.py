@@ -10,6 +10,7 @@ optimizer, scheduler and RNG state. Progress goes to a
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +59,12 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     dist: DistContext | None = None,
+    on_errors: Callable[[list], None] | None = None,
 ) -> dict | None:
     """Loss, top-1 and top-5 (top-min(5, C)) over a loader, summed across ranks.
+
+    ``on_errors`` receives each batch's ``[(path, reason)]`` of undecodable images (so that a
+    corrupt validation image is reported like a training one, not dropped silently).
 
     Returns:
         ``{"loss", "top1", "top5", "images"}``, or None when the loader holds no image.
@@ -69,7 +74,9 @@ def evaluate(
     net.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     for batch in loader:
-        x, y, _ = unpack_batch(batch)
+        x, y, errors = unpack_batch(batch)
+        if errors and on_errors is not None:
+            on_errors(errors)
         if x is None:
             continue
         x, y = prepare_inputs(x, preprocess, device), y.to(device)
@@ -110,6 +117,7 @@ def fit(
     dist: DistContext | None = None,
     step_callback: Callable[[int, int], None] | None = None,
     eval_preprocess: Preprocess | None = None,
+    seen: SeenErrors | None = None,
 ) -> FitResult:
     """Train ``net`` on ``train_loader`` for ``options.epochs`` epochs (resolved options).
 
@@ -129,6 +137,8 @@ def fit(
         step_callback: ``(epoch, step)`` after every optimisation step (tests use it to
             interrupt a run).
         eval_preprocess: normalisation of validation batches [default: ``model.preprocess``].
+        seen: collects undecodable inputs (training and validation) [default: a new one
+            warning through ``reporter``].
 
     Returns:
         The final model (eval mode), history, best epoch and the inputs skipped.
@@ -147,7 +157,7 @@ def fit(
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _rewrite_metrics(out / "metrics.jsonl", history)
-    seen = SeenErrors(reporter)
+    seen = seen if seen is not None else SeenErrors(reporter)
     epoch_trainer = _EpochTrainer(
         net=net,
         preprocess=model.preprocess,
@@ -166,8 +176,13 @@ def fit(
         net.train()
         reporter.epoch_start(epoch + 1, options.epochs, steps_per_epoch)
         train_sums, seconds = epoch_trainer.run(train_loader, epoch)
-        val = _validate(net, val_loader, eval_preprocess or model.preprocess, device, options, dist)
+        val = _validate(
+            net, val_loader, eval_preprocess or model.preprocess, device, options, dist, seen
+        )
         record = _epoch_record(epoch, options, steps_per_epoch, train_sums, seconds, val)
+        bad = _nonfinite_in(record, model)
+        if bad is not None:  # never saved: a NaN/inf state is no checkpoint
+            raise NonFiniteError(_nonfinite_epoch_message(bad, epoch, options, out))
         best, record["best"] = _update_best(best, record, epoch, validated=val is not None)
         history.append(record)
         if out is not None and dist.is_main:
@@ -291,6 +306,7 @@ def _validate(
     device: torch.device,
     options: TrainOptions,
     dist: DistContext,
+    seen: SeenErrors | None = None,
 ) -> dict | None:
     """:func:`evaluate` on the validation loader (the unwrapped net under DDP), if any."""
     if val_loader is None:
@@ -302,6 +318,7 @@ def _validate(
         device=device,
         precision=options.precision,
         dist=dist,
+        on_errors=seen,
     )
 
 
@@ -361,8 +378,43 @@ def _save_epoch(
     save_checkpoint(
         make_checkpoint(model, best=best, training_state=state, **common), out / "last.pt"
     )
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    from camcli.atomic import open_nofollow
+
+    with open_nofollow(out / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def _nonfinite_in(record: dict, model: nn.Module) -> str | None:
+    """What is non-finite after an epoch: a loss of ``record`` or a parameter or buffer of
+    ``model`` (e.g. BatchNorm's running_var); None when all are finite."""
+    for key in ("train_loss", "val_loss"):
+        v = record.get(key)
+        if v is not None and not math.isfinite(v):
+            return f"{key.replace('_', ' ')} ({v})"
+    with torch.no_grad():
+        for name, t in unwrap(model).state_dict().items():
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                return f"{name}"
+    return None
+
+
+def _nonfinite_epoch_message(bad: str, epoch: int, o: TrainOptions, out: Path | None) -> str:
+    msg = (
+        f"non-finite {bad} after epoch {epoch + 1}: training stopped, this epoch not saved; "
+        f"lower --lr (now {o.lr:g})"
+    )
+    if o.precision != "fp32":
+        msg += " or use --precision fp32"
+    return msg + _last_good(epoch, out)
+
+
+def _last_good(epoch: int, out: Path | None) -> str:
+    """Where the last good state is: ``epoch`` epochs were completed and saved before."""
+    if out is None:
+        return ""
+    if epoch:
+        return f"; {out / 'last.pt'} keeps epoch {epoch}, the last good one"
+    return "; no good checkpoint exists (none was written): rerun with a lower --lr"
 
 
 def _nonfinite_message(
@@ -374,16 +426,12 @@ def _nonfinite_message(
     )
     if o.precision != "fp32":
         msg += " or use --precision fp32"
-    if out is not None:
-        msg += (
-            f"; {out / 'last.pt'} keeps epoch {epoch}, the last good one"
-            if epoch
-            else "; no checkpoint was written"
-        )
-    return msg
+    return msg + _last_good(epoch, out)
 
 
 def _rewrite_metrics(path: Path, history: list[dict]) -> None:
     from camcli.atomic import write_atomic
 
-    write_atomic(path, "".join(json.dumps(h) + "\n" for h in history).encode("utf-8"))
+    write_atomic(
+        path, "".join(json.dumps(h, allow_nan=False) + "\n" for h in history).encode("utf-8")
+    )

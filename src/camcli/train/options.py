@@ -148,6 +148,16 @@ def resolve_options(opts: TrainOptions, entry: ModelEntry) -> TrainOptions:
     return out
 
 
+def check_options(o: TrainOptions) -> None:
+    """Validate resolved options (bounds and choices).
+
+    Raises:
+        TrainingError: the first option out of bounds.
+        TypeError: an option of the wrong type (a hand-edited checkpoint).
+    """
+    _validate(o)
+
+
 def _validate(o: TrainOptions) -> None:
     checks = [
         (o.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
@@ -156,11 +166,12 @@ def _validate(o: TrainOptions) -> None:
         (o.pool in ("avg", "max"), "--pool must be gap or gmp"),
         (o.epochs >= 1, "--epochs must be >= 1"),
         (o.batch_size >= 2, "--batch-size must be >= 2 (BatchNorm needs two images)"),
+        (o.batch_size <= 65536, "--batch-size must be <= 65536"),
         (o.lr > 0 and math.isfinite(o.lr), "--lr must be a positive number"),
         (o.head_lr_mult > 0, "--head-lr-mult must be > 0"),
         (o.weight_decay >= 0, "--weight-decay must be >= 0"),
         (0 <= o.val_split < 1, "--val-split must be in [0, 1)"),
-        (o.image_size >= 16, "--image-size must be >= 16"),
+        (16 <= o.image_size <= 1024, "--image-size must be 16..1024"),
         (0 <= o.label_smoothing < 1, "label smoothing must be in [0, 1)"),
     ]
     for ok, msg in checks:

@@ -21,7 +21,7 @@ from camcli.train.data import FolderImages, make_loader
 from camcli.train.distributed import DistContext
 from camcli.train.loop import FitResult, fit
 from camcli.train.options import TrainOptions
-from camcli.train.report import Reporter
+from camcli.train.report import Reporter, SeenErrors
 
 
 @torch.no_grad()
@@ -33,9 +33,12 @@ def pooled_features(
     precision: str,
     mirror: bool,
     dist: DistContext,
+    on_errors: Callable[[list], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled trunk features of every image of ``loader`` (and of its mirror image with
     ``mirror``), gathered from all ranks.
+
+    ``on_errors`` receives each batch's ``[(path, reason)]`` of undecodable images.
 
     Returns:
         (float32 [N, K] on the CPU, int64 [N] labels on the CPU).
@@ -43,7 +46,9 @@ def pooled_features(
     model.eval()
     feats, labels = [], []
     for batch in loader:
-        x, y, _ = unpack_batch(batch)
+        x, y, errors = unpack_batch(batch)
+        if errors and on_errors is not None:
+            on_errors(errors)
         if x is None:
             continue
         xs = [x, x.flip(-1)] if mirror else [x]
@@ -131,12 +136,19 @@ def linear_probe(
         :func:`fit`'s result; the saved checkpoints hold the whole model.
     """
     reporter.info("linear probe: computing the pooled features once")
+    seen = SeenErrors(reporter)  # undecodable images of both splits, reported once each
 
     def features(ds: FolderImages) -> tuple[torch.Tensor, torch.Tensor]:
         batch = max(2, min(o.batch_size, 64))
         loader = make_loader(ds, batch_size=batch, shuffle=False, seed=o.seed, **loader_kw)
         return pooled_features(
-            model, loader, device=device, precision=o.precision, mirror=False, dist=dist
+            model,
+            loader,
+            device=device,
+            precision=o.precision,
+            mirror=False,
+            dist=dist,
+            on_errors=seen,
         )
 
     ftr, ytr = features(train_ds)
@@ -159,4 +171,5 @@ def linear_probe(
         dist=DistContext(),
         step_callback=step_callback,
         eval_preprocess=model.preprocess,
+        seen=seen,
     )

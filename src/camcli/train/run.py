@@ -8,7 +8,9 @@ Recipe defaults (:mod:`~camcli.train.options`), the starting network with its ba
 
 from __future__ import annotations
 
+import contextlib
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +18,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camcli.atomic import BusyError, RunLock, remove_stray
 from camcli.data import inputs
-from camcli.errors import TrainingError
+from camcli.errors import TrainingError, WeightsError
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for
 from camcli.models.registry import ModelEntry
 from camcli.train.checkpoint import load_checkpoint, model_from_checkpoint
-from camcli.train.data import FolderData, FolderImages, default_workers, make_loader, scan_folders
+from camcli.train.data import (
+    FolderData,
+    FolderImages,
+    default_workers,
+    images_per_epoch,
+    make_loader,
+    scan_folders,
+)
 from camcli.train.distributed import (
     DistContext,
     init_distributed,
@@ -31,7 +41,7 @@ from camcli.train.distributed import (
 )
 from camcli.train.initial import initial_model, new_layer_prefixes
 from camcli.train.loop import FitResult, fit
-from camcli.train.options import TrainOptions, resolve_options
+from camcli.train.options import TrainOptions, check_options, resolve_options
 from camcli.train.probe import linear_probe
 from camcli.train.report import Reporter, SilentReporter
 
@@ -83,11 +93,41 @@ def train_folder(
     out = Path(out)
     reporter = reporter or SilentReporter()
     dist, dev = init_distributed(device)
+    lock = made = None
     try:
+        if dist.is_main:
+            lock, made = _lock_run_folder(out)
         job = _Job(data, out, val, resume, offline, reporter, step_callback, max_pixels, dist, dev)
         return _train_folder(job, options)
     finally:
+        if lock is not None:
+            lock.release()
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # a run that wrote nothing leaves no folder behind
         shutdown_distributed(dist)
+
+
+def _lock_run_folder(out: Path):
+    """Lock ``out`` (``out/.camcli.lock``) for this run -> (the lock, whether ``out`` was made
+    here).
+
+    Raises:
+        TrainingError: another run trains into ``out`` (exit 2), or it cannot be created.
+    """
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return RunLock(out / ".camcli.lock"), made
+    except BusyError:
+        raise TrainingError(
+            f"--out {out}: another camcli run is writing it; wait for it to finish or choose "
+            "another --out"
+        ) from None
+    except OSError as exc:
+        from camcli.errors import write_error
+
+        raise write_error(exc, out) from None
 
 
 @dataclass
@@ -106,9 +146,15 @@ class _Job:
     dev: torch.device
 
 
+# temporary checkpoint names of camcli versions before camcli.atomic
+_LEGACY_TMP = re.compile(r"^\.(last|best)\.pt\.tmp\d*$")
+
+
 def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
     """:func:`train_folder` once this process has its place in the job."""
     resume_ck = None
+    if job.dist.is_main:  # a run killed while saving left its temporary checkpoint
+        remove_stray(job.out, legacy=_LEGACY_TMP)
     if job.resume:
         resume_ck, o = _resumed_options(job.out, options)
         entry = entry_for(o.model)
@@ -159,9 +205,20 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
     """``out/last.pt`` and its saved options, with ``epochs`` and ``workers`` as given."""
     last = run_dir_state(out)
     if last is None:
-        raise TrainingError(f"--resume: {out / 'last.pt'} not found; nothing to resume")
-    ck = load_checkpoint(last)
-    saved = TrainOptions.from_dict(ck["train_options"])
+        raise TrainingError(
+            f"--resume: {out / 'last.pt'} not found; nothing to resume (no epoch of a run in "
+            f"{out} was saved): rerun without --resume to start it"
+        )
+    ck = load_checkpoint(last, resume=True)
+    try:
+        saved = TrainOptions.from_dict(ck["train_options"])
+        check_options(saved)
+        if not isinstance(saved.model, str):
+            raise TypeError(f"model is {saved.model!r}")
+    except (TypeError, ValueError, KeyError, AttributeError, TrainingError) as exc:
+        raise WeightsError(
+            f"{last}: checkpoint field 'train_options' cannot be used ({exc})"
+        ) from None
     saved.epochs = options.epochs or saved.epochs
     saved.workers = options.workers if options.workers is not None else saved.workers
     return ck, saved
@@ -250,9 +307,18 @@ def _summary(
 ) -> str:
     """The one line that says what is about to be trained, on what, how and where."""
     dist = job.dist
+    # the linear probe trains one layer on every rank's gathered features: no sharding
+    world = dist.world if dist.enabled and not o.freeze_backbone else 1
+    used = images_per_epoch(n_train, o.batch_size, world)
+    images = f"{n_train} images of {len(folders.classes)} classes"
+    if used != n_train:
+        images = (
+            f"{used} of {n_train} images of {len(folders.classes)} classes per epoch (the last "
+            "partial batch of each epoch's shuffle is dropped)"
+        )
     return (
         f"train {entry.name} ({o.recipe}, pool {'GAP' if o.pool == 'avg' else 'GMP'}) on "
-        f"{n_train} images of {len(folders.classes)} classes, validation: "
+        f"{images}, validation: "
         f"{n_val} images ({folders.val_source}); {o.epochs} epochs, batch "
         f"{o.batch_size}{f' x {dist.world} processes' if dist.enabled else ''}, "
         f"{o.optimizer} lr {o.lr:g} ({o.schedule}), {o.image_size} px, {o.precision}, "
