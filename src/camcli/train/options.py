@@ -100,8 +100,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def has_backbone_weights(entry: ModelEntry) -> bool:
-    """Whether the registry entry names weights to start from (its ``url``)."""
-    return bool(entry.url)
+    """Whether the registry entry names weights to start from (its ``url``, or for
+    ``timm:<name>`` a Hugging Face Hub id)."""
+    return bool(entry.url or entry.extra.get("hf_hub_id"))
 
 
 def resolve_options(opts: TrainOptions, entry: ModelEntry) -> TrainOptions:
