@@ -65,8 +65,10 @@ def test_train_from_imagenet_round_trips_through_cam(shapes, tmp_path, camcli_ru
             assert m.trunk(torch.zeros(1, 3, 224, 224)).shape[-2:] == (14, 14)
     out = tmp_path / "cams"
     val = shapes / "val"
-    code, _, err = camcli_run("cam", val, "--out", out, "--weights", run / "best.pt", "-k", "2",
-                              "--save-maps", "--no-overlay", "--workers", "0", "--quiet")  # fmt: skip
+    code, _, err = camcli_run(
+        "cam", val, "--out", out, "--weights", run / "best.pt", "-k", "2", "--save-maps",
+        "--no-overlay", "--workers", "0", "--quiet",
+    )  # fmt: skip
     assert code == 0, err
     recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(recs) == 6

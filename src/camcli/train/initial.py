@@ -65,9 +65,7 @@ def initial_model(
             "torchvision": _torchvision_model,
             "timm": _torchvision_model,
             "paper": _paper_model,
-        }.get(
-            entry.builder, _trunk_from_checkpoint
-        )
+        }.get(entry.builder, _trunk_from_checkpoint)
         model = build(entry, o, state, ck, kw)
     return model, new_layer_prefixes(entry, o, model)
 
