@@ -19,7 +19,7 @@ untrained ImageNet network, CAM of the GT class (its WNID), top-1 over 1000 clas
 the whole image and the best centred square (side chosen on the training images).
 
 Usage: python benchmarks/wsol_tin.py [--data DIR] [--out bench-out/wsol_tin]
-       [--configs imagenet,probe-gap,...] [--train-per-class 60] [--epochs 4] [--image-size 128]
+       [--configs imagenet,probe-gap,...] [--train-per-class 50] [--epochs 3] [--image-size 160]
        [--quick]
 """
 
@@ -138,10 +138,12 @@ def run_config(name: str, a, work: Path, data: Path, gts: dict, sets: dict) -> d
         w = ["--model", model]
     else:
         run = d / "run"
+        probe = "--freeze-backbone" in flags
         if not (run / "best.pt").exists():
             camcli("train", sets["train"], "--model", model, "--out", run, *flags,
-                   "--epochs", a.epochs, "--image-size", a.image_size, "--batch-size", 32,
-                   "--precision", a.precision, "--workers", 0, "--quiet", log=log)  # fmt: skip
+                   "--epochs", a.probe_epochs if probe else a.epochs, "--image-size",
+                   a.image_size, "--batch-size", 32, "--precision", a.precision,
+                   "--workers", 0, "--quiet", log=log)  # fmt: skip
         w = ["--weights", run / "best.pt"]
     t_train = time.time() - t0
     # tau on training images the network did not train on
@@ -176,18 +178,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "wsol_tin")
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--train-per-class", type=int, default=60)
+    ap.add_argument("--train-per-class", type=int, default=50)
     ap.add_argument("--held-out-per-class", type=int, default=10, help="picks best.pt")
     ap.add_argument("--tau-per-class", type=int, default=20, help="train images choosing tau")
     ap.add_argument("--val", type=int, default=500)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=3, help="fine-tune and surgery epochs")
+    ap.add_argument("--probe-epochs", type=int, default=30, help="on cached features: cheap")
+    ap.add_argument("--image-size", type=int, default=160)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny subsets, 1 epoch")
     a = ap.parse_args()
     if a.quick:
         a.train_per_class, a.held_out_per_class, a.tau_per_class = 8, 2, 3
-        a.val, a.epochs, a.image_size = 50, 1, 64
+        a.val, a.epochs, a.probe_epochs, a.image_size = 50, 1, 3, 64
     rows = read_rows(a.data)
     by_cls: dict[str, list[dict]] = {}
     for r in rows:
