@@ -130,6 +130,8 @@ def run_config(name: str, a, work: Path, data: Path, gts: dict, sets: dict) -> d
     model, flags = CONFIGS[name]
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
+    if (d / "result.json").is_file():  # done by an earlier run into the same --out
+        return json.loads((d / "result.json").read_text())
     log = d / "log.txt"
     t0 = time.time()
     label = "wnid" if flags is None else "class"
@@ -158,7 +160,7 @@ def run_config(name: str, a, work: Path, data: Path, gts: dict, sets: dict) -> d
            gts[("val", label)], "--output", d / "val.jsonl", "--quiet", log=log)  # fmt: skip
     box = eval_json(gts[("val", label)], log, boxes=d / "val.jsonl")
     maps = eval_json(gts[("val", label)], log, maps=d / "maps_val", workers=0, threshold=tau)
-    return {
+    res = {
         "config": name,
         "tau": tau,
         "gt_known_tau_train": tau_res["max_gt_known_loc"],
@@ -171,6 +173,8 @@ def run_config(name: str, a, work: Path, data: Path, gts: dict, sets: dict) -> d
         "minutes": (time.time() - t0) / 60,
         "train_minutes": t_train / 60,
     }
+    (d / "result.json").write_text(json.dumps(res))
+    return res
 
 
 def main() -> None:
@@ -185,7 +189,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="fine-tune and surgery epochs")
     ap.add_argument("--probe-epochs", type=int, default=30, help="on cached features: cheap")
     ap.add_argument("--image-size", type=int, default=160)
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto", help="auto: bf16 where the CPU has it")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny subsets, 1 epoch")
     a = ap.parse_args()
     if a.quick:

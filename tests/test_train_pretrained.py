@@ -35,10 +35,10 @@ def _pretrained_lite0() -> dict:
     ("model", "extra"),
     [
         ("efficientnet_lite0", ["--freeze-backbone"]),
-        ("efficientnet_lite0", ["--pool", "gmp", "--precision", "bf16"]),
+        ("efficientnet_lite0", ["--pool", "gmp", "--precision", "auto"]),
         ("efficientnet_lite0-gap", []),
     ],
-    ids=["probe", "finetune-gmp-bf16", "surgery"],
+    ids=["probe", "finetune-gmp", "surgery"],
 )
 def test_train_from_imagenet_round_trips_through_cam(shapes, tmp_path, camcli_run, model, extra):
     from camcli.models.load import load_model
@@ -75,3 +75,16 @@ def test_train_from_imagenet_round_trips_through_cam(shapes, tmp_path, camcli_ru
     for r in recs:
         assert {p["label"] for p in r["predictions"]} <= set(SHAPES3)
         assert (out / r["outputs"]["maps"]).is_file()
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(tmp_path):
+    from camcli.sysinfo import cpu_has_fast_bf16
+
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert cpu_has_fast_bf16(str(f)) is False
+    f.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_fast_bf16(str(f)) is True
+    f.write_text("processor\t: 0\nflags\t\t: fpu amx_bf16\n")
+    assert cpu_has_fast_bf16(str(f)) is True
+    assert cpu_has_fast_bf16(str(tmp_path / "missing")) is False

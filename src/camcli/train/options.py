@@ -17,7 +17,7 @@ from camcli.models.registry import ModelEntry
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 #: command-line and registry pool names -> the model's ("avg" | "max")
 POOL_NAMES = {"gap": "avg", "gmp": "max", "avg": "avg", "max": "max"}
 
