@@ -144,7 +144,8 @@ def run_config(name: str, a, work: Path, data: Path, gts: dict, sets: dict) -> d
         if not (run / "best.pt").exists():
             camcli("train", sets["train"], "--model", model, "--out", run, *flags,
                    "--epochs", a.probe_epochs if probe else a.epochs, "--image-size",
-                   a.image_size, "--batch-size", 32, "--precision", a.precision,
+                   a.probe_image_size if probe else a.image_size, "--batch-size", 32,
+                   "--precision", a.precision,
                    "--workers", 0, "--quiet", log=log)  # fmt: skip
         w = ["--weights", run / "best.pt"]
     t_train = time.time() - t0
@@ -188,13 +189,14 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=3, help="fine-tune and surgery epochs")
     ap.add_argument("--probe-epochs", type=int, default=30, help="on cached features: cheap")
-    ap.add_argument("--image-size", type=int, default=160)
+    ap.add_argument("--image-size", type=int, default=160, help="fine-tune and surgery")
+    ap.add_argument("--probe-image-size", type=int, default=224, help="features cached: cheap")
     ap.add_argument("--precision", default="auto", help="auto: bf16 where the CPU has it")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny subsets, 1 epoch")
     a = ap.parse_args()
     if a.quick:
         a.train_per_class, a.held_out_per_class, a.tau_per_class = 8, 2, 3
-        a.val, a.epochs, a.probe_epochs, a.image_size = 50, 1, 3, 64
+        a.val, a.epochs, a.probe_epochs, a.image_size, a.probe_image_size = 50, 1, 3, 64, 64
     rows = read_rows(a.data)
     by_cls: dict[str, list[dict]] = {}
     for r in rows:
@@ -226,9 +228,10 @@ def main() -> None:
         results.append(r)
         print(json.dumps(r), flush=True)
     print()
-    print(f"tin-dev10 val ({len(val)} images), trained on {len(tr)} train images "
-          f"({a.epochs} epochs, {a.image_size} px, {a.precision}), tau chosen on {len(tau_rows)} "
-          "other train images; IoU 0.5")  # fmt: skip
+    print(f"tin-dev10 val ({len(val)} images), trained on {len(tr)} train images (fine-tune, "
+          f"surgery: {a.epochs} epochs at {a.image_size} px; probe: {a.probe_epochs} epochs at "
+          f"{a.probe_image_size} px; {a.precision}), tau chosen on {len(tau_rows)} other train "
+          "images; IoU 0.5")  # fmt: skip
     hdr = ("config", "tau", "top-1 cls", "top-1 loc", "top-5 loc", "GT-known", "MaxBoxAccV2",
            "minutes")  # fmt: skip
     print("| " + " | ".join(hdr) + " |")
