@@ -145,7 +145,7 @@ def run_config(name: str, a, work: Path, data: Path, gts: dict, sets: dict) -> d
             camcli("train", sets["train"], "--model", model, "--out", run, *flags,
                    "--epochs", a.probe_epochs if probe else a.epochs, "--image-size",
                    a.probe_image_size if probe else a.image_size, "--batch-size", 32,
-                   "--precision", a.precision,
+                   "--precision", a.precision, *([] if probe else a.train_args.split()),
                    "--workers", 0, "--quiet", log=log)  # fmt: skip
         w = ["--weights", run / "best.pt"]
     t_train = time.time() - t0
@@ -188,6 +188,8 @@ def main() -> None:
     ap.add_argument("--tau-per-class", type=int, default=20, help="train images choosing tau")
     ap.add_argument("--val", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=3, help="fine-tune and surgery epochs")
+    ap.add_argument("--train-args", default="--optimizer adamw --lr 3e-4 --schedule cosine",
+                    help="extra `camcli train` flags of fine-tune and surgery")  # fmt: skip
     ap.add_argument("--probe-epochs", type=int, default=30, help="on cached features: cheap")
     ap.add_argument("--image-size", type=int, default=160, help="fine-tune and surgery")
     ap.add_argument("--probe-image-size", type=int, default=224, help="features cached: cheap")
