@@ -7,6 +7,7 @@ ILSVRC convention: ``0 <= x0 <= x1 <= W - 1``), as :mod:`camcli.cam.boxes` gives
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,10 @@ class BboxOptions:
         from_maps: boxes from the ``.npz`` maps of ``cam --save-maps`` in this folder instead
             of running a model; None: run the session's model on the inputs.
         resume: keep the records already in ``output`` (and drawings in ``draw``).
+        gt_class: ``item -> ground-truth class index or None`` (``--gt``): each record also
+            gets ``gt_known``, the box of the GT class's map (same rule and threshold);
+            None: no GT-known boxes. With ``from_maps``, from the files that hold the GT
+            class's map (``cam --gt --save-maps``).
     """
 
     top_k: int = 5
@@ -67,6 +72,7 @@ class BboxOptions:
     synsets: Path | None = None
     from_maps: Path | None = None
     resume: bool = False
+    gt_class: Callable[[inputs.InputItem], int | None] | None = None
 
     @property
     def box_options(self) -> BoxOptions:
@@ -81,6 +87,7 @@ class BboxOptions:
             norm=self.norm,
             interpolation=self.interpolation,
             ten_crop=self.ten_crop,
+            gt_class=self.gt_class,
         )
 
 
@@ -158,6 +165,30 @@ def box_entries(res: cams.CamResult, bopts: BoxOptions) -> list[dict]:
         for box, kind in lst:
             entries.append(entry(r, box, kind))
     return entries
+
+
+def gt_known_entry(res: cams.CamResult, bopts: BoxOptions) -> dict | None:
+    """The ``gt_known`` field of a bbox record: the ground-truth class's box.
+
+    Args:
+        res: one image's maps with ``gt`` / ``gt_map`` (:attr:`CamOptions.gt_class`).
+        bopts: the box rule; ``all`` and ``dt-box`` keep their first (largest / loose) box.
+
+    Returns:
+        ``{"class_index", "label", "score", "box": [x0, y0, x1, y1] inclusive original-image
+        pixels or None}`` (and ``"reason"`` without a box), or None when the image has no
+        known GT class.
+    """
+    from camcli.cam import boxes as B
+
+    if res.gt is None or res.gt_map is None:
+        return None
+    rule = "dt-box" if bopts.tight_loose else bopts.rule
+    lst = B.boxes_for_maps(res.gt_map.unsqueeze(0), rule, bopts.threshold)[0]
+    entry = {**res.gt, "box": list(lst[0][0]) if lst else None}
+    if not lst:
+        entry["reason"] = f"no pixel above {bopts.threshold:g} x max"
+    return entry
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +303,11 @@ def _bbox_results(
     From a model: the inputs not done yet, i.e. without a record in the output FILE or,
     with ``--draw``, without their drawing in the folder's manifest."""
     if opts.from_maps is not None:
-        return cams.iter_maps(str(opts.from_maps), top_k=opts.top_k), None, 0
+        return (
+            cams.iter_maps(str(opts.from_maps), top_k=opts.top_k, gt_class=opts.gt_class),
+            None,
+            0,
+        )
     todo = [
         it
         for it in mine
@@ -359,6 +394,9 @@ def _box_record(
         stats["ok"] += 1
     with session.profiler.stage("boxes") if session else contextlib.nullcontext():
         rec = {**res.record, "boxes": box_entries(res, opts.box_options)}
+        gk = gt_known_entry(res, opts.box_options)
+        if gk is not None:
+            rec["gt_known"] = gk
     if drawdir is not None:
         why = drawing.draw_record(drawdir, res, rec)
         if why is not None:

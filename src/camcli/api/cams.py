@@ -3,7 +3,7 @@ original images (:func:`iter_cams`), or read back from saved map files (:func:`i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,8 @@ class CamOptions:
         norm: ``"minmax"`` (to [0, 1]), ``"max"`` (divide by the maximum) or ``"none"``.
         interpolation: ``"bilinear"`` or ``"bicubic"`` upsampling to the original image.
         ten_crop: the official ILSVRC ten-crop merge (scores averaged over the crops).
+        gt_class: ``item -> class index or None``: also map each image's ground-truth class
+            (``CamResult.gt_map``), whether or not it is among the mapped ones; None: no.
     """
 
     top_k: int = 5
@@ -32,6 +34,7 @@ class CamOptions:
     norm: str = "minmax"
     interpolation: str = "bilinear"
     ten_crop: bool = False
+    gt_class: Callable[[inputs.InputItem], int | None] | None = None
 
 
 @dataclass
@@ -47,6 +50,9 @@ class CamResult:
         coverage: bool [H, W], the pixels the network saw (centre-crop preprocessing); None
             when it saw the whole image.
         predictions: ``[{"class_index", "label", "score"}, ...]`` as in a predict record.
+        gt: with ``CamOptions.gt_class``: the ground-truth class's
+            ``{"class_index", "label", "score"}`` (None when the image has no known GT class).
+        gt_map: its map, float32 [H, W] like ``cams``, or None.
     """
 
     sample: loader.Sample
@@ -55,6 +61,24 @@ class CamResult:
     cams: torch.Tensor
     coverage: torch.Tensor | None
     predictions: list[dict]
+    gt: dict | None = None
+    gt_map: torch.Tensor | None = None
+
+    def with_gt_map(self) -> CamResult:
+        """This result with the GT class's map appended to ``cams`` (and its entry to the
+        class lists) when it is not among them already: what ``cam --gt --save-maps`` saves,
+        so that ``eval --maps`` finds the GT class's map of every image."""
+        if self.gt is None or self.gt_map is None or self.gt["class_index"] in self.class_indices:
+            return self
+        from dataclasses import replace
+
+        return replace(
+            self,
+            class_indices=[*self.class_indices, self.gt["class_index"]],
+            scores=[*self.scores, self.gt["score"]],
+            cams=torch.cat([self.cams, self.gt_map.unsqueeze(0)]),
+            predictions=[*self.predictions, {**self.gt, "gt": True}],
+        )
 
     @property
     def record(self) -> dict:
@@ -218,28 +242,41 @@ def _batch_cams(
     if opts.ten_crop:
         x = T.ten_crop(x, crop=model.preprocess.input_size)
     feats, logits = session.forward(x)
+    gts = [opts.gt_class(s.item) for s in batch.samples] if opts.gt_class else None
     with session.profiler.stage("cam"), torch.inference_mode():
-        scores, idx = _select_classes(logits, b, k, fixed, ten_crop=opts.ten_crop)
+        scores, idx, probs = _select_classes(logits, b, k, fixed, ten_crop=opts.ten_crop)
+        # the GT class's map rides along as a (k+1)-th map of the same pass
+        midx = idx
+        if gts is not None:
+            gcol = torch.tensor([[g if g is not None else 0] for g in gts], device=idx.device)
+            midx = torch.cat([idx, gcol.to(idx.dtype)], dim=1)
         if opts.ten_crop:
-            cams = _ten_crop_cams(feats, weight, idx, b, k, opts, pre, model)
+            cams = _ten_crop_cams(feats, weight, midx, b, midx.shape[1], opts, pre, model)
         else:
-            cams = P.cams_from_features(feats, weight, idx)
+            cams = P.cams_from_features(feats, weight, midx)
         cams = P.normalize_cams(cams, opts.norm)
         geoms = [_geometry(model.preprocess, s.size, ten_crop=opts.ten_crop) for s in batch.samples]
         up = U.upsample_to_images(cams, geoms, interpolation=opts.interpolation)
     preds = prediction_list(model, scores.cpu(), idx.cpu())
     idx_l, sc_l = idx.tolist(), scores.tolist()
-    return [
-        CamResult(s, idx_l[j], sc_l[j], up.maps[j], up.coverage[j], preds[j])
+    out = [
+        CamResult(s, idx_l[j], sc_l[j], up.maps[j][:k], up.coverage[j], preds[j])
         for j, s in enumerate(batch.samples)
     ]
+    if gts is not None:
+        gprobs = probs.gather(1, midx[:, k:]).cpu()
+        gpred = prediction_list(model, gprobs, midx[:, k:].cpu())
+        for j, (res, g) in enumerate(zip(out, gts)):
+            if g is not None:
+                res.gt, res.gt_map = gpred[j][0], up.maps[j][k]
+    return out
 
 
 def _select_classes(
     logits: torch.Tensor, b: int, k: int, fixed: torch.Tensor | None, *, ten_crop: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, class indices), both [b, k]: softmax scores (averaged over the ten crops) of
-    the ``fixed`` classes, or of each image's top k."""
+    """(scores, class indices, probabilities [b, C]), the first two [b, k]: softmax scores
+    (averaged over the ten crops) of the ``fixed`` classes, or of each image's top k."""
     from camcli.cam import tencrop as T
 
     if ten_crop:
@@ -248,8 +285,9 @@ def _select_classes(
         probs = torch.softmax(logits.float(), dim=1)
     if fixed is not None:
         idx = fixed.unsqueeze(0).expand(b, -1)
-        return probs.gather(1, idx), idx
-    return probs.topk(k, dim=1)
+        return probs.gather(1, idx), idx, probs
+    scores, idx = probs.topk(k, dim=1)
+    return scores, idx, probs
 
 
 def _ten_crop_cams(feats, weight, idx, b: int, k: int, opts: CamOptions, pre, model):
@@ -268,12 +306,18 @@ def _ten_crop_cams(feats, weight, idx, b: int, k: int, opts: CamOptions, pre, mo
     )
 
 
-def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loader.Sample]:
+def iter_maps(
+    root: str,
+    top_k: int | None = None,
+    gt_class: Callable[[inputs.InputItem], int | None] | None = None,
+) -> Iterator[CamResult | loader.Sample]:
     """CamResults from maps saved by ``cam --save-maps`` (``root/**/*.npz``), sorted by path.
 
     A file with only ``cams`` [k, H, W] and ``class_indices`` [k] (another tool's) works too:
     its own path stands in for the image, labels default to ``class_<i>``, scores to NaN.
     ``top_k``: keep only the first (most confident) ``top_k`` maps of each file.
+    ``gt_class``: as :attr:`CamOptions.gt_class`; the GT class's map is taken from the file
+    when it holds one (``cam --gt --save-maps``), wherever it is.
 
     Yields:
         A :class:`CamResult` per file (``cams`` float32 [k, H, W] on the CPU, ``coverage``
@@ -302,9 +346,16 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
         image = mf.header.image or str(f)
         scores = mf.scores if mf.scores is not None else np.full(len(cls), np.nan, np.float32)
         labels = mf.header.labels or [f"class_{c}" for c in cls]
+        item = inputs.InputItem(i, image, key)
+        g = gt_class(item) if gt_class is not None else None
+        gt = gt_map = None
+        if g is not None and g in cls.tolist():
+            j = cls.tolist().index(g)
+            s = None if np.isnan(scores[j]) else round(float(scores[j]), 6)
+            gt = {"class_index": int(g), "label": labels[j], "score": s}
+            gt_map = torch.from_numpy(np.ascontiguousarray(cams[j]))
         if top_k is not None:
             cams, cls, scores, labels = cams[:top_k], cls[:top_k], scores[:top_k], labels[:top_k]
-        item = inputs.InputItem(i, image, key)
         sample = loader.Sample(item, None, (int(cams.shape[1]), int(cams.shape[2])))
         preds = [
             {
@@ -314,4 +365,6 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
             }
             for c, lab, s in zip(cls.tolist(), labels, scores.tolist())
         ]
-        yield CamResult(sample, cls.tolist(), scores.tolist(), torch.from_numpy(cams), None, preds)
+        yield CamResult(
+            sample, cls.tolist(), scores.tolist(), torch.from_numpy(cams), None, preds, gt, gt_map
+        )

@@ -72,6 +72,14 @@ def cam(
     no_overlay: Annotated[
         bool, typer.Option("--no-overlay", help="Write no per-class overlays.")
     ] = False,
+    gt: Annotated[
+        Path | None,
+        typer.Option(
+            "--gt",
+            help="Ground truth: also map each image's GT class (added last when not in the "
+            "top k), so that `eval --maps` reports GT-known localization for every image.",
+        ),
+    ] = None,
     ten_crop: o.TenCrop = False,
     resume: o.Resume = False,
     follow_links: o.FollowLinks = False,
@@ -112,6 +120,7 @@ def cam(
         grid=grid,
         save_maps=save_maps,
         resume=resume,
+        gt=gt,
     )
     items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs)
@@ -169,6 +178,7 @@ def _cam_job_options(
     grid: bool,
     save_maps: bool,
     resume: bool,
+    gt: Path | None = None,
 ) -> CamJobOptions:
     """The job's options from the command's flags."""
     from camcli.api.cam_files import CamWriteOptions
@@ -191,6 +201,7 @@ def _cam_job_options(
             save_maps=save_maps,
         ),
         resume=resume,
+        gt=gt,
     )
 
 
