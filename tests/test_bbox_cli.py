@@ -437,8 +437,8 @@ def test_from_maps_truncated_and_misshapen_files_fail_alone(tmp_path, hand_maps,
         f"cannot read map file {hand_maps / 'cut.npz'} (not a .npz (zip) file)"
     )
     assert by_name["shape.npz"]["error"] == (
-        "cannot read map file (cams has shape [3, 4, 5], expected [k, H, W] with k = 2 "
-        "class_indices)"
+        f"cannot read map file {hand_maps / 'shape.npz'} (cams has shape [3, 4, 5], expected "
+        "[k, H, W] with k = 2 class_indices)"
     )
 
 

@@ -153,7 +153,8 @@ def test_usage_errors(small, capsys):
     code, _, err = run(["eval", "--gt", str(gt), "--boxes", str(bad)], capsys)
     assert code == 3 and "line 1" in err  # no readable record at all
     code, _, err = run(["eval", "--gt", str(gt), "--submission", str(boxes)], capsys)
-    assert code == 2 and "--synsets" in err
+    # no --synsets: ImageNet-1k's WNIDs; a records file is no submission, named with its line
+    assert code == 2 and "line 1" in err and "is not 'ID xmin ymin xmax ymax'" in err
 
 
 def test_nothing_matches_is_exit_3(small, capsys):

@@ -492,7 +492,7 @@ def test_evaluate_maps_errors(tmp_path):
         evaluate_maps(str(tmp_path / "m"), gt, None)
     save_map(tmp_path / "m" / "a.npz", "a.jpg", np.full((1, 4, 4), np.nan), [0])
     r = evaluate_maps(str(tmp_path / "m"), gt, None, workers=0)
-    assert r["n_failed"] == 1 and "NaN" in r["failed"][0]["error"]
+    assert r["n_failed"] == 1 and "not finite" in r["failed"][0]["error"]
     assert r["maxboxacc_v1"] == 0.0
     # A truncated file (a kill during --save-maps) fails its image; it used to end the run.
     f = tmp_path / "m" / "a.npz"

@@ -67,7 +67,10 @@ def test_load_class_map(tmp_path):
     one = save(tmp_path / "one.npz", cams=two_maps()[0], class_indices=np.array([1]))
     assert load_class_map(one, 1)[0, 0] == 1.0  # an [H, W] map is one class's
     bad = save(tmp_path / "bad.npz", cams=two_maps(), class_indices=np.array([1, 2, 3]))
-    with pytest.raises(MapFileError, match=r"^cams has shape \[2, 3, 4\], expected .* k = 3$"):
+    with pytest.raises(
+        MapFileError,
+        match=r"^cannot read map file .*bad.npz \(cams has shape \[2, 3, 4\], expected .* k = 3\)$",
+    ):
         load_class_map(bad, 1)
 
 
@@ -86,7 +89,7 @@ def test_read_map_file(tmp_path):
     assert read_map_file(no_scores).scores is None
     bad = save(tmp_path / "bad.npz", cams=two_maps(), class_indices=np.array([1]))
     with pytest.raises(
-        MapFileError, match=r"^cannot read map file \(cams has shape .*class_indices\)$"
+        MapFileError, match=r"^cannot read map file .*bad.npz \(cams has shape .*class_indices\)$"
     ):
         read_map_file(bad)
 

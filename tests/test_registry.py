@@ -16,7 +16,7 @@ from camcli.models.registry import Preprocess, RegistryError, load_registry, par
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 REQUIRED = ("architecture", "builder", "description", "url", "sha256", "pool", "head")
-PAPER = {"vgg", "googlenet", "alexnet", "alexnet-star"}
+PAPER = {"vgg", "googlenet", "alexnet", "alexnet-star", "efficientnet_lite0"}
 
 
 def _raw() -> dict:

@@ -41,3 +41,18 @@ def torchrun_env(env: Mapping[str, str] | None = None) -> TorchrunEnv | None:
     if world <= 1 or "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
         return None
     return TorchrunEnv(rank, world, local, local_world)
+
+
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in its flags):
+    there bf16 autocast pays; elsewhere it is emulated and several times slower than fp32.
+    False when the flags cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+    return False

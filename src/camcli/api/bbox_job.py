@@ -7,6 +7,7 @@ ILSVRC convention: ``0 <= x0 <= x1 <= W - 1``), as :mod:`camcli.cam.boxes` gives
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,10 @@ class BboxOptions:
         from_maps: boxes from the ``.npz`` maps of ``cam --save-maps`` in this folder instead
             of running a model; None: run the session's model on the inputs.
         resume: keep the records already in ``output`` (and drawings in ``draw``).
+        gt_class: ``item -> ground-truth class index or None`` (``--gt``): each record also
+            gets ``gt_known``, the box of the GT class's map (same rule and threshold);
+            None: no GT-known boxes. With ``from_maps``, from the files that hold the GT
+            class's map (``cam --gt --save-maps``).
     """
 
     top_k: int = 5
@@ -67,6 +72,7 @@ class BboxOptions:
     synsets: Path | None = None
     from_maps: Path | None = None
     resume: bool = False
+    gt_class: Callable[[inputs.InputItem], int | None] | None = None
 
     @property
     def box_options(self) -> BoxOptions:
@@ -81,6 +87,7 @@ class BboxOptions:
             norm=self.norm,
             interpolation=self.interpolation,
             ten_crop=self.ten_crop,
+            gt_class=self.gt_class,
         )
 
 
@@ -171,9 +178,10 @@ class _Boxer:
     """Boxes computed in worker threads beside the drawings, handed back in input order.
 
     ``submit`` queues a result (a failed Sample passes through); ``ready`` (``block``: every
-    queued one) returns ``(result, boxes or None)`` pairs in submission order. The main thread
-    only runs the network; on the CPU the job drains the threads before each forward pass
-    (:func:`camcli.api.cams.iter_cams` ``before_forward``) so that they never compete with it.
+    queued one) returns ``(result, (boxes, gt_known) or None)`` pairs in submission order.
+    The main thread only runs the network; on the CPU the job drains the threads before each
+    forward pass (:func:`camcli.api.cams.iter_cams` ``before_forward``) so that they never
+    compete with it.
     """
 
     def __init__(self, bopts: BoxOptions, profiler=None, workers: int | None = None) -> None:
@@ -193,11 +201,11 @@ class _Boxer:
             fut = self._pool.submit(self._boxes, res)
         self._pending.append((res, fut))
 
-    def _boxes(self, res: cams.CamResult) -> list[dict]:
-        if self.profiler is None:
-            return box_entries(res, self.bopts)
-        with self.profiler.stage("boxes"):
-            return box_entries(res, self.bopts)
+    def _boxes(self, res: cams.CamResult) -> tuple[list[dict], dict | None]:
+        """(:func:`box_entries`, :func:`gt_known_entry`) of one result."""
+        stage = self.profiler.stage("boxes") if self.profiler is not None else None
+        with stage or contextlib.nullcontext():
+            return box_entries(res, self.bopts), gt_known_entry(res, self.bopts)
 
     def ready(self, block: bool = False):
         while self._pending:
@@ -209,6 +217,31 @@ class _Boxer:
 
     def close(self, cancel: bool = False) -> None:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def gt_known_entry(res: cams.CamResult, bopts: BoxOptions) -> dict | None:
+    """The ``gt_known`` field of a bbox record: the ground-truth class's box.
+
+    Args:
+        res: one image's maps with ``gt`` and the GT class's map (:attr:`CamOptions.gt_class`),
+            upsampled here in row strips as :func:`box_entries` does.
+        bopts: the box rule; ``all`` and ``dt-box`` keep their first (largest / loose) box.
+
+    Returns:
+        ``{"class_index", "label", "score", "box": [x0, y0, x1, y1] inclusive original-image
+        pixels or None}`` (and ``"reason"`` without a box), or None when the image has no
+        known GT class.
+    """
+    from camcli.cam import boxes as B
+
+    if not res.has_gt_map:
+        return None
+    rule = "dt-box" if bopts.tight_loose else bopts.rule
+    lst = B.boxes_for_rows(res.gt_cam_rows, tuple(res.sample.size), rule, bopts.threshold)
+    entry = {**res.gt, "box": list(lst[0][0]) if lst else None}
+    if not lst:
+        entry["reason"] = f"no pixel above {bopts.threshold:g} x max"
+    return entry
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +364,11 @@ def _bbox_results(
     From a model: the inputs not done yet, i.e. without a record in the output FILE or,
     with ``--draw``, without their drawing in the folder's manifest."""
     if opts.from_maps is not None:
-        return cams.iter_maps(str(opts.from_maps), top_k=opts.top_k), None, 0
+        return (
+            cams.iter_maps(str(opts.from_maps), top_k=opts.top_k, gt_class=opts.gt_class),
+            None,
+            0,
+        )
     todo = [
         it
         for it in mine
@@ -375,8 +412,8 @@ def _write_box_records(
     def write_ready(block: bool = False) -> None:
         with session.profiler.stage("boxes (waited)") if session else contextlib.nullcontext():
             done = list(boxer.ready(block))
-        for res, entries in done:
-            rec = _box_record(res, entries, opts, stats, drawdir, not_drawn)
+        for res, boxed in done:
+            rec = _box_record(res, boxed, opts, stats, drawdir, not_drawn)
             order.append(rec["image"])
             records.append(rec)
             sink.write(rec)
@@ -418,14 +455,15 @@ def _write_box_records(
 
 def _box_record(
     res: cams.CamResult | loader.Sample,
-    entries: list[dict] | None,
+    boxed: tuple[list[dict], dict | None] | None,
     opts: BboxOptions,
     stats: dict,
     drawdir: OutDir | None,
     not_drawn: list[str],
 ) -> dict:
-    """One input's record, its boxes (``entries``, from :func:`box_entries`) or its error;
-    its drawing (or error line) queued in ``drawdir``; from maps, ``stats`` counts it."""
+    """One input's record, its boxes and GT-known box (``boxed``: :func:`box_entries`,
+    :func:`gt_known_entry`) or its error; its drawing (or error line) queued in ``drawdir``;
+    from maps, ``stats`` counts it."""
     if isinstance(res, loader.Sample):
         rec = {"image": res.item.path, "error": res.error}
         if opts.from_maps is not None:
@@ -435,7 +473,10 @@ def _box_record(
         return rec
     if opts.from_maps is not None:
         stats["ok"] += 1
+    entries, gk = boxed
     rec = {**res.record, "boxes": entries}
+    if gk is not None:
+        rec["gt_known"] = gk
     if drawdir is not None:
         why = drawing.draw_record(drawdir, res, rec)
         if why is not None:

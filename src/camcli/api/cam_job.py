@@ -94,6 +94,7 @@ def run_cam(
             rec = {"image": res.item.path, "key": res.item.key, "error": res.error}
             out.record(res.item.index, rec)
         else:
+            res = res.with_gt_map()
             with session.profiler.stage("post-process"):
                 outputs, futures = cam_outputs(res, out, wopts)
             rec = {**res.record, "key": res.sample.item.key, "outputs": outputs}
@@ -111,7 +112,7 @@ def options_dict(*objs) -> dict:
     later object's field wins."""
     d: dict = {}
     for o in objs:
-        d.update(asdict(o))
+        d.update({k: v for k, v in asdict(o).items() if not callable(v)})
     return d
 
 
@@ -134,6 +135,9 @@ class CamJobOptions:
         ten_crop: the official ILSVRC ten-crop merge.
         write: what files each image gets (:class:`CamWriteOptions`).
         resume: skip the inputs ``out/manifest.jsonl`` lists as complete.
+        gt: ground truth (``--gt``): each image's GT class's map is added to its maps (last,
+            ``"gt": true`` in its prediction) when not among them, so that ``eval --maps``
+            scores every image; None: no.
     """
 
     out: Path
@@ -145,6 +149,7 @@ class CamJobOptions:
     ten_crop: bool = False
     write: CamWriteOptions = CamWriteOptions()
     resume: bool = False
+    gt: Path | None = None
 
 
 def run_cam_job(
@@ -232,12 +237,19 @@ def run_cam_job(
 
 def _cam_options(opts: CamJobOptions, session: Session) -> cams.CamOptions:
     """The maps asked for, ``classes`` resolved against the model (raises on an unknown one)."""
+    gt_class = None
+    if opts.gt is not None:
+        from camcli.evaluate.report import gt_class_lookup
+
+        lookup = gt_class_lookup(opts.gt, session.model.categories)
+        gt_class = lambda item: lookup(item.path)  # noqa: E731
     return cams.CamOptions(
         top_k=opts.top_k,
         classes=cams.resolve_classes(session.model, list(opts.classes) if opts.classes else None),
         norm=opts.norm,
         interpolation=opts.interpolation,
         ten_crop=opts.ten_crop,
+        gt_class=gt_class,
     )
 
 

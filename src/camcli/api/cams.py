@@ -3,7 +3,7 @@ original images (:func:`iter_cams`), or read back from saved map files (:func:`i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,8 @@ class CamOptions:
         norm: ``"minmax"`` (to [0, 1]), ``"max"`` (divide by the maximum) or ``"none"``.
         interpolation: ``"bilinear"`` or ``"bicubic"`` upsampling to the original image.
         ten_crop: the official ILSVRC ten-crop merge (scores averaged over the crops).
+        gt_class: ``item -> class index or None``: also map each image's ground-truth class
+            (``CamResult.gt_map``), whether or not it is among the mapped ones; None: no.
     """
 
     top_k: int = 5
@@ -32,6 +34,7 @@ class CamOptions:
     norm: str = "minmax"
     interpolation: str = "bilinear"
     ten_crop: bool = False
+    gt_class: Callable[[inputs.InputItem], int | None] | None = None
 
 
 @dataclass
@@ -53,6 +56,11 @@ class CamResult:
         norm: the normalisation of ``small``.
         interpolation: the upsampling, ``"bilinear"`` or ``"bicubic"``.
         full: float32 [k, H, W], maps already at the original size (v1 map files); else None.
+        gt: with ``CamOptions.gt_class``: the ground-truth class's
+            ``{"class_index", "label", "score"}`` (None when the image has no known GT class).
+        gt_raw, gt_small: its map as ``raw`` / ``small``, float32 [h, w] (same geometry), or
+            None; upsampled on demand (:meth:`gt_cam`, :meth:`gt_cam_rows`, :attr:`gt_map`).
+        gt_full: its map at the original size, float32 [H, W] (v1 map files), or None.
     """
 
     sample: loader.Sample
@@ -65,6 +73,10 @@ class CamResult:
     norm: str = "minmax"
     interpolation: str = "bilinear"
     full: torch.Tensor | None = None
+    gt: dict | None = None
+    gt_raw: torch.Tensor | None = None
+    gt_small: torch.Tensor | None = None
+    gt_full: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -111,6 +123,57 @@ class CamResult:
         from camcli.cam.upsample import coverage_mask
 
         return coverage_mask(self.geometry, self.small.device)
+
+    @property
+    def has_gt_map(self) -> bool:
+        """Whether the GT class's map is here (``gt`` known and its map computed or read)."""
+        return self.gt is not None and (self.gt_small is not None or self.gt_full is not None)
+
+    def gt_cam(self) -> torch.Tensor:
+        """The GT class's map on the original image, float32 [H, W], as :meth:`cam` gives
+        the others. Requires :attr:`has_gt_map`."""
+        if self.gt_full is not None:
+            return self.gt_full
+        from camcli.cam.upsample import upsample_one
+
+        up, _ = upsample_one(self.gt_small.unsqueeze(0), self.geometry, self.interpolation)
+        return up[0]
+
+    def gt_cam_rows(self):
+        """The GT class's map in row strips, as :meth:`cam_rows` gives the others."""
+        if self.gt_full is not None:
+            yield 0, int(self.gt_full.shape[0]), self.gt_full.float().cpu().numpy()
+            return
+        from camcli.cam.upsample import upsample_rows
+
+        yield from upsample_rows(self.gt_small, self.geometry, self.interpolation)
+
+    @property
+    def gt_map(self) -> torch.Tensor | None:
+        """The GT class's full-size map, float32 [H, W] (:meth:`gt_cam`), or None."""
+        return self.gt_cam() if self.has_gt_map else None
+
+    def with_gt_map(self) -> CamResult:
+        """This result with the GT class's map appended to the maps (``raw``/``small``, or
+        ``full`` for v1 map files; and its entry to the class lists) when it is not among
+        them already: what ``cam --gt --save-maps`` saves, so that ``eval --maps`` finds the
+        GT class's map of every image."""
+        if not self.has_gt_map or self.gt["class_index"] in self.class_indices:
+            return self
+        from dataclasses import replace
+
+        def cat(maps, one):
+            return None if maps is None or one is None else torch.cat([maps, one.unsqueeze(0)])
+
+        return replace(
+            self,
+            class_indices=[*self.class_indices, self.gt["class_index"]],
+            scores=[*self.scores, self.gt["score"]],
+            predictions=[*self.predictions, {**self.gt, "gt": True}],
+            raw=cat(self.raw, self.gt_raw),
+            small=cat(self.small, self.gt_small),
+            full=cat(self.full, self.gt_full),
+        )
 
     @property
     def record(self) -> dict:
@@ -229,7 +292,10 @@ def _finite(res: CamResult) -> bool:
     import math
 
     # the feature-resolution maps: upsampling finite values gives finite values
-    return all(math.isfinite(s) for s in res.scores) and bool(torch.isfinite(res.small).all())
+    maps = [res.small] if res.gt_small is None else [res.small, res.gt_small]
+    return all(math.isfinite(s) for s in res.scores) and all(
+        bool(torch.isfinite(m).all()) for m in maps
+    )
 
 
 def _input_preprocess(pre, *, ten_crop: bool):
@@ -274,38 +340,51 @@ def _batch_cams(
     if opts.ten_crop:
         x = T.ten_crop(x, crop=model.preprocess.input_size)
     feats, logits = session.forward(x)
+    gts = [opts.gt_class(s.item) for s in batch.samples] if opts.gt_class else None
     with session.profiler.stage("cam"), torch.inference_mode():
-        scores, idx = _select_classes(logits, b, k, fixed, ten_crop=opts.ten_crop)
+        scores, idx, probs = _select_classes(logits, b, k, fixed, ten_crop=opts.ten_crop)
+        # the GT class's map rides along as a (k+1)-th map of the same pass
+        midx = idx
+        if gts is not None:
+            gcol = torch.tensor([[g if g is not None else 0] for g in gts], device=idx.device)
+            midx = torch.cat([idx, gcol.to(idx.dtype)], dim=1)
         if opts.ten_crop:
-            cams = _ten_crop_cams(feats, weight, idx, b, k, opts, pre, model)
+            cams = _ten_crop_cams(feats, weight, midx, b, midx.shape[1], opts, pre, model)
         else:
-            cams = P.cams_from_features(feats, weight, idx)
+            cams = P.cams_from_features(feats, weight, midx)
         raw = cams.to(torch.float32)
         small = P.normalize_cams(raw, opts.norm)
         geoms = [_geometry(model.preprocess, s.size, ten_crop=opts.ten_crop) for s in batch.samples]
     preds = prediction_list(model, scores.cpu(), idx.cpu())
     idx_l, sc_l = idx.tolist(), scores.tolist()
-    return [
+    out = [
         CamResult(
             s,
             idx_l[j],
             sc_l[j],
             preds[j],
-            raw=raw[j],
-            small=small[j],
+            raw=raw[j][:k],
+            small=small[j][:k],
             geometry=geoms[j],
             norm=opts.norm,
             interpolation=opts.interpolation,
         )
         for j, s in enumerate(batch.samples)
     ]
+    if gts is not None:
+        gprobs = probs.gather(1, midx[:, k:]).cpu()
+        gpred = prediction_list(model, gprobs, midx[:, k:].cpu())
+        for j, (res, g) in enumerate(zip(out, gts)):
+            if g is not None:
+                res.gt, res.gt_raw, res.gt_small = gpred[j][0], raw[j][k], small[j][k]
+    return out
 
 
 def _select_classes(
     logits: torch.Tensor, b: int, k: int, fixed: torch.Tensor | None, *, ten_crop: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, class indices), both [b, k]: softmax scores (averaged over the ten crops) of
-    the ``fixed`` classes, or of each image's top k."""
+    """(scores, class indices, probabilities [b, C]), the first two [b, k]: softmax scores
+    (averaged over the ten crops) of the ``fixed`` classes, or of each image's top k."""
     from camcli.cam import tencrop as T
 
     if ten_crop:
@@ -314,8 +393,9 @@ def _select_classes(
         probs = torch.softmax(logits.float(), dim=1)
     if fixed is not None:
         idx = fixed.unsqueeze(0).expand(b, -1)
-        return probs.gather(1, idx), idx
-    return probs.topk(k, dim=1)
+        return probs.gather(1, idx), idx, probs
+    scores, idx = probs.topk(k, dim=1)
+    return scores, idx, probs
 
 
 def _ten_crop_cams(feats, weight, idx, b: int, k: int, opts: CamOptions, pre, model):
@@ -334,12 +414,18 @@ def _ten_crop_cams(feats, weight, idx, b: int, k: int, opts: CamOptions, pre, mo
     )
 
 
-def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loader.Sample]:
+def iter_maps(
+    root: str,
+    top_k: int | None = None,
+    gt_class: Callable[[inputs.InputItem], int | None] | None = None,
+) -> Iterator[CamResult | loader.Sample]:
     """CamResults from maps saved by ``cam --save-maps`` (``root/**/*.npz``), sorted by path.
 
     A file with only ``cams`` [k, H, W] and ``class_indices`` [k] (another tool's) works too:
     its own path stands in for the image, labels default to ``class_<i>``, scores to NaN.
     ``top_k``: keep only the first (most confident) ``top_k`` maps of each file.
+    ``gt_class``: as :attr:`CamOptions.gt_class`; the GT class's map is taken from the file
+    when it holds one (``cam --gt --save-maps``), wherever it is.
 
     Yields:
         A :class:`CamResult` per file (v2 files: ``raw``/``small`` and the stored geometry,
@@ -369,18 +455,29 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
         image = mf.header.image or str(f)
         scores = mf.scores if mf.scores is not None else np.full(len(cls), np.nan, np.float32)
         labels = mf.header.labels or [f"class_{c}" for c in cls]
+        item = inputs.InputItem(i, image, key)
+        g = gt_class(item) if gt_class is not None else None
+        j = cls.tolist().index(g) if g is not None and g in cls.tolist() else None
+        gt = gt_raw = gt_small = gt_full = None
+        if j is not None:  # the GT class's map, wherever it is in the file
+            sj = None if np.isnan(scores[j]) else round(float(scores[j]), 6)
+            gt = {"class_index": int(g), "label": labels[j], "score": sj}
         if mf.v2 is not None:
             v2 = mf.v2
+            normalized = v2.normalized()
+            if j is not None:
+                gt_raw, gt_small = torch.from_numpy(np.ascontiguousarray(v2.raw[j])), normalized[j]
             raw = torch.from_numpy(v2.raw[:top_k])
-            small = v2.normalized()[:top_k]
+            small = normalized[:top_k]
             full, size = None, v2.size
         else:
+            if j is not None:
+                gt_full = torch.from_numpy(np.ascontiguousarray(mf.cams[j]))
             raw = small = None
             full = torch.from_numpy(mf.cams[:top_k])
             size = (int(mf.cams.shape[1]), int(mf.cams.shape[2]))
         if top_k is not None:
             cls, scores, labels = cls[:top_k], scores[:top_k], labels[:top_k]
-        item = inputs.InputItem(i, image, key)
         sample = loader.Sample(item, None, size)
         preds = [
             {
@@ -401,4 +498,8 @@ def iter_maps(root: str, top_k: int | None = None) -> Iterator[CamResult | loade
             norm=mf.v2.norm if mf.v2 is not None else "minmax",
             interpolation=mf.v2.interpolation if mf.v2 is not None else "bilinear",
             full=full,
+            gt=gt,
+            gt_raw=gt_raw,
+            gt_small=gt_small,
+            gt_full=gt_full,
         )

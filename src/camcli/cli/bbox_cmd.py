@@ -95,7 +95,11 @@ def bbox(
     ] = None,
     gt: Annotated[
         Path | None,
-        typer.Option("--gt", help="Ground truth: report the metrics of `camcli eval` at the end."),
+        typer.Option(
+            "--gt",
+            help="Ground truth: each record also gets the box of the GT class's map "
+            "(gt_known), and the metrics of `camcli eval` are reported at the end.",
+        ),
     ] = None,
     norm: o.NormOpt = o.Norm.minmax,
     interpolation: o.InterpOpt = o.Interp.bilinear,
@@ -169,6 +173,8 @@ def bbox(
         session = None
         if from_maps is None:
             session = open_session(model, weights, split=split, **session_options(locals()))
+        if gt is not None:
+            opts = _with_gt_classes(opts, gt, session, synsets)
         run = run_bbox(opts, session, items, split, _progress(quiet, split.main))
         _report_end(run, session, split, opts, gt=gt, quiet=quiet)
         split.barrier()
@@ -272,6 +278,32 @@ def _refuse_unused_outputs(
             o.refuse_unused(
                 ctx, ("synsets",), "without --submission or --gt (it maps their class ids)"
             )
+
+
+def _with_gt_classes(
+    opts: BboxOptions, gt: Path, session: Session | None, synsets: Path | None
+) -> BboxOptions:
+    """``opts`` with each image's GT class (for the records' ``gt_known``), by the model's
+    categories (from maps: the labels the map files store); an unusable ground truth is a
+    warning (the run goes on without GT-known boxes, as ``--gt`` metrics)."""
+    from dataclasses import replace
+
+    from camcli.console import warn
+    from camcli.errors import CamcliError
+    from camcli.evaluate.report import gt_class_lookup
+
+    try:
+        if session is not None:
+            names = session.model.categories
+        else:
+            from camcli.evaluate.maps import map_label_names
+
+            names = map_label_names(str(opts.from_maps))
+        lookup = gt_class_lookup(gt, names, synsets)
+    except CamcliError as exc:
+        warn(f"--gt {gt}: no GT-known boxes ({exc})")
+        return opts
+    return replace(opts, gt_class=lambda item: lookup(item.path))
 
 
 def _bbox_options(

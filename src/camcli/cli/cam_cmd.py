@@ -92,6 +92,14 @@ def cam(
     no_overlay: Annotated[
         bool, typer.Option("--no-overlay", help="Write no per-class overlays.")
     ] = False,
+    gt: Annotated[
+        Path | None,
+        typer.Option(
+            "--gt",
+            help="Ground truth: also map each image's GT class (added last when not in the "
+            "top k), so that `eval --maps` reports GT-known localization for every image.",
+        ),
+    ] = None,
     ten_crop: o.TenCrop = False,
     resume: o.Resume = False,
     follow_links: o.FollowLinks = False,
@@ -138,6 +146,7 @@ def cam(
         save_maps=save_maps,
         maps_format=maps_format,
         resume=resume,
+        gt=gt,
     )
     items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs)
@@ -196,6 +205,7 @@ def _cam_job_options(
     save_maps: bool,
     maps_format: MapsFormat = MapsFormat.small,
     resume: bool,
+    gt: Path | None = None,
 ) -> CamJobOptions:
     """The job's options from the command's flags."""
     from camcli.api.cam_files import CamWriteOptions
@@ -219,6 +229,7 @@ def _cam_job_options(
             maps_format=maps_format.value,
         ),
         resume=resume,
+        gt=gt,
     )
 
 

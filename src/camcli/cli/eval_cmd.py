@@ -25,8 +25,11 @@ _ROWS = (
     ("top1_loc_error", "top-1 localization error", True),
     ("top5_loc_error", "top-5 localization error", True),
     ("gt_known_loc", "GT-known localization", True),
+    ("gt_known_tau", "  at tau (--threshold)", False),
+    ("max_gt_known_loc", "best GT-known localization (maps)", True),
+    ("best_tau_gt_known", "  best tau (GT-known): pass it to bbox --threshold", False),
     ("maxboxacc_v1", "MaxBoxAccV1 (IoU 0.5, largest box)", True),
-    ("best_tau", "best tau (V1)", False),
+    ("best_tau", "  best tau (V1)", False),
     ("maxboxacc_v2", "MaxBoxAccV2 (IoU 0.3/0.5/0.7, all boxes)", True),
     ("pxap", "PxAP", True),
     ("n_images", "images", False),
@@ -114,6 +117,16 @@ def eval_command(
     taus: Annotated[
         str, typer.Option("--taus", help="Map thresholds START:STOP:STEP (stop excluded) or a,b,c.")
     ] = "0:1:0.01",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            "-t",
+            min=0.0,
+            max=1.0,
+            help="tau of GT-known localization from --maps (bbox's paper box at this tau).",
+        ),
+    ] = 0.2,
     subset: Annotated[
         bool,
         typer.Option(
@@ -185,6 +198,7 @@ def eval_command(
             wsol_boxes=wsol_boxes,
             workers=default_map_workers() if workers is None else workers,
             progress=(lambda: bar.advance(bar.task)) if bar else None,
+            threshold=threshold,
         )
     finally:
         if bar:

@@ -43,6 +43,7 @@ class Precision(StrEnum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    auto = "auto"
 
 
 def register(app: typer.Typer) -> None:
@@ -173,7 +174,11 @@ def train(
     ] = None,
     precision: Annotated[
         Precision,
-        typer.Option("--precision", help="bf16/fp16 autocast (fp16 on CUDA, with loss scaling)."),
+        typer.Option(
+            "--precision",
+            help="bf16/fp16 autocast (fp16 on CUDA, with loss scaling); auto: bf16 on a GPU or a "
+            "CPU with AVX512-BF16/AMX, else fp32.",
+        ),
     ] = Precision.fp32,
     workers: Annotated[
         int | None,

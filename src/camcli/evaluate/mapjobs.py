@@ -22,7 +22,14 @@ from camcli.evaluate.metrics import Box
 from camcli.evaluate.pxap import PxAPAccumulator
 from camcli.sysinfo import available_cores
 
-__all__ = ["POOL_MIN_SECONDS", "MapJob", "default_map_workers", "run_jobs", "score_map_job"]
+__all__ = [
+    "POOL_MIN_SECONDS",
+    "MapJob",
+    "default_map_workers",
+    "gt_known_curve",
+    "run_jobs",
+    "score_map_job",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class MapJob:
         ignore: an ignore mask file, or None.
         taus: the thresholds.
         wsol_boxes: wsolevaluation's boxes (True) or tight ones.
+        gk_tau: the threshold of the GT-known figure (``bbox``'s paper box: the largest
+            component of the pixels above ``gk_tau`` x max, IoU >= ``iou``).
+        iou: the IoU of the GT-known figure.
     """
 
     path: str
@@ -49,6 +59,39 @@ class MapJob:
     ignore: str | None
     taus: tuple[float, ...]
     wsol_boxes: bool
+    gk_tau: float = 0.2
+    iou: float = 0.5
+
+
+def gt_known_curve(
+    cam: np.ndarray, boxes: list[Box], taus: tuple[float, ...], iou: float
+) -> np.ndarray:
+    """GT-known correctness of one map at each threshold: bool [T].
+
+    The box at tau is ``bbox``'s paper box (:func:`camcli.cam.boxes.boxes_for_maps`: the
+    tight box of the largest 8-connected component of the pixels above tau x max); it is
+    right when its IoU with any of ``boxes`` (inclusive, the map's pixels) reaches ``iou``.
+    """
+    import cv2
+
+    from camcli.cam.boxes import box_iou, paper_box
+
+    peak = cam.max()
+    out = np.zeros(len(taus), dtype=bool)
+    for t, tau in enumerate(taus):
+        mask = (cam > cam.dtype.type(tau) * peak).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if n <= 1:
+            continue
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        k = int(np.argmax(areas))
+        if (areas == areas[k]).sum() > 1:  # a tie: paper_box's raster-order rule decides
+            box = paper_box(mask)
+        else:
+            x, y, w, h = (int(v) for v in stats[k + 1, :4])
+            box = (x, y, x + w - 1, y + h - 1)
+        out[t] = float(box_iou([box], boxes).max()) >= iou
+    return out
 
 
 def score_map_job(job: MapJob) -> tuple:
@@ -62,7 +105,8 @@ def score_map_job(job: MapJob) -> tuple:
 
     Returns:
         ``("ok", v1 [T] or None, v2 [T] or None, (pos, neg) PxAP histograms or None,
-        renormalised)`` (v1 / v2: :func:`~camcli.evaluate.boxacc.best_iou_per_tau`, None
+        renormalised, gk [T] or None, gk at ``gk_tau`` or None)`` (v1 / v2:
+        :func:`~camcli.evaluate.boxacc.best_iou_per_tau`, gk: :func:`gt_known_curve`, None
         without GT boxes), ``("nocls",)`` when the file holds no map of the class, or
         ``("failed", one-line reason)``.
     """
@@ -79,7 +123,7 @@ def score_map_job(job: MapJob) -> tuple:
         lo, hi = cam.min(), cam.max()
         cam = (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
     taus = np.asarray(job.taus)
-    v1 = v2 = None
+    v1 = v2 = gk = gk_at = None
     if job.boxes:
         boxes = list(job.boxes)
         h, w = cam.shape
@@ -88,6 +132,8 @@ def score_map_job(job: MapJob) -> tuple:
             boxes = [(int(a * sx), int(b * sy), int(c * sx), int(d * sy)) for a, b, c, d in boxes]
         sb = scoremap_boxes(cam, taus, wsol_boxes=job.wsol_boxes)
         v1, v2 = best_iou_per_tau(sb, boxes)
+        gk = gt_known_curve(cam, boxes, job.taus, job.iou)
+        gk_at = bool(gt_known_curve(cam, boxes, (job.gk_tau,), job.iou)[0])
     hist = None
     if job.masks:
         try:
@@ -98,7 +144,7 @@ def score_map_job(job: MapJob) -> tuple:
         acc = PxAPAccumulator(taus)
         acc.add(cam, fg, ig)
         hist = (acc.pos, acc.neg)
-    return ("ok", v1, v2, hist, renorm)
+    return ("ok", v1, v2, hist, renorm, gk, gk_at)
 
 
 def _worker_init(parent: int | None = None) -> None:

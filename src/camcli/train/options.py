@@ -17,7 +17,7 @@ from camcli.models.registry import ModelEntry
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 #: command-line and registry pool names -> the model's ("avg" | "max")
 POOL_NAMES = {"gap": "avg", "gmp": "max", "avg": "avg", "max": "max"}
 
@@ -100,8 +100,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def has_backbone_weights(entry: ModelEntry) -> bool:
-    """Whether the registry entry names weights to start from (its ``url``)."""
-    return bool(entry.url)
+    """Whether the registry entry names weights to start from (its ``url``, or for
+    ``timm:<name>`` a Hugging Face Hub id)."""
+    return bool(entry.url or entry.extra.get("hf_hub_id"))
 
 
 def resolve_options(opts: TrainOptions, entry: ModelEntry) -> TrainOptions:

@@ -12,7 +12,7 @@ import contextlib
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -162,6 +162,8 @@ def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
             return _nothing_to_resume(job, resume_ck, o)
     else:
         entry, o = _new_run_options(job.out, options)
+    if o.precision == "auto":  # bf16 where it is native, else fp32 (recorded resolved)
+        o = replace(o, precision=_auto_precision(job.dev))
     if o.precision == "fp16" and job.dev.type != "cuda":
         raise TrainingError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     folders = _scan(job, o, resume_ck)
@@ -359,3 +361,13 @@ def _fit_images(
         dist=job.dist,
         step_callback=job.step_callback,
     )
+
+
+def _auto_precision(dev: torch.device) -> str:
+    """``--precision auto``: bf16 on a CUDA device that supports it or a CPU with native bf16
+    (AVX512-BF16 / AMX), else fp32 (emulated bf16 is slower than fp32)."""
+    from camcli.sysinfo import cpu_has_fast_bf16
+
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if dev.type == "cpu" and cpu_has_fast_bf16() else "fp32"
