@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from camcli.api import report_data as D
 from camcli.api import report_html as R
+from camcli.api import report_thumbs as T
 from report_fixture import EVIL_LABEL, EVIL_NAME, EXPECT, FAILED, GT_BOX, build_run
 
 # ---- data extraction on hand-built records ----------------------------------------------------
 
 
-def _inputs(cam=(), records=(), evals=()) -> R.ReportInputs:
-    inp = R.ReportInputs()
+def _inputs(cam=(), records=(), evals=()) -> D.ReportInputs:
+    inp = D.ReportInputs()
     for folder, recs in cam:
         inp.cam_dirs.append((Path(folder), recs, None))
     for recs in records:
@@ -38,7 +40,7 @@ def test_rows_join_manifest_and_boxes_by_image():
         {"rank": 1, "class_index": 3, "label": "cat", "score": 0.8, "box": [1, 2, 10, 20]},
         {"rank": 2, "class_index": 5, "label": "dog", "score": 0.1, "box": None},
     ]}, {"image": "p/b.jpg", "error": "cannot decode image (bad)\nmore"}]  # fmt: skip
-    rows = R.build_rows(_inputs(cam=[("cams", man)], records=[box]))
+    rows = D.build_rows(_inputs(cam=[("cams", man)], records=[box]))
     assert [r.image for r in rows] == ["p/a.jpg", "p/b.jpg"]
     a, b = rows
     assert (a.width, a.height) == (50, 40)
@@ -56,7 +58,7 @@ def test_rows_judge_against_a_records_own_ground_truth():
                 "boxes": [{"rank": 1, "class_index": 3, "box": box}] if box else [],
                 "gt": {"label": "x", "class_index": gt_cls, "boxes": [[0, 0, 9, 9]]}}  # fmt: skip
 
-    rows = R.build_rows(
+    rows = D.build_rows(
         _inputs(
             records=[
                 [
@@ -76,18 +78,18 @@ def test_rows_judge_against_a_records_own_ground_truth():
         "wrong": (1.0, True, False),
         "none": (0.0, False, True),  # no box of the top-1 class: missed
     }
-    assert R.build_rows(_inputs(records=[[rec("half", [0, 0, 4, 9], 3)]]), iou=0.6)[0].box_missed
+    assert D.build_rows(_inputs(records=[[rec("half", [0, 0, 4, 9], 3)]]), iou=0.6)[0].box_missed
 
 
 def test_rows_with_ground_truth_file_and_gt_known(tmp_path):
     from camcli.evaluate.groundtruth import read_ground_truth
 
     run = build_run(tmp_path)
-    inp = R.load_inputs([run["cams"], run["boxes"], run["eval"]])
+    inp = D.load_inputs([run["cams"], run["boxes"], run["eval"]])
     assert len(inp.cam_dirs) == 1 and len(inp.records) == 1 and len(inp.evals) == 1
     # the records of one image may carry a GT-known box (the map of the GT class)
     inp.records[0][1][0]["gt_known"] = {"class_index": 0, "box": [40, 30, 89, 109]}
-    rows = R.build_rows(inp, read_ground_truth(str(run["gt"])))
+    rows = D.build_rows(inp, read_ground_truth(str(run["gt"])))
     by = {("evil" if r.image.endswith(EVIL_NAME) else Path(r.image).stem): r for r in rows}
     assert list(by) == [*EXPECT, FAILED]
     for stem, (_lab, _box, gt_label, iou, wc, bm) in EXPECT.items():
@@ -99,7 +101,7 @@ def test_rows_with_ground_truth_file_and_gt_known(tmp_path):
     assert by["missed"].gt_known_iou is None
     assert by[FAILED].error == "cannot decode image (truncated)" and by[FAILED].iou is None
 
-    table = R.class_table(rows)
+    table = D.class_table(rows)
     assert [t["class"] for t in table] == sorted([EVIL_LABEL, "cat", "dog"])
     cat = next(t for t in table if t["class"] == "cat")
     # cat: good (right, found), missed, wrong (top-1 dog), nobox
@@ -108,9 +110,9 @@ def test_rows_with_ground_truth_file_and_gt_known(tmp_path):
 
 
 def test_class_table_without_ground_truth():
-    rows = [R.Row("a", preds=[["cat", 3, 0.8]]), R.Row("b", preds=[["cat", 3, 0.4]]),
-            R.Row("c", preds=[["dog", 5, 0.5]]), R.Row("d", error="bad")]  # fmt: skip
-    assert R.class_table(rows) == [
+    rows = [D.Row("a", preds=[["cat", 3, 0.8]]), D.Row("b", preds=[["cat", 3, 0.4]]),
+            D.Row("c", preds=[["dog", 5, 0.5]]), D.Row("d", error="bad")]  # fmt: skip
+    assert D.class_table(rows) == [
         {"class": "cat", "images": 2, "mean_score": pytest.approx(0.6)},
         {"class": "dog", "images": 1, "mean_score": 0.5},
     ]
@@ -129,7 +131,7 @@ def test_boxacc_svg_points():
 def test_make_thumbnail_shrinks_and_keeps_aspect(tmp_path):
     src = tmp_path / "big.jpg"
     Image.new("RGB", (1000, 500), (200, 10, 10)).save(src)
-    R.make_thumbnail(src, tmp_path / "t" / "small.jpg", 160)
+    T.make_thumbnail(src, tmp_path / "t" / "small.jpg", 160)
     with Image.open(tmp_path / "t" / "small.jpg") as im:
         assert im.size == (160, 80)
         assert im.format == "JPEG"

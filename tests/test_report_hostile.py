@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from camcli.api import report_html as R
+from camcli.api import report_thumbs as T
 from report_fixture import build_run
 
 
@@ -51,8 +51,8 @@ def test_report_refuses_a_link_below_thumbs(tmp_path, camcli_run):
     victim = _victim(tmp_path)
     out = tmp_path / "r"
     # every thumbnail folder thumbs/xx/ planted as a link to the victim
-    names = {R.thumb_name(p, 160) for p in run["images"].iterdir()}
-    names |= {R.thumb_name(p, 160) for p in run["cams"].glob("*/*.jpg")}
+    names = {T.thumb_name(p, 160) for p in run["images"].iterdir()}
+    names |= {T.thumb_name(p, 160) for p in run["cams"].glob("*/*.jpg")}
     for sub in {Path(n).parent for n in names if n}:
         (out / sub).parent.mkdir(parents=True, exist_ok=True)
         (out / sub).symlink_to(victim)
@@ -73,7 +73,7 @@ def test_report_replaces_planted_page_and_thumbnail_links(tmp_path, camcli_run):
     out.mkdir()
     (out / "index.html").symlink_to(target)
     src = run["images"] / "good.jpg"
-    thumb = out / R.thumb_name(src, 160)
+    thumb = out / T.thumb_name(src, 160)
     thumb.parent.mkdir(parents=True)
     thumb.symlink_to(target)  # a "thumbnail" that is a link: not reused, not written through
     before = snapshot(victim)
