@@ -11,7 +11,7 @@ def submission_guesses(entries: list[dict], tight_loose: bool) -> list[tuple[int
     """Up to five (class_index, box) guesses: the heuristic's five, else each class's first box.
 
     Args:
-        entries: a record's ``boxes`` (:func:`camcli.api.bbox_job.box_entries`).
+        entries: a record's ``boxes`` (:func:`camcli.api.boxer.box_entries`).
         tight_loose: the entries are the heuristic's guesses (keep them all, in order).
 
     Returns:
