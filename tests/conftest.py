@@ -148,3 +148,45 @@ def full_maps(path) -> np.ndarray:
 
     mf = read_map_file(path)
     return mf.cams if mf.v2 is None else mf.v2.stack()
+
+
+def run_main(*argv) -> int:
+    """``camcli.cli.main`` in-process -> exit code (decoding in-process: --workers 0 unless
+    given, or reading --from-maps)."""
+    from camcli.cli import main
+
+    argv = [str(a) for a in argv]
+    if "--from-maps" not in argv and "--workers" not in argv:
+        argv += ["--workers", "0"]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    raise AssertionError("main() returned without SystemExit")  # pragma: no cover
+
+
+def records(path) -> list[dict]:
+    """The JSON Lines records of a file (every line must be one: camcli writes no blanks)."""
+    import json
+    from pathlib import Path
+
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def snapshot(base, skip=None) -> dict[str, tuple]:
+    """Every entry under ``base`` (links not followed) except ``skip``: type, size, mtime."""
+    import os
+    from pathlib import Path
+
+    snap = {}
+    for dirpath, dirnames, files in os.walk(base):
+        if skip is not None and Path(dirpath) == skip:
+            dirnames[:] = []
+            continue
+        for name in dirnames + files:
+            p = Path(dirpath, name)
+            if p == skip:
+                continue
+            st = os.lstat(p)
+            snap[str(p)] = (st.st_mode, st.st_size if not p.is_dir() else 0, st.st_mtime_ns)
+    return snap

@@ -11,8 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from camcli.cam import dtbox
-from camcli.cli import main
-from conftest import CLI_CORRUPT, CLI_IMAGES, full_maps
+from conftest import CLI_CORRUPT, CLI_IMAGES, full_maps, records, run_main
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
@@ -21,22 +20,6 @@ SIZES = dict(CLI_IMAGES)  # rel -> (H, W)
 WNIDS = [f"n0000000{i}" for i in range(10)]  # sorted: class index i <-> WNIDS[i]
 IDS = [4, 9, 1, 7, 10, 2, 6, 3, 8, 5]  # ILSVRC ID of class index i (a permutation of 1..10)
 ENTRY_KEYS = {"rank", "class_index", "label", "score", "box", "kind"}
-
-
-def run_main(*argv) -> int:
-    """``camcli.cli.main`` in-process -> exit code (decoding in-process: --workers 0)."""
-    argv = [str(a) for a in argv]
-    if "--from-maps" not in argv and "--workers" not in argv:
-        argv += ["--workers", "0"]
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("main() returned without SystemExit")  # pragma: no cover
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def tree(root: Path) -> set[str]:

@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from camcli.cli import main
-
 V2_FIELDS = {
     "version", "cams", "class_indices", "scores", "labels", "image", "norm", "interpolation",
     "height", "width", "input_size", "resize", "short_side",
@@ -32,6 +30,7 @@ from conftest import (  # noqa: E402
     PYTHON,
     full_maps,
     make_image,
+    run_main,
     subprocess_env,
 )
 
@@ -39,18 +38,6 @@ pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
 GOOD = [rel for rel, _ in CLI_IMAGES]
 SIZES = dict(CLI_IMAGES)
-
-
-def run_main(*argv) -> int:
-    """``camcli.cli.main`` in-process -> exit code (decoding in-process: --workers 0)."""
-    argv = [str(a) for a in argv]
-    if "--workers" not in argv:
-        argv += ["--workers", "0"]
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("main() returned without SystemExit")  # pragma: no cover
 
 
 def tree(root: Path) -> set[str]:

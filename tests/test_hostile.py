@@ -24,7 +24,7 @@ from PIL import Image
 from camcli.cli import main
 from camcli.console import shown
 from camcli.data import inputs
-from conftest import make_image
+from conftest import make_image, snapshot
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
@@ -143,22 +143,6 @@ def corpus(tmp_path_factory) -> tuple[Path, Path, dict[str, Expect]]:
     base = tmp_path_factory.mktemp("hostile")
     root = base / "in"
     return base, root, build_corpus(root, base / "outside")
-
-
-def snapshot(base: Path, skip: Path) -> dict[str, tuple]:
-    """Every entry under ``base`` (not following links) except ``skip``: type, size, mtime."""
-    snap = {}
-    for dirpath, dirnames, files in os.walk(base):
-        if Path(dirpath) == skip:
-            dirnames[:] = []
-            continue
-        for name in dirnames + files:
-            p = Path(dirpath, name)
-            if p == skip:
-                continue
-            st = os.lstat(p)
-            snap[str(p)] = (st.st_mode, st.st_size if not p.is_dir() else 0, st.st_mtime_ns)
-    return snap
 
 
 def run_in(base: Path, out: Path, monkeypatch, capsys, *argv) -> tuple[int, str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from camcli.cli import main
-from conftest import make_image
+from conftest import make_image, snapshot
 
 pytestmark = pytest.mark.usefixtures("cli_one_thread")
 
@@ -33,22 +33,6 @@ def run_main(capsys, *argv) -> tuple[int, str, str]:
         code = 0
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def snapshot(base: Path, skip: Path | None = None) -> dict[str, tuple]:
-    """Every entry under ``base`` (links not followed) except ``skip``: type, size, mtime."""
-    snap = {}
-    for dirpath, dirnames, files in os.walk(base):
-        if skip is not None and Path(dirpath) == skip:
-            dirnames[:] = []
-            continue
-        for name in dirnames + files:
-            p = Path(dirpath, name)
-            if p == skip:
-                continue
-            st = os.lstat(p)
-            snap[str(p)] = (st.st_mode, st.st_size if not p.is_dir() else 0, st.st_mtime_ns)
-    return snap
 
 
 def tree(root: Path) -> set[str]:

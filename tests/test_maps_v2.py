@@ -14,26 +14,9 @@ from camcli.cam import boxes as B
 from camcli.cam import dtbox
 from camcli.cam.pipeline import normalize_cams
 from camcli.cam.upsample import Geometry, upsample_to_images
-from camcli.cli import main
 from camcli.data import mapfiles_v2
 from camcli.data.mapfiles import read_map_file
-from conftest import full_maps
-
-
-def run_main(*argv) -> int:
-    """``camcli.cli.main`` in-process -> exit code (decoding in-process: --workers 0)."""
-    argv = [str(a) for a in argv]
-    if "--from-maps" not in argv and "--workers" not in argv:
-        argv += ["--workers", "0"]
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("main() returned without SystemExit")  # pragma: no cover
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from conftest import full_maps, records, run_main
 
 
 def good(path: Path) -> list[dict]:

