@@ -93,6 +93,53 @@ def test_paper_tie_goes_to_first_component_in_raster_order():
     assert paper_box(m) == (0, 3, 3, 3)
 
 
+def _reference_components(m: np.ndarray) -> list[tuple[int, int, tuple]]:
+    """(pixel count, raster index of the first pixel, inclusive box) of every 8-connected
+    component, by a plain flood fill (independent of OpenCV)."""
+    h, w = m.shape
+    seen = np.zeros_like(m, bool)
+    out = []
+    for y0 in range(h):
+        for x0 in range(w):
+            if not m[y0, x0] or seen[y0, x0]:
+                continue
+            stack, pix = [(y0, x0)], []
+            seen[y0, x0] = True
+            while stack:
+                y, x = stack.pop()
+                pix.append((y, x))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        yy, xx = y + dy, x + dx
+                        if 0 <= yy < h and 0 <= xx < w and m[yy, xx] and not seen[yy, xx]:
+                            seen[yy, xx] = True
+                            stack.append((yy, xx))
+            ys, xs = zip(*pix)
+            out.append((len(pix), y0 * w + x0, (min(xs), min(ys), max(xs), max(ys))))
+    return out
+
+
+@pytest.mark.parametrize("density", [0.2, 0.45, 0.6, 0.9])
+def test_paper_box_matches_a_flood_fill_reference_on_random_masks(density):
+    # many components, ties in size included (density 0.2 gives many single pixels)
+    rng = np.random.default_rng(int(density * 100))
+    ties = 0
+    for _ in range(40):
+        h, w = rng.integers(1, 40, 2)
+        m = rng.random((h, w)) < density
+        ref = _reference_components(m)
+        if not ref:
+            assert paper_box(m) is None
+            continue
+        big = max(c[0] for c in ref)
+        ties += sum(c[0] == big for c in ref) > 1
+        want = min((c for c in ref if c[0] == big), key=lambda c: c[1])[2]
+        assert paper_box(m) == want
+        assert paper_box(m.astype(np.uint8) * 255) == want
+        assert component_boxes(m)[0] == want
+    assert ties > 0 or density > 0.5  # sparse masks exercise the tie rule
+
+
 def test_paper_empty_mask_gives_none():
     assert paper_box(np.zeros((5, 7), bool)) is None
     assert component_boxes(np.zeros((5, 7), bool)) == []

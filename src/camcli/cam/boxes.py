@@ -187,12 +187,8 @@ def _components(mask) -> list[tuple[int, Box]]:
     scan, top row first, then left to right) comes first wins. This is independent of the label
     numbering of the OpenCV algorithm used underneath.
     """
-    m = to_numpy(mask)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D [H, W], got shape {m.shape}")
-    if m.dtype != np.uint8 or not m.flags.c_contiguous:  # uint8: nonzero is foreground as is
-        m = np.ascontiguousarray(m != 0, dtype=np.uint8)
-    if cv2.countNonZero(m) == 0:
+    m = _mask_u8(mask)
+    if m.size == 0 or cv2.countNonZero(m) == 0:
         return []
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8, ltype=cv2.CV_32S)
     areas = stats[1:, cv2.CC_STAT_AREA]
@@ -229,8 +225,36 @@ def paper_box(mask) -> Box | None:
     Raises:
         ValueError: the mask is not 2-D.
     """
-    comps = _components(mask)
-    return comps[0][1] if comps else None
+    m = _mask_u8(mask)
+    if m.size == 0 or cv2.countNonZero(m) == 0:
+        return None
+    # 8-connected components number at most ceil(H/2) * ceil(W/2): 16-bit labels when they fit
+    most = (m.shape[0] + 1) // 2 * ((m.shape[1] + 1) // 2)
+    ltype = cv2.CV_16U if most < 65535 else cv2.CV_32S
+    n, labels = cv2.connectedComponents(m, connectivity=8, ltype=ltype)
+    if n == 2:  # one component: the box of every foreground pixel
+        x, y, w, h = cv2.boundingRect(m)
+        return (x, y, x + w - 1, y + h - 1)
+    # labels only (no OpenCV stats, which cost twice the labelling): areas by counting,
+    # the box of the winner alone
+    areas = np.bincount(labels.ravel(), minlength=n)[1:]
+    best = np.flatnonzero(areas == areas.max()) + 1
+    k = int(best[0])
+    if len(best) > 1:  # a tie: the component whose first pixel comes first in raster order
+        flat = labels.ravel()
+        k = min((int(np.flatnonzero(flat == j)[0]), int(j)) for j in best)[1]
+    x, y, w, h = cv2.boundingRect((labels == k).view(np.uint8))
+    return (x, y, x + w - 1, y + h - 1)
+
+
+def _mask_u8(mask) -> np.ndarray:
+    """A 2-D mask as C-contiguous uint8 (nonzero is foreground), as OpenCV wants it."""
+    m = to_numpy(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D [H, W], got shape {m.shape}")
+    if m.dtype != np.uint8 or not m.flags.c_contiguous:  # uint8: nonzero is foreground as is
+        m = np.ascontiguousarray(m != 0, dtype=np.uint8)
+    return m
 
 
 def component_boxes(mask) -> list[Box]:

@@ -72,24 +72,14 @@ def gt_known_curve(
     tight box of the largest 8-connected component of the pixels above tau x max); it is
     right when its IoU with any of ``boxes`` (inclusive, the map's pixels) reaches ``iou``.
     """
-    import cv2
-
     from camcli.cam.boxes import box_iou, paper_box
 
     peak = cam.max()
     out = np.zeros(len(taus), dtype=bool)
     for t, tau in enumerate(taus):
-        mask = (cam > cam.dtype.type(tau) * peak).astype(np.uint8)
-        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        if n <= 1:
+        box = paper_box(cam > cam.dtype.type(tau) * peak)
+        if box is None:
             continue
-        areas = stats[1:, cv2.CC_STAT_AREA]
-        k = int(np.argmax(areas))
-        if (areas == areas[k]).sum() > 1:  # a tie: paper_box's raster-order rule decides
-            box = paper_box(mask)
-        else:
-            x, y, w, h = (int(v) for v in stats[k + 1, :4])
-            box = (x, y, x + w - 1, y + h - 1)
         out[t] = float(box_iou([box], boxes).max()) >= iou
     return out
 
