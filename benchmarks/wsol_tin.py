@@ -19,7 +19,7 @@ untrained ImageNet network, CAM of the GT class (its WNID), top-1 over 1000 clas
 the whole image and the best centred square (side chosen on the training images).
 
 Usage: python benchmarks/wsol_tin.py [--data DIR] [--out bench-out/wsol_tin]
-       [--configs imagenet,probe-gap,...] [--train-per-class 50] [--epochs 3] [--image-size 160]
+       [--configs imagenet,probe-gap,...] [--train-per-class 150] [--epochs 3] [--image-size 192]
        [--quick]
 """
 
@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "wsol_tin")
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--train-per-class", type=int, default=50)
+    ap.add_argument("--train-per-class", type=int, default=150)
     ap.add_argument("--held-out-per-class", type=int, default=10, help="picks best.pt")
     ap.add_argument("--tau-per-class", type=int, default=20, help="train images choosing tau")
     ap.add_argument("--val", type=int, default=500)
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--train-args", default="--optimizer adamw --lr 3e-4 --schedule cosine",
                     help="extra `camcli train` flags of fine-tune and surgery")  # fmt: skip
     ap.add_argument("--probe-epochs", type=int, default=30, help="on cached features: cheap")
-    ap.add_argument("--image-size", type=int, default=160, help="fine-tune and surgery")
+    ap.add_argument("--image-size", type=int, default=192, help="fine-tune and surgery")
     ap.add_argument("--probe-image-size", type=int, default=224, help="features cached: cheap")
     ap.add_argument("--precision", default="auto", help="auto: bf16 where the CPU has it")
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny subsets, 1 epoch")
