@@ -164,6 +164,17 @@ _LAUNCH = (
 )
 
 
+def camcli_default_batch_size(model: str, device: str) -> int:
+    """The batch size camcli picks for ``model`` without ``--batch-size`` (its registry
+    entry's ``cpu_batch_size`` on a CPU)."""
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from camcli.api.session import default_batch_size
+
+    return default_batch_size(torch.device("cuda" if device.startswith("cuda") else "cpu"), model)
+
+
 def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MiB of the command itself, exit code) of one fresh process."""
     t0 = time.perf_counter()
@@ -281,7 +292,7 @@ def main() -> None:
         cam = [py, "-m", "camcli", "cam", str(imgs)]
         # camcli's own batch size: the limit is also run there, and the faster of the two limits
         # is the one camcli is compared with (a noisy sweep must not make the limit slow).
-        own_bs = args.camcli_batch_size or (8 if args.device == "cpu" else 64)
+        own_bs = args.camcli_batch_size or camcli_default_batch_size(model, args.device)
         configs = {
             "limit": limit_cmd + ["--batch-size", str(best_bs)],
             **(

@@ -164,11 +164,29 @@ def test_parse_minimal_entry_applies_defaults():
         ({"interpolation": "lanczos"}, "interpolation"),
         ({"resize": "center_crop", "resize_size": 100}, "resize_size"),
         ({"std": [0.2, 0.0, 0.2]}, "std"),
+        ({"cpu_batch_size": 0}, "cpu_batch_size"),
+        ({"cpu_batch_size": 4.0}, "cpu_batch_size"),
+        ({"cpu_batch_size": True}, "cpu_batch_size"),
     ],
 )
 def test_parse_rejects_bad_values(over: dict, match: str):
     with pytest.raises(RegistryError, match=match):
         parse_registry(_minimal(**over))
+
+
+def test_cpu_batch_size_from_the_registry_entry():
+    import torch
+
+    from camcli.api.session import default_batch_size
+
+    assert parse_registry(_minimal(cpu_batch_size=3))["m"].cpu_batch_size == 3
+    assert parse_registry(_minimal())["m"].cpu_batch_size is None
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_batch_size(cpu, "efficientnet_lite0") == 4  # weights.toml
+    assert default_batch_size(cpu, "resnet50") == 8
+    assert default_batch_size(cpu, "no-such-net") == 8
+    assert default_batch_size(cpu) == 8
+    assert default_batch_size(cuda, "efficientnet_lite0") == 64
 
 
 def test_parse_rejects_missing_field_and_schema_version():

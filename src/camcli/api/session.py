@@ -16,10 +16,22 @@ from camcli.runs.device import resolve_device
 from camcli.runs.profiling import Profiler
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per forward pass when ``--batch-size`` is not given: 64 on CUDA, 8 elsewhere."""
+def default_batch_size(device: torch.device, model_name: str | None = None) -> int:
+    """Images per forward pass when ``--batch-size`` is not given: 64 on CUDA; on a CPU the
+    registry entry's ``cpu_batch_size`` (measured with ``benchmarks/limit.py``; e.g. 4 for
+    EfficientNet-Lite, whose wide early activations leave the cache at 8), else 8."""
     # On a small CPU, activations fall out of cache at large batches (DESIGN.md pitfalls).
-    return 64 if device.type == "cuda" else 8
+    if device.type == "cuda":
+        return 64
+    if model_name:
+        from camcli.errors import CamcliError
+        from camcli.models.load import entry_for
+
+        try:
+            return entry_for(model_name).cpu_batch_size or 8
+        except CamcliError:
+            return 8
+    return 8
 
 
 @dataclass
@@ -100,7 +112,7 @@ class Session:
         if compile:
             # Compiles the trunk on first use (slow once); shapes vary only with the batch tail.
             m.trunk = torch.compile(m.trunk, dynamic=False)
-        bs = batch_size or default_batch_size(dev)
+        bs = batch_size or default_batch_size(dev, m.name)
         if codec not in ("auto", "cpu", "device"):
             raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")
         device_codec = codec == "device" or (codec == "auto" and dev.type == "cuda")

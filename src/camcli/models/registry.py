@@ -83,7 +83,8 @@ class ModelEntry:
     ``builder`` says how the network is made (``torchvision``, ``paper``, ``small``);
     ``url``/``sha256`` its default weights; ``head`` whether those include a trained GAP head;
     ``feature_channels`` and ``feature_size`` the last feature map [K, h, w] at the default
-    input size; ``extra`` the table's keys camcli does not know.
+    input size; ``cpu_batch_size`` the images per forward pass on a CPU when ``--batch-size``
+    is not given (None: camcli's default, 8); ``extra`` the table's keys camcli does not know.
     """
 
     name: str
@@ -102,6 +103,7 @@ class ModelEntry:
     licence: str
     top1: float | None = None
     notes: str = ""
+    cpu_batch_size: int | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -161,6 +163,11 @@ def parse_registry(data: dict) -> dict[str, ModelEntry]:
         sha = merged["sha256"]
         if sha and (len(sha) < 8 or len(sha) > 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise RegistryError(f"[models.{name}] sha256 must be 8-64 lowercase hex digits")
+        cpu_bs = merged.get("cpu_batch_size")
+        if cpu_bs is not None and (
+            isinstance(cpu_bs, bool) or not isinstance(cpu_bs, int) or not 1 <= cpu_bs <= 1024
+        ):
+            raise RegistryError(f"[models.{name}] cpu_batch_size must be an integer in 1..1024")
         pre = Preprocess.from_dict(merged)
         known = set(ModelEntry.__dataclass_fields__) | set(Preprocess.__dataclass_fields__)
         entries[name] = ModelEntry(
@@ -180,6 +187,7 @@ def parse_registry(data: dict) -> dict[str, ModelEntry]:
             licence=merged.get("licence", ""),
             top1=merged.get("top1"),
             notes=merged.get("notes", ""),
+            cpu_batch_size=cpu_bs,
             extra={k: v for k, v in raw.items() if k not in known},
         )
     return entries
