@@ -140,6 +140,16 @@ def test_paper_box_matches_a_flood_fill_reference_on_random_masks(density):
     assert ties > 0 or density > 0.5  # sparse masks exercise the tie rule
 
 
+def test_paper_many_tied_components_one_pass():
+    # 16,384 isolated pixels, all tied: the first in raster order wins; a first-pixel scan per
+    # tied component (components x pixels) took seconds here and hours on a crafted map
+    m = np.zeros((256, 256), bool)
+    m[1::2, 1::2] = True
+    assert paper_box(m) == (1, 1, 1, 1)
+    m[255, 254] = True  # joins (255, 253) and (255, 255): a 3-pixel component wins alone
+    assert paper_box(m) == (253, 255, 255, 255)
+
+
 def test_paper_empty_mask_gives_none():
     assert paper_box(np.zeros((5, 7), bool)) is None
     assert component_boxes(np.zeros((5, 7), bool)) == []

@@ -263,7 +263,7 @@ def test_leftover_d_help_text(command):
     assert "<list[" not in text
     assert " . " not in text and " .│" not in text  # a stripped "[default: ...]"
     if command in ("predict", "cam", "bbox"):
-        assert "Images per forward pass (default: 8 on CPU, 64 on CUDA)." in text
+        assert "cpu_batch_size: 4 for EfficientNet-Lite)." in text
         assert "Decoding worker processes (default: cores, max 4)." in text
     if command == "train":
         assert "(default: 10 fine-tuning, 30 from scratch)" in text

@@ -241,8 +241,10 @@ def paper_box(mask) -> Box | None:
     best = np.flatnonzero(areas == areas.max()) + 1
     k = int(best[0])
     if len(best) > 1:  # a tie: the component whose first pixel comes first in raster order
-        flat = labels.ravel()
-        k = min((int(np.flatnonzero(flat == j)[0]), int(j)) for j in best)[1]
+        # one pass for every label's first pixel (a scan per tied label would cost
+        # components x pixels on a checkerboard)
+        _, first = np.unique(labels.ravel(), return_index=True)
+        k = int(best[np.argmin(first[best])])
     x, y, w, h = cv2.boundingRect((labels == k).view(np.uint8))
     return (x, y, x + w - 1, y + h - 1)
 

@@ -44,7 +44,10 @@ BatchSize = Annotated[
         "-b",
         min=1,
         max=65536,
-        help="Images per forward pass (default: 8 on CPU, 64 on CUDA).",
+        help=(
+            "Images per forward pass (default: 64 on CUDA; on CPU 8, or the registry's "
+            "cpu_batch_size: 4 for EfficientNet-Lite)."
+        ),
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
