@@ -101,6 +101,9 @@ def test_models_table_and_json(capsys):
         e = reg[r["name"]]
         assert r["feature_map"] == f"{e.feature_channels}x{e.feature_size[0]}x{e.feature_size[1]}"
         assert r["classes"] == e.num_classes and r["input_size"] == e.preprocess.input_size
+        assert r["cpu_batch_size"] == (e.cpu_batch_size or 8)
+        if r["name"] in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+            assert r["cpu_batch_size"] == 4
         if e.categories == "imagenet1k":
             assert r["classes"] == 1000 and r["input_size"] in (224, 240, 260)
         assert r["url"] == e.url and r["sha256"] == e.sha256

@@ -128,7 +128,7 @@ def cam(
     if top_k > MAX_TOP_K:
         from camcli.console import warn
 
-        warn(f"--top-k {top_k} lowered to {MAX_TOP_K} (one overlay file per class and image)")
+        warn(f"--top-k {top_k} lowered to {MAX_TOP_K} (one map, and overlay, per class and image)")
         top_k = MAX_TOP_K
     opts = _cam_job_options(
         out=out,

@@ -53,6 +53,7 @@ def _registry_rows() -> list[dict]:
                 "pool": e.pool,
                 "feature_map": f"{e.feature_channels}x{e.feature_size[0]}x{e.feature_size[1]}",
                 "input_size": e.preprocess.input_size,
+                "cpu_batch_size": e.cpu_batch_size or 8,
                 "classes": e.num_classes,
                 "weights": status,
                 "url": e.url,
