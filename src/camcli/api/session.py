@@ -11,7 +11,7 @@ from camcli.data import inputs, loader
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 from camcli.errors import CamcliError
 from camcli.models.gap import GapModel
-from camcli.models.load import load_model
+from camcli.models.load import entry_for, load_model
 from camcli.runs.device import resolve_device
 from camcli.runs.profiling import Profiler
 
@@ -19,19 +19,17 @@ from camcli.runs.profiling import Profiler
 def default_batch_size(device: torch.device, model_name: str | None = None) -> int:
     """Images per forward pass when ``--batch-size`` is not given: 64 on CUDA; on a CPU the
     registry entry's ``cpu_batch_size`` (measured with ``benchmarks/limit.py``; e.g. 4 for
-    EfficientNet-Lite, whose wide early activations leave the cache at 8), else 8."""
-    # On a small CPU, activations fall out of cache at large batches (DESIGN.md pitfalls).
+    EfficientNet-Lite, whose wide early activations leave the cache at 8), else
+    :data:`~camcli.models.registry.DEFAULT_CPU_BATCH_SIZE`."""
+    from camcli.models.registry import DEFAULT_CPU_BATCH_SIZE
+
     if device.type == "cuda":
         return 64
-    if model_name:
-        from camcli.errors import CamcliError
-        from camcli.models.load import entry_for
-
-        try:
-            return entry_for(model_name).cpu_batch_size or 8
-        except CamcliError:
-            return 8
-    return 8
+    try:
+        entry = entry_for(model_name) if model_name else None
+    except CamcliError:
+        entry = None
+    return (entry.cpu_batch_size if entry else None) or DEFAULT_CPU_BATCH_SIZE
 
 
 @dataclass

@@ -31,7 +31,7 @@ def models(
 def _registry_rows() -> list[dict]:
     """One row per registry entry (the ``--json`` records), with its weights status."""
     from camcli.models import hub
-    from camcli.models.registry import load_registry
+    from camcli.models.registry import DEFAULT_CPU_BATCH_SIZE, load_registry
 
     rows = []
     for e in load_registry().values():
@@ -53,7 +53,7 @@ def _registry_rows() -> list[dict]:
                 "pool": e.pool,
                 "feature_map": f"{e.feature_channels}x{e.feature_size[0]}x{e.feature_size[1]}",
                 "input_size": e.preprocess.input_size,
-                "cpu_batch_size": e.cpu_batch_size or 8,
+                "cpu_batch_size": e.cpu_batch_size or DEFAULT_CPU_BATCH_SIZE,
                 "classes": e.num_classes,
                 "weights": status,
                 "url": e.url,

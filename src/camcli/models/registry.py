@@ -76,6 +76,11 @@ class Preprocess:
         return cls(**known)
 
 
+DEFAULT_CPU_BATCH_SIZE = 8
+"""Images per CPU forward pass for an entry without ``cpu_batch_size`` (DESIGN.md pitfalls:
+on a small CPU, activations fall out of cache at large batches)."""
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One network of the registry (a ``[models.<name>]`` table of weights.toml).
@@ -84,7 +89,8 @@ class ModelEntry:
     ``url``/``sha256`` its default weights; ``head`` whether those include a trained GAP head;
     ``feature_channels`` and ``feature_size`` the last feature map [K, h, w] at the default
     input size; ``cpu_batch_size`` the images per forward pass on a CPU when ``--batch-size``
-    is not given (None: camcli's default, 8); ``extra`` the table's keys camcli does not know.
+    is not given (None: :data:`DEFAULT_CPU_BATCH_SIZE`); ``extra`` the table's keys camcli
+    does not know.
     """
 
     name: str
