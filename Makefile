@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test test-all lint demo clean bench
 
+# --no-cache-dir: torch's CUDA build and its nvidia wheels are ~4 GB of downloads; caching them
+# as well as installing them doubles the disk a clean CI machine needs (a CI run failed with ENOSPC).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,7 +35,7 @@ demo: $(STAMP)
 	@echo "overlays and grids: demo-out/cams/   boxes: demo-out/boxes.jsonl   drawn: demo-out/boxes/"
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/bench_cam.py --images 256 --rounds 3 --peer-rounds 2
 
 clean:
