@@ -140,6 +140,33 @@ def test_paper_box_matches_a_flood_fill_reference_on_random_masks(density):
     assert ties > 0 or density > 0.5  # sparse masks exercise the tie rule
 
 
+def test_paper_box_on_a_mask_placed_in_a_larger_empty_canvas():
+    # paper_box labels only the foreground's bounding rectangle: the same components, shifted
+    # back by its corner (ties by raster order included)
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        h, w = rng.integers(1, 25, 2)
+        m = rng.random((h, w)) < 0.3
+        ref = _reference_components(m)
+        if not ref:
+            continue
+        big = max(c[0] for c in ref)
+        x0, y0, x1, y1 = min((c for c in ref if c[0] == big), key=lambda c: c[1])[2]
+        dy, dx = rng.integers(0, 30, 2)
+        canvas = np.zeros((h + dy + int(rng.integers(0, 9)), w + dx + 5), bool)
+        canvas[dy : dy + h, dx : dx + w] = m
+        assert paper_box(canvas) == (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
+
+
+def test_paper_box_32_bit_labels_and_bincount_path():
+    # over 65,534 possible components: 32-bit labels and np.bincount (not the 16-bit histogram)
+    m = np.zeros((600, 600), bool)
+    m[::2, ::2] = True  # 90,000 single pixels, all tied
+    assert paper_box(m) == (0, 0, 0, 0)
+    m[599, 597] = True  # joins (598, 596) and (598, 598): three pixels, alone the largest
+    assert paper_box(m) == (596, 598, 598, 599)
+
+
 def test_paper_many_tied_components_one_pass():
     # 16,384 isolated pixels, all tied: the first in raster order wins; a first-pixel scan per
     # tied component (components x pixels) took seconds here and hours on a crafted map
