@@ -316,6 +316,9 @@ def main() -> None:
                 if own_bs != best_bs
                 else {}
             ),
+            # the network camcli runs (BatchNorm folded into the convolutions): camcli's own
+            # overhead is measured against this one, the bare model's forward against "limit"
+            "limit_folded": limit_cmd + ["--batch-size", str(own_bs), "--fold"],
             "cam_top1": cam + ["--out", str(work / "o1"), "--top-k", "1"] + common,
             "cam_top5": cam + ["--out", str(work / "o5o"), "--top-k", "5"] + common,
             "cam_top5_maps": cam
@@ -396,6 +399,12 @@ def main() -> None:
                 pr = per_round(runs, name, limits)
                 if pr:
                     line += f" (per round {', '.join(f'{1 / (1 + x):.2f}' for x in pr)})"
+                if "limit_folded" in summary:
+                    lf = summary["limit_folded"]["images_per_s"]
+                    pf = per_round(runs, name, ["limit_folded"])
+                    line += f"   / limit_folded {summary[name]['images_per_s'] / lf:5.2f}"
+                    if pf:
+                        line += f" (per round {', '.join(f'{1 / (1 + x):.2f}' for x in pf)})"
                 for peer in ("gradcam", "torchcam"):
                     if peer in summary:
                         ratio = summary[name]["images_per_s"] / summary[peer]["images_per_s"]

@@ -1,4 +1,5 @@
-"""The limit: decode + preprocess + forward only, with camcli's own loader (no CAM, no writes).
+"""The limit: decode + preprocess + forward only, with camcli's own loader (no CAM, no writes),
+of the bare model (or, with ``--fold``, of the BatchNorm-folded network camcli runs).
 
 Prints one JSON line: images/s over the whole process and in steady state (after the first
 batch), for ``bench_cam.py``.
@@ -28,9 +29,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument(
+        "--fold",
+        action="store_true",
+        help="fold BatchNorm into the convolutions, as camcli's sessions do (else the bare model)",
+    )
     args = ap.parse_args()
     dev = resolve_device(args.device)
-    m = load_model(args.model, args.weights).to(dev).eval()
+    m = load_model(args.model, args.weights).eval()
+    if args.fold:
+        from camcli.models.fold import fold_for_inference
+
+        m, _ = fold_for_inference(m, m.preprocess.input_size)
+    m = m.to(dev)
     if dev.type == "cpu":
         m = m.to(memory_format=torch.channels_last)
     items = inputs.discover([args.images])[: args.max_images]

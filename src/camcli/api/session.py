@@ -10,6 +10,7 @@ import torch
 from camcli.data import inputs, loader
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 from camcli.errors import CamcliError
+from camcli.models.fold import fold_for_inference
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for, load_model
 from camcli.runs.device import resolve_device
@@ -77,6 +78,7 @@ class Session:
         profile: bool = False,
         codec: str = "auto",
         compile: bool = False,
+        fold: bool = True,
     ) -> Session:
         """Load ``model`` with ``weights`` onto ``device`` (the command-line options).
 
@@ -93,6 +95,9 @@ class Session:
             codec: ``"auto"`` (the device on CUDA), ``"cpu"`` or ``"device"`` (on a CPU device:
                 torchvision decodes in the main process; the CLI warns).
             compile: ``torch.compile`` the trunk.
+            fold: fold each BatchNorm that follows a convolution into it
+                (:func:`camcli.models.fold.fold_for_inference`; checked to give the same
+                outputs, within a relative 1e-4, or not done).
 
         Raises:
             CamcliError: a bad ``device``, ``precision`` or ``codec``, fp16 on the CPU, or a
@@ -104,7 +109,10 @@ class Session:
             raise CamcliError(f"--precision {precision!r}: use fp32, bf16 or fp16")
         if precision == "fp16" and dev.type == "cpu":
             raise CamcliError("--precision fp16 needs a GPU; on the CPU use bf16")
-        m = load_model(model, weights, offline=offline).to(dev).eval()
+        m = load_model(model, weights, offline=offline).eval()
+        if fold:  # BatchNorm folded into the convolutions (same outputs, a faster forward)
+            m, _ = fold_for_inference(m, m.preprocess.input_size)
+        m = m.to(dev)
         if dev.type == "cpu":
             m = m.to(memory_format=torch.channels_last)
         if compile:
