@@ -135,6 +135,7 @@ def test_session_runs_the_folded_default_network_with_the_same_outputs():
 
     s = Session.open("efficientnet_lite0", device="cpu", offline=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in s.model.modules())
+    assert s.folded_bn == 49  # every BN of EfficientNet-Lite0 (run.json's folded_batchnorm)
     bare = load_model("efficientnet_lite0", offline=True).eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -145,3 +146,4 @@ def test_session_runs_the_folded_default_network_with_the_same_outputs():
     assert ((l1 - l0).abs().max() / l0.abs().max()).item() < 1e-4
     unfolded = Session.open("efficientnet_lite0", device="cpu", offline=True, fold=False)
     assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.model.modules())
+    assert unfolded.folded_bn == 0

@@ -22,8 +22,9 @@ from camcli.runs.outdir import OutDir
 
 
 def run_info(session: Session, command: str, options: dict, started: float) -> dict:
-    """The ``run.json`` of an output folder: versions, model and weights, device, options,
-    counts and wall time (seconds since ``started``, a ``time.time()``)."""
+    """The ``run.json`` of an output folder: versions, model and weights, device, batch size,
+    BatchNorm layers folded into convolutions, options, counts and wall time (seconds since
+    ``started``, a ``time.time()``)."""
     import platform
 
     import torchvision
@@ -44,6 +45,7 @@ def run_info(session: Session, command: str, options: dict, started: float) -> d
         "preprocess": m.preprocess.to_dict(),
         "device": str(session.device),
         "batch_size": session.batch_size,
+        "folded_batchnorm": session.folded_bn,
         "options": options,
         "counts": dict(session.stats),
         "wall_time_s": round(time.time() - started, 3),

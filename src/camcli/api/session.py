@@ -58,6 +58,7 @@ class Session:
     profiler: Profiler | None = None
     device_codec: bool = False  # JPEG decode (and overlay render/encode) on the device
     stats: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    folded_bn: int = 0  # BatchNorm layers folded into their convolutions (fold_for_inference)
 
     def __post_init__(self) -> None:
         if self.profiler is None:
@@ -110,8 +111,9 @@ class Session:
         if precision == "fp16" and dev.type == "cpu":
             raise CamcliError("--precision fp16 needs a GPU; on the CPU use bf16")
         m = load_model(model, weights, offline=offline).eval()
+        folded = 0
         if fold:  # BatchNorm folded into the convolutions (same outputs, a faster forward)
-            m, _ = fold_for_inference(m, m.preprocess.input_size)
+            m, folded = fold_for_inference(m, m.preprocess.input_size)
         m = m.to(dev)
         if dev.type == "cpu":
             m = m.to(memory_format=torch.channels_last)
@@ -122,7 +124,11 @@ class Session:
         if codec not in ("auto", "cpu", "device"):
             raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")
         device_codec = codec == "device" or (codec == "auto" and dev.type == "cuda")
-        return cls(m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev), device_codec)
+        session = cls(
+            m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev), device_codec
+        )
+        session.folded_bn = folded
+        return session
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
