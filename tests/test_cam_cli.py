@@ -467,7 +467,9 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt):
     mpath = out / "manifest.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if mpath.is_file() and mpath.read_text().count("\n") >= 3:
+        # the first record: the widest window before the run ends (under load, a signal sent
+        # after the third one sometimes landed after the last image)
+        if mpath.is_file() and mpath.read_text().count("\n") >= 1:
             proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.005)
@@ -475,7 +477,7 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt):
     assert proc.returncode == 130, err.decode()
     assert "Traceback" not in err.decode() and "exception calling callback" not in err.decode()
     done = manifest(out)
-    assert 3 <= len(done) < n
+    assert 1 <= len(done) < n
     # run.json says the run was interrupted (issue 15 S1: Ctrl-C and SIGTERM alike)
     assert json.loads((out / "run.json").read_text())["interrupted"] is True
     stray = [f for f in tree(out) if ".camcli-tmp" in f or f.endswith(".tmp")]
