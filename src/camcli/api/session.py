@@ -124,11 +124,10 @@ class Session:
         if codec not in ("auto", "cpu", "device"):
             raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")
         device_codec = codec == "device" or (codec == "auto" and dev.type == "cuda")
-        session = cls(
-            m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev), device_codec
-        )
-        session.folded_bn = folded
-        return session
+        return cls(
+            m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev), device_codec,
+            folded_bn=folded,
+        )  # fmt: skip
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

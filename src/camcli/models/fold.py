@@ -80,7 +80,7 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor):
     does, the model's outputs on ``example``)."""
     produced: dict[int, nn.Module] = {}  # id(output tensor) -> the conv that returned it
     readers: dict[int, int] = {}  # id(tensor) -> leaf modules that received it
-    candidates: list[tuple[nn.Module, nn.Module]] = []
+    candidates: list[tuple[nn.Module, nn.Module, int]] = []  # (conv, bn, id(tensor))
     keep: list[torch.Tensor] = []  # every tensor seen, kept alive: no id is reused in the pass
     hooks = []
 
