@@ -395,21 +395,21 @@ def main() -> None:
 
         for name in ("cam_top1", "cam_top5", "cam_top5_maps", "bbox"):
             if name in summary:
-                line = f"  {name:14s} / limit {summary[name]['images_per_s'] / lim:5.2f}"
-                pr = per_round(runs, name, limits)
-                if pr:
-                    line += f" (per round {', '.join(f'{1 / (1 + x):.2f}' for x in pr)})"
-                if "limit_folded" in summary:
-                    lf = summary["limit_folded"]["images_per_s"]
-                    pf = per_round(runs, name, ["limit_folded"])
-                    line += f"   / limit_folded {summary[name]['images_per_s'] / lf:5.2f}"
-                    if pf:
-                        line += f" (per round {', '.join(f'{1 / (1 + x):.2f}' for x in pf)})"
+                line = f"  {name:14s}"
+                # against the bare model's limit and against the folded network camcli runs
+                for label, dens in (("limit", limits), ("limit_folded", ["limit_folded"])):
+                    if not all(d in summary for d in dens):
+                        continue
+                    den = lim if label == "limit" else summary[dens[0]]["images_per_s"]
+                    line += f" / {label} {summary[name]['images_per_s'] / den:5.2f}"
+                    pr = per_round(runs, name, dens)
+                    if pr:
+                        line += f" (per round {', '.join(f'{1 / (1 + x):.2f}' for x in pr)})  "
                 for peer in ("gradcam", "torchcam"):
                     if peer in summary:
                         ratio = summary[name]["images_per_s"] / summary[peer]["images_per_s"]
-                        line += f"   / {peer} {ratio:5.2f}"
-                print(line)
+                        line += f" / {peer} {ratio:5.2f}"
+                print(line.rstrip())
         for name in ("cam_top5", "cam_top5_maps"):
             if "cam_top1" in summary and name in summary:
                 extra = summary["cam_top1"]["images_per_s"] / summary[name]["images_per_s"] - 1
