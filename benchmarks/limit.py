@@ -1,5 +1,6 @@
 """The limit: decode + preprocess + forward only, with camcli's own loader (no CAM, no writes),
-of the bare model (or, with ``--fold``, of the BatchNorm-folded network camcli runs).
+of the bare model (or, with ``--fold --streams 2``, of the network as camcli runs it on a CPU:
+BatchNorm folded, two batches at once on single-threaded streams).
 
 Prints one JSON line: images/s over the whole process and in steady state (after the first
 batch), for ``bench_cam.py``.
@@ -34,6 +35,12 @@ def main() -> None:
         action="store_true",
         help="fold BatchNorm into the convolutions, as camcli's sessions do (else the bare model)",
     )
+    ap.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        help="CPU forward passes at once, as camcli's --streams (1: the plain loop)",
+    )
     args = ap.parse_args()
     dev = resolve_device(args.device)
     m = load_model(args.model, args.weights).eval()
@@ -47,9 +54,8 @@ def main() -> None:
     items = inputs.discover([args.images])[: args.max_images]
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     n, t_first = 0, None
-    for b in loader.iter_batches(
-        items, m.preprocess, batch_size=args.batch_size, pin_memory=dev.type == "cuda"
-    ):
+
+    def forward(b):
         x = loader.normalize_batch(b.x.to(dev, non_blocking=True), m.preprocess)
         if dev.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -58,12 +64,25 @@ def main() -> None:
             torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None),
         ):
             m(x)
+        return x.shape[0]
+
+    batches = loader.iter_batches(
+        items, m.preprocess, batch_size=args.batch_size, pin_memory=dev.type == "cuda"
+    )
+    if args.streams > 1 and dev.type == "cpu":
+        from camcli.runs.streams import Streams, threads_per_stream
+
+        pool = Streams(args.streams, threads_per_stream(args.streams))
+        done = (r for _, r in pool.ordered(batches, forward))
+    else:
+        done = (forward(b) for b in batches)
+    for size in done:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if t_first is None:
             t_first = time.perf_counter()
         else:
-            n += x.shape[0]
+            n += size
     end = time.perf_counter()
     print(
         json.dumps(

@@ -144,7 +144,9 @@ def run_bbox(
     drawdir = None
     boxer = Boxer(opts.box_options, session.profiler if session is not None else None)
     emit = []  # the record writer, set by _write_box_records (drains before a forward pass)
-    cpu = session is not None and session.device.type == "cpu"
+    # one multi-threaded forward pass at a time on the CPU: the box threads are drained
+    # before each (see run_cam); forward streams need no drain
+    cpu = session is not None and session.device.type == "cpu" and session.streams is None
     before = (lambda: emit[0](True)) if cpu else None
     try:
         drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)

@@ -46,6 +46,7 @@ def run_info(session: Session, command: str, options: dict, started: float) -> d
         "device": str(session.device),
         "batch_size": session.batch_size,
         "folded_batchnorm": session.folded_bn,
+        "streams": session.streams.streams if session.streams is not None else 1,
         "options": options,
         "counts": dict(session.stats),
         "wall_time_s": round(time.time() - started, 3),
@@ -79,11 +80,11 @@ def run_cam(
     """
     keep = wopts.overlays or wopts.grid
     out.profiler = session.profiler
-    # On the CPU, writer threads running beside the multi-threaded forward pass steal a core
+    # On the CPU, writer threads running beside one multi-threaded forward pass steal a core
     # from one of its threads and stall the whole parallel region (stragglers): there the
-    # previous batch's files are finished, in parallel, before the next forward starts. On a
-    # GPU they overlap with it.
-    sync = session.device.type == "cpu" and not wopts.device_render
+    # previous batch's files are finished, in parallel, before the next forward starts. Forward
+    # streams (single-threaded passes side by side, the CPU default) and GPUs overlap them.
+    sync = session.device.type == "cpu" and session.streams is None and not wopts.device_render
 
     def before_forward() -> None:
         with session.profiler.stage("encode+write (waited)"):

@@ -103,8 +103,9 @@ def iter_cams(
         items: the inputs.
         opts: which maps.
         keep_image: keep each original (``CamResult.sample.image``, uint8 [3, H, W]).
-        before_forward: called before each batch's forward pass (the CPU job drains its
-            writer threads there, see :func:`camcli.api.cam_job.run_cam`).
+        before_forward: called before each batch's forward pass is started (the CPU job
+            without forward streams drains its writer threads there, see
+            :func:`camcli.api.cam_job.run_cam`).
 
     Yields:
         In input order, a :class:`CamResult` per decoded image (maps on the session's
@@ -119,24 +120,36 @@ def iter_cams(
         if opts.classes
         else None
     )
-    for batch in session.loader(items, pre, keep_image=keep_image):
+
+    def maps(batch):  # on a forward stream (several batches at once on the CPU)
+        return _batch_cams(session, batch, opts, pre, weight, k, fixed)
+
+    batches = session.loader(items, pre, keep_image=keep_image)
+    if before_forward is not None:
+        batches = _calling_before(batches, before_forward)
+    for batch, results in session.map_batches(batches, maps):
         out: dict[int, CamResult | loader.Sample] = {}
         for s in batch.failed:
             out[s.item.index] = s
             session.stats["failed"] += 1
-        if batch.x is not None:
-            if before_forward is not None:
-                before_forward()
-            for res in _batch_cams(session, batch, opts, pre, weight, k, fixed):
-                if not _finite(res):  # never a NaN into records or maps: that image fails
-                    res.sample.error = NON_FINITE
-                    out[res.sample.item.index] = res.sample
-                    session.stats["failed"] += 1
-                    continue
-                out[res.sample.item.index] = res
-                session.stats["ok"] += 1
+        for res in results or ():
+            if not _finite(res):  # never a NaN into records or maps: that image fails
+                res.sample.error = NON_FINITE
+                out[res.sample.item.index] = res.sample
+                session.stats["failed"] += 1
+                continue
+            out[res.sample.item.index] = res
+            session.stats["ok"] += 1
         for i in sorted(out):
             yield out[i]
+
+
+def _calling_before(batches, fn):
+    """``batches``, calling ``fn()`` before handing on each one with a decoded image."""
+    for batch in batches:
+        if batch.x is not None:
+            fn()
+        yield batch
 
 
 def _finite(res: CamResult) -> bool:

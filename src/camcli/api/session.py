@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +15,7 @@ from camcli.models.gap import GapModel
 from camcli.models.load import entry_for, load_model
 from camcli.runs.device import resolve_device
 from camcli.runs.profiling import Profiler
+from camcli.runs.streams import Streams, default_streams, threads_per_stream
 
 
 def default_batch_size(device: torch.device, model_name: str | None = None) -> int:
@@ -47,6 +48,11 @@ class Session:
         profiler: stage timings (``--profile``); a disabled one by default.
         device_codec: JPEG decode (and overlay render/encode) on the device.
         stats: ``{"ok", "failed"}`` inputs counted by the jobs that ran on this session.
+        folded_bn: BatchNorm layers folded into their convolutions.
+        streams: on the CPU, the batches whose forward pass runs at once, each on its own
+            thread with ``torch.get_num_threads() // streams`` torch threads
+            (:mod:`camcli.runs.streams`);
+            None: one at a time on the calling thread (GPUs, ``--compile``, ``--streams 1``).
     """
 
     model: GapModel
@@ -59,6 +65,7 @@ class Session:
     device_codec: bool = False  # JPEG decode (and overlay render/encode) on the device
     stats: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
     folded_bn: int = 0  # BatchNorm layers folded into their convolutions (fold_for_inference)
+    streams: Streams | None = None
 
     def __post_init__(self) -> None:
         if self.profiler is None:
@@ -80,6 +87,7 @@ class Session:
         codec: str = "auto",
         compile: bool = False,
         fold: bool = True,
+        streams: int | None = None,
     ) -> Session:
         """Load ``model`` with ``weights`` onto ``device`` (the command-line options).
 
@@ -99,6 +107,9 @@ class Session:
             fold: fold each BatchNorm that follows a convolution into it
                 (:func:`camcli.models.fold.fold_for_inference`; checked to give the same
                 outputs, within a relative 1e-4, or not done).
+            streams: CPU forward passes at once, sharing torch's threads (None: 2 when torch
+                has 2 or more, else 1: :func:`camcli.runs.streams.default_streams`); ignored
+                on a GPU and with ``compile``.
 
         Raises:
             CamcliError: a bad ``device``, ``precision`` or ``codec``, fp16 on the CPU, or a
@@ -124,9 +135,21 @@ class Session:
         if codec not in ("auto", "cpu", "device"):
             raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")
         device_codec = codec == "device" or (codec == "auto" and dev.type == "cuda")
+        if streams is not None and streams < 1:
+            raise CamcliError(f"--streams {streams}: use 1 or more")
+        pool = None
+        if dev.type == "cpu" and not compile:
+            n = default_streams() if streams is None else streams
+            if n > 1:
+                pool = Streams(n, threads_per_stream(n))
+        prof = Profiler(profile, dev)
+        if pool is not None:
+            prof.threaded.update(
+                dict.fromkeys(("transfer", "forward", "cam"), "forward streams, overlapped")
+            )
         return cls(
-            m, dev, bs, workers, max_pixels, precision, Profiler(profile, dev), device_codec,
-            folded_bn=folded,
+            m, dev, bs, workers, max_pixels, precision, prof, device_codec,
+            folded_bn=folded, streams=pool,
         )  # fmt: skip
 
     @property
@@ -194,14 +217,34 @@ class Session:
         ):
             return self.model.forward_features(x)
 
+    def map_batches(
+        self, batches: Iterable[loader.Batch], fn: Callable[[loader.Batch], object]
+    ) -> Iterator[tuple[loader.Batch, object]]:
+        """``(batch, fn(batch))`` in input order; ``fn`` (to_input, forward, maps) runs on the
+        session's :attr:`streams`, several batches at once, or here one at a time. Batches
+        without a decoded image (``x`` None) get None. The original images kept in flight are
+        bounded (:data:`camcli.runs.streams.MAX_PIXELS_IN_FLIGHT`)."""
+        if self.streams is None:
+            for batch in batches:
+                yield batch, (fn(batch) if batch.x is not None else None)
+            return
+        yield from self.streams.ordered(
+            batches,
+            fn,
+            needed=lambda b: b.x is not None,
+            cost=lambda b: sum(s.size[0] * s.size[1] for s in b.samples if s.image is not None),
+            waiting=lambda: self.profiler.stage("wait for forward"),
+        )
+
     def batches(
         self, items: list[inputs.InputItem], *, keep_image: bool = False
     ) -> Iterator[tuple[loader.Batch, torch.Tensor | None, torch.Tensor | None]]:
         """Yield (batch, features [B, K, h, w], logits [B, C]) on the device, input order."""
         pre = self.model.preprocess
-        for batch in self.loader(items, pre, keep_image=keep_image):
-            if batch.x is None:
-                yield batch, None, None
-                continue
-            feats, logits = self.forward(self.to_input(batch.x, pre))
+
+        def run(batch):
+            return self.forward(self.to_input(batch.x, pre))
+
+        for batch, out in self.map_batches(self.loader(items, pre, keep_image=keep_image), run):
+            feats, logits = out if out is not None else (None, None)
             yield batch, feats, logits

@@ -123,6 +123,7 @@ def bbox(
     profile: o.Profile = False,
     codec: o.Codec = "auto",
     compile: o.Compile = False,
+    streams: o.Streams = None,
     quiet: o.Quiet = False,
 ) -> int:
     """Boxes of the top-k classes: threshold each CAM, keep its largest component's box.

@@ -113,6 +113,7 @@ def cam(
     profile: o.Profile = False,
     codec: o.Codec = "auto",
     compile: o.Compile = False,
+    streams: o.Streams = None,
     quiet: o.Quiet = False,
 ) -> int:
     """Class activation maps of the top-k (or named) classes, mapped onto each original image.

@@ -102,6 +102,16 @@ Codec = Annotated[
         "(the device on CUDA, else the CPU), cpu, or device.",
     ),
 ]
+Streams = Annotated[
+    int | None,
+    typer.Option(
+        "--streams",
+        min=1,
+        max=64,
+        help="CPU only: batches run through the network at once, each on threads/N torch "
+        "threads (default: 2 when torch has 2 or more threads; 1: one pass on them all).",
+    ),
+]
 Compile = Annotated[
     bool,
     typer.Option(

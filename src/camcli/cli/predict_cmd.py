@@ -39,6 +39,7 @@ def predict(
     profile: o.Profile = False,
     codec: o.Codec = "auto",
     compile: o.Compile = False,
+    streams: o.Streams = None,
     quiet: o.Quiet = False,
 ) -> int:
     """Classify images: one JSON Lines record per input, softmax scores, best first.

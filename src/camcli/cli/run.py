@@ -40,6 +40,7 @@ SESSION_OPTIONS = (
     "profile",
     "codec",
     "compile",
+    "streams",
 )
 
 

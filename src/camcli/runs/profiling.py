@@ -9,6 +9,7 @@ from contextlib import contextmanager
 STAGES = (
     "wait for decode",
     "decode (device)",
+    "wait for forward",
     "transfer",
     "forward",
     "cam",
@@ -36,6 +37,8 @@ class Profiler:
         self.decode_worker_s = 0.0
         self.images = 0
         self._lock = threading.Lock()
+        #: stage -> where it runs, for stages timed outside the main thread (overlapped)
+        self.threaded: dict[str, str] = dict(THREADED)
         self.started = time.perf_counter()
 
     @contextmanager
@@ -63,11 +66,11 @@ class Profiler:
             f"profile: {self.images} images in {wall:.2f} s "
             f"({self.images / wall if wall else 0:.2f} images/s)"
         ]
-        main = sum(v for k, v in self.totals.items() if k not in THREADED)
+        main = sum(v for k, v in self.totals.items() if k not in self.threaded)
         for name in STAGES:
             if name in self.totals:
                 v = self.totals[name]
-                where = THREADED.get(name, "main")
+                where = self.threaded.get(name, "main")
                 lines.append(f"  {name:16s} {v:8.2f} s  {100 * v / wall:5.1f} % of wall  ({where})")
         if self.decode_worker_s:
             lines.append(
