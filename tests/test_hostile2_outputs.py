@@ -715,3 +715,38 @@ def test_W3_second_train_into_a_locked_run_folder_is_refused(tmp_path, capsys):
     finally:
         held.release()
     assert os.listdir(out) == []
+
+
+def test_W1_open_folder_writes_several_files_relative_to_one_folder(tmp_path):
+    """open_folder + write_atomic(dir_fd=): the same refusals as a path write, files renamed
+    inside the folder opened (a folder swapped for a link afterwards is not followed)."""
+    from camcli import atomic
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "deep").symlink_to(victim)
+    atomic.confine(root)
+    try:
+        with pytest.raises(atomic.LinkError) as ei, atomic.open_folder(root / "sub" / "deep" / "x"):
+            pass
+        assert str(root / "sub" / "deep") in str(ei.value)
+        with atomic.open_folder(root / "sub" / "key") as fd:
+            atomic.write_atomic(root / "sub" / "key" / "1.jpg", b"one", dir_fd=fd)
+            # the folder is moved away and a link to the victim planted at its name: the next
+            # write still lands in the folder that was opened, never in the victim
+            (root / "sub" / "key").rename(root / "sub" / "moved")
+            (root / "sub" / "key").symlink_to(victim)
+            atomic.write_atomic(root / "sub" / "key" / "2.jpg", b"two", dir_fd=fd)
+            with (
+                pytest.raises(ZeroDivisionError),
+                atomic.AtomicFile(root / "sub" / "key" / "3.jpg", dir_fd=fd) as fh,
+            ):
+                fh.write(b"half")
+                raise ZeroDivisionError  # aborted: its temporary file is removed
+    finally:
+        atomic.release(root)
+    assert list(victim.iterdir()) == []
+    assert sorted(p.name for p in (root / "sub" / "moved").iterdir()) == ["1.jpg", "2.jpg"]
+    assert (root / "sub" / "moved" / "2.jpg").read_bytes() == b"two"

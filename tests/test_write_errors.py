@@ -82,11 +82,11 @@ def test_cam_simulated_disk_full_stops_cleanly_and_resumes(tmp_path, imgs, cli_c
     real = camcli.api.cam_files.write_atomic
     calls = [0]
 
-    def failing(path, data):
+    def failing(path, data, **kw):
         calls[0] += 1
         if calls[0] >= 7:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(camcli.api.cam_files, "write_atomic", failing)
     out = tmp_path / "out"

@@ -23,6 +23,7 @@ import errno
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -239,6 +240,9 @@ class AtomicFile:
         mode: ``"wb"`` (bytes) or ``"w"`` (text).
         encoding: text encoding for ``"w"``.
         fsync: flush the data to disk before the rename (records, checkpoints, downloads).
+        dir_fd: ``path``'s folder, already open (:func:`open_folder`): the folder walk is not
+            repeated and the rename is made relative to it. It must stay open until the
+            commit or abort.
 
     Raises:
         LinkError: a folder on the way is a symbolic link (nothing is written).
@@ -247,15 +251,16 @@ class AtomicFile:
 
     def __init__(
         self, path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
-        fsync: bool = False,
+        fsync: bool = False, dir_fd: int | None = None,
     ) -> None:  # fmt: skip
         self.path = Path(path)
         self.tmp = tmp_path_for(self.path)
         self.fsync = fsync
         self.closed = True
+        self._dfd = dir_fd
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
-            dfd = _open_folder(self.path)
+            dfd = _open_folder(self.path) if dir_fd is None else dir_fd
             try:
                 try:
                     fd = os.open(self.tmp.name, flags, 0o666, dir_fd=dfd)
@@ -263,7 +268,8 @@ class AtomicFile:
                     os.unlink(self.tmp.name, dir_fd=dfd)
                     fd = os.open(self.tmp.name, flags, 0o666, dir_fd=dfd)
             finally:
-                os.close(dfd)
+                if dir_fd is None:
+                    os.close(dfd)
         except OSError as exc:
             _name_target(exc, self.path)
             raise
@@ -279,7 +285,12 @@ class AtomicFile:
             if self.fsync:
                 os.fsync(self.file.fileno())
             self.file.close()
-            os.replace(self.tmp, self.path)
+            if self._dfd is None:
+                os.replace(self.tmp, self.path)
+            else:
+                os.replace(
+                    self.tmp.name, self.path.name, src_dir_fd=self._dfd, dst_dir_fd=self._dfd
+                )
         except BaseException as exc:
             self.abort()
             if isinstance(exc, OSError):
@@ -294,7 +305,11 @@ class AtomicFile:
         self.closed = True
         with contextlib.suppress(OSError):
             self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if self._dfd is None:
+                self.tmp.unlink(missing_ok=True)
+            else:
+                os.unlink(self.tmp.name, dir_fd=self._dfd)
 
     def __enter__(self) -> IO[Any]:
         return self.file
@@ -306,18 +321,48 @@ class AtomicFile:
             self.abort()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (see :class:`AtomicFile`)."""
-    with AtomicFile(path, fsync=fsync) as fh:
+def write_atomic(
+    path: str | os.PathLike, data: bytes, *, fsync: bool = False, dir_fd: int | None = None
+) -> None:
+    """Write ``data`` to ``path`` atomically (see :class:`AtomicFile`; ``dir_fd``: its folder,
+    opened by :func:`open_folder`)."""
+    with AtomicFile(path, fsync=fsync, dir_fd=dir_fd) as fh:
         fh.write(data)
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> None:
-    """``numpy.savez(path, **arrays)`` (uncompressed), atomically."""
+    """``numpy.savez(path, **arrays)`` (uncompressed), atomically: the archive is built in
+    memory and written with one call (numpy's zip writer seeks back over each member's header,
+    one system call each on a real file)."""
+    import io
+
     import numpy as np
 
-    with AtomicFile(path) as fh:
-        np.savez(fh, **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getbuffer())
+
+
+@contextlib.contextmanager
+def open_folder(folder: str | os.PathLike) -> Iterator[int]:
+    """``folder`` created and opened once, without following links, as each atomic write
+    otherwise does: yields its descriptor for ``write_atomic(..., dir_fd=)`` of several files
+    (an image's overlays), closed on exit.
+
+    Raises:
+        LinkError: ``folder`` or a folder on the way is a symbolic link.
+        OSError: it cannot be created or opened (``filename`` names it).
+    """
+    p = Path(folder)
+    try:
+        fd = _open_folder(p / "_")
+    except OSError as exc:
+        _name_target(exc, p)
+        raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 class BusyError(OSError):

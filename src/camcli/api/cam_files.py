@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from camcli.api import cams
-from camcli.atomic import AtomicFile, save_npz_atomic, write_atomic
+from camcli.atomic import AtomicFile, open_folder, save_npz_atomic, write_atomic
 from camcli.data.codec import encode_image
 from camcli.runs.outdir import OutDir, safe_label
 
@@ -72,36 +72,48 @@ def _render_and_write_cpu(
     res: the maps (:meth:`camcli.api.cams.CamResult.cam`, float32 [H, W] in [0, 1]).
     """
 
+    import contextlib
+
     from camcli.cam import render
 
     rgb = image.permute(1, 2, 0).contiguous().numpy()
     h, w = rgb.shape[:2]
     ph, pw = render.grid_panel_size(h, w, res.k + 1) if grid_path is not None else (h, w)
     small: list[np.ndarray] = []
-    for i in range(res.k):
-        levels = None
-        for y0, y1, strip in res.cam_rows(i):  # one strip (the map) unless the image is large
-            lv = render.levels_cv2(strip, inplace=res.full is None)
-            if y0 == 0 and y1 == h:
-                levels = lv
-                continue
-            if levels is None:
-                levels = np.empty((h, w), dtype=np.uint8)
-            levels[y0:y1] = lv
-        del strip
-        ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
-        del levels
-        if grid_path is not None:  # a copy: ov is swapped to BGR in place below
-            small.append(_panel(ov, ph, pw, copy=True))
-        if i < len(paths):
-            _rgb_to_bgr_inplace(ov)
-            write_atomic(paths[i], encode_image(ov, wopts.fmt, bgr=True))
-        del ov
-    if grid_path is not None:
-        img_small = torch.from_numpy(_panel(rgb, ph, pw)).permute(2, 0, 1)
-        ovs = torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2)
-        g = render.grid(img_small, ovs, captions)
-        write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt))
+    # the image's folder is opened once for its k overlays and grid (not once per file)
+    folder = (paths[0] if paths else grid_path).parent
+    with open_folder(folder) if paths or grid_path else contextlib.nullcontext() as dfd:
+        for i in range(res.k):
+            levels = _levels(res, i, h, w)
+            ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
+            del levels
+            if grid_path is not None:  # a copy: ov is swapped to BGR in place below
+                small.append(_panel(ov, ph, pw, copy=True))
+            if i < len(paths):
+                _rgb_to_bgr_inplace(ov)
+                write_atomic(paths[i], encode_image(ov, wopts.fmt, bgr=True), dir_fd=dfd)
+            del ov
+        if grid_path is not None:
+            img_small = torch.from_numpy(_panel(rgb, ph, pw)).permute(2, 0, 1)
+            ovs = torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2)
+            g = render.grid(img_small, ovs, captions)
+            write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt), dir_fd=dfd)
+
+
+def _levels(res: cams.CamResult, i: int, h: int, w: int) -> np.ndarray:
+    """Map ``i`` of ``res`` on the image, quantised to uint8 [h, w] levels, upsampled and
+    quantised in row strips on large images (one full-size float strip at a time)."""
+    from camcli.cam import render
+
+    levels = None
+    for y0, y1, strip in res.cam_rows(i):  # one strip (the map) unless the image is large
+        lv = render.levels_cv2(strip, inplace=res.full is None)
+        if y0 == 0 and y1 == h:
+            return lv
+        if levels is None:
+            levels = np.empty((h, w), dtype=np.uint8)
+        levels[y0:y1] = lv
+    return levels
 
 
 def _rgb_to_bgr_inplace(img: np.ndarray) -> None:
