@@ -1,5 +1,5 @@
 """Concurrent forward passes on the CPU ("streams"): several batches in flight, each on its own
-thread with its own small share of the cores, results handed back in input order.
+thread with its own share of torch's threads, results handed back in input order.
 
 Why: on a small CPU one multi-threaded forward pass loses much of its time at the barriers of
 its parallel regions, the more so for networks of many small layers (EfficientNet's depthwise
