@@ -71,7 +71,9 @@ def test_W1_cam_refuses_a_folder_link_inside_out(tmp_path, two, cli_ckpt, capsys
     assert not [f for f in tree(out) if ".camcli-tmp" in f]
 
 
-def test_W1_atomic_writer_refuses_links_below_a_confined_root(tmp_path):
+def _confined_root_with_a_link(tmp_path):
+    """(victim folder, root): ``root`` confined for the atomic writer, with a link
+    ``root/sub/deep`` -> victim planted below it."""
     from camcli import atomic
 
     victim = tmp_path / "victim"
@@ -80,6 +82,13 @@ def test_W1_atomic_writer_refuses_links_below_a_confined_root(tmp_path):
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "deep").symlink_to(victim)
     atomic.confine(root)
+    return victim, root
+
+
+def test_W1_atomic_writer_refuses_links_below_a_confined_root(tmp_path):
+    from camcli import atomic
+
+    victim, root = _confined_root_with_a_link(tmp_path)
     try:
         with pytest.raises(atomic.LinkError) as ei:
             atomic.write_atomic(root / "sub" / "deep" / "x" / "f.bin", b"1")
@@ -722,12 +731,7 @@ def test_W1_open_folder_writes_several_files_relative_to_one_folder(tmp_path):
     inside the folder opened (a folder swapped for a link afterwards is not followed)."""
     from camcli import atomic
 
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    root = tmp_path / "root"
-    (root / "sub").mkdir(parents=True)
-    (root / "sub" / "deep").symlink_to(victim)
-    atomic.confine(root)
+    victim, root = _confined_root_with_a_link(tmp_path)
     try:
         with pytest.raises(atomic.LinkError) as ei, atomic.open_folder(root / "sub" / "deep" / "x"):
             pass
