@@ -143,3 +143,13 @@ def test_two_streams_give_the_records_and_maps_of_one(tmp_path, cli_ckpt, cli_im
                 assert [p["class_index"] for p in x["predictions"]] == [
                     p["class_index"] for p in y["predictions"]
                 ]
+
+
+def test_an_explicit_streams_ignored_with_compile_is_said(tmp_path, cli_ckpt, cli_images, capsys):
+    from conftest import CLI_IMAGES
+
+    one = cli_images / CLI_IMAGES[0][0]
+    code = run_main("predict", one, "-w", cli_ckpt, "--compile", "--streams", "2", "-q")
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "--streams 2 is ignored with --compile" in err

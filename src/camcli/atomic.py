@@ -241,8 +241,9 @@ class AtomicFile:
         encoding: text encoding for ``"w"``.
         fsync: flush the data to disk before the rename (records, checkpoints, downloads).
         dir_fd: ``path``'s folder, already open (:func:`open_folder`): the folder walk is not
-            repeated and the rename is made relative to it. It must stay open until the
-            commit or abort.
+            repeated and the rename is made relative to it (only ``path.name`` is used: the
+            caller guarantees ``path`` is in that folder). It must stay open until the commit
+            or abort.
 
     Raises:
         LinkError: a folder on the way is a symbolic link (nothing is written).

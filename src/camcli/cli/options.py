@@ -109,7 +109,8 @@ Streams = Annotated[
         min=1,
         max=64,
         help="CPU only: batches run through the network at once, each on threads/N torch "
-        "threads (default: 2 when torch has 2 or more threads; 1: one pass on them all).",
+        "threads, at least 1 (default: 2 when torch has 2 or more threads; 1: one pass on "
+        "them all). Outputs may differ from --streams 1 in the last float bits.",
     ),
 ]
 Compile = Annotated[

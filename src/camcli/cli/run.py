@@ -64,6 +64,12 @@ def open_session(model, weights, *, split: Split | None = None, **kw):
             f"--codec device: the device is {session.device}, so JPEGs are decoded and overlays "
             "encoded on the CPU in the main process (slower than --codec cpu's workers)"
         )
+    n = kw.get("streams")
+    if n is not None and n > 1 and session.streams is None:
+        from camcli.console import warn
+
+        why = "with --compile" if kw.get("compile") else f"on {session.device}"
+        warn(f"--streams {n} is ignored {why}: streams are for CPU passes without --compile")
     return session
 
 
