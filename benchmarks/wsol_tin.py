@@ -128,6 +128,10 @@ def baselines(train: list[dict], val: list[dict]) -> dict:
 
 def run_config(name: str, a, work: Path, data: Path, gts: dict, sets: dict) -> dict:
     model, flags = CONFIGS[name]
+    if a.backbone != "efficientnet_lite0":
+        if model != "efficientnet_lite0":
+            raise SystemExit(f"{name}: the surgery entries exist for efficientnet_lite0 only")
+        model, name = a.backbone, f"{name}@{a.backbone}"
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     if (d / "result.json").is_file():  # done by an earlier run into the same --out
@@ -183,6 +187,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "wsol_tin")
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--backbone", default="efficientnet_lite0",
+                    help="registry network of imagenet, probe and finetune (surgery: lite0 only)")  # fmt: skip
     ap.add_argument("--train-per-class", type=int, default=150)
     ap.add_argument("--held-out-per-class", type=int, default=10, help="picks best.pt")
     ap.add_argument("--tau-per-class", type=int, default=20, help="train images choosing tau")

@@ -14,6 +14,7 @@ import torch
 
 from camcli.api import cams
 from camcli.atomic import AtomicFile, open_folder, save_npz_atomic, write_atomic
+from camcli.cam.overlay_jpeg import JpegOverlays
 from camcli.data.codec import encode_image
 from camcli.runs.outdir import OutDir, safe_label
 
@@ -80,19 +81,28 @@ def _render_and_write_cpu(
     h, w = rgb.shape[:2]
     ph, pw = render.grid_panel_size(h, w, res.k + 1) if grid_path is not None else (h, w)
     small: list[np.ndarray] = []
+    # JPEG overlays are blended in the encoder's YCbCr planes (no RGB overlay per class)
+    jpeg = JpegOverlays(rgb, wopts.colormap, wopts.alpha) if paths and wopts.fmt == "jpg" else None
     # the image's folder is opened once for its k overlays and grid (not once per file)
     folder = (paths[0] if paths else grid_path).parent
     with open_folder(folder) if paths or grid_path else contextlib.nullcontext() as dfd:
         for i in range(res.k):
             levels = _levels(res, i, h, w)
-            ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
-            del levels
-            if grid_path is not None:  # a copy: ov is swapped to BGR in place below
-                small.append(_panel(ov, ph, pw, copy=True))
-            if i < len(paths):
-                _rgb_to_bgr_inplace(ov)
-                write_atomic(paths[i], encode_image(ov, wopts.fmt, bgr=True), dir_fd=dfd)
-            del ov
+            write = i < len(paths)
+            ov = None
+            if grid_path is not None or (write and jpeg is None):
+                ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
+            if grid_path is not None:  # a copy where ov is swapped to BGR in place below
+                small.append(_panel(ov, ph, pw, copy=write and jpeg is None))
+            if write:
+                if jpeg is not None:
+                    blob = jpeg.encode(levels)
+                else:
+                    _rgb_to_bgr_inplace(ov)
+                    blob = encode_image(ov, wopts.fmt, bgr=True)
+                ov = None  # the full-size overlay goes before the write
+                write_atomic(paths[i], blob, dir_fd=dfd)
+            del levels, ov
         if grid_path is not None:
             img_small = torch.from_numpy(_panel(rgb, ph, pw)).permute(2, 0, 1)
             ovs = torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2)

@@ -1,0 +1,148 @@
+"""JPEG overlays encoded straight from YCbCr planes: the CPU path of ``cam``'s overlay files.
+
+A JPEG encoder turns an RGB overlay into YCbCr (JFIF, BT.601 full range), averages the two
+chroma planes over 2 x 2 blocks (4:2:0) and only then transforms and codes them. The blend of
+:func:`camcli.cam.render.overlay` is linear, so it can be made in that colour space instead:
+
+- once per image: the image's Y plane and its 2 x 2-averaged Cb, Cr planes, each scaled by
+  ``1 - alpha``;
+- per map: ``alpha x`` the colormap's Y looked up on the map's levels at full size, its Cb and
+  Cr looked up on the levels averaged over 2 x 2 blocks, three saturating adds, and the
+  encoder's DCT and entropy coding (simplejpeg, libjpeg-turbo, GIL released).
+
+No RGB overlay, colour conversion or chroma downsampling is made per map: about 0.4 ms less
+per 500 x 375 overlay than rendering RGB and encoding it with OpenCV (about 1.3 ms), measured
+on the 2-core CI machine.
+
+Agreement with ``encode_image(overlay_cv2(...))``: the Y plane is within 1 level of the
+overlay's Y before the DCT (the two scaled terms are rounded separately); Cb and Cr too where
+the 2 x 2 neighbours of a level share a colour, and otherwise differ by the colormap's step
+between neighbouring levels (the table is read at the block's mean level instead of being
+averaged after the reading). Both files go through the same quantisation (same libjpeg-turbo,
+same quality, same tables); decoded, they differ by about one level on average.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+
+__all__ = ["JpegOverlays", "half_planes"]
+
+_STRIP_PIXELS = 1 << 22
+"""Rows converted to YCbCr at once hold at most this many pixels (huge images)."""
+
+
+def half_planes(plane: np.ndarray) -> np.ndarray:
+    """The mean of each 2 x 2 block, as a JPEG encoder's 4:2:0 downsampling.
+
+    Args:
+        plane: uint8 ``[H, W]`` or ``[H, W, C]`` numpy array.
+
+    Returns:
+        uint8 ``[ceil(H/2), ceil(W/2)(, C)]``: each value the rounded mean of its block; on an
+        odd size the last row / column is repeated, as libjpeg pads.
+    """
+    import cv2
+
+    h, w = plane.shape[:2]
+    if h % 2 or w % 2:
+        plane = cv2.copyMakeBorder(plane, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+    # bilinear at exactly half the size samples between the 2 x 2 pixels: their mean
+    return cv2.resize(plane, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_LINEAR)
+
+
+def _mcu_padded(plane: np.ndarray, m: int) -> np.ndarray:
+    """``plane`` as a view of an array padded to multiples of ``m`` (its last row / column
+    repeated, as libjpeg pads): the raw-data encoder reads whole MCUs (16 x 16 luma, 8 x 8
+    chroma at 4:2:0) and, on a plane of any other size, reads past its end (the file then
+    changes from run to run)."""
+    import cv2
+
+    h, w = plane.shape
+    dh, dw = -h % m, -w % m
+    if not (dh or dw):
+        return plane
+    return cv2.copyMakeBorder(plane, 0, dh, 0, dw, cv2.BORDER_REPLICATE)[:h, :w]
+
+
+@cache
+def _tables(colormap: str, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``alpha x`` the colormap's (Y, Cb, Cr), rounded: three uint8 [256] lookup tables."""
+    import cv2
+
+    from camcli.cam.render import colormap_lut
+
+    rgb = np.ascontiguousarray(colormap_lut(colormap).numpy()).reshape(256, 1, 3)
+    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).reshape(256, 3).astype(np.float32)
+    y, cr, cb = (np.rint(alpha * ycc[:, c]).astype(np.uint8) for c in (0, 1, 2))
+    return y, cb, cr
+
+
+class JpegOverlays:
+    """JPEG overlays of one image's maps (module doc), the image's planes prepared once.
+
+    Args:
+        image_rgb: uint8 ``[H, W, 3]`` numpy array, RGB, C-contiguous.
+        colormap: one of :data:`camcli.cam.render.COLORMAPS`.
+        alpha: the weight of the heat map, in [0, 1].
+        quality: JPEG quality (libjpeg's scale, as :func:`camcli.data.codec.encode_image`).
+
+    Raises:
+        KeyError: an unknown colormap.
+    """
+
+    def __init__(self, image_rgb: np.ndarray, colormap: str, alpha: float, quality: int = 90):
+        import cv2
+
+        self.quality = int(quality)
+        self.tables = _tables(colormap, float(alpha))
+        h, w = image_rgb.shape[:2]
+        h2 = (h + 1) // 2
+        self.y = np.empty((h, w), dtype=np.uint8)
+        self.cr = np.empty((h2, (w + 1) // 2), dtype=np.uint8)
+        self.cb = np.empty_like(self.cr)
+        rows = max(2, (_STRIP_PIXELS // max(1, w)) & ~1)  # even: 2 x 2 blocks stay whole
+        for y0 in range(0, h, rows):  # in strips: a huge image's YCbCr is never whole
+            y, cr, cb = cv2.split(cv2.cvtColor(image_rgb[y0 : y0 + rows], cv2.COLOR_RGB2YCrCb))
+            self.y[y0 : y0 + rows] = y
+            self.cr[y0 // 2 : (y0 + rows + 1) // 2] = half_planes(cr)
+            self.cb[y0 // 2 : (y0 + rows + 1) // 2] = half_planes(cb)
+        keep = 1.0 - float(alpha)
+        for plane in (self.y, self.cr, self.cb):
+            cv2.convertScaleAbs(plane, dst=plane, alpha=keep)  # round((1 - alpha) x)
+
+    def planes(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The overlay of one map as JPEG's (Y, Cb, Cr) planes.
+
+        Args:
+            levels: uint8 ``[H, W]`` map levels (:func:`camcli.cam.render.levels_cv2`).
+
+        Returns:
+            uint8 Y ``[H, W]``, Cb and Cr ``[ceil(H/2), ceil(W/2)]``.
+        """
+        import cv2
+
+        ty, tcb, tcr = self.tables
+        y = cv2.LUT(levels, ty)
+        cv2.add(self.y, y, dst=y)
+        half = half_planes(levels)
+        cb = cv2.add(self.cb, cv2.LUT(half, tcb))
+        cr = cv2.add(self.cr, cv2.LUT(half, tcr))
+        return y, cb, cr
+
+    def encode(self, levels: np.ndarray) -> bytes:
+        """The overlay of one map, JPEG-encoded (baseline, 4:2:0, ``quality``).
+
+        Args:
+            levels: uint8 ``[H, W]`` map levels.
+
+        Returns:
+            The JPEG file's bytes.
+        """
+        import simplejpeg
+
+        y, cb, cr = self.planes(levels)
+        y, cb, cr = _mcu_padded(y, 16), _mcu_padded(cb, 8), _mcu_padded(cr, 8)
+        return simplejpeg.encode_jpeg_yuv_planes(y, cb, cr, quality=self.quality)
