@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "wsol_tin")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--backbone", default="efficientnet_lite0",
-                    help="registry network of imagenet, probe and finetune (surgery: lite0 only)")  # fmt: skip
+                    help="network of imagenet, probe, finetune (surgery: lite0 only)")  # fmt: skip
     ap.add_argument("--train-per-class", type=int, default=150)
     ap.add_argument("--held-out-per-class", type=int, default=10, help="picks best.pt")
     ap.add_argument("--tau-per-class", type=int, default=20, help="train images choosing tau")

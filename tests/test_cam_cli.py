@@ -476,6 +476,7 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, cli_ckpt):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
     assert "Traceback" not in err.decode() and "exception calling callback" not in err.decode()
+    assert err.decode().strip().splitlines()[-1] == "error: interrupted"  # one line, no blank
     done = manifest(out)
     assert 1 <= len(done) < n
     # run.json says the run was interrupted (issue 15 S1: Ctrl-C and SIGTERM alike)

@@ -55,8 +55,13 @@ def test_cam_device_codec_matches_cpu_path(tmp_path, camcli_run, cli_ckpt, cli_i
             ia = np.asarray(Image.open(a)).astype(int)
             ib = np.asarray(Image.open(b)).astype(int)
             assert ia.shape == ib.shape
-            # Same decoder family and the same blend up to OpenCV's rounding: near identical.
-            assert np.abs(ia - ib).mean() < 1.0, rel
+            # The same blend up to rounding; the CPU path's JPEG overlays read the colormap's
+            # chroma at each 2 x 2 block's mean level (camcli.cam.overlay_jpeg), which moves
+            # these tiny images of a random network's noisy maps by about 1.5 levels
+            # (measured: grids 0, overlays 1.3-1.8 here; on a 500 x 375 photo with a smooth
+            # map the CPU file is 1.11 from the exact overlay against 0.96 for the RGB one's)
+            assert np.abs(ia - ib).mean() < 2.0, rel
+            assert np.percentile(np.abs(ia - ib), 99) <= 12, rel
 
 
 def test_bbox_device_codec_same_boxes(tmp_path, camcli_run, cli_ckpt, cli_images):

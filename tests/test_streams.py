@@ -153,3 +153,17 @@ def test_an_explicit_streams_ignored_with_compile_is_said(tmp_path, cli_ckpt, cl
     err = capsys.readouterr().err
     assert code == 0
     assert "--streams 2 is ignored with --compile" in err
+
+
+def test_profile_report_aligns_its_columns_on_the_longest_stage_name():
+    from camcli.runs.profiling import Profiler
+
+    p = Profiler(True)
+    p.images = 4
+    p.add("forward", 2.0)
+    p.add("encode+write (waited)", 1.0)
+    p.decode_worker_s = 0.5
+    rows = p.report().splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["forward", "encode+write", "decode", "other"]
+    # every seconds figure ends in the same column
+    assert len({r.index(" s ") for r in rows}) == 1, rows

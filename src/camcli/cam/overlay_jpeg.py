@@ -19,7 +19,10 @@ overlay's Y before the DCT (the two scaled terms are rounded separately); Cb and
 the 2 x 2 neighbours of a level share a colour, and otherwise differ by the colormap's step
 between neighbouring levels (the table is read at the block's mean level instead of being
 averaged after the reading). Both files go through the same quantisation (same libjpeg-turbo,
-same quality, same tables); decoded, they differ by about one level on average.
+same quality, same tables). Decoded, on a 500 x 375 photo with a CAM upsampled from 7 x 7,
+the file is 1.11 levels (mean absolute, over RGB) from the exact overlay against 0.96 for
+OpenCV's file of the RGB overlay; on tiny images of noisy maps the two files differ by about
+1.5 levels.
 """
 
 from __future__ import annotations

@@ -184,8 +184,8 @@ def _main(argv: list[str] | None) -> None:
         if debug:
             raise
         _exit_on_error(exc)
-    if rv == Exit.INTERRUPTED and _terminated(None):  # typer turns the interrupt into 130
-        _interrupted(Terminated())
+    if rv == Exit.INTERRUPTED:  # typer turns a KeyboardInterrupt into a returned 130
+        _interrupted(Terminated() if _terminated(None) else KeyboardInterrupt())
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -67,18 +67,21 @@ class Profiler:
             f"({self.images / wall if wall else 0:.2f} images/s)"
         ]
         main = sum(v for k, v in self.totals.items() if k not in self.threaded)
+        # the name column as wide as the longest name shown ("encode+write (waited)")
+        n = max(16, *(len(k) for k in self.totals))
         for name in STAGES:
             if name in self.totals:
                 v = self.totals[name]
                 where = self.threaded.get(name, "main")
-                lines.append(f"  {name:16s} {v:8.2f} s  {100 * v / wall:5.1f} % of wall  ({where})")
+                share = 100 * v / wall
+                lines.append(f"  {name:{n}s} {v:8.2f} s  {share:5.1f} % of wall  ({where})")
         if self.decode_worker_s:
             lines.append(
-                f"  {'decode (workers)':16s} {self.decode_worker_s:8.2f} s  busy time "
+                f"  {'decode (workers)':{n}s} {self.decode_worker_s:8.2f} s  busy time "
                 "in loader workers, overlapped"
             )
         lines.append(
-            f"  {'other':16s} {max(0.0, wall - main):8.2f} s  (start-up, model load, "
+            f"  {'other':{n}s} {max(0.0, wall - main):8.2f} s  (start-up, model load, "
             "records, final writes)"
         )
         return "\n".join(lines)

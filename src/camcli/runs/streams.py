@@ -54,6 +54,12 @@ class Streams:
         streams: batches in flight at once (>= 1).
         threads: torch intra-op threads of each stream thread (``torch.set_num_threads`` is
             called in each, once; the calling thread keeps its own setting).
+
+    Note: torch gives a thread created later the setting of the last
+    ``torch.set_num_threads`` call of the process, so threads started after the pool (a
+    library user's own) run torch ops on ``threads`` threads (1 by default) unless they call
+    ``torch.set_num_threads`` themselves; camcli's writer threads run no multi-threaded torch
+    op.
     """
 
     def __init__(self, streams: int, threads: int) -> None:
