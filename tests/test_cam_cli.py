@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -520,3 +521,34 @@ def test_outdir_cancelled_writes_leave_no_record_and_no_noise(tmp_path, capfd, c
     _, err = capfd.readouterr()
     assert err == ""
     assert [r.getMessage() for r in caplog.records] == []  # "exception calling callback ..."
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["cam", "x", "--top-k", "x"], "'--top-k'"),
+        (["cam", "x", "--frobnicate"], "--frobnicate"),
+        (["cma"], "'cma'"),
+        (["cam"], "Missing argument"),
+        (["bbox", "x", "--box-rule", "foo"], "'foo' is not one of"),
+    ],
+)
+def test_option_errors_are_one_line_with_where_the_help_is(argv, said, camcli_run):
+    code, stdout, err = camcli_run(*argv)
+    assert code == 2 and stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and said in lines[0] and "-h')" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["bbox", "eval"])
+def test_help_piped_to_a_file_is_not_cut_at_80_columns(command):
+    env = {k: v for k, v in subprocess_env().items() if k not in ("TERMINAL_WIDTH", "COLUMNS")}
+    r = subprocess.run(
+        [sys.executable, "-m", "camcli", command, "-h"], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout  # rich's ellipsis of a cut option name or value
+    assert max(len(line) for line in r.stdout.splitlines()) <= 110
+    if command == "bbox":
+        assert "--tight-loose-heuristic" in r.stdout

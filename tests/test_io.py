@@ -318,3 +318,22 @@ def test_batches_keep_order_and_errors(tmp_path):
             assert b.x.dtype.is_floating_point is False and tuple(b.x.shape[1:]) == (3, 8, 8)
     assert sorted(seen) == [(0, "ok"), (1, "bad"), (2, "ok"), (3, "ok"), (4, "bad")]
     assert batches[0].samples[0].size == (5, 3)
+
+
+def test_each_unreadable_image_error_says_what_to_do(tmp_path):
+    """A per-input error names the problem and the fix, on one line."""
+    buf = _io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
+    (tmp_path / "trunc.jpg").write_bytes(buf.getvalue()[:200])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not pixels\n")
+    fixes = {
+        "trunc.jpg": "copy, download or export it again",
+        "empty.png": "copy, download or export it again",
+        "text.jpg": "convert it to JPEG or PNG, or leave it out",
+    }
+    for name, fix in fixes.items():
+        with pytest.raises(ValueError) as ei:
+            codec.decode_image(str(tmp_path / name))
+        msg = str(ei.value)
+        assert fix in msg and "\n" not in msg, msg

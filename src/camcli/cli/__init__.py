@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("CAMCLI_DEBUG") == "1"
+    if "TERMINAL_WIDTH" not in os.environ and not sys.stdout.isatty():
+        # help piped to a file or pager: rich's 80 columns cut the longest option names
+        # ("--tight-loose-heurist…"); typer reads this when it first formats help
+        os.environ["TERMINAL_WIDTH"] = "110"
     try:
         with warnings.catch_warnings():
             if not debug:
@@ -212,7 +216,10 @@ def _exit_on_usage_error(exc: Exception) -> None:
         from click.exceptions import ClickException
 
     if isinstance(exc, ClickException):
-        exc.show()
+        # one line, as every camcli error: the message and where the help is
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        error(" ".join(exc.format_message().replace("Value error, ", "").split()) + where)
         sys.exit(Exit.USAGE)
 
 

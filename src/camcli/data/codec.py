@@ -41,18 +41,27 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                 ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing to rotate
             return _to_rgb(im)
     except FileNotFoundError:
-        raise ValueError("file not found") from None
+        raise ValueError("file not found (moved or deleted during the run?)") from None
     except IsADirectoryError:
         raise ValueError("is a directory, not an image") from None
     except PermissionError:
-        raise ValueError("permission denied: the file cannot be read") from None
+        raise ValueError(_UNREADABLE) from None
     except UnidentifiedImageError:
-        raise ValueError("not an image file (cannot identify its format)") from None
+        raise ValueError(
+            "not an image file (cannot identify its format); convert it to JPEG or PNG, or "
+            "leave it out"
+        ) from None
     except ValueError:
         raise
     except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"cannot decode image ({msg})") from None
+        raise ValueError(f"cannot decode image ({msg}); {_DAMAGED}") from None
+
+
+_DAMAGED = "the file is damaged or incomplete: copy, download or export it again"
+_UNREADABLE = (
+    "permission denied: the file cannot be read; make it readable (chmod +r) or leave it out"
+)
 
 
 def _check_regular_file(path: str) -> None:
@@ -70,7 +79,7 @@ def _check_regular_file(path: str) -> None:
             ) from None
         raise ValueError("file not found") from None
     except PermissionError:
-        raise ValueError("permission denied: the file cannot be read") from None
+        raise ValueError(_UNREADABLE) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ValueError("cannot decode image (symbolic link loop)") from None
@@ -80,7 +89,7 @@ def _check_regular_file(path: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise ValueError("not a regular file (a FIFO, socket or device), not an image")
     if st.st_size == 0:
-        raise ValueError("not an image file (empty: 0 bytes)")
+        raise ValueError(f"not an image file (empty: 0 bytes); {_DAMAGED}")
 
 
 _STRIP_PIXELS = 1 << 22
