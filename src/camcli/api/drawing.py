@@ -33,8 +33,6 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    from camcli.cam.render import caption_text
-
     img = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     draw = ImageDraw.Draw(img)
     colours = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255)]
@@ -43,22 +41,68 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
         font = ImageFont.load_default(size=max(10, round(max(img.size) / 40)))
     except TypeError:  # pragma: no cover - old Pillow
         font = ImageFont.load_default()
-    for e in reversed(entries):
+    places = caption_places(draw, entries, font, lw, img.size)
+    for e in reversed(entries):  # boxes first, the best class's on top
+        if e["box"] is not None:
+            c = colours[(e["rank"] - 1) % len(colours)]
+            draw.rectangle(list(e["box"]), outline=c, width=lw)
+    for i, (tb, text) in reversed(list(places.items())):  # then every caption, over the boxes
+        c = colours[(entries[i]["rank"] - 1) % len(colours)]
+        draw.rectangle(tb, fill=c)
+        draw.text((tb[0], tb[1] - _ascent_gap(draw, text, font)), text, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def _caption(e: dict) -> str:
+    from camcli.cam.render import caption_text
+
+    score = "" if e["score"] is None else f" {e['score']:.2f}"
+    kind = f" ({e['kind']})" if e["kind"] in ("loose", "tight") else ""
+    return f"{e['rank']}. {caption_text(e['label'])}{score}{kind}"
+
+
+def _ascent_gap(draw, text: str, font) -> int:
+    """Rows between the anchor of ``draw.text`` and the top of its ink (PIL's textbbox)."""
+    return draw.textbbox((0, 0), text, font=font)[1]
+
+
+def caption_places(
+    draw, entries: list[dict], font, lw: int, size: tuple[int, int]
+) -> dict[int, tuple[tuple, str]]:
+    """Where each box's caption goes: above its box's top-left corner (inside the box when
+    there is no room above), kept inside the image, and moved down past the captions of
+    better-ranked classes it would cover (several boxes often share a corner).
+
+    Args:
+        draw: the ``PIL.ImageDraw`` of the image.
+        entries: a bbox record's ``boxes`` (best first; ``box`` None: no caption).
+        font: the caption font.
+        lw: the boxes' line width, in pixels.
+        size: (width, height) of the image.
+
+    Returns:
+        entry index -> ((x0, y0, x1, y1) of the caption's filled rectangle, inclusive pixels;
+        its text). Rectangles never overlap while the image has rows for them.
+    """
+    width, height = size
+    placed: dict[int, tuple[tuple, str]] = {}
+    for i, e in enumerate(entries):
         if e["box"] is None:
             continue
-        c = colours[(e["rank"] - 1) % len(colours)]
-        x0, y0, x1, y1 = e["box"]
-        draw.rectangle([x0, y0, x1, y1], outline=c, width=lw)
-        score = "" if e["score"] is None else f" {e['score']:.2f}"
-        text = f"{e['rank']}. {caption_text(e['label'])}{score}" + (
-            f" ({e['kind']})" if e["kind"] in ("loose", "tight") else ""
-        )
-        tb = draw.textbbox((x0, y0), text, font=font)
-        ty = y0 - (tb[3] - tb[1]) - 2 if y0 - (tb[3] - tb[1]) - 2 >= 0 else y0 + lw
-        tb = draw.textbbox((x0 + lw, ty), text, font=font)
-        draw.rectangle(tb, fill=c)
-        draw.text((x0 + lw, ty), text, fill=(0, 0, 0), font=font)
-    return np.asarray(img)
+        text = _caption(e)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        w, h = right - left, bottom - top
+        x0, y0 = e["box"][0], e["box"][1]
+        x = max(0, min(x0 + lw, width - 1 - w))
+        y = y0 - h - 2 if y0 - h - 2 >= 0 else y0 + lw
+        moved = True
+        while moved:
+            moved = False
+            for (px0, py0, px1, py1), _ in placed.values():
+                if x <= px1 and px0 <= x + w and y <= py1 and py0 <= y + h and py1 + 1 + h < height:
+                    y, moved = py1 + 1, True
+        placed[i] = ((x, y, x + w, y + h), text)
+    return placed
 
 
 def open_drawdir(
