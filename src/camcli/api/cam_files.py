@@ -94,6 +94,8 @@ def _render_and_write_cpu(
                 ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
             if grid_path is not None:  # a copy where ov is swapped to BGR in place below
                 small.append(_panel(ov, ph, pw, copy=write and jpeg is None))
+                if jpeg is not None:
+                    ov = None  # not needed past its panel: gone before the planes are made
             if write:
                 if jpeg is not None:
                     blob = jpeg.encode(levels)

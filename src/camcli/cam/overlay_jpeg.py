@@ -56,18 +56,20 @@ def half_planes(plane: np.ndarray) -> np.ndarray:
     return cv2.resize(plane, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_LINEAR)
 
 
-def _mcu_padded(plane: np.ndarray, m: int) -> np.ndarray:
-    """``plane`` as a view of an array padded to multiples of ``m`` (its last row / column
-    repeated, as libjpeg pads): the raw-data encoder reads whole MCUs (16 x 16 luma, 8 x 8
-    chroma at 4:2:0) and, on a plane of any other size, reads past its end (the file then
-    changes from run to run)."""
-    import cv2
+def _mcu_buffer(h: int, w: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """An uninitialised uint8 array padded to multiples of ``m`` and its ``[h, w]`` view: the
+    raw-data encoder reads whole MCUs (16 x 16 luma, 8 x 8 chroma at 4:2:0) and, on a plane
+    of any other size, reads past its end (the file then changes from run to run)."""
+    buf = np.empty((-(-h // m) * m, -(-w // m) * m), dtype=np.uint8)
+    return buf, buf[:h, :w]
 
-    h, w = plane.shape
-    dh, dw = -h % m, -w % m
-    if not (dh or dw):
-        return plane
-    return cv2.copyMakeBorder(plane, 0, dh, 0, dw, cv2.BORDER_REPLICATE)[:h, :w]
+
+def _fill_padding(buf: np.ndarray, h: int, w: int) -> None:
+    """Repeat the last column and row of ``buf[:h, :w]`` into its padding, as libjpeg pads."""
+    if buf.shape[1] > w:
+        buf[:h, w:] = buf[:h, w - 1 : w]
+    if buf.shape[0] > h:
+        buf[h:] = buf[h - 1 : h]
 
 
 @cache
@@ -115,6 +117,10 @@ class JpegOverlays:
         keep = 1.0 - float(alpha)
         for plane in (self.y, self.cr, self.cb):
             cv2.convertScaleAbs(plane, dst=plane, alpha=keep)  # round((1 - alpha) x)
+        # the planes of each overlay, reused from class to class (no allocation per class)
+        self._y = _mcu_buffer(h, w, 16)
+        self._cb = _mcu_buffer(h2, (w + 1) // 2, 8)
+        self._cr = _mcu_buffer(h2, (w + 1) // 2, 8)
 
     def planes(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The overlay of one map as JPEG's (Y, Cb, Cr) planes.
@@ -123,16 +129,21 @@ class JpegOverlays:
             levels: uint8 ``[H, W]`` map levels (:func:`camcli.cam.render.levels_cv2`).
 
         Returns:
-            uint8 Y ``[H, W]``, Cb and Cr ``[ceil(H/2), ceil(W/2)]``.
+            uint8 Y ``[H, W]``, Cb and Cr ``[ceil(H/2), ceil(W/2)]``: views of buffers this
+            object reuses for the next map (copy them to keep them), padded to whole MCUs
+            with the last row and column repeated.
         """
         import cv2
 
         ty, tcb, tcr = self.tables
-        y = cv2.LUT(levels, ty)
+        (ybuf, y), (cbbuf, cb), (crbuf, cr) = self._y, self._cb, self._cr
+        cv2.LUT(levels, ty, dst=y)
         cv2.add(self.y, y, dst=y)
         half = half_planes(levels)
-        cb = cv2.add(self.cb, cv2.LUT(half, tcb))
-        cr = cv2.add(self.cr, cv2.LUT(half, tcr))
+        cv2.add(self.cb, cv2.LUT(half, tcb), dst=cb)
+        cv2.add(self.cr, cv2.LUT(half, tcr), dst=cr)
+        for buf, plane in ((ybuf, y), (cbbuf, cb), (crbuf, cr)):
+            _fill_padding(buf, *plane.shape)
         return y, cb, cr
 
     def encode(self, levels: np.ndarray) -> bytes:
@@ -146,6 +157,4 @@ class JpegOverlays:
         """
         import simplejpeg
 
-        y, cb, cr = self.planes(levels)
-        y, cb, cr = _mcu_padded(y, 16), _mcu_padded(cb, 8), _mcu_padded(cr, 8)
-        return simplejpeg.encode_jpeg_yuv_planes(y, cb, cr, quality=self.quality)
+        return simplejpeg.encode_jpeg_yuv_planes(*self.planes(levels), quality=self.quality)
