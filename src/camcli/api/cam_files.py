@@ -81,6 +81,7 @@ def _render_and_write_cpu(
     h, w = rgb.shape[:2]
     ph, pw = render.grid_panel_size(h, w, res.k + 1) if grid_path is not None else (h, w)
     small: list[np.ndarray] = []
+    rgb_small = _panel(rgb, ph, pw) if grid_path is not None else None
     # JPEG overlays are blended in the encoder's YCbCr planes (no RGB overlay per class)
     jpeg = JpegOverlays(rgb, wopts.colormap, wopts.alpha) if paths and wopts.fmt == "jpg" else None
     # the image's folder is opened once for its k overlays and grid (not once per file)
@@ -90,12 +91,10 @@ def _render_and_write_cpu(
             levels = _levels(res, i, h, w)
             write = i < len(paths)
             ov = None
-            if grid_path is not None or (write and jpeg is None):
+            if write and jpeg is None:
                 ov = render.overlay_cv2(rgb, levels, wopts.colormap, wopts.alpha)  # RGB
-            if grid_path is not None:  # a copy where ov is swapped to BGR in place below
-                small.append(_panel(ov, ph, pw, copy=write and jpeg is None))
-                if jpeg is not None:
-                    ov = None  # not needed past its panel: gone before the planes are made
+            if grid_path is not None:
+                small.append(_grid_panel(ov, rgb_small, levels, wopts))
             if write:
                 if jpeg is not None:
                     blob = jpeg.encode(levels)
@@ -106,10 +105,25 @@ def _render_and_write_cpu(
                 write_atomic(paths[i], blob, dir_fd=dfd)
             del levels, ov
         if grid_path is not None:
-            img_small = torch.from_numpy(_panel(rgb, ph, pw)).permute(2, 0, 1)
+            img_small = torch.from_numpy(rgb_small).permute(2, 0, 1)
             ovs = torch.from_numpy(np.stack(small)).permute(0, 3, 1, 2)
             g = render.grid(img_small, ovs, captions)
             write_atomic(grid_path, encode_image(_to_hwc(g), wopts.fmt), dir_fd=dfd)
+
+
+def _grid_panel(
+    ov: np.ndarray | None, rgb_small: np.ndarray, levels: np.ndarray, wopts: CamWriteOptions
+) -> np.ndarray:
+    """A class's grid panel, uint8 RGB at the panel size of ``rgb_small``: ``ov`` (the
+    full-size RGB overlay, swapped to BGR in place later: copied) downscaled when there is
+    one; else the overlay made at the panel size (the image and levels downscaled first: no
+    full-size RGB overlay for the grid of a huge image)."""
+    from camcli.cam import render
+
+    ph, pw = rgb_small.shape[:2]
+    if ov is not None:
+        return _panel(ov, ph, pw, copy=True)
+    return render.overlay_cv2(rgb_small, _panel(levels, ph, pw), wopts.colormap, wopts.alpha)
 
 
 def _levels(res: cams.CamResult, i: int, h: int, w: int) -> np.ndarray:
@@ -140,7 +154,7 @@ def _rgb_to_bgr_inplace(img: np.ndarray) -> None:
 
 
 def _panel(rgb: np.ndarray, h: int, w: int, copy: bool = False) -> np.ndarray:
-    """uint8 [H, W, 3] -> [h, w, 3]: unchanged (a copy with ``copy``) at that size, else
+    """uint8 [H, W(, C)] -> [h, w(, C)]: unchanged (a copy with ``copy``) at that size, else
     downscaled (pixel area)."""
     import cv2
 
