@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("CAMCLI_DEBUG") == "1"
-    if "TERMINAL_WIDTH" not in os.environ and not sys.stdout.isatty():
+    if not ({"TERMINAL_WIDTH", "COLUMNS"} & os.environ.keys()) and not sys.stdout.isatty():
         # help piped to a file or pager: rich's 80 columns cut the longest option names
         # ("--tight-loose-heurist…"); typer reads this when it first formats help
         os.environ["TERMINAL_WIDTH"] = "110"
