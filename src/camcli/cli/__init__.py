@@ -155,12 +155,24 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(signal.SIGTERM, prev)
 
 
+def _wide_help_when_piped(argv: list[str] | None) -> None:
+    """Help piped to a file or pager is 110 columns wide: rich's 80 cut the longest option
+    names ("--tight-loose-heurist…"). ``TERMINAL_WIDTH`` or ``COLUMNS`` set by the user win;
+    nothing is imported unless help is asked for (typer's help formatter costs 90 ms)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and not {"-h", "--help"} & set(args):
+        return
+    if {"TERMINAL_WIDTH", "COLUMNS"} & os.environ.keys() or sys.stdout.isatty():
+        return
+    import typer.rich_utils
+
+    if typer.rich_utils.MAX_WIDTH is None:
+        typer.rich_utils.MAX_WIDTH = 110
+
+
 def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("CAMCLI_DEBUG") == "1"
-    if not ({"TERMINAL_WIDTH", "COLUMNS"} & os.environ.keys()) and not sys.stdout.isatty():
-        # help piped to a file or pager: rich's 80 columns cut the longest option names
-        # ("--tight-loose-heurist…"); typer reads this when it first formats help
-        os.environ["TERMINAL_WIDTH"] = "110"
+    _wide_help_when_piped(argv)
     try:
         with warnings.catch_warnings():
             if not debug:
