@@ -65,9 +65,11 @@ def _render_and_write_cpu(
     captions: list[str],
     wopts: CamWriteOptions,
 ) -> None:
-    """CPU path, in a writer thread: upsample, quantise, OpenCV overlay (GIL released), encode,
-    write, one class at a time, so that one full-size map and one overlay are in memory at
-    once; the grid is drawn from overlays downscaled to its panel size as they are made.
+    """CPU path, in a writer thread: upsample, quantise, overlay, encode, write, one class at
+    a time, so that one full-size map and one overlay are in memory at once. JPEG overlays are
+    blended in the encoder's YCbCr planes (:class:`camcli.cam.overlay_jpeg.JpegOverlays`),
+    PNG ones in RGB with OpenCV (GIL released in both); grid panels are made at their panel
+    size as the classes go.
 
     image: uint8 [3, H, W], usually a view of the decoder's [H, W, 3] array (no copy here);
     res: the maps (:meth:`camcli.api.cams.CamResult.cam`, float32 [H, W] in [0, 1]).
