@@ -531,6 +531,8 @@ def test_outdir_cancelled_writes_leave_no_record_and_no_noise(tmp_path, capfd, c
         (["cma"], "'cma'"),
         (["cam"], "Missing argument"),
         (["bbox", "x", "--box-rule", "foo"], "'foo' is not one of"),
+        (["eval", "--gt"], "'--gt' requires an argument (see 'camcli eval -h')"),
+        (["cam", "x", "-k"], "'-k' requires an argument (see 'camcli cam -h')"),
     ],
 )
 def test_option_errors_are_one_line_with_where_the_help_is(argv, said, camcli_run):

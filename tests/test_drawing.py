@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from camcli.api.drawing import caption_places, draw_boxes
+from camcli.api.drawing import caption_places, caption_style, draw_boxes
 
 COLOURS = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255)]
 
@@ -55,3 +55,17 @@ def test_drawn_image_shows_every_caption_colour():
     for c in COLOURS:
         rows = np.where((out == np.array(c)).all(-1).any(1))[0]
         assert len(rows) >= 8, c
+
+
+def test_captions_on_a_panorama_are_sized_by_its_short_side():
+    """A 2000 x 100 panorama: captions sized by the long side (50 px) would not fit three
+    high; sized by the short side they stack inside the image without overlapping."""
+    size = (2000, 100)
+    font, lw = caption_style(size)
+    draw = ImageDraw.Draw(Image.new("RGB", size))
+    places = caption_places(draw, _entries([[0, 0, 1999, 99]] * 3), font, lw, size)
+    rects = [places[i][0] for i in range(3)]
+    assert all(r[3] < 100 for r in rects), rects
+    for i in range(3):
+        for j in range(i):
+            assert not _overlap(rects[i], rects[j]), (i, j, rects)

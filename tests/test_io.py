@@ -330,7 +330,7 @@ def test_each_unreadable_image_error_says_what_to_do(tmp_path):
     fixes = {
         "trunc.jpg": "copy, download or export it again",
         "empty.png": "copy, download or export it again",
-        "text.jpg": "convert it to JPEG or PNG, or leave it out",
+        "text.jpg": "leave it out, or convert it to JPEG or PNG if it is an image",
     }
     for name, fix in fixes.items():
         with pytest.raises(ValueError) as ei:

@@ -31,16 +31,12 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
         uint8 [H, W, 3] RGB numpy array. Drawn from the last guess to the first, so the best
         class's box and label end on top; one colour per class rank.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     img = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     draw = ImageDraw.Draw(img)
     colours = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255)]
-    lw = max(1, round(max(img.size) / 250))
-    try:
-        font = ImageFont.load_default(size=max(10, round(max(img.size) / 40)))
-    except TypeError:  # pragma: no cover - old Pillow
-        font = ImageFont.load_default()
+    font, lw = caption_style(img.size)
     places = caption_places(draw, entries, font, lw, img.size)
     for e in reversed(entries):  # boxes first, the best class's on top
         if e["box"] is not None:
@@ -51,6 +47,21 @@ def draw_boxes(image: torch.Tensor, entries: list[dict]) -> np.ndarray:
         draw.rectangle(tb, fill=c)
         draw.text((tb[0], tb[1] - _ascent_gap(draw, text, font)), text, fill=(0, 0, 0), font=font)
     return np.asarray(img)
+
+
+def caption_style(size: tuple[int, int]):
+    """(font, box line width in pixels) of the drawing of an image of ``size`` (width,
+    height): they follow the long side, capped by the short side (a panorama's captions must
+    still fit several high)."""
+    from PIL import ImageFont
+
+    long, short = max(size), min(size)
+    lw = max(1, round(min(long / 250, short / 50)))
+    try:
+        font = ImageFont.load_default(size=max(10, round(min(long / 40, short / 10))))
+    except TypeError:  # pragma: no cover - old Pillow
+        font = ImageFont.load_default()
+    return font, lw
 
 
 def _caption(e: dict) -> str:

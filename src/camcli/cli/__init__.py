@@ -196,7 +196,7 @@ def _main(argv: list[str] | None) -> None:
     except Exception as exc:  # noqa: BLE001
         if _SIGTERM_SEEN[0]:  # e.g. DataLoader workers killed by the same SIGTERM first
             _interrupted(exc)
-        _exit_on_usage_error(exc)
+        _exit_on_usage_error(exc, argv)
         if debug:
             raise
         _exit_on_error(exc)
@@ -220,7 +220,7 @@ def _exit_stdout_closed() -> NoReturn:
     sys.exit(Exit.OK)
 
 
-def _exit_on_usage_error(exc: Exception) -> None:
+def _exit_on_usage_error(exc: Exception, argv: list[str] | None = None) -> None:
     """A click usage error: its message and exit 2; anything else returns."""
     try:
         from typer._click.exceptions import ClickException
@@ -230,9 +230,21 @@ def _exit_on_usage_error(exc: Exception) -> None:
     if isinstance(exc, ClickException):
         # one line, as every camcli error: the message and where the help is
         ctx = getattr(exc, "ctx", None)
-        where = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
-        error(" ".join(exc.format_message().replace("Value error, ", "").split()) + where)
+        where = ctx.command_path if ctx is not None else _command_path(argv)
+        text = " ".join(exc.format_message().replace("Value error, ", "").split())
+        error(f"{text.rstrip('.')} (see '{where} -h')")
         sys.exit(Exit.USAGE)
+
+
+def _command_path(argv: list[str] | None) -> str:
+    """``camcli COMMAND`` of ``argv`` (``camcli`` when it names none): where the help of an
+    error without click's context (a missing option value) is."""
+    import typer.main
+
+    args = sys.argv[1:] if argv is None else argv
+    first = next((a for a in args if not a.startswith("-")), None)
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    return f"camcli {first}" if first in commands else "camcli"
 
 
 def _exit_on_error(exc: Exception) -> NoReturn:

@@ -48,8 +48,8 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise ValueError(_UNREADABLE) from None
     except UnidentifiedImageError:
         raise ValueError(
-            "not an image file (cannot identify its format); convert it to JPEG or PNG, or "
-            "leave it out"
+            "not an image file (cannot identify its format); leave it out, or convert it to "
+            "JPEG or PNG if it is an image"
         ) from None
     except ValueError:
         raise

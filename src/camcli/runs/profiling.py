@@ -64,7 +64,8 @@ class Profiler:
         wall = time.perf_counter() - self.started
         lines = [
             f"profile: {self.images} images in {wall:.2f} s "
-            f"({self.images / wall if wall else 0:.2f} images/s)"
+            f"({self.images / wall if wall else 0:.2f} images/s; start-up and model load not "
+            "counted)"
         ]
         main = sum(v for k, v in self.totals.items() if k not in self.threaded)
         # the name column as wide as the longest name shown ("encode+write (waited)")
@@ -80,8 +81,5 @@ class Profiler:
                 f"  {'decode (workers)':{n}s} {self.decode_worker_s:8.2f} s  busy time "
                 "in loader workers, overlapped"
             )
-        lines.append(
-            f"  {'other':{n}s} {max(0.0, wall - main):8.2f} s  (start-up, model load, "
-            "records, final writes)"
-        )
+        lines.append(f"  {'other':{n}s} {max(0.0, wall - main):8.2f} s  (records, final writes)")
         return "\n".join(lines)
