@@ -554,3 +554,14 @@ def test_help_piped_to_a_file_is_not_cut_at_80_columns(command):
     assert max(len(line) for line in r.stdout.splitlines()) <= 110
     if command == "bbox":
         assert "--tight-loose-heuristic" in r.stdout
+
+
+def test_colormap_names_are_case_insensitive(two_images, cli_ckpt, tmp_path, camcli_run):
+    outs = {}
+    for name in ("jet", "JET"):
+        out = tmp_path / name
+        code, _, err = camcli_run("cam", two_images, "--out", out, "--weights", cli_ckpt,
+                                  "--colormap", name, "--workers", "0", "-q")  # fmt: skip
+        assert code == 0, err
+        outs[name] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.jpg")}
+    assert outs["jet"] and outs["jet"] == outs["JET"]

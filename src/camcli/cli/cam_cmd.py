@@ -124,6 +124,7 @@ def cam(
     from camcli.api.split import plan_split
     from camcli.cli.run import open_session, resolve_inputs, session_options
 
+    colormap = colormap.lower()  # "JET" as OpenCV's COLORMAP_JET is named: the same map
     _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
     _refuse_unused(ctx, classes=classes, no_overlay=no_overlay, grid=grid)
     if top_k > MAX_TOP_K:
