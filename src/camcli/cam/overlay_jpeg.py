@@ -14,9 +14,10 @@ No RGB overlay, colour conversion or chroma downsampling is made per map: about 
 per 500 x 375 overlay than rendering RGB and encoding it with OpenCV (about 1.3 ms), measured
 on the 2-core CI machine.
 
-Agreement with ``encode_image(overlay_cv2(...))``: the Y plane is within 1 level of the
-overlay's Y before the DCT (the two scaled terms are rounded separately); Cb and Cr too where
-the 2 x 2 neighbours of a level share a colour, and otherwise differ by the colormap's step
+Agreement with ``encode_image(overlay_cv2(...))``: before the DCT the Y plane is within 2
+levels of the RGB overlay's Y (ours rounds the two scaled terms separately, the reference
+rounds the RGB blend and its conversion); Cb and Cr are within 3 where the 2 x 2 neighbours
+of a level share a colour, and otherwise differ by the colormap's step
 between neighbouring levels (the table is read at the block's mean level instead of being
 averaged after the reading). Both files go through the same quantisation (same libjpeg-turbo,
 same quality, same tables). Decoded, on a 500 x 375 photo with a CAM upsampled from 7 x 7,
@@ -95,7 +96,7 @@ class JpegOverlays:
         quality: JPEG quality (libjpeg's scale, as :func:`camcli.data.codec.encode_image`).
 
     Raises:
-        KeyError: an unknown colormap.
+        ValueError: an unknown colormap.
     """
 
     def __init__(self, image_rgb: np.ndarray, colormap: str, alpha: float, quality: int = 90):

@@ -16,6 +16,12 @@ import numpy as np
 
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
+#: The fix hints of per-input read errors.
+_DAMAGED = "the file is damaged or incomplete: copy, download or export it again"
+_UNREADABLE = (
+    "permission denied: the file cannot be read; make it readable (chmod +r) or leave it out"
+)
+
 
 def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into an RGB uint8 array [H, W, 3], EXIF orientation applied.
@@ -56,12 +62,6 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"cannot decode image ({msg}); {_DAMAGED}") from None
-
-
-_DAMAGED = "the file is damaged or incomplete: copy, download or export it again"
-_UNREADABLE = (
-    "permission denied: the file cannot be read; make it readable (chmod +r) or leave it out"
-)
 
 
 def _check_regular_file(path: str) -> None:
