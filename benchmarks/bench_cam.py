@@ -8,7 +8,8 @@ command itself, forked from a small launcher):
 - ``limit``: decode + preprocess + forward only (camcli's own loader), at the best batch size
   found by a sweep, and again at camcli's own batch size; camcli is compared with the faster;
 - ``limit_camcli``: the same with the network as camcli runs it (BatchNorm folded; on a CPU two
-  batches at once on single-threaded streams, ``--streams``): camcli's own overhead;
+  batches at once on single-threaded streams, ``--streams``; glibc's allocator tuned as the
+  command line tunes it, ``camcli.sysinfo.tune_allocator``): camcli's own overhead;
 - ``camcli cam --top-k 1`` (overlays), ``camcli cam --top-k 5`` (five overlays),
   ``camcli cam --top-k 5 --save-maps``, ``camcli bbox``;
 - pytorch-grad-cam ``GradCAM`` and torch-cam ``CAM`` doing the same work (top-1 map, overlay
@@ -319,10 +320,10 @@ def main() -> None:
                 else {}
             ),
             # the network as camcli runs it (BatchNorm folded into the convolutions; on a CPU
-            # two batches at once on single-threaded streams): camcli's own overhead is
-            # measured against this one, the bare model's forward against "limit"
+            # two batches at once on single-threaded streams; glibc's allocator tuned): camcli's
+            # own overhead is measured against this one, the bare model's forward against "limit"
             "limit_camcli": limit_cmd
-            + ["--batch-size", str(own_bs), "--fold"]
+            + ["--batch-size", str(own_bs), "--fold", "--tuned-malloc"]
             + (["--streams", "2"] if args.device == "cpu" else []),
             "cam_top1": cam + ["--out", str(work / "o1"), "--top-k", "1"] + common,
             "cam_top5": cam + ["--out", str(work / "o5o"), "--top-k", "5"] + common,

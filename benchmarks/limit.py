@@ -1,6 +1,7 @@
 """The limit: decode + preprocess + forward only, with camcli's own loader (no CAM, no writes),
-of the bare model (or, with ``--fold --streams 2``, of the network as camcli runs it on a CPU:
-BatchNorm folded, two batches at once on single-threaded streams).
+of the bare model (or, with ``--fold --streams 2 --tuned-malloc``, of the network as camcli runs
+it on a CPU: BatchNorm folded, two batches at once on single-threaded streams, glibc's allocator
+tuned as the command line tunes it).
 
 Prints one JSON line: images/s over the whole process and in steady state (after the first
 batch), for ``bench_cam.py``.
@@ -41,7 +42,16 @@ def main() -> None:
         default=1,
         help="CPU forward passes at once, as camcli's --streams (1: the plain loop)",
     )
+    ap.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="tune glibc's allocator as the camcli command line does (camcli.sysinfo)",
+    )
     args = ap.parse_args()
+    if args.tuned_malloc:
+        from camcli.sysinfo import tune_allocator
+
+        tune_allocator()
     dev = resolve_device(args.device)
     m = load_model(args.model, args.weights).eval()
     if args.fold:

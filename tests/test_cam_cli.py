@@ -275,6 +275,13 @@ def test_class_by_name_and_index(two_images, cli_ckpt, cli_model, tmp_path):
         np.testing.assert_allclose(z["cams"], maps, atol=2e-4)
 
 
+def test_short_o_is_the_output_folder(two_images, cli_ckpt, tmp_path):
+    out = tmp_path / "short"
+    code = run_main("cam", two_images, "-o", out, "--weights", cli_ckpt, "-c", "1", "--quiet")
+    assert code == 0
+    assert tree(out) == {"manifest.jsonl", "run.json", "a/1_class_b.jpg", "b/1_class_b.jpg"}
+
+
 @pytest.mark.parametrize("bad", ["class z", "10"])
 def test_unknown_class_is_a_one_line_usage_error(bad, two_images, cli_ckpt, tmp_path, camcli_run):
     out = tmp_path / "o"

@@ -140,10 +140,15 @@ def _interrupted(exc: BaseException) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG.
 
-    SIGTERM is handled as Ctrl-C (:class:`camcli.errors.Terminated`), exit 143."""
+    SIGTERM is handled as Ctrl-C (:class:`camcli.errors.Terminated`), exit 143. glibc's
+    allocator is tuned to keep freed memory for reuse (:func:`camcli.sysinfo.tune_allocator`;
+    ``CAMCLI_MALLOC=system`` keeps its defaults)."""
     import signal
     import threading
 
+    from camcli.sysinfo import tune_allocator
+
+    tune_allocator()
     prev = None
     _SIGTERM_SEEN[0] = False
     if threading.current_thread() is threading.main_thread():

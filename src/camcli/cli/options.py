@@ -77,7 +77,7 @@ MaxPixels = Annotated[
         help="Refuse images larger than this many pixels (decompression-bomb guard).",
     ),
 ]
-OutDir = Annotated[Path, typer.Option("--out", help="Output directory.")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 Precision = Annotated[
     str,
     typer.Option(

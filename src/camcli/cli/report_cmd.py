@@ -26,7 +26,7 @@ def report(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Report folder: index.html and thumbs/.")
+        Path, typer.Option("--out", "-o", help="Report folder: index.html and thumbs/.")
     ] = Path("report"),
     gt: Annotated[
         str | None,

@@ -83,7 +83,7 @@ def train(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Run folder: last.pt, best.pt, metrics.jsonl.", show_default=False
+            "--out", "-o", help="Run folder: last.pt, best.pt, metrics.jsonl.", show_default=False
         ),
     ],
     model: Annotated[
