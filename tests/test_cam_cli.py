@@ -550,6 +550,37 @@ def test_option_errors_are_one_line_with_where_the_help_is(argv, said, camcli_ru
     assert lines[0].startswith("error: ") and said in lines[0] and "-h')" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["cam", "x", "-o", "o", "--device", "tpu"], "--device 'tpu': use auto, cpu, cuda"),
+        (["cam", "x", "-o", "o", "--colormap", "nope"], "--colormap 'nope'"),
+        (["bbox"], "no input: give image files or folders"),
+        (["eval", "--gt", "g.csv"], "give exactly one of --boxes, --maps or --submission"),
+        (["predict", "x", "--resume"], "--resume needs --output FILE"),
+        (["train", "x", "--out", "r"], "--model is required"),
+    ],
+)
+def test_camcli_usage_errors_say_where_the_help_is(argv, said, camcli_run):
+    """camcli's own checks of options (not the parser's) read like the parser's errors."""
+    code, stdout, err = camcli_run(*argv)
+    assert code == 2 and stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and said in lines[0]
+    assert lines[0].endswith(f"(see 'camcli {argv[0]} -h')")
+
+
+def test_input_errors_do_not_point_at_the_help(tmp_path, camcli_run):
+    """Exit 2 for a bad file (not an option) names the file and the fix, no help hint."""
+    gt = tmp_path / "gt.csv"
+    gt.write_text("image,x\n")
+    (tmp_path / "maps").mkdir()
+    code, _, err = camcli_run("eval", "--maps", str(tmp_path / "maps"), "--gt", str(gt))
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert "-h')" not in err
+
+
 @pytest.mark.parametrize("command", ["bbox", "eval"])
 def test_help_piped_to_a_file_is_not_cut_at_80_columns(command):
     env = {k: v for k, v in subprocess_env().items() if k not in ("TERMINAL_WIDTH", "COLUMNS")}

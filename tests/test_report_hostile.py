@@ -116,16 +116,20 @@ def test_report_gt_options_without_gt_are_usage_errors(tmp_path, camcli_run):
     syn.write_text("n01440764 tench\n")
     code, _o, err = camcli_run("report", run["cams"], "--out", out, "--synsets", syn)
     assert code == 2
-    assert err.strip().splitlines() == ["error: --synsets does nothing without --gt: drop it"]
+    assert err.strip().splitlines() == [
+        "error: --synsets does nothing without --gt: drop it (see 'camcli report -h')"
+    ]
     code, _o, err = camcli_run("report", run["cams"], "--out", out, "--gt-format", "csv")
     assert code == 2
-    assert err.strip().splitlines() == ["error: --gt-format does nothing without --gt: drop it"]
+    assert err.strip().splitlines() == [
+        "error: --gt-format does nothing without --gt: drop it (see 'camcli report -h')"
+    ]
     # no --gt and no record carries its own "gt": --iou judges nothing
     code, _o, err = camcli_run("report", run["boxes"], "--out", out, "--iou", "0.3")
     assert code == 2
     assert err.strip().splitlines() == [
         "error: --iou does nothing without ground truth (no --gt, and no record carries its own "
-        '"gt"): drop it or give --gt'
+        "\"gt\"): drop it or give --gt (see 'camcli report -h')"
     ]
     assert not out.exists()
     # records with their own "gt": --iou is used

@@ -68,6 +68,12 @@ class CamcliError(Exception):
         return int(self.exit_code)
 
 
+class UsageError(CamcliError, ValueError):
+    """A bad option value or combination of options (exit 2). The command line adds where the
+    command's help is (``(see 'camcli cam -h')``), as it does for the option errors that the
+    parser finds."""
+
+
 class NoInputError(CamcliError):
     """No usable input: nothing to read, or an input file that is empty or incomplete."""
 

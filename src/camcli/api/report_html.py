@@ -28,7 +28,7 @@ from camcli.api.report_data import IOU, ReportInputs, Row, build_rows, class_tab
 from camcli.api.report_thumbs import THUMB_SIZE, make_thumbnails
 from camcli.atomic import write_atomic
 from camcli.console import shown
-from camcli.errors import CamcliError, Exit, NoInputError, write_error
+from camcli.errors import CamcliError, Exit, NoInputError, UsageError, write_error
 
 if TYPE_CHECKING:  # torch-free at run time: camcli.api.progress imports the predict job
     from camcli.api.progress import Progress
@@ -249,7 +249,7 @@ def write_report(
         ReportInputError, NoInputError: see :func:`load_inputs`; NoInputError also when the
             runs hold no image and no eval result.
         GtError: unreadable ground truth.
-        CamcliError: (exit 2) another run holds ``out``'s lock, or ``iou`` given without
+        CamcliError: (exit 2) another run holds ``out``'s lock; UsageError: ``iou`` given without
             ground truth.
         LinkError: a folder or file below ``out`` is a symbolic link where a folder is needed
             (nothing is written through it; ``filename`` names it).
@@ -272,7 +272,7 @@ def write_report(
     if not rows and not inputs.evals:
         raise NoInputError("no image records and no eval result in " + ", ".join(map(str, runs)))
     if given_iou and truth is None and not any(r.gt_classes or r.gt_boxes for r in rows):
-        raise CamcliError(
+        raise UsageError(
             "--iou does nothing without ground truth (no --gt, and no record carries its own "
             '"gt"): drop it or give --gt'
         )

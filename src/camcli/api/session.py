@@ -9,7 +9,7 @@ import torch
 
 from camcli.data import inputs, loader
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
-from camcli.errors import CamcliError
+from camcli.errors import CamcliError, UsageError
 from camcli.models.fold import fold_for_inference
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for, load_model
@@ -118,9 +118,9 @@ class Session:
         dev = resolve_device(device)
         loader.sequential_opencv()
         if precision not in ("fp32", "bf16", "fp16"):
-            raise CamcliError(f"--precision {precision!r}: use fp32, bf16 or fp16")
+            raise UsageError(f"--precision {precision!r}: use fp32, bf16 or fp16")
         if precision == "fp16" and dev.type == "cpu":
-            raise CamcliError("--precision fp16 needs a GPU; on the CPU use bf16")
+            raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16")
         m = load_model(model, weights, offline=offline).eval()
         folded = 0
         if fold:  # BatchNorm folded into the convolutions (same outputs, a faster forward)
@@ -133,10 +133,10 @@ class Session:
             m.trunk = torch.compile(m.trunk, dynamic=False)
         bs = batch_size or default_batch_size(dev, m.name)
         if codec not in ("auto", "cpu", "device"):
-            raise CamcliError(f"--codec {codec!r}: use auto, cpu or device")
+            raise UsageError(f"--codec {codec!r}: use auto, cpu or device")
         device_codec = codec == "device" or (codec == "auto" and dev.type == "cuda")
         if streams is not None and streams < 1:
-            raise CamcliError(f"--streams {streams}: use 1 or more")
+            raise UsageError(f"--streams {streams}: use 1 or more")
         pool = None
         if dev.type == "cpu" and not compile:
             n = default_streams() if streams is None else streams

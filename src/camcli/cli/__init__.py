@@ -15,7 +15,7 @@ import typer
 
 from camcli import __version__
 from camcli.console import error
-from camcli.errors import CamcliError, Exit, Terminated
+from camcli.errors import CamcliError, Exit, Terminated, UsageError
 
 app = typer.Typer(
     name="camcli",
@@ -204,7 +204,7 @@ def _main(argv: list[str] | None) -> None:
         _exit_on_usage_error(exc, argv)
         if debug:
             raise
-        _exit_on_error(exc)
+        _exit_on_error(exc, argv)
     if rv == Exit.INTERRUPTED:  # typer turns a KeyboardInterrupt into a returned 130
         _interrupted(Terminated() if _terminated(None) else KeyboardInterrupt())
     try:
@@ -252,8 +252,9 @@ def _command_path(argv: list[str] | None) -> str:
     return f"camcli {first}" if first in commands else "camcli"
 
 
-def _exit_on_error(exc: Exception) -> NoReturn:
-    """One error line and the exit code of ``exc`` (a full disk etc.: the write error's)."""
+def _exit_on_error(exc: Exception, argv: list[str] | None = None) -> NoReturn:
+    """One error line and the exit code of ``exc`` (a full disk etc.: the write error's); a
+    :class:`camcli.errors.UsageError` names where the command's help is."""
     if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
         from camcli.errors import write_error
 
@@ -269,5 +270,7 @@ def _exit_on_error(exc: Exception) -> NoReturn:
     msg = msg or type(exc).__name__
     if code == 1 and not isinstance(exc, CamcliError):
         msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
+    elif isinstance(exc, UsageError):
+        msg = f"{msg.rstrip('.')} (see '{_command_path(argv)} -h')"
     error(msg)
     sys.exit(code)

@@ -199,31 +199,31 @@ def _check_flags(
     submission_format: str = "ilsvrc",
 ) -> None:
     """Refuse the flag combinations ``bbox`` cannot run (exit 2), before any input is read."""
-    from camcli.errors import CamcliError
+    from camcli.errors import UsageError
     from camcli.sysinfo import torchrun_env
 
     if from_maps is not None and inputs:
-        raise CamcliError("give either INPUT paths or --from-maps DIR, not both")
+        raise UsageError("give either INPUT paths or --from-maps DIR, not both")
     if from_maps is None and not inputs:
-        raise CamcliError("no input: give image files or folders, - for stdin, or --from-maps")
+        raise UsageError("no input: give image files or folders, - for stdin, or --from-maps")
     if resume and output in (None, "-"):
-        raise CamcliError("--resume needs --output FILE (records on stdout cannot be resumed)")
+        raise UsageError("--resume needs --output FILE (records on stdout cannot be resumed)")
     if submission is not None and synsets is None and submission_format == "ilsvrc":
-        raise CamcliError(
+        raise UsageError(
             f"--submission {submission}: an ilsvrc submission labels classes by ILSVRC2012_ID; "
             "pass --synsets (devkit meta.mat or map_clsloc.txt), or use --submission-format "
             "kaggle (WNIDs: built in for ImageNet-1k models)"
         )
     if from_maps is not None and (shard is not None or torchrun_env() is not None):
-        raise CamcliError("--from-maps runs in one process: drop --shard (or torchrun)")
+        raise UsageError("--from-maps runs in one process: drop --shard (or torchrun)")
     if shard is not None and (submission is not None or gt is not None):
-        raise CamcliError(
+        raise UsageError(
             f"--shard {shard}: a shard holds part of the images, so --submission and --gt "
             "need them all: join the parts with `camcli merge`, then score the joined file "
             "with `camcli eval --boxes`, or run the shards together under torchrun"
         )
     if tight_loose and box_rule is not Rule.paper and box_rule is not Rule.dt_box:
-        raise CamcliError("--tight-loose-heuristic uses the dt-box rule; drop --box-rule all")
+        raise UsageError("--tight-loose-heuristic uses the dt-box rule; drop --box-rule all")
 
 
 # What --from-maps leaves out: the network and everything that feeds it.

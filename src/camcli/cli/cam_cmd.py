@@ -168,12 +168,12 @@ def cam(
 def _check_flags(*, colormap: str, no_overlay: bool, grid: bool, save_maps: bool) -> None:
     """Refuse an unknown colormap and a run with nothing to write (exit 2)."""
     from camcli.cam.render import COLORMAPS
-    from camcli.errors import CamcliError
+    from camcli.errors import UsageError
 
     if colormap not in COLORMAPS:
-        raise CamcliError(f"--colormap {colormap!r}: choose one of {', '.join(COLORMAPS)}")
+        raise UsageError(f"--colormap {colormap!r}: choose one of {', '.join(COLORMAPS)}")
     if no_overlay and not grid and not save_maps:
-        raise CamcliError("--no-overlay leaves nothing to write: add --grid or --save-maps")
+        raise UsageError("--no-overlay leaves nothing to write: add --grid or --save-maps")
 
 
 def _refuse_unused(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from camcli.errors import CamcliError, Exit
+from camcli.errors import CamcliError, Exit, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -219,13 +219,13 @@ def _check_source(
 
     given = [k for k, v in zip(SOURCE_KEYS, (boxes, maps, submission)) if v is not None]
     if len(given) != 1:
-        raise CamcliError("give exactly one of --boxes, --maps or --submission")
+        raise UsageError("give exactly one of --boxes, --maps or --submission")
     if plot is not None and maps is None:
-        raise CamcliError("--plot draws BoxAcc curves, which need --maps")
+        raise UsageError("--plot draws BoxAcc curves, which need --maps")
     if plot is not None and Path(plot).suffix.lower() != ".png":
-        raise CamcliError(f"--plot {plot}: give a .png file name")
+        raise UsageError(f"--plot {plot}: give a .png file name")
     if submission_format not in ("auto", "ilsvrc", "kaggle"):
-        raise CamcliError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
+        raise UsageError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
 
 
 def _refuse_unused(
@@ -255,7 +255,7 @@ def _tau_grid(taus: str) -> np.ndarray:
     try:
         return parse_taus(taus)
     except ValueError as exc:
-        raise CamcliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def _check_inputs(
@@ -263,7 +263,7 @@ def _check_inputs(
 ) -> None:
     """Stdin read at most once; every input file and the --masks folder exist (exit 3)."""
     if boxes is not None and boxes.count("-") > 1:
-        raise CamcliError("--boxes - (records on stdin) may be given once")
+        raise UsageError("--boxes - (records on stdin) may be given once")
     for flag, path in (
         *(("--boxes", b) for b in boxes or ()),
         ("--submission", submission),

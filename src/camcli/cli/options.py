@@ -188,10 +188,10 @@ def refuse_unused(ctx: typer.Context | None, names: tuple[str, ...] | list[str],
     nothing here: ``why`` says when (``"with --from-maps (...)"``)."""
     flags = given(ctx, names)
     if flags:
-        from camcli.errors import CamcliError
+        from camcli.errors import UsageError
 
         it = "does" if len(flags) == 1 else "do"
-        raise CamcliError(
+        raise UsageError(
             f"{', '.join(flags)} {it} nothing {why}: drop {'it' if it == 'does' else 'them'}"
         )
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from camcli.console import info, print_predictions_table
-from camcli.errors import CamcliError, Exit
+from camcli.errors import CamcliError, Exit, UsageError
 
 if TYPE_CHECKING:
     from camcli.api.sink import RecordSink
@@ -18,7 +18,7 @@ def resolve_inputs(inputs: list[str], *, follow_links: bool = False):
     from camcli.data.inputs import IMAGE_EXTENSIONS, discover
 
     if inputs.count("-") > 1:
-        raise CamcliError("'-' (paths on stdin) may be given once")
+        raise UsageError("'-' (paths on stdin) may be given once")
     items = discover(inputs, follow_links=follow_links)
     if not items:
         raise CamcliError(

@@ -281,10 +281,10 @@ def train(
 
 def _require_model(model: str | None, resume: bool) -> None:
     """A new run needs ``--model``; a resumed one takes it from the checkpoint."""
-    from camcli.errors import CamcliError
+    from camcli.errors import UsageError
 
     if model is None and not resume:
-        raise CamcliError(
+        raise UsageError(
             "--model is required: a registry name (`camcli models`), e.g. camnet-small or vgg-gap"
         )
 
