@@ -201,8 +201,10 @@ def test_T2_cam_grid_with_hostile_labels_runs_and_resumes(tmp_path, camcli_run, 
         ["models", "--json"],
         ["predict", str(EXAMPLES), "-m", "demo", "--output", "-", "--workers", "0"],
         ["bbox", str(EXAMPLES), "-m", "demo", "--workers", "0"],
+        ["--help"],
+        ["cam", "--help"],
     ],
-    ids=["models", "predict", "bbox"],
+    ids=["models", "predict", "bbox", "help", "cam-help"],  # help: rich's own exit 1 before
 )
 def test_leftover_c_closed_stdout_exits_0_quietly(argv):
     """(c) The reader of stdout went away (`camcli ... | head -1`): exit 0, nothing on stderr

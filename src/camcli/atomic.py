@@ -14,6 +14,10 @@ with :class:`LinkError`, naming it), and the temporary file is created with
 confining root is the innermost folder registered with :func:`confine` (an output folder, see
 :class:`camcli.runs.outdir.OutDir`) that holds the file, else the file's own folder. An error
 names the target, never the temporary name.
+
+A target that already exists as a character device or FIFO (``-o /dev/null``, ``-o
+/dev/stdout``, a named pipe) is a stream, not a file: it is opened and written directly, never
+replaced (:func:`stream_target`).
 """
 
 from __future__ import annotations
@@ -226,6 +230,30 @@ def _name_target(exc: OSError, path: Path) -> None:
             exc.filename2 = None
 
 
+def stream_target(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an existing character device or FIFO (links followed:
+    ``/dev/stdout``): such a target is written directly as a stream (no temporary file, no
+    rename, no lock or partial file beside it), as ``-`` is stdout.
+
+    Raises:
+        OSError: (EINVAL) ``path`` is another kind of special file (block device, socket):
+            nothing is written to it.
+    """
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return True
+    if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise OSError(
+            errno.EINVAL, "a block device or socket, not a file: give a file name", str(path)
+        )
+    return False
+
+
 class AtomicFile:
     """A file object writing to a temporary name beside ``path``, renamed onto it on
     :meth:`commit`, removed on :meth:`abort`.
@@ -259,6 +287,16 @@ class AtomicFile:
         self.fsync = fsync
         self.closed = True
         self._dfd = dir_fd
+        self.stream = dir_fd is None and stream_target(self.path)
+        if self.stream:  # a device or FIFO: written directly, never replaced (module doc)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as exc:
+                _name_target(exc, self.path)
+                raise
+            self.file = os.fdopen(fd, mode, encoding=encoding)
+            self.closed = False
+            return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
             dfd = _open_folder(self.path) if dir_fd is None else dir_fd
@@ -283,6 +321,10 @@ class AtomicFile:
             return
         try:
             self.file.flush()
+            if self.stream:
+                self.file.close()
+                self.closed = True
+                return
             if self.fsync:
                 os.fsync(self.file.fileno())
             self.file.close()
@@ -306,6 +348,8 @@ class AtomicFile:
         self.closed = True
         with contextlib.suppress(OSError):
             self.file.close()
+        if self.stream:
+            return
         with contextlib.suppress(OSError):
             if self._dfd is None:
                 self.tmp.unlink(missing_ok=True)

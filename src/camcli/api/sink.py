@@ -10,12 +10,16 @@ from camcli.data.records import JsonlWriter
 
 class RecordSink:
     """Where a command's JSON records go: a resumable FILE (a shard writes its part
-    ``FILE.shard-I-of-N``), JSON Lines on stdout, or a table (collected)."""
+    ``FILE.shard-I-of-N``), JSON Lines on stdout or into a device or FIFO
+    (:func:`camcli.atomic.stream_target`: written directly, no lock or partial file beside
+    it), or a table (collected)."""
 
     def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
+        from camcli.atomic import stream_target
         from camcli.runs.recordfile import RecordFile
 
-        self.target = None if output in (None, "-") else Path(output)
+        stream = output not in (None, "-") and stream_target(output)
+        self.target = None if output in (None, "-") or stream else Path(output)
         self.split = split
         self.table = table
         self.collected: list[dict] = []
@@ -27,8 +31,8 @@ class RecordSink:
             self.rfile = RecordFile(
                 path, resume=resume, part=part, also=(self.target,) if part else ()
             )
-        elif not table:
-            self.stdout = JsonlWriter("-")
+        elif not table or stream:
+            self.stdout = JsonlWriter(output if stream else "-")
 
     def release(self) -> None:
         """Release FILE's lock without finishing (:meth:`finish` releases it too)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from camcli.errors import CamcliError
+from camcli.errors import UsageError
 
 
 @dataclass
@@ -66,14 +66,14 @@ def plan_split(
     if world is None:
         return Split(parse_shard(shard) if shard is not None else None, None)
     if shard is not None:
-        raise CamcliError("--shard and torchrun both split the inputs: use one of them")
+        raise UsageError("--shard and torchrun both split the inputs: use one of them")
     if inputs and "-" in inputs:
-        raise CamcliError(
+        raise UsageError(
             "- (paths on stdin) cannot be shared by torchrun ranks: pass the files or "
             "folders as arguments"
         )
     if not stdout_ok and output in (None, "-"):
-        raise CamcliError(
+        raise UsageError(
             "under torchrun give --output FILE: each rank writes its part of it "
             "and rank 0 joins them"
         )

@@ -194,8 +194,12 @@ def _main(argv: list[str] | None) -> None:
     except BrokenPipeError:
         _exit_stdout_closed()
     except SystemExit as exc:
-        # click turns a broken pipe into exit 1 after wrapping the streams
-        if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+        # click (after wrapping the streams) and rich (help: Console.on_broken_pipe) turn a
+        # broken pipe into exit 1
+        if exc.code == 1 and (
+            type(sys.stdout).__name__ == "PacifyFlushWrapper"
+            or isinstance(exc.__context__, BrokenPipeError)
+        ):
             _exit_stdout_closed()
         raise
     except Exception as exc:  # noqa: BLE001

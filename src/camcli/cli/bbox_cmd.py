@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.cli.run import SESSION_OPTIONS
+from camcli.cli.run import SESSION_OPTIONS, records_resumable
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -206,8 +206,10 @@ def _check_flags(
         raise UsageError("give either INPUT paths or --from-maps DIR, not both")
     if from_maps is None and not inputs:
         raise UsageError("no input: give image files or folders, - for stdin, or --from-maps")
-    if resume and output in (None, "-"):
-        raise UsageError("--resume needs --output FILE (records on stdout cannot be resumed)")
+    if resume and not records_resumable(output):
+        raise UsageError(
+            "--resume needs --output FILE (records on stdout, a device or a FIFO cannot be resumed)"
+        )
     if submission is not None and synsets is None and submission_format == "ilsvrc":
         raise UsageError(
             f"--submission {submission}: an ilsvrc submission labels classes by ILSVRC2012_ID; "
@@ -285,12 +287,14 @@ def _with_gt_classes(
     opts: BboxOptions, gt: Path, session: Session | None, synsets: Path | None
 ) -> BboxOptions:
     """``opts`` with each image's GT class (for the records' ``gt_known``), by the model's
-    categories (from maps: the labels the map files store); an unusable ground truth is a
-    warning (the run goes on without GT-known boxes, as ``--gt`` metrics)."""
+    categories (from maps: the labels the map files store). A ground-truth file that cannot be
+    read stops the run before any image (exit 2, naming the file and line, as ``eval``);
+    classes that cannot be matched (synsets) are a warning and the run goes on without
+    GT-known boxes."""
     from dataclasses import replace
 
     from camcli.console import warn
-    from camcli.errors import CamcliError
+    from camcli.errors import CamcliError, GtError
     from camcli.evaluate.report import gt_class_lookup
 
     try:
@@ -301,6 +305,8 @@ def _with_gt_classes(
 
             names = map_label_names(str(opts.from_maps))
         lookup = gt_class_lookup(gt, names, synsets)
+    except GtError:
+        raise
     except CamcliError as exc:
         warn(f"--gt {gt}: no GT-known boxes ({exc})")
         return opts

@@ -48,11 +48,19 @@ def predict(
     """
     from camcli.api.sink import RecordSink
     from camcli.api.split import plan_split
-    from camcli.cli.run import open_session, print_table, resolve_inputs, session_options
+    from camcli.cli.run import (
+        open_session,
+        print_table,
+        records_resumable,
+        resolve_inputs,
+        session_options,
+    )
     from camcli.errors import UsageError
 
-    if resume and output in (None, "-"):
-        raise UsageError("--resume needs --output FILE (records on stdout cannot be resumed)")
+    if resume and not records_resumable(output):
+        raise UsageError(
+            "--resume needs --output FILE (records on stdout, a device or a FIFO cannot be resumed)"
+        )
     items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:

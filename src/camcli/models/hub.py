@@ -404,9 +404,13 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/format failure is the file's fault
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if msg.startswith("Weights only load failed"):
+            # torch's text goes on to advise weights_only=False: never camcli's advice
+            msg = "damaged, not a torch file, or it holds pickled objects"
         raise WeightsError(
             f"{path}: not a loadable weights file ({msg[:200]}); camcli loads state_dicts, "
-            "camcli checkpoints and .safetensors, never pickled code"
+            "camcli checkpoints and .safetensors, never pickled code: export the weights again "
+            "(torch.save(model.state_dict(), ...))"
         ) from exc
     checkpoint = None
     if isinstance(obj, dict) and obj.get("format") == "camcli-checkpoint":

@@ -227,6 +227,8 @@ def load_model(
             loaded = _load_named_weights(weights, offline)
             ckpt = loaded.checkpoint
         elif ckpt is None and weights is not None:
+            if loaded is None:  # no such file (nor URL, nor registry name): say that (exit 4)
+                _load_named_weights(weights, offline)
             raise ModelError(
                 f"--weights {weights}: not a camcli checkpoint, so it does not say which network "
                 "it is for; pass --model too"

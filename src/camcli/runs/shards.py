@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from camcli.errors import CamcliError
+from camcli.errors import UsageError
 
 PART_RE = re.compile(r"^(?P<stem>.*)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<suffix>(\.[^.]*)?)$")
 MANIFEST = "manifest.jsonl"
@@ -59,12 +59,12 @@ def parse_shard(text: str) -> Shard:
     """``"I/N"`` -> Shard; a usage error (exit 2) naming the value otherwise."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m:
-        raise CamcliError(f"--shard {text!r}: use I/N, e.g. 0/4 for the first of four shards")
+        raise UsageError(f"--shard {text!r}: use I/N, e.g. 0/4 for the first of four shards")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= i < n:
-        raise CamcliError(f"--shard {text}: need 0 <= I < N (shards are numbered 0 to N-1)")
+        raise UsageError(f"--shard {text}: need 0 <= I < N (shards are numbered 0 to N-1)")
     if n > MAX_SHARDS:
-        raise CamcliError(f"--shard {text}: at most {MAX_SHARDS} shards")
+        raise UsageError(f"--shard {text}: at most {MAX_SHARDS} shards")
     return Shard(i, n)
 
 

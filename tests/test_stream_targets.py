@@ -1,0 +1,151 @@
+"""An output that is a character device or FIFO (``-o /dev/null``, ``-o /dev/stdout``, a named
+pipe) is written as a stream: never replaced by a regular file, nothing created beside it.
+
+The devices are reached through links in tmp_path, so that a regression replaces the link,
+never the machine's /dev/null."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from camcli import atomic
+from conftest import run_main
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+
+
+def _reader(fifo: Path, got: list[bytes]) -> threading.Thread:
+    def read():
+        with open(fifo, "rb") as fh:
+            got.append(fh.read())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def test_stream_target_kinds(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "null").symlink_to("/dev/null")
+    (tmp_path / "plain").write_text("x")
+    assert atomic.stream_target(fifo)
+    assert atomic.stream_target(tmp_path / "null")  # the link is followed
+    assert not atomic.stream_target(tmp_path / "plain")
+    assert not atomic.stream_target(tmp_path / "absent")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "sock"))
+        with pytest.raises(OSError, match="block device or socket"):
+            atomic.stream_target(tmp_path / "sock")
+
+
+def test_write_atomic_into_a_fifo_streams_and_keeps_it(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    t = _reader(fifo, got)
+    atomic.write_atomic(fifo, b"one\ntwo\n", fsync=True)  # no fsync on a pipe (EINVAL)
+    t.join(10)
+    assert got == [b"one\ntwo\n"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_predict_output_into_a_fifo_and_dev_null(tmp_path, cli_images, cli_ckpt):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    t = _reader(fifo, got)
+    assert run_main("predict", cli_images / "a.jpg", "-w", cli_ckpt, "-o", fifo, "-q") == 0
+    t.join(30)
+    assert got and got[0].decode().count("\n") == 1 and b'"predictions"' in got[0]
+    null = tmp_path / "null"
+    null.symlink_to("/dev/null")
+    assert run_main("predict", cli_images / "a.jpg", "-w", cli_ckpt, "-o", null, "-q") == 0
+    assert null.is_symlink() and stat.S_ISCHR(os.stat(null).st_mode)
+    # no lock, partial or temporary file beside either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "pipe"]
+
+
+def test_bbox_submission_and_eval_output_into_devices(tmp_path, cli_images, camcli_run):
+    null = tmp_path / "null"
+    null.symlink_to("/dev/null")
+    full = tmp_path / "full"
+    full.symlink_to("/dev/full")
+    boxes = tmp_path / "b.jsonl"
+    code = run_main(
+        "bbox", cli_images / "a.jpg", "-o", boxes, "--submission", null,
+        "--submission-format", "kaggle", "-q",  # the default ImageNet network: WNIDs built in
+    )  # fmt: skip
+    assert code == 0 and boxes.is_file()
+    gt = tmp_path / "gt.csv"
+    gt.write_text(f"image,label,xmin,ymin,xmax,ymax\n{cli_images / 'a.jpg'},0,0,0,9,9\n")
+    code, _, err = camcli_run("eval", "--gt", gt, "--boxes", boxes, "-o", full, "-q")
+    assert code == 5 and "No space left on device" in err  # /dev/full, written directly
+    for link in (null, full):
+        assert link.is_symlink() and stat.S_ISCHR(os.stat(link).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "full", "gt.csv", "null"]
+
+
+@pytest.mark.parametrize("command", ["predict", "bbox"])
+def test_resume_into_a_device_is_a_usage_error(command, tmp_path, cli_images, cli_ckpt, capsys):
+    null = tmp_path / "null"
+    null.symlink_to("/dev/null")
+    code = run_main(command, cli_images / "a.jpg", "-w", cli_ckpt, "-o", null, "--resume")
+    assert code == 2
+    assert "cannot be resumed" in capsys.readouterr().err
+    assert null.is_symlink()
+
+
+def test_output_into_a_socket_is_refused(tmp_path, cli_images, cli_ckpt, capsys):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "sock"))
+        code = run_main("predict", cli_images / "a.jpg", "-w", cli_ckpt, "-o", tmp_path / "sock")
+    err = capsys.readouterr().err
+    assert code != 0 and "block device or socket" in err and len(err.strip().splitlines()) == 1
+    assert stat.S_ISSOCK(os.lstat(tmp_path / "sock").st_mode)
+
+
+# --- other findings of the session-9 trial ---------------------------------------------------
+
+
+def test_missing_weights_file_without_model_says_so(tmp_path, cli_images, camcli_run):
+    code, _, err = camcli_run("predict", cli_images / "a.jpg", "--weights", tmp_path / "no.pt")
+    assert code == 4, err
+    assert "not a file, URL or registry name" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage" * 40, b'{"a": 1}\n'])
+def test_unloadable_weights_never_advise_weights_only_false(content, tmp_path, cli_images,
+                                                           camcli_run):  # fmt: skip
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    code, _, err = camcli_run(
+        "predict", cli_images / "a.jpg", "--model", "resnet18", "--weights", bad
+    )
+    assert code == 4 and "not a loadable weights file" in err
+    assert "weights_only" not in err and "False" not in err and "export the weights" in err
+
+
+def test_bad_shard_is_a_usage_error_with_the_help(cli_images, tmp_path, camcli_run):
+    code, _, err = camcli_run("cam", cli_images, "-o", tmp_path / "o", "--shard", "3/2")
+    assert code == 2 and err.strip().endswith("(see 'camcli cam -h')")
+
+
+def test_bbox_gt_file_that_cannot_be_read_stops_before_any_image(tmp_path, cli_images, cli_ckpt,
+                                                                 camcli_run):  # fmt: skip
+    gt = tmp_path / "gt.csv"
+    gt.write_text(f"image,label,xmin,ymin,xmax,ymax\n{cli_images / 'a.jpg'},0,abc,0,9,9\n")
+    out = tmp_path / "b.jsonl"
+    code, _, err = camcli_run(
+        "bbox", cli_images / "a.jpg", "-w", cli_ckpt, "--gt", gt, "-o", out, "--workers", "0"
+    )
+    assert code == 2, err
+    assert err.strip() == f"error: --gt {gt} line 2: box coordinate 'abc' is not a number"
+    assert not out.exists()
