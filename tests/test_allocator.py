@@ -21,9 +21,13 @@ GLIBC = sys.platform.startswith("linux") and (
     "env",
     [
         {"CAMCLI_MALLOC": "system"},
-        {"CAMCLI_MALLOC": "SYSTEM"},
+        {"CAMCLI_MALLOC": " SYSTEM "},
         {"MALLOC_TRIM_THRESHOLD_": "1000000"},
         {"MALLOC_MMAP_THRESHOLD_": "1000000"},
+        {"MALLOC_ARENA_MAX_": "2"},
+        {"MALLOC_MMAP_MAX_": "0"},
+        {"LD_PRELOAD": "/opt/hoard/libhoard.so"},
+        {"LD_PRELOAD": "libmimalloc.so.2"},
         {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
         {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"},
         {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
@@ -57,6 +61,25 @@ def test_tune_allocator_sets_both_thresholds_in_order(monkeypatch):
     assert sysinfo.tune_allocator({}) is True
     # M_MMAP_THRESHOLD (-3) first: the trim threshold alone would pin the mmap one at 128 KiB
     assert calls == [(-3, 32 << 20), (-1, 512 << 20)]
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
+def test_unknown_camcli_malloc_value_is_warned_about_and_tuned(monkeypatch, capsys):
+    import ctypes
+
+    class Libc:
+        class mallopt:  # noqa: N801
+            argtypes = restype = None
+
+            def __new__(cls, param, value):
+                return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc)
+    assert sysinfo.tune_allocator({"CAMCLI_MALLOC": "jemalloc"}) is True
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CAMCLI_MALLOC='jemalloc'" in err[0] and "'system'" in err[0]
+    assert sysinfo.tune_allocator({"CAMCLI_MALLOC": "tuned", "MALLOC": "x"}) is True
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")

@@ -555,6 +555,7 @@ def test_option_errors_are_one_line_with_where_the_help_is(argv, said, camcli_ru
     [
         (["cam", "x", "-o", "o", "--device", "tpu"], "--device 'tpu': use auto, cpu, cuda"),
         (["cam", "x", "-o", "o", "--colormap", "nope"], "--colormap 'nope'"),
+        (["cam", "x", "-o", "o", "--maps-format", "full"], "--maps-format does nothing without"),
         (["bbox"], "no input: give image files or folders"),
         (["eval", "--gt", "g.csv"], "give exactly one of --boxes, --maps or --submission"),
         (["predict", "x", "--resume"], "--resume needs --output FILE"),

@@ -68,7 +68,6 @@ allocator is tuned; larger ones (a huge image's full-size maps) are mapped and r
 system when freed."""
 TRIM_THRESHOLD = 512 << 20
 """Free memory a heap keeps (at its top) before returning it to the system, once tuned."""
-_USER_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
 def tune_allocator(env: Mapping[str, str] | None = None) -> bool:
@@ -85,8 +84,10 @@ def tune_allocator(env: Mapping[str, str] | None = None) -> bool:
     with the process until it exits.
 
     Nothing is changed where ``CAMCLI_MALLOC=system`` is set, where the user tuned glibc's
-    allocator (``MALLOC_*_`` variables, ``glibc.malloc`` tunables), where another allocator is
-    preloaded (``LD_PRELOAD``), or outside glibc (macOS, Windows, musl).
+    allocator (any ``MALLOC_*_`` variable, ``glibc.malloc`` tunables), where another allocator
+    is preloaded (an ``LD_PRELOAD`` library with "alloc" or "hoard" in its name), or outside
+    glibc (macOS, Windows, musl). Another ``CAMCLI_MALLOC`` value than ``system`` or
+    ``tuned`` is warned about (one line) and tuned.
 
     Args:
         env: the environment to read (default ``os.environ``).
@@ -95,11 +96,20 @@ def tune_allocator(env: Mapping[str, str] | None = None) -> bool:
         True when both thresholds were set.
     """
     env = os.environ if env is None else env
-    if env.get("CAMCLI_MALLOC", "").lower() == "system":
+    choice = env.get("CAMCLI_MALLOC", "").strip().lower()
+    if choice == "system":
         return False
-    if any(k in env for k in _USER_MALLOC_ENV) or "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
+    if choice not in ("", "tuned"):
+        from camcli.console import warn
+
+        warn(f"CAMCLI_MALLOC={choice[:40]!r} is not 'system' or 'tuned': the allocator is tuned")
+    # glibc reads MALLOC_ARENA_MAX_, MALLOC_MMAP_THRESHOLD_, ... (a trailing underscore)
+    if any(k.startswith("MALLOC_") and k.endswith("_") for k in env):
         return False
-    if "malloc" in env.get("LD_PRELOAD", "").lower():  # jemalloc, tcmalloc, mimalloc
+    if "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
+        return False
+    preload = env.get("LD_PRELOAD", "").lower()
+    if "alloc" in preload or "hoard" in preload:  # jemalloc, tcmalloc, mimalloc, snmalloc, Hoard
         return False
     try:
         libc_name = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"; unset elsewhere

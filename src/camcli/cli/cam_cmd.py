@@ -126,7 +126,7 @@ def cam(
 
     colormap = colormap.lower()  # "JET" as OpenCV's COLORMAP_JET is named: the same map
     _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
-    _refuse_unused(ctx, classes=classes, no_overlay=no_overlay, grid=grid)
+    _refuse_unused(ctx, classes=classes, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
     if top_k > MAX_TOP_K:
         from camcli.console import warn
 
@@ -177,9 +177,16 @@ def _check_flags(*, colormap: str, no_overlay: bool, grid: bool, save_maps: bool
 
 
 def _refuse_unused(
-    ctx: typer.Context | None, *, classes: list[str] | None, no_overlay: bool, grid: bool
+    ctx: typer.Context | None,
+    *,
+    classes: list[str] | None,
+    no_overlay: bool,
+    grid: bool,
+    save_maps: bool,
 ) -> None:
     """Options that would do nothing in this run are a usage error (exit 2), not ignored."""
+    if not save_maps:
+        o.refuse_unused(ctx, ("maps_format",), "without --save-maps (it sets the map files' form)")
     if classes:
         o.refuse_unused(ctx, ("top_k",), "with --class (the named classes replace the top k)")
     if no_overlay and not grid:
