@@ -256,7 +256,9 @@ def stream_target(path: str | os.PathLike) -> bool:
 
 class AtomicFile:
     """A file object writing to a temporary name beside ``path``, renamed onto it on
-    :meth:`commit`, removed on :meth:`abort`.
+    :meth:`commit`, removed on :meth:`abort`. A ``path`` that is a character device or FIFO
+    (:func:`stream_target`; without ``dir_fd``) is opened and written directly instead
+    (:attr:`stream` True; no fsync, nothing to rename or remove).
 
     Used as a context manager it commits when the block ends normally and aborts on any
     exception (``KeyboardInterrupt`` included), re-raising it. The temporary file is created
