@@ -144,7 +144,7 @@ def test_W2_atomic_temporary_file_never_follows_a_planted_link(tmp_path):
 
 
 def test_W3_second_run_on_a_locked_out_folder_is_refused(tmp_path, two, cli_ckpt, capsys):
-    from camcli.atomic import RunLock
+    from camcli.runs.locks import RunLock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -167,7 +167,7 @@ def test_W3_second_run_on_a_locked_out_folder_is_refused(tmp_path, two, cli_ckpt
 
 
 def test_W3_second_run_on_a_locked_output_file_is_refused(tmp_path, two, cli_ckpt, capsys):
-    from camcli.atomic import RunLock
+    from camcli.runs.locks import RunLock
 
     o = tmp_path / "o"
     o.mkdir()
@@ -708,7 +708,7 @@ def test_S2_records_file_temporary_file_of_a_killed_run_is_removed(tmp_path, two
 
 
 def test_W3_second_train_into_a_locked_run_folder_is_refused(tmp_path, capsys):
-    from camcli.atomic import RunLock
+    from camcli.runs.locks import RunLock
 
     out = tmp_path / "run"
     out.mkdir()

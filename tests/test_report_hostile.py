@@ -88,7 +88,7 @@ def test_report_replaces_planted_page_and_thumbnail_links(tmp_path, camcli_run):
 
 
 def test_report_second_run_on_a_locked_out_folder_is_refused(tmp_path, camcli_run):
-    from camcli.atomic import RunLock
+    from camcli.runs.locks import RunLock
 
     run = build_run(tmp_path)
     out = tmp_path / "r"

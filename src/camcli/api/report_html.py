@@ -29,6 +29,7 @@ from camcli.api.report_thumbs import THUMB_SIZE, make_thumbnails
 from camcli.atomic import write_atomic
 from camcli.console import shown
 from camcli.errors import CamcliError, Exit, NoInputError, UsageError, write_error
+from camcli.runs.locks import BusyError, RunLock
 
 if TYPE_CHECKING:  # torch-free at run time: camcli.api.progress imports the predict job
     from camcli.api.progress import Progress
@@ -222,7 +223,7 @@ def write_report(
 ) -> ReportResult:
     """Write ``out/index.html`` and ``out/thumbs/`` for the given runs.
 
-    ``out`` is locked (``out/.camcli.lock``, :class:`camcli.atomic.RunLock`) while it is
+    ``out`` is locked (``out/.camcli.lock``, :class:`camcli.runs.locks.RunLock`) while it is
     written, and confined (:func:`camcli.atomic.confine`): every folder below it is opened
     without following links, and a link planted at ``index.html`` or a thumbnail is replaced,
     never written through.
@@ -286,8 +287,8 @@ def write_report(
     except OSError as exc:
         raise write_error(exc, outp, resumable=False) from None
     try:
-        lock = atomic.RunLock(outp / LOCK)
-    except atomic.BusyError as exc:
+        lock = RunLock(outp / LOCK)
+    except BusyError as exc:
         raise CamcliError(
             f"{outp}: {exc.strerror}; wait for it to finish or choose another output folder",
             Exit.USAGE,

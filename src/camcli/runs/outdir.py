@@ -34,6 +34,7 @@ from camcli.atomic import TMP_NAME_MAX, TMP_RE, write_atomic
 from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import CamcliError, Exit, write_error
 from camcli.evaluate.predictions import record_problem
+from camcli.runs.locks import BusyError, RunLock
 from camcli.runs.shards import shard_names
 
 _LABEL_BAD = re.compile(r"[^\w.+-]+", re.UNICODE)
@@ -117,7 +118,7 @@ class OutDir:
         self.new_records: dict[int, dict] = {}
         self.profiler = None  # a camcli.runs.profiling.Profiler, to time the background writes
 
-    def _lock(self, shard) -> list[atomic.RunLock]:
+    def _lock(self, shard) -> list[RunLock]:
         """Lock DIR for this run: exclusively (``DIR/.camcli.lock``), or for a shard shared
         with the other shards plus exclusively its own (``DIR/.camcli.shard-I-of-N.lock``).
 
@@ -127,11 +128,11 @@ class OutDir:
         names = [".camcli.lock"]
         if shard is not None:
             names.append(f".camcli.shard-{shard.index}-of-{shard.count}.lock")
-        locks: list[atomic.RunLock] = []
+        locks: list[RunLock] = []
         try:
             for i, name in enumerate(names):
-                locks.append(atomic.RunLock(self.root / name, shared=shard is not None and i == 0))
-        except atomic.BusyError as exc:
+                locks.append(RunLock(self.root / name, shared=shard is not None and i == 0))
+        except BusyError as exc:
             for lk in locks:
                 lk.release()
             raise CamcliError(

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from camcli.atomic import (
     TMP_NAME_MAX,
-    BusyError,
-    RunLock,
     cut_bytes,
     open_nofollow,
     remove_stray,
@@ -18,6 +16,7 @@ from camcli.atomic import (
 from camcli.data.records import dumps, iter_jsonl
 from camcli.errors import CamcliError, Exit, write_error
 from camcli.evaluate.predictions import record_problem
+from camcli.runs.locks import BusyError, RunLock
 from camcli.runs.shards import count_path, partial_path
 
 

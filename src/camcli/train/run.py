@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camcli.atomic import BusyError, RunLock, remove_stray
+from camcli.atomic import remove_stray
 from camcli.data import inputs
 from camcli.errors import TrainingError, WeightsError
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for
 from camcli.models.registry import ModelEntry
+from camcli.runs.locks import BusyError, RunLock
 from camcli.train.checkpoint import load_checkpoint, model_from_checkpoint
 from camcli.train.data import (
     FolderData,
