@@ -26,6 +26,7 @@ GLIBC = sys.platform.startswith("linux") and (
         {"MALLOC_MMAP_THRESHOLD_": "1000000"},
         {"MALLOC_ARENA_MAX_": "2"},
         {"MALLOC_MMAP_MAX_": "0"},
+        {"MALLOC_ARENA_MAX": "2"},
         {"LD_PRELOAD": "/opt/hoard/libhoard.so"},
         {"LD_PRELOAD": "libmimalloc.so.2"},
         {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
@@ -78,7 +79,7 @@ def test_unknown_camcli_malloc_value_is_warned_about_and_tuned(monkeypatch, caps
     assert sysinfo.tune_allocator({"CAMCLI_MALLOC": "jemalloc"}) is True
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CAMCLI_MALLOC='jemalloc'" in err[0] and "'system'" in err[0]
-    assert sysinfo.tune_allocator({"CAMCLI_MALLOC": "tuned", "MALLOC": "x"}) is True
+    assert sysinfo.tune_allocator({"CAMCLI_MALLOC": "tuned", "MALLOCX": "x"}) is True
     assert capsys.readouterr().err == ""
 
 

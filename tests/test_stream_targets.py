@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from camcli import atomic
-from conftest import run_main
+from camcli.errors import UsageError
+from conftest import records, run_main
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
 
@@ -39,9 +40,13 @@ def test_stream_target_kinds(tmp_path):
     assert atomic.stream_target(tmp_path / "null")  # the link is followed
     assert not atomic.stream_target(tmp_path / "plain")
     assert not atomic.stream_target(tmp_path / "absent")
+    (tmp_path / "to-plain").symlink_to(tmp_path / "plain")  # /dev/stdout -> a file: a link
+    assert atomic.stream_target(tmp_path / "to-plain")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert atomic.stream_target(tmp_path / "dangling")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path / "sock"))
-        with pytest.raises(OSError, match="block device or socket"):
+        with pytest.raises(UsageError, match="block device or socket"):
             atomic.stream_target(tmp_path / "sock")
 
 
@@ -50,7 +55,9 @@ def test_write_atomic_into_a_fifo_streams_and_keeps_it(tmp_path):
     os.mkfifo(fifo)
     got: list[bytes] = []
     t = _reader(fifo, got)
-    atomic.write_atomic(fifo, b"one\ntwo\n", fsync=True)  # no fsync on a pipe (EINVAL)
+    atomic.write_atomic(
+        fifo, b"one\ntwo\n", fsync=True, stream_ok=True
+    )  # no fsync on a pipe (EINVAL)
     t.join(10)
     assert got == [b"one\ntwo\n"]
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
@@ -108,7 +115,7 @@ def test_output_into_a_socket_is_refused(tmp_path, cli_images, cli_ckpt, capsys)
         s.bind(str(tmp_path / "sock"))
         code = run_main("predict", cli_images / "a.jpg", "-w", cli_ckpt, "-o", tmp_path / "sock")
     err = capsys.readouterr().err
-    assert code != 0 and "block device or socket" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "block device or socket" in err and len(err.strip().splitlines()) == 1
     assert stat.S_ISSOCK(os.lstat(tmp_path / "sock").st_mode)
 
 
@@ -149,3 +156,29 @@ def test_bbox_gt_file_that_cannot_be_read_stops_before_any_image(tmp_path, cli_i
     assert code == 2, err
     assert err.strip() == f"error: --gt {gt} line 2: box coordinate 'abc' is not a number"
     assert not out.exists()
+
+
+def test_output_through_a_link_to_a_file_keeps_the_link(tmp_path, cli_images, cli_ckpt):
+    """``-o /dev/stdout`` with stdout redirected to a file is a link to a regular file: the
+    records go through it (as a shell redirect), the link is never replaced."""
+    real = tmp_path / "real.jsonl"
+    real.write_text("OLD CONTENT, LONGER THAN ONE RECORD\n" * 40)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    assert run_main("predict", cli_images / "a.jpg", "-w", cli_ckpt, "-o", link, "-q") == 0
+    assert link.is_symlink()
+    recs = records(real)  # truncated first: only the new record
+    assert len(recs) == 1 and recs[0]["image"].endswith("a.jpg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
+
+
+def test_files_camcli_names_itself_never_go_through_a_planted_link(tmp_path, cli_images, cli_ckpt):
+    """The stream rule is for outputs the user names: a link planted as run.json in an
+    output folder is never written through (hostile W1/W2 family)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").symlink_to(victim)
+    run_main("cam", cli_images / "a.jpg", "-w", cli_ckpt, "-o", out, "-k", "1", "-q")
+    assert victim.read_text() == "keep"

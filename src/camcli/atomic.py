@@ -15,9 +15,11 @@ confining root is the innermost folder registered with :func:`confine` (an outpu
 :class:`camcli.runs.outdir.OutDir`) that holds the file, else the file's own folder. An error
 names the target, never the temporary name.
 
-A target that already exists as a character device or FIFO (``-o /dev/null``, ``-o
-/dev/stdout``, a named pipe) is a stream, not a file: it is opened and written directly, never
-replaced (:func:`stream_target`).
+A file the user names as an output (``--output``, ``--submission``; ``stream_ok``) that is a
+character device, a FIFO or a symbolic link (``-o /dev/null``, ``-o /dev/stdout``, a named pipe,
+a link to a file) is a stream, not a file: it is opened and written directly, as a shell
+redirect would, never replaced (:func:`stream_target`). Files camcli names itself are never
+written through a link or into a FIFO planted in their place.
 """
 
 from __future__ import annotations
@@ -231,34 +233,33 @@ def _name_target(exc: OSError, path: Path) -> None:
 
 
 def stream_target(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names an existing character device or FIFO (links followed:
-    ``/dev/stdout``): such a target is written directly as a stream (no temporary file, no
-    rename, no lock or partial file beside it), as ``-`` is stdout.
+    """Whether an output the user named is a stream: a character device or FIFO (links
+    followed), or a symbolic link (``/dev/stdout`` -> ``/proc/self/fd/1``, a link to a file).
+    It is then written directly through the link, as a shell redirect would (no temporary
+    file, no rename, no lock or partial file beside it), as ``-`` is stdout.
 
     Raises:
-        OSError: (EINVAL) ``path`` is another kind of special file (block device, socket):
-            nothing is written to it.
+        UsageError: (exit 2) ``path`` is a block device or socket: nothing is written to it.
     """
     import stat
 
+    link = os.path.islink(path)
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
-        return False
-    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
-        return True
+        return link  # a dangling link: the file is created through it
     if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
-        raise OSError(
-            errno.EINVAL, "a block device or socket, not a file: give a file name", str(path)
-        )
-    return False
+        from camcli.errors import UsageError
+
+        raise UsageError(f"{path}: a block device or socket, not a file: give a file name")
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or (link and stat.S_ISREG(mode))
 
 
 class AtomicFile:
     """A file object writing to a temporary name beside ``path``, renamed onto it on
-    :meth:`commit`, removed on :meth:`abort`. A ``path`` that is a character device or FIFO
-    (:func:`stream_target`; without ``dir_fd``) is opened and written directly instead
-    (:attr:`stream` True; no fsync, nothing to rename or remove).
+    :meth:`commit`, removed on :meth:`abort`. With ``stream_ok`` (an output the user named), a
+    ``path`` that is a character device, FIFO or link (:func:`stream_target`) is opened and
+    written directly instead (:attr:`stream` True; no fsync, nothing to rename or remove).
 
     Used as a context manager it commits when the block ends normally and aborts on any
     exception (``KeyboardInterrupt`` included), re-raising it. The temporary file is created
@@ -282,17 +283,18 @@ class AtomicFile:
 
     def __init__(
         self, path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
-        fsync: bool = False, dir_fd: int | None = None,
+        fsync: bool = False, dir_fd: int | None = None, stream_ok: bool = False,
     ) -> None:  # fmt: skip
         self.path = Path(path)
         self.tmp = tmp_path_for(self.path)
         self.fsync = fsync
         self.closed = True
         self._dfd = dir_fd
-        self.stream = dir_fd is None and stream_target(self.path)
-        if self.stream:  # a device or FIFO: written directly, never replaced (module doc)
+        self.stream = stream_ok and dir_fd is None and stream_target(self.path)
+        if self.stream:  # a device, FIFO or link: written through, never replaced (module doc)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
             try:
-                fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = os.open(self.path, flags, 0o666)
             except OSError as exc:
                 _name_target(exc, self.path)
                 raise
@@ -369,11 +371,12 @@ class AtomicFile:
 
 
 def write_atomic(
-    path: str | os.PathLike, data: bytes, *, fsync: bool = False, dir_fd: int | None = None
-) -> None:
+    path: str | os.PathLike, data: bytes, *, fsync: bool = False, dir_fd: int | None = None,
+    stream_ok: bool = False,
+) -> None:  # fmt: skip
     """Write ``data`` to ``path`` atomically (see :class:`AtomicFile`; ``dir_fd``: its folder,
-    opened by :func:`open_folder`)."""
-    with AtomicFile(path, fsync=fsync, dir_fd=dir_fd) as fh:
+    opened by :func:`open_folder`; ``stream_ok``: an output the user named)."""
+    with AtomicFile(path, fsync=fsync, dir_fd=dir_fd, stream_ok=stream_ok) as fh:
         fh.write(data)
 
 

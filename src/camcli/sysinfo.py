@@ -84,7 +84,7 @@ def tune_allocator(env: Mapping[str, str] | None = None) -> bool:
     with the process until it exits.
 
     Nothing is changed where ``CAMCLI_MALLOC=system`` is set, where the user tuned glibc's
-    allocator (any ``MALLOC_*_`` variable, ``glibc.malloc`` tunables), where another allocator
+    allocator (any ``MALLOC_*`` variable, ``glibc.malloc`` tunables), where another allocator
     is preloaded (an ``LD_PRELOAD`` library with "alloc" or "hoard" in its name), or outside
     glibc (macOS, Windows, musl). Another ``CAMCLI_MALLOC`` value than ``system`` or
     ``tuned`` is warned about (one line) and tuned.
@@ -99,18 +99,18 @@ def tune_allocator(env: Mapping[str, str] | None = None) -> bool:
     choice = env.get("CAMCLI_MALLOC", "").strip().lower()
     if choice == "system":
         return False
-    if choice not in ("", "tuned"):
-        from camcli.console import warn
-
-        warn(f"CAMCLI_MALLOC={choice[:40]!r} is not 'system' or 'tuned': the allocator is tuned")
-    # glibc reads MALLOC_ARENA_MAX_, MALLOC_MMAP_THRESHOLD_, ... (a trailing underscore)
-    if any(k.startswith("MALLOC_") and k.endswith("_") for k in env):
+    # glibc's own variables: MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_...
+    if any(k.startswith("MALLOC_") for k in env):
         return False
     if "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
         return False
     preload = env.get("LD_PRELOAD", "").lower()
     if "alloc" in preload or "hoard" in preload:  # jemalloc, tcmalloc, mimalloc, snmalloc, Hoard
         return False
+    if choice not in ("", "tuned"):
+        from camcli.console import warn
+
+        warn(f"CAMCLI_MALLOC={choice[:40]!r} is not 'system' or 'tuned': the allocator is tuned")
     try:
         libc_name = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"; unset elsewhere
     except (AttributeError, ValueError, OSError):

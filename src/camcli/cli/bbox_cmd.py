@@ -208,7 +208,8 @@ def _check_flags(
         raise UsageError("no input: give image files or folders, - for stdin, or --from-maps")
     if resume and not records_resumable(output):
         raise UsageError(
-            "--resume needs --output FILE (records on stdout, a device or a FIFO cannot be resumed)"
+            "--resume needs --output FILE (records on stdout, a device, a FIFO or a link cannot "
+            "be resumed)"
         )
     if submission is not None and synsets is None and submission_format == "ilsvrc":
         raise UsageError(

@@ -324,7 +324,7 @@ def _write_file(path: Path, data: bytes) -> None:
     from camcli.errors import write_error
 
     try:
-        write_atomic(path, data)
+        write_atomic(path, data, stream_ok=True)
     except OSError as exc:
         raise write_error(exc, path, resumable=False) from None
 

@@ -59,7 +59,8 @@ def predict(
 
     if resume and not records_resumable(output):
         raise UsageError(
-            "--resume needs --output FILE (records on stdout, a device or a FIFO cannot be resumed)"
+            "--resume needs --output FILE (records on stdout, a device, a FIFO or a link cannot "
+            "be resumed)"
         )
     items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs, stdout_ok=False, output=output)

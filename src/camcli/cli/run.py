@@ -154,16 +154,11 @@ def print_table(records: list[dict]) -> None:
 
 def records_resumable(output: str | None) -> bool:
     """Whether ``--output`` names a file that ``--resume`` can continue: not stdout (``-``,
-    or none), nor a device or FIFO (:func:`camcli.atomic.stream_target`).
+    or none), nor a device, FIFO or link (:func:`camcli.atomic.stream_target`).
 
     Raises:
         UsageError: ``output`` is a block device or socket.
     """
     from camcli.atomic import stream_target
 
-    if output in (None, "-"):
-        return False
-    try:
-        return not stream_target(output)
-    except OSError as exc:
-        raise UsageError(f"--output {output}: {exc.strerror}") from None
+    return output not in (None, "-") and not stream_target(output)

@@ -70,7 +70,9 @@ class JsonlWriter:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open_nofollow(self.target, "a")
         else:
-            self._atomic = AtomicFile(self.target, "w", encoding="utf-8", fsync=True)
+            self._atomic = AtomicFile(
+                self.target, "w", encoding="utf-8", fsync=True, stream_ok=True
+            )
             self._fh = self._atomic.file
 
     def write(self, record: dict) -> None:

@@ -113,7 +113,7 @@ def write_ilsvrc_submission(
         for c, (x0, y0, x1, y1) in groups:
             parts.append(f"{synsets.ilsvrc_id(c)} {x0} {y0} {x1} {y1}")
         lines.append(" ".join(parts))
-    write_atomic(path, "".join(ln + "\n" for ln in lines).encode("utf-8"))
+    write_atomic(path, "".join(ln + "\n" for ln in lines).encode("utf-8"), stream_ok=True)
     return len(lines)
 
 
@@ -150,7 +150,7 @@ def write_kaggle_submission(
         seen.add(image_id)
         pred = " ".join(f"{synsets.wnid(c)} {x0} {y0} {x1} {y1}" for c, (x0, y0, x1, y1) in groups)
         rows.append(f"{image_id},{pred}")
-    write_atomic(path, "".join(r + "\n" for r in rows).encode("utf-8"))
+    write_atomic(path, "".join(r + "\n" for r in rows).encode("utf-8"), stream_ok=True)
     return len(rows) - 1
 
 

@@ -114,9 +114,11 @@ def find_parts(target: Path) -> tuple[int, list[Path]]:
     return n, [byi[i] for i in range(n)]
 
 
-def write_lines(path: Path, lines: list[str]) -> None:
-    """JSON Lines ``lines`` (without newlines) into ``path``, atomically, bytes kept."""
-    write_atomic(path, "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape"))
+def write_lines(path: Path, lines: list[str], *, stream_ok: bool = False) -> None:
+    """JSON Lines ``lines`` (without newlines) into ``path``, atomically, bytes kept
+    (``stream_ok``: a file the user named, see :func:`camcli.atomic.stream_target`)."""
+    text = "".join(x + "\n" for x in lines).encode("utf-8", "surrogateescape")
+    write_atomic(path, text, stream_ok=stream_ok)
 
 
 @dataclass
@@ -141,7 +143,7 @@ class MergePlan:
         Raises:
             OSError: a write failed (nothing of the parts is removed).
         """
-        write_lines(self.path, self.lines)
+        write_lines(self.path, self.lines, stream_ok=self.run_json is None)
         if self.run_json is not None:
             text = json.dumps(self.run_json, indent=2, allow_nan=False) + "\n"
             write_atomic(self.path.parent / RUN_JSON, text.encode())
