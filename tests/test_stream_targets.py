@@ -172,7 +172,9 @@ def test_output_through_a_link_to_a_file_keeps_the_link(tmp_path, cli_images, cl
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
 
 
-def test_files_camcli_names_itself_never_go_through_a_planted_link(tmp_path, cli_images, cli_ckpt):
+def test_W2_files_camcli_names_itself_never_go_through_a_planted_link(
+    tmp_path, cli_images, cli_ckpt
+):
     """The stream rule is for outputs the user names: a link planted as run.json in an
     output folder is never written through (hostile W1/W2 family)."""
     victim = tmp_path / "victim.txt"

@@ -10,9 +10,9 @@ from camcli.data.records import JsonlWriter
 
 class RecordSink:
     """Where a command's JSON records go: a resumable FILE (a shard writes its part
-    ``FILE.shard-I-of-N``), JSON Lines on stdout or into a device or FIFO
-    (:func:`camcli.atomic.stream_target`: written directly, no lock or partial file beside
-    it), or a table (collected)."""
+    ``FILE.shard-I-of-N``), JSON Lines on stdout or through a device, FIFO or link the user
+    named (:func:`camcli.atomic.stream_target`: no lock or partial file beside it), or a table
+    (collected; only when no output is named)."""
 
     def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
         from camcli.atomic import stream_target
@@ -31,7 +31,7 @@ class RecordSink:
             self.rfile = RecordFile(
                 path, resume=resume, part=part, also=(self.target,) if part else ()
             )
-        elif not table or stream:
+        elif not table:
             self.stdout = JsonlWriter(output if stream else "-")
 
     def release(self) -> None:
