@@ -44,10 +44,12 @@ def _cache(monkeypatch, tmp_path):
     monkeypatch.setenv("CAMCLI_CACHE", str(tmp_path / "cache"))
 
 
-def test_console_script_points_at_main():
+def test_console_script_and_python_m_use_the_program_entry():
+    """Both end through camcli.cli.entry.run (its fast exit: tests/test_entry.py)."""
     with open(ROOT / "pyproject.toml", "rb") as fh:
         scripts = tomllib.load(fh)["project"]["scripts"]
-    assert scripts == {"camcli": "camcli.cli:main"}
+    assert scripts == {"camcli": "camcli.cli.entry:run"}
+    assert "from camcli.cli.entry import run" in (ROOT / "src/camcli/__main__.py").read_text()
 
 
 def test_help_version_and_bare_invocation():

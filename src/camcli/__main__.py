@@ -1,4 +1,4 @@
-from camcli.cli import main
+from camcli.cli.entry import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
+from weakref import WeakSet
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,6 +25,9 @@ R = TypeVar("R")
 #: Pixels of kept original images allowed in flight at once: past it a batch waits for the
 #: ones before it (a folder of huge images keeps one in memory, not one per stream).
 MAX_PIXELS_IN_FLIGHT = 64_000_000
+
+_OPEN: WeakSet = WeakSet()
+"""The pools not closed yet (:func:`close_all`)."""
 
 
 def thread_budget() -> int:
@@ -72,6 +76,7 @@ class Streams:
         self._pool = ThreadPoolExecutor(
             max_workers=streams, thread_name_prefix="camcli-forward", initializer=self._init
         )
+        _OPEN.add(self)
 
     def _init(self) -> None:
         import torch
@@ -139,4 +144,14 @@ class Streams:
                     fut.exception()  # let a running batch finish before its tensors go
 
     def close(self) -> None:
+        """Cancel what has not started, wait for what has, and end the stream threads."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        _OPEN.discard(self)
+
+
+def close_all() -> None:
+    """Close every pool of this process that is still open (:meth:`Streams.close`): a session
+    keeps its streams for its life; the program closes them before its fast exit
+    (:mod:`camcli.cli.entry`), which waits for no thread."""
+    for pool in list(_OPEN):
+        pool.close()
