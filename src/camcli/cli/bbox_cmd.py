@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -133,7 +134,7 @@ def bbox(
     """
     from camcli.api.bbox_job import run_bbox
     from camcli.api.split import plan_split
-    from camcli.cli.run import open_session, resolve_inputs, session_options
+    from camcli.cli.run import fit_top_k, open_session, resolve_inputs, session_options
     from camcli.errors import Exit
 
     _check_flags(
@@ -174,6 +175,7 @@ def bbox(
         session = None
         if from_maps is None:
             session = open_session(model, weights, split=split, **session_options(locals()))
+            opts = replace(opts, top_k=fit_top_k(ctx, opts.top_k, session.model.num_classes))
         if gt is not None:
             opts = _with_gt_classes(opts, gt, session, synsets)
         run = run_bbox(opts, session, items, split, _progress(quiet, split.main))
@@ -292,8 +294,6 @@ def _with_gt_classes(
     read stops the run before any image (exit 2, naming the file and line, as ``eval``);
     classes that cannot be matched (synsets) are a warning and the run goes on without
     GT-known boxes."""
-    from dataclasses import replace
-
     from camcli.console import warn
     from camcli.errors import CamcliError, GtError
     from camcli.evaluate.report import gt_class_lookup

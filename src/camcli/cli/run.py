@@ -73,6 +73,21 @@ def open_session(model, weights, *, split: Split | None = None, **kw):
     return session
 
 
+def fit_top_k(ctx, top_k: int, num_classes: int) -> int:
+    """``--top-k`` lowered to the model's class count, with a warning when the user asked for
+    more (the default is lowered quietly: a small model's run is not warned about each time)."""
+    if top_k <= num_classes:
+        return top_k
+    from camcli.cli.options import given
+
+    if given(ctx, ("top_k",)):
+        from camcli.console import warn
+
+        n = f"{num_classes} class" + ("es" if num_classes != 1 else "")
+        warn(f"--top-k {top_k} lowered to {num_classes} (the model has {n})")
+    return num_classes
+
+
 def report_errors(rec: dict, quiet: bool) -> None:
     """One line on stderr for a failed input (records on stdout carry it already)."""
     if "error" in rec and not quiet:

@@ -1,0 +1,62 @@
+"""Warnings and error lines of the commands in small cases: what they say, how often, and when
+(before the model loads, not after the run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI_CATEGORIES, records
+
+pytestmark = pytest.mark.usefixtures("cli_one_thread")
+
+
+# --- --top-k above the model's class count -----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["cam", "bbox", "predict"])
+def test_top_k_above_the_class_count_is_lowered_with_one_warning(
+    command, tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    out = tmp_path / "o.jsonl"
+    out_args = ("--out", tmp_path / "c", "--no-overlay", "--save-maps") if command == "cam" else (
+        "--output", out)  # fmt: skip
+    code, _, err = camcli_run(command, cli_images / "a.jpg", "--weights", cli_ckpt, "-k", "50",
+                              *out_args, "--workers", "0", "-q")  # fmt: skip
+    assert code == 0, err
+    assert err.splitlines() == ["warning: --top-k 50 lowered to 10 (the model has 10 classes)"]
+    rec = records(tmp_path / "c" / "manifest.jsonl" if command == "cam" else out)[0]
+    assert len(rec["predictions"]) == len(CLI_CATEGORIES)
+
+
+@pytest.fixture(scope="module")
+def three_class_ckpt(tmp_path_factory) -> Path:
+    import torch
+
+    from camcli.models.load import random_model
+    from camcli.models.registry import Preprocess
+
+    torch.manual_seed(1)
+    m = random_model("resnet18", num_classes=3)
+    path = tmp_path_factory.mktemp("ckpt3") / "three.pt"
+    torch.save({"format": "camcli-checkpoint", "model": "resnet18", "state_dict": m.state_dict(),
+                "categories": ["ant", "bee", "cow"], "preprocess": Preprocess(input_size=64)
+                .to_dict(), "pool": "avg"}, path)  # fmt: skip
+    return path
+
+
+def test_top_k_default_is_lowered_quietly_a_given_one_with_a_warning(
+    tmp_path, cli_images, three_class_ckpt, camcli_run
+):
+    """The default -k 5 on a 3-class model: all 3 classes, no warning (a small model's every
+    run would warn); the same value given on the command line is warned about once."""
+    out = tmp_path / "p.jsonl"
+    args = ("predict", cli_images / "a.jpg", "-w", three_class_ckpt, "-o", out, "--workers", "0")
+    code, _, err = camcli_run(*args)
+    assert code == 0 and "warning" not in err, err
+    assert len(records(out)[0]["predictions"]) == 3
+    code, _, err = camcli_run(*args, "--top-k", "5")
+    assert code == 0
+    assert err.count("warning:") == 1
+    assert "warning: --top-k 5 lowered to 3 (the model has 3 classes)" in err
