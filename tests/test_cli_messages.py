@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,45 @@ def test_top_k_default_is_lowered_quietly_a_given_one_with_a_warning(
     assert code == 0
     assert err.count("warning:") == 1
     assert "warning: --top-k 5 lowered to 3 (the model has 3 classes)" in err
+
+
+# --- cam --gt: labels that are not the model's classes -----------------------------------------
+
+
+def test_cam_gt_unknown_labels_warn_once_each(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """A label the model does not know (a name, or a class index past its classes: that one
+    used to end the run with an IndexError) is one warning per label, not per image; the other
+    images get their GT map."""
+    gt = tmp_path / "gt.csv"
+    gt.write_text(
+        "path,label,xmin,ymin,xmax,ymax\n"
+        "a.jpg,zebra,0,0,9,9\nb.png,zebra,0,0,9,9\nnested/c.jpg,zebra,0,0,9,9\n"
+        "nested/deeper/d.png,17,0,0,9,9\nnested/e.jpeg,class_c,0,0,9,9\n"
+    )
+    out = tmp_path / "o"
+    code, _, err = camcli_run("cam", cli_images, "--out", out, "-w", cli_ckpt, "--gt", gt,
+                              "-k", "1", "--no-overlay", "--save-maps", "--workers", "0",
+                              "-q")  # fmt: skip
+    assert code == 1, err  # the corrupt image
+    like = "'class a', 'class b', 'class c', ... or a class index 0..9"
+    warnings = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert warnings == [
+        f"warning: --gt {gt}: label {lab!r} is not one of the model's classes (they look like "
+        f"{like}): its images get no GT map"
+        for lab in ("zebra", "17")
+    ]
+    recs = {Path(r["image"]).name: r for r in records(out / "manifest.jsonl") if "error" not in r}
+    gt_maps = {n: [p for p in r["predictions"] if p.get("gt")] for n, r in recs.items()}
+    assert all(not gt_maps[n] for n in ("a.jpg", "b.png", "c.jpg", "d.png"))
+    assert [p["class_index"] for p in gt_maps["e.jpeg"]] == [2]  # class_c: the model's "class c"
+
+
+def test_bbox_gt_class_index_past_the_model_is_no_crash(tmp_path, cli_images, cli_ckpt, camcli_run):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,17,0,0,9,9\n")
+    out = tmp_path / "b.jsonl"
+    code, _, err = camcli_run("bbox", cli_images / "a.jpg", "-w", cli_ckpt, "--gt", gt,
+                              "--output", out, "--workers", "0", "-q")  # fmt: skip
+    assert code == 0, err
+    assert "IndexError" not in err
+    assert "gt_known" not in json.loads(out.read_text())

@@ -299,13 +299,14 @@ def _with_gt_classes(
     from camcli.evaluate.report import gt_class_lookup
 
     try:
+        num_classes = None
         if session is not None:
-            names = session.model.categories
+            names, num_classes = session.model.categories, session.model.num_classes
         else:
             from camcli.evaluate.maps import map_label_names
 
             names = map_label_names(str(opts.from_maps))
-        lookup = gt_class_lookup(gt, names, synsets)
+        lookup = gt_class_lookup(gt, names, synsets, num_classes=num_classes)
     except GtError:
         raise
     except CamcliError as exc:

@@ -138,6 +138,12 @@ class CliProgress:
         if self.bar:
             self.bar.stop()
 
+    def warn(self, message: str) -> None:
+        if self.main:
+            from camcli.console import warn
+
+            warn(message)
+
 
 def stream_records(
     records: Iterable[dict],
