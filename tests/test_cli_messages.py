@@ -103,3 +103,24 @@ def test_bbox_gt_class_index_past_the_model_is_no_crash(tmp_path, cli_images, cl
     assert code == 0, err
     assert "IndexError" not in err
     assert "gt_known" not in json.loads(out.read_text())
+
+
+# --- bbox --from-maps: an unreadable map file --------------------------------------------------
+
+
+def test_from_maps_error_line_names_the_map_file_once(tmp_path, camcli_run):
+    import numpy as np
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    m = np.zeros((1, 20, 30), np.float32)
+    m[0, 5:10, 5:15] = 1
+    np.savez(maps / "good.npz", cams=m, class_indices=np.array([0]))
+    (maps / "bad.npz").write_bytes(b"not a zip")
+    out = tmp_path / "b.jsonl"
+    code, _, err = camcli_run("bbox", "--from-maps", maps, "--output", out)
+    assert code == 1
+    bad = maps / "bad.npz"
+    assert err.splitlines() == [f"{bad}: cannot read map file (not a .npz (zip) file)"]
+    rec = records(out)[0]
+    assert rec == {"image": str(bad), "error": "cannot read map file (not a .npz (zip) file)"}
