@@ -124,3 +124,27 @@ def test_from_maps_error_line_names_the_map_file_once(tmp_path, camcli_run):
     assert err.splitlines() == [f"{bad}: cannot read map file (not a .npz (zip) file)"]
     rec = records(out)[0]
     assert rec == {"image": str(bad), "error": "cannot read map file (not a .npz (zip) file)"}
+
+
+# --- --codec device without a GPU --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        ("predict", "JPEGs are decoded"),
+        ("bbox", "JPEGs are decoded"),
+        ("cam", "JPEGs are decoded and overlays encoded"),
+    ],
+)
+def test_codec_device_on_the_cpu_warning_names_what_the_command_does(
+    command, what, tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    out = ("--out", tmp_path / "c") if command == "cam" else ("--output", tmp_path / "o.jsonl")
+    code, _, err = camcli_run(command, cli_images / "a.jpg", "-w", cli_ckpt, "--device", "cpu",
+                              "--codec", "device", *out, "--workers", "0", "-q")  # fmt: skip
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"warning: --codec device: the device is cpu, so {what} on the CPU in the main process "
+        "(slower than --codec cpu's workers)"
+    ]

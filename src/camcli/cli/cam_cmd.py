@@ -150,7 +150,9 @@ def cam(
     split = plan_split(shard, inputs)
     started = time.time()
     try:
-        session = open_session(model, weights, split=split, **session_options(locals()))
+        session = open_session(
+            model, weights, split=split, renders=True, **session_options(locals())
+        )
         if not classes:
             opts = replace(opts, top_k=_fit_top_k(ctx, top_k, session.model.num_classes))
         run = run_cam_job(

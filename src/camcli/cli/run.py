@@ -49,7 +49,10 @@ def session_options(values: dict) -> dict:
     return {k: values[k] for k in SESSION_OPTIONS}
 
 
-def open_session(model, weights, *, split: Split | None = None, **kw):
+def open_session(model, weights, *, split: Split | None = None, renders: bool = False, **kw):
+    """The model's :class:`~camcli.api.session.Session` (``kw``: :data:`SESSION_OPTIONS`);
+    warnings for a ``--codec device`` or ``--streams`` that cannot be used (``renders``: the
+    command renders and encodes images on the device too, as ``cam``'s overlays)."""
     from camcli.api.session import Session
 
     if split is not None and split.dist is not None:
@@ -60,9 +63,10 @@ def open_session(model, weights, *, split: Split | None = None, **kw):
     if kw.get("codec") == "device" and session.device.type != "cuda":
         from camcli.console import warn
 
+        what = "JPEGs are decoded and overlays encoded" if renders else "JPEGs are decoded"
         warn(
-            f"--codec device: the device is {session.device}, so JPEGs are decoded and overlays "
-            "encoded on the CPU in the main process (slower than --codec cpu's workers)"
+            f"--codec device: the device is {session.device}, so {what} on the CPU in the main "
+            "process (slower than --codec cpu's workers)"
         )
     n = kw.get("streams")
     if n is not None and n > 1 and session.streams is None:
