@@ -148,3 +148,24 @@ def test_codec_device_on_the_cpu_warning_names_what_the_command_does(
         f"warning: --codec device: the device is cpu, so {what} on the CPU in the main process "
         "(slower than --codec cpu's workers)"
     ]
+
+
+# --- --gt is read before the model loads -------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["bbox", "cam"])
+def test_a_bad_gt_file_fails_before_the_model_loads(command, tmp_path, cli_images, camcli_run):
+    """The weights named do not exist: had the model been loaded first, that would be the error
+    (exit 4). The ground truth's own error comes first, with its exit code (2 unreadable, 3
+    missing)."""
+    bad = tmp_path / "gt.csv"
+    bad.write_text("garbage\n")
+    out = ("--out", tmp_path / "c") if command == "cam" else ("--output", tmp_path / "o.jsonl")
+    for gt, code_wanted, said in (
+        (bad, 2, f"error: --gt {bad}: the CSV header needs an image column"),
+        (tmp_path / "absent.csv", 3, f"error: --gt {tmp_path / 'absent.csv'}: no such file"),
+    ):
+        code, _, err = camcli_run(command, cli_images, "-w", tmp_path / "absent.pt", "--gt", gt,
+                                  *out)  # fmt: skip
+        assert code == code_wanted, err
+        assert len(err.splitlines()) == 1 and err.startswith(said), err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from camcli.api.session import Session
 from camcli.api.split import Split
 from camcli.data import inputs, loader
 from camcli.runs.outdir import OutDir
+
+if TYPE_CHECKING:
+    from camcli.evaluate.truth import GroundTruth
 
 
 def run_info(session: Session, command: str, options: dict, started: float) -> dict:
@@ -141,6 +145,8 @@ class CamJobOptions:
         gt: ground truth (``--gt``): each image's GT class's map is added to its maps (last,
             ``"gt": true`` in its prediction) when not among them, so that ``eval --maps``
             scores every image; None: no.
+        truth: ``gt`` already read (the command line reads it before the model loads, so that
+            a bad file fails fast); None: read when the job starts.
     """
 
     out: Path
@@ -153,6 +159,7 @@ class CamJobOptions:
     write: CamWriteOptions = CamWriteOptions()
     resume: bool = False
     gt: Path | None = None
+    truth: GroundTruth | None = None
 
 
 def run_cam_job(
@@ -248,7 +255,7 @@ def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> c
 
         unknown: list[str] = []
         lookup = gt_class_lookup(
-            opts.gt,
+            opts.truth if opts.truth is not None else opts.gt,
             session.model.categories,
             num_classes=session.model.num_classes,
             on_unknown=unknown.append,

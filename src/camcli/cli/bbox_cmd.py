@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from camcli.api.bbox_job import BboxOptions, BboxRun
     from camcli.api.session import Session
     from camcli.api.split import Split
+    from camcli.evaluate.truth import GroundTruth
 
 
 class Rule(StrEnum):
@@ -169,6 +170,11 @@ def bbox(
         resume=resume,
     )
 
+    truth = None
+    if gt is not None:  # a bad file fails now, not once the model has loaded
+        from camcli.evaluate.groundtruth import read_ground_truth
+
+        truth = read_ground_truth(str(gt))
     items = resolve_inputs(inputs, follow_links=follow_links) if from_maps is None else None
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:
@@ -177,7 +183,7 @@ def bbox(
             session = open_session(model, weights, split=split, **session_options(locals()))
             opts = replace(opts, top_k=fit_top_k(ctx, opts.top_k, session.model.num_classes))
         if gt is not None:
-            opts = _with_gt_classes(opts, gt, session, synsets)
+            opts = _with_gt_classes(opts, gt, truth, session, synsets)
         run = run_bbox(opts, session, items, split, _progress(quiet, split.main))
         _report_end(run, session, split, opts, gt=gt, quiet=quiet)
         split.barrier()
@@ -287,13 +293,17 @@ def _refuse_unused_outputs(
 
 
 def _with_gt_classes(
-    opts: BboxOptions, gt: Path, session: Session | None, synsets: Path | None
+    opts: BboxOptions,
+    gt: Path,
+    truth: GroundTruth,
+    session: Session | None,
+    synsets: Path | None,
 ) -> BboxOptions:
     """``opts`` with each image's GT class (for the records' ``gt_known``), by the model's
-    categories (from maps: the labels the map files store). A ground-truth file that cannot be
-    read stops the run before any image (exit 2, naming the file and line, as ``eval``);
-    classes that cannot be matched (synsets) are a warning and the run goes on without
-    GT-known boxes."""
+    categories (from maps: the labels the map files store). ``truth`` is ``gt`` as read before
+    the model loaded (a file that cannot be read stopped the run there: exit 2 or 3, naming
+    the file and line, as ``eval``); classes that cannot be matched (synsets) are a warning and
+    the run goes on without GT-known boxes."""
     from camcli.console import warn
     from camcli.errors import CamcliError, GtError
     from camcli.evaluate.report import gt_class_lookup
@@ -306,7 +316,7 @@ def _with_gt_classes(
             from camcli.evaluate.maps import map_label_names
 
             names = map_label_names(str(opts.from_maps))
-        lookup = gt_class_lookup(gt, names, synsets, num_classes=num_classes)
+        lookup = gt_class_lookup(truth, names, synsets, num_classes=num_classes)
     except GtError:
         raise
     except CamcliError as exc:

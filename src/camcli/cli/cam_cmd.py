@@ -146,6 +146,10 @@ def cam(
         resume=resume,
         gt=gt,
     )
+    if gt is not None:  # a bad file fails now, not once the model has loaded
+        from camcli.evaluate.groundtruth import read_ground_truth
+
+        opts = replace(opts, truth=read_ground_truth(str(gt)))
     items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs)
     started = time.time()
