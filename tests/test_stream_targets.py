@@ -184,3 +184,38 @@ def test_W2_files_camcli_names_itself_never_go_through_a_planted_link(
     (out / "run.json").symlink_to(victim)
     run_main("cam", cli_images / "a.jpg", "-w", cli_ckpt, "-o", out, "-k", "1", "-q")
     assert victim.read_text() == "keep"
+
+
+@pytest.mark.parametrize("flag", ["--submission", "--output"])
+def test_bbox_refuses_a_socket_target_before_any_work(
+    flag, tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """A socket named as --submission was refused only once every image had been boxed and
+    the records written (--output: once the model had loaded); both are refused first, and
+    nothing is created."""
+    syn = tmp_path / "syn.txt"
+    syn.write_text("".join(f"n{i:08d} class {i}\n" for i in range(10)))
+    out = tmp_path / "out"
+    out.mkdir()
+    sock = out / "sock"
+    sub = ("--submission", sock, "--submission-format", "kaggle", "--synsets", syn)
+    args = ("--output", out / "b.jsonl", *sub) if flag == "--submission" else ("--output", sock)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        code, _, err = camcli_run("bbox", cli_images, "-w", cli_ckpt, *args, "--workers", "0")
+    assert code == 2
+    assert err.splitlines() == [
+        f"error: {sock}: a block device or socket, not a file: give a file name "
+        "(see 'camcli bbox -h')"
+    ]
+    assert [p.name for p in out.iterdir()] == ["sock"]  # no records, no partial file
+
+
+def test_predict_refuses_a_socket_output_before_the_model_loads(tmp_path, cli_images, camcli_run):
+    """The weights do not exist: a check after the model would report that (exit 4)."""
+    sock = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        code, _, err = camcli_run("predict", cli_images, "-w", tmp_path / "absent.pt", "-o", sock)
+    assert code == 2
+    assert err.startswith(f"error: {sock}: a block device or socket"), err

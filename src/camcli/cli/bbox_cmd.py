@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.cli.run import SESSION_OPTIONS, records_resumable
+from camcli.cli.run import SESSION_OPTIONS, check_targets, records_resumable
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -210,6 +210,7 @@ def _check_flags(
     from camcli.errors import UsageError
     from camcli.sysinfo import torchrun_env
 
+    check_targets(output, submission)  # a block device or socket: now, not after the run
     if from_maps is not None and inputs:
         raise UsageError("give either INPUT paths or --from-maps DIR, not both")
     if from_maps is None and not inputs:

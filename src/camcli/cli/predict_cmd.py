@@ -50,6 +50,7 @@ def predict(
     from camcli.api.sink import RecordSink
     from camcli.api.split import plan_split
     from camcli.cli.run import (
+        check_targets,
         fit_top_k,
         open_session,
         print_table,
@@ -59,6 +60,7 @@ def predict(
     )
     from camcli.errors import UsageError
 
+    check_targets(output)  # a block device or socket: now, not after the model loads
     if resume and not records_resumable(output):
         raise UsageError(
             "--resume needs --output FILE (records on stdout, a device, a FIFO or a link cannot "

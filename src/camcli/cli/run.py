@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -175,6 +176,21 @@ def stream_records(
 
 def print_table(records: list[dict]) -> None:
     print_predictions_table(records)
+
+
+def check_targets(*paths: str | os.PathLike | None) -> None:
+    """Refuse, before any work, an output the user named that is a block device or socket
+    (:func:`camcli.atomic.stream_target`; it only looks: nothing is created). ``-`` and None
+    (stdout) pass.
+
+    Raises:
+        UsageError: one of ``paths`` is a block device or socket.
+    """
+    from camcli.atomic import stream_target
+
+    for p in paths:
+        if p is not None and str(p) != "-":
+            stream_target(p)
 
 
 def records_resumable(output: str | None) -> bool:
