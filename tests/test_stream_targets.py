@@ -219,3 +219,28 @@ def test_predict_refuses_a_socket_output_before_the_model_loads(tmp_path, cli_im
         code, _, err = camcli_run("predict", cli_images, "-w", tmp_path / "absent.pt", "-o", sock)
     assert code == 2
     assert err.startswith(f"error: {sock}: a block device or socket"), err
+
+
+@pytest.mark.parametrize("command", ["predict", "bbox"])
+def test_failed_inputs_are_named_on_stderr_when_records_go_to_a_device(
+    command, tmp_path, cli_ckpt, camcli_run
+):
+    """-o a link to /dev/null: the records are not on stdout, so the corrupt image's error
+    line goes to stderr (it was left out, as if stdout carried the records)."""
+    from conftest import make_image
+
+    make_image(tmp_path / "in" / "good.jpg", (30, 40), seed=0)
+    bad = tmp_path / "in" / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    null = tmp_path / "null"
+    null.symlink_to("/dev/null")
+    code, out, err = camcli_run(command, tmp_path / "in", "-w", cli_ckpt, "-o", null,
+                                "--workers", "0")  # fmt: skip
+    assert code == 1 and out == ""
+    lines = [x for x in err.splitlines() if x.startswith(str(bad))]
+    assert lines == [f"{bad}: cannot decode image (Truncated File Read); the file is damaged or "
+                     "incomplete: copy, download or export it again"], err  # fmt: skip
+    assert null.is_symlink()
+    code, out, err = camcli_run(command, tmp_path / "in", "-w", cli_ckpt, "-o", "-",
+                                "--workers", "0")  # fmt: skip
+    assert code == 1 and str(bad) not in err and str(bad) in out  # stdout carries it already

@@ -164,7 +164,7 @@ def stream_records(
     try:
         for rec in records:
             sink.write(rec)
-            if sink.stdout is None:  # records on stdout carry their errors already
+            if not sink.on_stdout:  # records on stdout carry their errors already
                 report_errors(rec, quiet)
             if bar:
                 bar.advance(bar.task)
