@@ -129,25 +129,24 @@ def test_from_maps_error_line_names_the_map_file_once(tmp_path, camcli_run):
 # --- --codec device without a GPU --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("command", "what"),
-    [
+def test_codec_device_on_the_cpu_warning_names_what_the_command_does(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """predict and bbox write no overlays: their warning does not mention any."""
+    for command, what in (
         ("predict", "JPEGs are decoded"),
         ("bbox", "JPEGs are decoded"),
         ("cam", "JPEGs are decoded and overlays encoded"),
-    ],
-)
-def test_codec_device_on_the_cpu_warning_names_what_the_command_does(
-    command, what, tmp_path, cli_images, cli_ckpt, camcli_run
-):
-    out = ("--out", tmp_path / "c") if command == "cam" else ("--output", tmp_path / "o.jsonl")
-    code, _, err = camcli_run(command, cli_images / "a.jpg", "-w", cli_ckpt, "--device", "cpu",
-                              "--codec", "device", *out, "--workers", "0", "-q")  # fmt: skip
-    assert code == 0, err
-    assert err.splitlines() == [
-        f"warning: --codec device: the device is cpu, so {what} on the CPU in the main process "
-        "(slower than --codec cpu's workers)"
-    ]
+    ):
+        out = ("--out", tmp_path / "c") if command == "cam" else ("--output", tmp_path / "o")
+        code, _, err = camcli_run(command, cli_images / "a.jpg", "-w", cli_ckpt, "--device",
+                                  "cpu", "--codec", "device", *out, "--workers", "0",
+                                  "-q")  # fmt: skip
+        assert code == 0, err
+        assert err.splitlines() == [
+            f"warning: --codec device: the device is cpu, so {what} on the CPU in the main "
+            "process (slower than --codec cpu's workers)"
+        ]
 
 
 # --- --gt is read before the model loads -------------------------------------------------------

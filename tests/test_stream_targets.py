@@ -186,29 +186,27 @@ def test_W2_files_camcli_names_itself_never_go_through_a_planted_link(
     assert victim.read_text() == "keep"
 
 
-@pytest.mark.parametrize("flag", ["--submission", "--output"])
-def test_bbox_refuses_a_socket_target_before_any_work(
-    flag, tmp_path, cli_images, cli_ckpt, camcli_run
-):
+def test_bbox_refuses_a_socket_target_before_any_work(tmp_path, cli_images, cli_ckpt, camcli_run):
     """A socket named as --submission was refused only once every image had been boxed and
-    the records written (--output: once the model had loaded); both are refused first, and
-    nothing is created."""
+    the records written; as --output, once the model had loaded (here: weights that do not
+    exist, exit 4). Both are refused first, and nothing is created."""
     syn = tmp_path / "syn.txt"
     syn.write_text("".join(f"n{i:08d} class {i}\n" for i in range(10)))
     out = tmp_path / "out"
     out.mkdir()
     sock = out / "sock"
     sub = ("--submission", sock, "--submission-format", "kaggle", "--synsets", syn)
-    args = ("--output", out / "b.jsonl", *sub) if flag == "--submission" else ("--output", sock)
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(sock))
-        code, _, err = camcli_run("bbox", cli_images, "-w", cli_ckpt, *args, "--workers", "0")
-    assert code == 2
-    assert err.splitlines() == [
-        f"error: {sock}: a block device or socket, not a file: give a file name "
-        "(see 'camcli bbox -h')"
-    ]
-    assert [p.name for p in out.iterdir()] == ["sock"]  # no records, no partial file
+        for args in (("-w", cli_ckpt, "--output", out / "b.jsonl", *sub),
+                     ("-w", tmp_path / "absent.pt", "--output", sock)):  # fmt: skip
+            code, _, err = camcli_run("bbox", cli_images, *args, "--workers", "0")
+            assert code == 2
+            assert err.splitlines() == [
+                f"error: {sock}: a block device or socket, not a file: give a file name "
+                "(see 'camcli bbox -h')"
+            ]
+            assert [p.name for p in out.iterdir()] == ["sock"]  # no records, no partial file
 
 
 def test_predict_refuses_a_socket_output_before_the_model_loads(tmp_path, cli_images, camcli_run):
