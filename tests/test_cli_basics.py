@@ -65,6 +65,23 @@ def test_help_version_and_bare_invocation():
     assert r.returncode == 0 and "--weights" in r.stdout and "--max-pixels" in r.stdout
 
 
+def test_python_m_camcli_names_the_program_camcli():
+    """Parser errors and usage lines under `python -m camcli` name the program as camcli's own
+    errors do (click named it after how Python was started: 'python -m camcli')."""
+    for args, cmd in ((("cam", "--bogus"), "camcli cam"), (("bogus",), "camcli"),
+                      (("predict", "x", "-k", "0"), "camcli predict")):  # fmt: skip
+        r = _run(*args)
+        assert r.returncode == 2
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+        assert lines[0].endswith(f"(see '{cmd} -h')")
+    r = _run("cam", "-h")
+    assert r.returncode == 0 and "Usage: camcli cam [OPTIONS]" in r.stdout
+    r = _run()  # the help, and no empty "error:  (see ...)" line after it
+    assert r.returncode == 2 and "Usage: camcli [OPTIONS] COMMAND" in r.stdout
+    assert "error" not in r.stderr
+
+
 def test_console_entry_point_function(capsys):
     code, out, _ = _cli(capsys, "--version")
     assert code == 0 and out == f"camcli {camcli.__version__}\n"

@@ -69,7 +69,7 @@ def test_load_class_map(tmp_path):
     bad = save(tmp_path / "bad.npz", cams=two_maps(), class_indices=np.array([1, 2, 3]))
     with pytest.raises(
         MapFileError,
-        match=r"^cannot read map file .*bad.npz \(cams has shape \[2, 3, 4\], expected .* k = 3\)$",
+        match=r"^cannot read map file \(cams has shape \[2, 3, 4\], expected .* k = 3\)$",
     ):
         load_class_map(bad, 1)
 
@@ -89,7 +89,7 @@ def test_read_map_file(tmp_path):
     assert read_map_file(no_scores).scores is None
     bad = save(tmp_path / "bad.npz", cams=two_maps(), class_indices=np.array([1]))
     with pytest.raises(
-        MapFileError, match=r"^cannot read map file .*bad.npz \(cams has shape .*class_indices\)$"
+        MapFileError, match=r"^cannot read map file \(cams has shape .*class_indices\)$"
     ):
         read_map_file(bad)
 
@@ -125,8 +125,7 @@ def test_unusable_files_are_one_line_errors(tmp_path, reader):
             else:
                 read_map_file(p, tmp_path)
         assert "\n" not in str(e.value)
-        if reader == "header":
-            assert str(p) in str(e.value)
+        assert str(p) not in str(e.value)  # its callers name the file beside it
     # numpy's refusal suggests loading unsafely; the reason says what the file is instead
     text = tmp_path / "notes.npz"
     text.write_text("some text, not a map file\n")
@@ -134,4 +133,4 @@ def test_unusable_files_are_one_line_errors(tmp_path, reader):
                    (text, "not a .npz (zip) file")):  # fmt: skip
         with pytest.raises(MapFileError) as e:
             load_class_map(p, 0)
-        assert str(e.value) == f"cannot read map file {p} ({why})"
+        assert str(e.value) == f"cannot read map file ({why})"

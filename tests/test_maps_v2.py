@@ -159,14 +159,27 @@ def test_box_steps_in_row_strips_equal_the_whole_map(monkeypatch):
     assert dtbox.dt_boxes(big) == b_whole
 
 
-def test_top_k_is_capped_with_a_warning(tmp_path, cli_images, cli_ckpt, camcli_run):
+def test_top_k_is_capped_with_a_warning(tmp_path, cli_images, cli_ckpt, camcli_run, monkeypatch):
+    """One warning, naming the smaller of the two limits: the model's classes or cam's cap."""
     code, _, err = camcli_run("cam", cli_images / "a.jpg", "--out", tmp_path / "o",
                               "--weights", cli_ckpt, "--top-k", 1000, "--no-overlay",
-                              "--save-maps")  # fmt: skip
+                              "--save-maps", "-q")  # fmt: skip
     assert code == 0
-    assert "--top-k 1000 lowered to 100" in err
+    assert err.splitlines() == ["warning: --top-k 1000 lowered to 10 (the model has 10 classes)"]
     with np.load(tmp_path / "o" / "a.npz") as z:
         assert z["cams"].shape[0] == 10  # the model's 10 classes
+    from camcli.cli import cam_cmd
+
+    monkeypatch.setattr(cam_cmd, "MAX_TOP_K", 3)
+    code, _, err = camcli_run("cam", cli_images / "a.jpg", "--out", tmp_path / "p",
+                              "--weights", cli_ckpt, "--top-k", 8, "--no-overlay",
+                              "--save-maps", "-q")  # fmt: skip
+    assert code == 0
+    assert err.splitlines() == [
+        "warning: --top-k 8 lowered to 3 (one map, and overlay, per class and image)"
+    ]
+    with np.load(tmp_path / "p" / "a.npz") as z:
+        assert z["cams"].shape[0] == 3
 
 
 # --- large images: maps in row strips, never a whole float map -------------------------------

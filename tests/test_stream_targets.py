@@ -184,3 +184,61 @@ def test_W2_files_camcli_names_itself_never_go_through_a_planted_link(
     (out / "run.json").symlink_to(victim)
     run_main("cam", cli_images / "a.jpg", "-w", cli_ckpt, "-o", out, "-k", "1", "-q")
     assert victim.read_text() == "keep"
+
+
+def test_bbox_refuses_a_socket_target_before_any_work(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """A socket named as --submission was refused only once every image had been boxed and
+    the records written; as --output, once the model had loaded (here: weights that do not
+    exist, exit 4). Both are refused first, and nothing is created."""
+    syn = tmp_path / "syn.txt"
+    syn.write_text("".join(f"n{i:08d} class {i}\n" for i in range(10)))
+    out = tmp_path / "out"
+    out.mkdir()
+    sock = out / "sock"
+    sub = ("--submission", sock, "--submission-format", "kaggle", "--synsets", syn)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        for args in (("-w", cli_ckpt, "--output", out / "b.jsonl", *sub),
+                     ("-w", tmp_path / "absent.pt", "--output", sock)):  # fmt: skip
+            code, _, err = camcli_run("bbox", cli_images, *args, "--workers", "0")
+            assert code == 2
+            assert err.splitlines() == [
+                f"error: {sock}: a block device or socket, not a file: give a file name "
+                "(see 'camcli bbox -h')"
+            ]
+            assert [p.name for p in out.iterdir()] == ["sock"]  # no records, no partial file
+
+
+def test_predict_refuses_a_socket_output_before_the_model_loads(tmp_path, cli_images, camcli_run):
+    """The weights do not exist: a check after the model would report that (exit 4)."""
+    sock = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        code, _, err = camcli_run("predict", cli_images, "-w", tmp_path / "absent.pt", "-o", sock)
+    assert code == 2
+    assert err.startswith(f"error: {sock}: a block device or socket"), err
+
+
+@pytest.mark.parametrize("command", ["predict", "bbox"])
+def test_failed_inputs_are_named_on_stderr_when_records_go_to_a_device(
+    command, tmp_path, cli_ckpt, camcli_run
+):
+    """-o a link to /dev/null: the records are not on stdout, so the corrupt image's error
+    line goes to stderr (it was left out, as if stdout carried the records)."""
+    from conftest import make_image
+
+    make_image(tmp_path / "in" / "good.jpg", (30, 40), seed=0)
+    bad = tmp_path / "in" / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    null = tmp_path / "null"
+    null.symlink_to("/dev/null")
+    code, out, err = camcli_run(command, tmp_path / "in", "-w", cli_ckpt, "-o", null,
+                                "--workers", "0")  # fmt: skip
+    assert code == 1 and out == ""
+    lines = [x for x in err.splitlines() if x.startswith(str(bad))]
+    assert lines == [f"{bad}: cannot decode image (Truncated File Read); the file is damaged or "
+                     "incomplete: copy, download or export it again"], err  # fmt: skip
+    assert null.is_symlink()
+    code, out, err = camcli_run(command, tmp_path / "in", "-w", cli_ckpt, "-o", "-",
+                                "--workers", "0")  # fmt: skip
+    assert code == 1 and str(bad) not in err and str(bad) in out  # stdout carries it already

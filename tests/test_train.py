@@ -462,9 +462,21 @@ def test_cli_train_and_errors(shapes, tmp_path, capsys):
     code, _, err = _cli(args, capsys)
     assert code == 2 and "already holds a run" in err
     code, _, err = _cli(args[:6] + ["--resume", "--lr", "0.5", "--epochs", "2"], capsys)
-    assert code == 0 and "ignoring --model, --lr" in err and "epoch 2/2" in err
-    code, _, err = _cli(["train", str(shapes), "--out", str(tmp_path / "x"), "--resume"], capsys)
-    assert code == 2 and "nothing to resume" in err
+    assert code == 2 and err.splitlines() == [  # the optimizer state it resumes sets the lr
+        f"error: --lr 0.5: a resumed run keeps its learning rate (0.002, set by the optimizer "
+        f"and schedule state {out / 'last.pt'} resumes); drop --lr to continue it (see 'camcli "
+        "train -h')"
+    ]
+    code, _, err = _cli(args[:6] + ["--resume", "--lr", "0.002", "--epochs", "2"], capsys)
+    assert code == 0 and "ignoring --model\n" in err and "epoch 2/2" in err  # the same lr
+    # a folder never trained: the error alone, no "ignoring --model" before it
+    never = tmp_path / "x"
+    code, _, err = _cli(["train", str(shapes), "--out", str(never), "-m", "camnet-small",
+                         "--resume"], capsys)  # fmt: skip
+    assert code == 2 and err.splitlines() == [
+        f"error: --resume: {never / 'last.pt'} not found; nothing to resume (no epoch of a run "
+        f"in {never} was saved): rerun without --resume to start it"
+    ]
     code, _, err = _cli(["train", str(shapes), "--out", str(tmp_path / "y")], capsys)
     assert code == 2 and "--model is required" in err
     code, _, err = _cli(

@@ -281,7 +281,7 @@ def _write_box_records(
             order.append(rec["image"])
             records.append(rec)
             sink.write(rec)
-            progress.record(rec, on_stdout=sink.stdout is not None)
+            progress.record(rec, on_stdout=sink.on_stdout)
             if drawdir is not None:
                 drawdir.check_errors()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from camcli.api.session import Session
 from camcli.api.split import Split
 from camcli.data import inputs, loader
 from camcli.runs.outdir import OutDir
+
+if TYPE_CHECKING:
+    from camcli.evaluate.truth import GroundTruth
 
 
 def run_info(session: Session, command: str, options: dict, started: float) -> dict:
@@ -141,6 +145,8 @@ class CamJobOptions:
         gt: ground truth (``--gt``): each image's GT class's map is added to its maps (last,
             ``"gt": true`` in its prediction) when not among them, so that ``eval --maps``
             scores every image; None: no.
+        truth: ``gt`` already read (the command line reads it before the model loads, so that
+            a bad file fails fast); None: read when the job starts.
     """
 
     out: Path
@@ -153,6 +159,7 @@ class CamJobOptions:
     write: CamWriteOptions = CamWriteOptions()
     resume: bool = False
     gt: Path | None = None
+    truth: GroundTruth | None = None
 
 
 def run_cam_job(
@@ -185,7 +192,7 @@ def run_cam_job(
     started = time.time() if started is None else started
     progress = progress or Progress()
     mine = split.select(items)
-    copts = _cam_options(opts, session)
+    copts = _cam_options(opts, session, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
     outdir = OutDir(
         opts.out,
@@ -238,13 +245,22 @@ def run_cam_job(
     )
 
 
-def _cam_options(opts: CamJobOptions, session: Session) -> cams.CamOptions:
-    """The maps asked for, ``classes`` resolved against the model (raises on an unknown one)."""
+def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> cams.CamOptions:
+    """The maps asked for, ``classes`` resolved against the model (raises on an unknown one);
+    a ground-truth label that is not one of the model's classes is a warning (its images get
+    no GT map)."""
     gt_class = None
     if opts.gt is not None:
         from camcli.evaluate.report import gt_class_lookup
 
-        lookup = gt_class_lookup(opts.gt, session.model.categories)
+        unknown: list[str] = []
+        lookup = gt_class_lookup(
+            opts.truth if opts.truth is not None else opts.gt,
+            session.model.categories,
+            num_classes=session.model.num_classes,
+            on_unknown=unknown.append,
+        )
+        _warn_unknown_gt(opts.gt, unknown, session.model.categories, progress)
         gt_class = lambda item: lookup(item.path)  # noqa: E731
     return cams.CamOptions(
         top_k=opts.top_k,
@@ -254,6 +270,27 @@ def _cam_options(opts: CamJobOptions, session: Session) -> cams.CamOptions:
         ten_crop=opts.ten_crop,
         gt_class=gt_class,
     )
+
+
+_UNKNOWN_SHOWN = 10
+"""Ground-truth labels named one warning each; the rest are counted in one more line."""
+
+
+def _warn_unknown_gt(gt, unknown: list[str], categories, progress: Progress) -> None:
+    """One warning per ground-truth label that is not one of the model's classes."""
+    from camcli.evaluate.report import labels_like
+
+    like = labels_like(categories)
+    for label in unknown[:_UNKNOWN_SHOWN]:
+        progress.warn(
+            f"--gt {gt}: label {label!r} is not one of the model's classes (they look like "
+            f"{like}): its images get no GT map"
+        )
+    if len(unknown) > _UNKNOWN_SHOWN:
+        progress.warn(
+            f"--gt {gt}: {len(unknown) - _UNKNOWN_SHOWN} more labels are not the model's "
+            "classes: their images get no GT map"
+        )
 
 
 def _cam_run_info(

@@ -29,6 +29,9 @@ class Progress:
     def stop(self) -> None:
         """The job ended (completed, failed or interrupted)."""
 
+    def warn(self, message: str) -> None:
+        """A one-line warning for people; the job goes on."""
+
 
 @dataclass
 class JobRun:

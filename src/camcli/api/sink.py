@@ -12,7 +12,8 @@ class RecordSink:
     """Where a command's JSON records go: a resumable FILE (a shard writes its part
     ``FILE.shard-I-of-N``), JSON Lines on stdout or through a device, FIFO or link the user
     named (:func:`camcli.atomic.stream_target`: no lock or partial file beside it), or a table
-    (collected; only when no output is named)."""
+    (collected; only when no output is named). :attr:`on_stdout`: the records go to stdout
+    (``-`` or none named), so a failed input needs no line on stderr."""
 
     def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
         from camcli.atomic import stream_target
@@ -33,6 +34,9 @@ class RecordSink:
             )
         elif not table:
             self.stdout = JsonlWriter(output if stream else "-")
+        # the records go to this process's stdout, which then carries each failed input's
+        # error: not a device, FIFO or link named with -o (/dev/null, a pipe)
+        self.on_stdout = self.stdout is not None and not stream
 
     def release(self) -> None:
         """Release FILE's lock without finishing (:meth:`finish` releases it too)."""

@@ -184,7 +184,9 @@ def _main(argv: list[str] | None) -> None:
                 # numpy's RuntimeWarning family (ComplexWarning, invalid value, overflow):
                 # camcli reports what matters as one-line errors; the rest is noise.
                 warnings.simplefilter("ignore", RuntimeWarning)
-            rv = app(args=argv, standalone_mode=False)
+            # "camcli" in usage and error lines also under `python -m camcli` (click would
+            # name the program after how Python was started), as camcli's own errors say
+            rv = app(args=argv, prog_name="camcli", standalone_mode=False)
     except KeyboardInterrupt as exc:
         _interrupted(exc)
     except typer.Exit as exc:
@@ -241,7 +243,8 @@ def _exit_on_usage_error(exc: Exception, argv: list[str] | None = None) -> None:
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else _command_path(argv)
         text = " ".join(exc.format_message().replace("Value error, ", "").split())
-        error(f"{text.rstrip('.')} (see '{where} -h')")
+        if text:  # none: the help was shown (no arguments at all)
+            error(f"{text.rstrip('.')} (see '{where} -h')")
         sys.exit(Exit.USAGE)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,13 +11,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.cli.run import SESSION_OPTIONS, records_resumable
+from camcli.cli.run import SESSION_OPTIONS, check_targets, records_resumable
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from camcli.api.bbox_job import BboxOptions, BboxRun
     from camcli.api.session import Session
     from camcli.api.split import Split
+    from camcli.evaluate.truth import GroundTruth
 
 
 class Rule(StrEnum):
@@ -133,7 +135,7 @@ def bbox(
     """
     from camcli.api.bbox_job import run_bbox
     from camcli.api.split import plan_split
-    from camcli.cli.run import open_session, resolve_inputs, session_options
+    from camcli.cli.run import fit_top_k, open_session, resolve_inputs, session_options
     from camcli.errors import Exit
 
     _check_flags(
@@ -168,14 +170,20 @@ def bbox(
         resume=resume,
     )
 
+    truth = None
+    if gt is not None:  # a bad file fails now, not once the model has loaded
+        from camcli.evaluate.groundtruth import read_ground_truth
+
+        truth = read_ground_truth(str(gt))
     items = resolve_inputs(inputs, follow_links=follow_links) if from_maps is None else None
     split = plan_split(shard, inputs, stdout_ok=False, output=output)
     try:
         session = None
         if from_maps is None:
             session = open_session(model, weights, split=split, **session_options(locals()))
+            opts = replace(opts, top_k=fit_top_k(ctx, opts.top_k, session.model.num_classes))
         if gt is not None:
-            opts = _with_gt_classes(opts, gt, session, synsets)
+            opts = _with_gt_classes(opts, gt, truth, session, synsets)
         run = run_bbox(opts, session, items, split, _progress(quiet, split.main))
         _report_end(run, session, split, opts, gt=gt, quiet=quiet)
         split.barrier()
@@ -202,6 +210,7 @@ def _check_flags(
     from camcli.errors import UsageError
     from camcli.sysinfo import torchrun_env
 
+    check_targets(output, submission)  # a block device or socket: now, not after the run
     if from_maps is not None and inputs:
         raise UsageError("give either INPUT paths or --from-maps DIR, not both")
     if from_maps is None and not inputs:
@@ -285,27 +294,30 @@ def _refuse_unused_outputs(
 
 
 def _with_gt_classes(
-    opts: BboxOptions, gt: Path, session: Session | None, synsets: Path | None
+    opts: BboxOptions,
+    gt: Path,
+    truth: GroundTruth,
+    session: Session | None,
+    synsets: Path | None,
 ) -> BboxOptions:
     """``opts`` with each image's GT class (for the records' ``gt_known``), by the model's
-    categories (from maps: the labels the map files store). A ground-truth file that cannot be
-    read stops the run before any image (exit 2, naming the file and line, as ``eval``);
-    classes that cannot be matched (synsets) are a warning and the run goes on without
-    GT-known boxes."""
-    from dataclasses import replace
-
+    categories (from maps: the labels the map files store). ``truth`` is ``gt`` as read before
+    the model loaded (a file that cannot be read stopped the run there: exit 2 or 3, naming
+    the file and line, as ``eval``); classes that cannot be matched (synsets) are a warning and
+    the run goes on without GT-known boxes."""
     from camcli.console import warn
     from camcli.errors import CamcliError, GtError
     from camcli.evaluate.report import gt_class_lookup
 
     try:
+        num_classes = None
         if session is not None:
-            names = session.model.categories
+            names, num_classes = session.model.categories, session.model.num_classes
         else:
             from camcli.evaluate.maps import map_label_names
 
             names = map_label_names(str(opts.from_maps))
-        lookup = gt_class_lookup(gt, names, synsets)
+        lookup = gt_class_lookup(truth, names, synsets, num_classes=num_classes)
     except GtError:
         raise
     except CamcliError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -127,11 +128,6 @@ def cam(
     colormap = colormap.lower()  # "JET" as OpenCV's COLORMAP_JET is named: the same map
     _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
     _refuse_unused(ctx, classes=classes, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
-    if top_k > MAX_TOP_K:
-        from camcli.console import warn
-
-        warn(f"--top-k {top_k} lowered to {MAX_TOP_K} (one map, and overlay, per class and image)")
-        top_k = MAX_TOP_K
     opts = _cam_job_options(
         out=out,
         inputs=inputs,
@@ -150,11 +146,19 @@ def cam(
         resume=resume,
         gt=gt,
     )
+    if gt is not None:  # a bad file fails now, not once the model has loaded
+        from camcli.evaluate.groundtruth import read_ground_truth
+
+        opts = replace(opts, truth=read_ground_truth(str(gt)))
     items = resolve_inputs(inputs, follow_links=follow_links)
     split = plan_split(shard, inputs)
     started = time.time()
     try:
-        session = open_session(model, weights, split=split, **session_options(locals()))
+        session = open_session(
+            model, weights, split=split, renders=True, **session_options(locals())
+        )
+        if not classes:
+            opts = replace(opts, top_k=_fit_top_k(ctx, top_k, session.model.num_classes))
         run = run_cam_job(
             opts, session, items, split, _progress(quiet, split.main), started=started
         )
@@ -163,6 +167,21 @@ def cam(
     finally:
         split.close()
     return run.exit_code if split.main else 0
+
+
+def _fit_top_k(ctx: typer.Context | None, top_k: int, num_classes: int) -> int:
+    """``--top-k`` lowered to the model's class count or to :data:`MAX_TOP_K`, whichever is
+    smaller, with one warning saying why."""
+    from camcli.cli.run import fit_top_k
+
+    if num_classes < min(top_k, MAX_TOP_K):
+        return fit_top_k(ctx, top_k, num_classes)
+    if top_k > MAX_TOP_K:
+        from camcli.console import warn
+
+        warn(f"--top-k {top_k} lowered to {MAX_TOP_K} (one map, and overlay, per class and image)")
+        return MAX_TOP_K
+    return top_k
 
 
 def _check_flags(*, colormap: str, no_overlay: bool, grid: bool, save_maps: bool) -> None:

@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def predict(
+    ctx: typer.Context,
     inputs: o.Inputs,
     model: o.Model = None,
     weights: o.Weights = None,
@@ -49,6 +50,8 @@ def predict(
     from camcli.api.sink import RecordSink
     from camcli.api.split import plan_split
     from camcli.cli.run import (
+        check_targets,
+        fit_top_k,
         open_session,
         print_table,
         records_resumable,
@@ -57,6 +60,7 @@ def predict(
     )
     from camcli.errors import UsageError
 
+    check_targets(output)  # a block device or socket: now, not after the model loads
     if resume and not records_resumable(output):
         raise UsageError(
             "--resume needs --output FILE (records on stdout, a device, a FIFO or a link cannot "
@@ -67,6 +71,7 @@ def predict(
     try:
         mine = split.select(items)
         session = open_session(model, weights, split=split, **session_options(locals()))
+        top_k = fit_top_k(ctx, top_k, session.model.num_classes)
         from camcli.api import predict as api
 
         sink = RecordSink(

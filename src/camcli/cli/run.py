@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -49,7 +50,10 @@ def session_options(values: dict) -> dict:
     return {k: values[k] for k in SESSION_OPTIONS}
 
 
-def open_session(model, weights, *, split: Split | None = None, **kw):
+def open_session(model, weights, *, split: Split | None = None, renders: bool = False, **kw):
+    """The model's :class:`~camcli.api.session.Session` (``kw``: :data:`SESSION_OPTIONS`);
+    warnings for a ``--codec device`` or ``--streams`` that cannot be used (``renders``: the
+    command renders and encodes images on the device too, as ``cam``'s overlays)."""
     from camcli.api.session import Session
 
     if split is not None and split.dist is not None:
@@ -60,9 +64,10 @@ def open_session(model, weights, *, split: Split | None = None, **kw):
     if kw.get("codec") == "device" and session.device.type != "cuda":
         from camcli.console import warn
 
+        what = "JPEGs are decoded and overlays encoded" if renders else "JPEGs are decoded"
         warn(
-            f"--codec device: the device is {session.device}, so JPEGs are decoded and overlays "
-            "encoded on the CPU in the main process (slower than --codec cpu's workers)"
+            f"--codec device: the device is {session.device}, so {what} on the CPU in the main "
+            "process (slower than --codec cpu's workers)"
         )
     n = kw.get("streams")
     if n is not None and n > 1 and session.streams is None:
@@ -71,6 +76,21 @@ def open_session(model, weights, *, split: Split | None = None, **kw):
         why = "with --compile" if kw.get("compile") else f"on {session.device}"
         warn(f"--streams {n} is ignored {why}: streams are for CPU passes without --compile")
     return session
+
+
+def fit_top_k(ctx, top_k: int, num_classes: int) -> int:
+    """``--top-k`` lowered to the model's class count, with a warning when the user asked for
+    more (the default is lowered quietly: a small model's run is not warned about each time)."""
+    if top_k <= num_classes:
+        return top_k
+    from camcli.cli.options import given
+
+    if given(ctx, ("top_k",)):
+        from camcli.console import warn
+
+        n = f"{num_classes} class" + ("es" if num_classes != 1 else "")
+        warn(f"--top-k {top_k} lowered to {num_classes} (the model has {n})")
+    return num_classes
 
 
 def report_errors(rec: dict, quiet: bool) -> None:
@@ -123,6 +143,12 @@ class CliProgress:
         if self.bar:
             self.bar.stop()
 
+    def warn(self, message: str) -> None:
+        if self.main:
+            from camcli.console import warn
+
+            warn(message)
+
 
 def stream_records(
     records: Iterable[dict],
@@ -138,7 +164,7 @@ def stream_records(
     try:
         for rec in records:
             sink.write(rec)
-            if sink.stdout is None:  # records on stdout carry their errors already
+            if not sink.on_stdout:  # records on stdout carry their errors already
                 report_errors(rec, quiet)
             if bar:
                 bar.advance(bar.task)
@@ -150,6 +176,21 @@ def stream_records(
 
 def print_table(records: list[dict]) -> None:
     print_predictions_table(records)
+
+
+def check_targets(*paths: str | os.PathLike | None) -> None:
+    """Refuse, before any work, an output the user named that is a block device or socket
+    (:func:`camcli.atomic.stream_target`; it only looks: nothing is created). ``-`` and None
+    (stdout) pass.
+
+    Raises:
+        UsageError: one of ``paths`` is a block device or socket.
+    """
+    from camcli.atomic import stream_target
+
+    for p in paths:
+        if p is not None and str(p) != "-":
+            stream_target(p)
 
 
 def records_resumable(output: str | None) -> bool:

@@ -50,12 +50,12 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
 
 
-# Options whose value --resume takes from the checkpoint instead of the command line.
+# Options whose value --resume takes from the checkpoint instead of the command line (a
+# different --lr is an error: camcli.train.run refuses it).
 _FROM_CHECKPOINT = (
     "model",
     "val_split",
     "batch_size",
-    "lr",
     "optimizer",
     "schedule",
     "image_size",
@@ -258,8 +258,6 @@ def train(
         val_split=val_split,
         arch_option=arch_option,
     )
-    if resume:
-        _warn_ignored_on_resume(ctx)
     rank0 = _rank() == 0
     reporter = CliReporter(quiet=quiet or not rank0)
     try:
@@ -273,6 +271,7 @@ def train(
             offline=offline,
             reporter=reporter,
             max_pixels=max_pixels,
+            on_resume=lambda _saved: _warn_ignored_on_resume(ctx),
         )
     finally:
         reporter.close()
@@ -316,7 +315,8 @@ def _train_options(
 
 
 def _warn_ignored_on_resume(ctx: typer.Context) -> None:
-    """Name the options given on the command line that ``--resume`` takes from the checkpoint."""
+    """Name the options given on the command line that ``--resume`` takes from the checkpoint
+    (once it is loaded: a run with nothing to resume gets its error alone)."""
     from camcli.console import warn
 
     given = [n for n in _FROM_CHECKPOINT if _explicit(ctx, n)]

@@ -86,7 +86,7 @@ def check_map_file(path: str | os.PathLike) -> None:
     / :data:`MAX_TOTAL_VALUES` values in all.
 
     Raises:
-        MapFileError: ``cannot read map file PATH (<reason>)``.
+        MapFileError: ``cannot read map file (<reason>)``.
     """
     try:
         st = os.stat(path)
@@ -103,18 +103,18 @@ def check_map_file(path: str | os.PathLike) -> None:
                     raise ValueError(f"no {required!r} array")
             heads = {k: _npy_header(z, names[k]) for k in _KINDS if k in names}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, TypeError) as exc:
-        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
+        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
     for key, (shape, dtype) in heads.items():
         if dtype.hasobject:
-            raise MapFileError(f"cannot read map file {path} ({_reason(ValueError('pickled'))})")
+            raise MapFileError(f"cannot read map file ({_reason(ValueError('pickled'))})")
         if dtype.kind not in _KINDS[key] or dtype.fields is not None:
-            raise MapFileError(f"cannot read map file {path} ({key} has dtype {dtype.str})")
+            raise MapFileError(f"cannot read map file ({key} has dtype {dtype.str})")
         if key != "cams" and math.prod(shape) > MAX_CLASSES:
-            raise MapFileError(f"cannot read map file {path} ({key} has {math.prod(shape)} values)")
+            raise MapFileError(f"cannot read map file ({key} has {math.prod(shape)} values)")
     shape = heads["cams"][0]
     if len(shape) not in (2, 3):
         raise MapFileError(
-            f"cannot read map file {path} (cams has shape {list(shape)}, expected [k, H, W])"
+            f"cannot read map file (cams has shape {list(shape)}, expected [k, H, W])"
         )
     k = shape[0] if len(shape) == 3 else 1
     if (
@@ -123,7 +123,7 @@ def check_map_file(path: str | os.PathLike) -> None:
         or k * shape[-1] * shape[-2] > (MAX_TOTAL_VALUES)
     ):
         raise MapFileError(
-            f"cannot read map file {path} (cams of shape {list(shape)} exceed the limit of "
+            f"cannot read map file (cams of shape {list(shape)} exceed the limit of "
             f"{MAX_MAP_PIXELS} pixels per map, {MAX_MAPS} maps, {MAX_TOTAL_VALUES} values)"
         )
 
@@ -143,7 +143,8 @@ def _class_indices(raw: np.ndarray) -> np.ndarray:
 
 class MapFileError(ValueError):
     """A map file that cannot be used; the message is one line, e.g. ``cannot read map file
-    (<reason>)``."""
+    (<reason>)``. It does not name the file: every caller reports it beside the file's path (a
+    failed record's ``image``, an ``eval --maps`` failure), which would name it twice."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def read_map_header(path: str | os.PathLike, root: str | os.PathLike | None = No
         root: the folder it was listed from (for :attr:`MapHeader.key`); None: the file name.
 
     Raises:
-        MapFileError: ``cannot read map file <path> (<reason>)`` for a file that is not a
+        MapFileError: ``cannot read map file (<reason>)`` for a file that is not a
             readable ``.npz`` with ``class_indices``.
     """
     check_map_file(path)
@@ -241,7 +242,7 @@ def read_map_header(path: str | os.PathLike, root: str | os.PathLike | None = No
         with np.load(path, allow_pickle=False) as z:
             return _header_arrays(z, Path(path), root)
     except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
-        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
+        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
 
 
 def _cams_shape_error(cams: np.ndarray, k: int) -> str | None:
@@ -272,13 +273,13 @@ def load_class_map(path: str | os.PathLike, cls: int) -> np.ndarray | None:
             v2 = mapfiles_v2.read_v2(z, classes.size) if mapfiles_v2.is_v2(z) else None
             cams = v2.raw if v2 is not None else z["cams"]
     except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
-        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
+        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
     # the same checks as read_map_file, whether or not the file holds this class
     why = _cams_shape_error(cams, classes.size) or _empty(classes)
     if why:
-        raise MapFileError(f"cannot read map file {path} ({why})")
+        raise MapFileError(f"cannot read map file ({why})")
     hit = np.flatnonzero(classes == cls)
     if hit.size == 0:
         return None
@@ -287,7 +288,7 @@ def load_class_map(path: str | os.PathLike, cls: int) -> np.ndarray | None:
     else:
         out = np.asarray(cams[int(hit[0])], dtype=np.float64)
     if not np.isfinite(out).all():
-        raise MapFileError(f"cannot read map file {path} (the map of class {cls} is not finite)")
+        raise MapFileError(f"cannot read map file (the map of class {cls} is not finite)")
     return out
 
 
@@ -330,7 +331,7 @@ def read_map_file(
                 else None
             )
     except Exception as exc:  # noqa: BLE001 - whatever the file does, it fails alone
-        raise MapFileError(f"cannot read map file {path} ({_reason(exc)})") from None
+        raise MapFileError(f"cannot read map file ({_reason(exc)})") from None
     if cams.ndim == 2:
         cams = cams[None]
     k = head.class_indices.size
@@ -349,7 +350,7 @@ def read_map_file(
     if not why and not np.isfinite(cams).all():
         why = "cams hold non-finite values"
     if why:
-        raise MapFileError(f"cannot read map file {path} ({why})")
+        raise MapFileError(f"cannot read map file ({why})")
     if v2 is not None:
         return MapFile(head, None, scores, v2)
     return MapFile(head, cams, scores)

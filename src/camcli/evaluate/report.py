@@ -30,6 +30,7 @@ __all__ = [
     "exit_status",
     "gt_class_lookup",
     "is_subset",
+    "labels_like",
     "records_result",
 ]
 
@@ -175,17 +176,24 @@ def records_result(
 
 
 def gt_class_lookup(
-    gt: str | os.PathLike,
-    categories: Sequence[str],
+    gt: str | os.PathLike | GroundTruth,
+    categories: Sequence[str | None],
     synsets: str | os.PathLike | None = None,
+    *,
+    num_classes: int | None = None,
+    on_unknown: Callable[[str], None] | None = None,
 ) -> Callable[[str], int | None]:
     """Each image's ground-truth class, for the GT-known maps of ``bbox --gt`` / ``cam --gt``.
 
     Args:
-        gt: the ground truth, any format (detected).
+        gt: the ground truth, any format (detected), or one already read.
         categories: the model's class names, in class-index order (an ImageNet-1k model's
             adopt the built-in WNIDs, so WNID labels work).
         synsets: a WNID mapping file for the model's classes, or None.
+        num_classes: the model's class count: a class index label outside it is unknown too;
+            None: not checked (maps of another tool).
+        on_unknown: called once with each primary label that is not one of the model's
+            classes (in ground-truth order), whose images get no GT class.
 
     Returns:
         ``image path -> primary GT class index``, None for an image the ground truth does not
@@ -194,20 +202,40 @@ def gt_class_lookup(
     Raises:
         CamcliError: the ground truth or the synsets cannot be read.
     """
-    truth = read_ground_truth(str(gt))
+    truth = gt if isinstance(gt, GroundTruth) else read_ground_truth(str(gt))
     wnids = None
     if synsets:
         lm0 = load_label_map(synsets=str(synsets))
         wnids = lm0.wnids if lm0 is not None else None
     lm = LabelMap(list(categories), wnids=wnids, explicit=False, source="the model's categories")
     targets, _ = truth.targets(lm)
-    primary = [t.classes[0] if t.classes and t.classes[0] >= 0 else None for t in targets]
+    primary: list[int | None] = []
+    unknown: dict[str, None] = {}
+    for im, t in zip(truth.images, targets, strict=True):
+        c = t.classes[0] if t.classes else None
+        if c is not None and (c < 0 or (num_classes is not None and c >= num_classes)):
+            unknown[im.labels[0][0]] = None
+            c = None
+        primary.append(c)
+    if on_unknown is not None:
+        for label in unknown:
+            on_unknown(label)
 
     def lookup(path: str) -> int | None:
         i = truth.match(path)
         return None if i is None else primary[i]
 
     return lookup
+
+
+def labels_like(categories: Sequence[str | None], n: int = 3) -> str:
+    """What a model's labels look like, for a message: ``'cat', 'dog', 'fox', ... or a class
+    index 0..9``."""
+    names = [repr(c) for c in categories if c]
+    span = f"class index 0..{len(categories) - 1}"
+    if not names:
+        return span
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "") + f" or a {span}"
 
 
 def is_subset(result: dict) -> bool:

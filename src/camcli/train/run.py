@@ -20,7 +20,7 @@ from torch import nn
 
 from camcli.atomic import remove_stray
 from camcli.data import inputs
-from camcli.errors import TrainingError, WeightsError
+from camcli.errors import TrainingError, UsageError, WeightsError
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for
 from camcli.models.registry import ModelEntry
@@ -65,6 +65,7 @@ def train_folder(
     reporter: Reporter | None = None,
     step_callback: Callable[[int, int], None] | None = None,
     max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
+    on_resume: Callable[[TrainOptions], None] | None = None,
 ) -> FitResult:
     """``camcli train``: train ``options.model`` on the ImageFolder tree ``data`` into ``out``.
 
@@ -77,12 +78,17 @@ def train_folder(
         options: as given; ``None`` fields take the recipe's defaults.
         val: a validation folder [default: ``data/val``, else a split of ``data``].
         resume: continue ``out/last.pt`` with its saved options (``options.epochs`` and
-            ``options.workers`` may change; everything else is taken from the checkpoint).
+            ``options.workers`` may change; everything else is taken from the checkpoint, and
+            an ``options.lr`` other than the saved one is refused: the optimizer and schedule
+            state it resumes set the learning rate).
         device: "auto", "cpu", "cuda" or "cuda:N".
         offline: never download backbone weights; use the cache only.
         reporter: receives progress [default: silence].
         step_callback: ``(epoch, step)`` after every optimisation step.
         max_pixels: larger images are refused (skipped with a warning).
+        on_resume: with ``resume``, called with the checkpoint's options once ``last.pt`` is
+            loaded and checked (the command line names the options it ignores then, not
+            before an error that there is nothing to resume).
 
     Returns:
         The trained model, its history and best epoch, the inputs that were skipped.
@@ -90,6 +96,7 @@ def train_folder(
     Raises:
         NonFiniteError: the loss became non-finite (exit 1).
         TrainingError: bad data, options, run folder or checkpoint (exit 2).
+        UsageError: ``resume`` with another ``options.lr`` (exit 2).
     """
     out = Path(out)
     reporter = reporter or SilentReporter()
@@ -98,7 +105,10 @@ def train_folder(
     try:
         if dist.is_main:
             lock, made = _lock_run_folder(out)
-        job = _Job(data, out, val, resume, offline, reporter, step_callback, max_pixels, dist, dev)
+        job = _Job(
+            data, out, val, resume, offline, reporter, step_callback, max_pixels, dist, dev,
+            on_resume,
+        )  # fmt: skip
         return _train_folder(job, options)
     finally:
         if lock is not None:
@@ -145,6 +155,7 @@ class _Job:
     max_pixels: int
     dist: DistContext
     dev: torch.device
+    on_resume: Callable[[TrainOptions], None] | None = None
 
 
 # temporary checkpoint names of camcli versions before camcli.atomic
@@ -158,6 +169,8 @@ def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
         remove_stray(job.out, legacy=_LEGACY_TMP)
     if job.resume:
         resume_ck, o = _resumed_options(job.out, options)
+        if job.on_resume is not None:
+            job.on_resume(o)
         entry = entry_for(o.model)
         if resume_ck["epoch"] >= o.epochs:
             return _nothing_to_resume(job, resume_ck, o)
@@ -222,6 +235,11 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
         raise WeightsError(
             f"{last}: checkpoint field 'train_options' cannot be used ({exc})"
         ) from None
+    if options.lr is not None and options.lr != saved.lr:
+        raise UsageError(
+            f"--lr {options.lr}: a resumed run keeps its learning rate ({saved.lr}, set by the "
+            f"optimizer and schedule state {last} resumes); drop --lr to continue it"
+        )
     saved.epochs = options.epochs or saved.epochs
     saved.workers = options.workers if options.workers is not None else saved.workers
     return ck, saved

@@ -1,0 +1,170 @@
+"""Warnings and error lines of the commands in small cases: what they say, how often, and when
+(before the model loads, not after the run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI_CATEGORIES, records
+
+pytestmark = pytest.mark.usefixtures("cli_one_thread")
+
+
+# --- --top-k above the model's class count -----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["cam", "bbox", "predict"])
+def test_top_k_above_the_class_count_is_lowered_with_one_warning(
+    command, tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    out = tmp_path / "o.jsonl"
+    out_args = ("--out", tmp_path / "c", "--no-overlay", "--save-maps") if command == "cam" else (
+        "--output", out)  # fmt: skip
+    code, _, err = camcli_run(command, cli_images / "a.jpg", "--weights", cli_ckpt, "-k", "50",
+                              *out_args, "--workers", "0", "-q")  # fmt: skip
+    assert code == 0, err
+    assert err.splitlines() == ["warning: --top-k 50 lowered to 10 (the model has 10 classes)"]
+    rec = records(tmp_path / "c" / "manifest.jsonl" if command == "cam" else out)[0]
+    assert len(rec["predictions"]) == len(CLI_CATEGORIES)
+
+
+@pytest.fixture(scope="module")
+def three_class_ckpt(tmp_path_factory) -> Path:
+    import torch
+
+    from camcli.models.load import random_model
+    from camcli.models.registry import Preprocess
+
+    torch.manual_seed(1)
+    m = random_model("resnet18", num_classes=3)
+    path = tmp_path_factory.mktemp("ckpt3") / "three.pt"
+    torch.save({"format": "camcli-checkpoint", "model": "resnet18", "state_dict": m.state_dict(),
+                "categories": ["ant", "bee", "cow"], "preprocess": Preprocess(input_size=64)
+                .to_dict(), "pool": "avg"}, path)  # fmt: skip
+    return path
+
+
+def test_top_k_default_is_lowered_quietly_a_given_one_with_a_warning(
+    tmp_path, cli_images, three_class_ckpt, camcli_run
+):
+    """The default -k 5 on a 3-class model: all 3 classes, no warning (a small model's every
+    run would warn); the same value given on the command line is warned about once."""
+    out = tmp_path / "p.jsonl"
+    args = ("predict", cli_images / "a.jpg", "-w", three_class_ckpt, "-o", out, "--workers", "0")
+    code, _, err = camcli_run(*args)
+    assert code == 0 and "warning" not in err, err
+    assert len(records(out)[0]["predictions"]) == 3
+    code, _, err = camcli_run(*args, "--top-k", "5")
+    assert code == 0
+    assert err.count("warning:") == 1
+    assert "warning: --top-k 5 lowered to 3 (the model has 3 classes)" in err
+
+
+# --- cam --gt: labels that are not the model's classes -----------------------------------------
+
+
+def test_cam_gt_unknown_labels_warn_once_each(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """A label the model does not know (a name, or a class index past its classes: that one
+    used to end the run with an IndexError) is one warning per label, not per image; the other
+    images get their GT map."""
+    gt = tmp_path / "gt.csv"
+    gt.write_text(
+        "path,label,xmin,ymin,xmax,ymax\n"
+        "a.jpg,zebra,0,0,9,9\nb.png,zebra,0,0,9,9\nnested/c.jpg,zebra,0,0,9,9\n"
+        "nested/deeper/d.png,17,0,0,9,9\nnested/e.jpeg,class_c,0,0,9,9\n"
+    )
+    out = tmp_path / "o"
+    code, _, err = camcli_run("cam", cli_images, "--out", out, "-w", cli_ckpt, "--gt", gt,
+                              "-k", "1", "--no-overlay", "--save-maps", "--workers", "0",
+                              "-q")  # fmt: skip
+    assert code == 1, err  # the corrupt image
+    like = "'class a', 'class b', 'class c', ... or a class index 0..9"
+    warnings = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert warnings == [
+        f"warning: --gt {gt}: label {lab!r} is not one of the model's classes (they look like "
+        f"{like}): its images get no GT map"
+        for lab in ("zebra", "17")
+    ]
+    recs = {Path(r["image"]).name: r for r in records(out / "manifest.jsonl") if "error" not in r}
+    gt_maps = {n: [p for p in r["predictions"] if p.get("gt")] for n, r in recs.items()}
+    assert all(not gt_maps[n] for n in ("a.jpg", "b.png", "c.jpg", "d.png"))
+    assert [p["class_index"] for p in gt_maps["e.jpeg"]] == [2]  # class_c: the model's "class c"
+
+
+def test_bbox_gt_class_index_past_the_model_is_no_crash(tmp_path, cli_images, cli_ckpt, camcli_run):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,17,0,0,9,9\n")
+    out = tmp_path / "b.jsonl"
+    code, _, err = camcli_run("bbox", cli_images / "a.jpg", "-w", cli_ckpt, "--gt", gt,
+                              "--output", out, "--workers", "0", "-q")  # fmt: skip
+    assert code == 0, err
+    assert "IndexError" not in err
+    assert "gt_known" not in json.loads(out.read_text())
+
+
+# --- bbox --from-maps: an unreadable map file --------------------------------------------------
+
+
+def test_from_maps_error_line_names_the_map_file_once(tmp_path, camcli_run):
+    import numpy as np
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    m = np.zeros((1, 20, 30), np.float32)
+    m[0, 5:10, 5:15] = 1
+    np.savez(maps / "good.npz", cams=m, class_indices=np.array([0]))
+    (maps / "bad.npz").write_bytes(b"not a zip")
+    out = tmp_path / "b.jsonl"
+    code, _, err = camcli_run("bbox", "--from-maps", maps, "--output", out)
+    assert code == 1
+    bad = maps / "bad.npz"
+    assert err.splitlines() == [f"{bad}: cannot read map file (not a .npz (zip) file)"]
+    rec = records(out)[0]
+    assert rec == {"image": str(bad), "error": "cannot read map file (not a .npz (zip) file)"}
+
+
+# --- --codec device without a GPU --------------------------------------------------------------
+
+
+def test_codec_device_on_the_cpu_warning_names_what_the_command_does(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """predict and bbox write no overlays: their warning does not mention any."""
+    for command, what in (
+        ("predict", "JPEGs are decoded"),
+        ("bbox", "JPEGs are decoded"),
+        ("cam", "JPEGs are decoded and overlays encoded"),
+    ):
+        out = ("--out", tmp_path / "c") if command == "cam" else ("--output", tmp_path / "o")
+        code, _, err = camcli_run(command, cli_images / "a.jpg", "-w", cli_ckpt, "--device",
+                                  "cpu", "--codec", "device", *out, "--workers", "0",
+                                  "-q")  # fmt: skip
+        assert code == 0, err
+        assert err.splitlines() == [
+            f"warning: --codec device: the device is cpu, so {what} on the CPU in the main "
+            "process (slower than --codec cpu's workers)"
+        ]
+
+
+# --- --gt is read before the model loads -------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["bbox", "cam"])
+def test_a_bad_gt_file_fails_before_the_model_loads(command, tmp_path, cli_images, camcli_run):
+    """The weights named do not exist: had the model been loaded first, that would be the error
+    (exit 4). The ground truth's own error comes first, with its exit code (2 unreadable, 3
+    missing)."""
+    bad = tmp_path / "gt.csv"
+    bad.write_text("garbage\n")
+    out = ("--out", tmp_path / "c") if command == "cam" else ("--output", tmp_path / "o.jsonl")
+    for gt, code_wanted, said in (
+        (bad, 2, f"error: --gt {bad}: the CSV header needs an image column"),
+        (tmp_path / "absent.csv", 3, f"error: --gt {tmp_path / 'absent.csv'}: no such file"),
+    ):
+        code, _, err = camcli_run(command, cli_images, "-w", tmp_path / "absent.pt", "--gt", gt,
+                                  *out)  # fmt: skip
+        assert code == code_wanted, err
+        assert len(err.splitlines()) == 1 and err.startswith(said), err
