@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# A test run started in the background without job control (`make test &`, nohup) inherits
+# SIGINT ignored, and so would every camcli it starts: the Ctrl-C tests then saw a run finish
+# with exit 0. Restored here; the processes the tests start get the default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Test the tree these tests live in, also from another checkout or worktree that shares a venv
 # (whose editable install points elsewhere); subprocesses (python -m camcli) inherit it.

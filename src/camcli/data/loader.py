@@ -145,7 +145,20 @@ def collate(samples: list[Sample]) -> Batch:
     if x is not None:
         for s in good:
             s.tensor = None
+    if torch.utils.data.get_worker_info() is not None:
+        _to_shared_memory(x, good)
     return Batch(good, x, bad, raw)
+
+
+def _to_shared_memory(x, samples: list[Sample]) -> None:
+    """In a DataLoader worker: the batch's tensors moved to shared memory here, in the worker's
+    own thread. torch would otherwise do it while pickling the batch in the worker's queue
+    feeder thread, where a failure (a full ``/dev/shm``, a file-size limit) only prints a
+    traceback and the main process waits for the batch forever; raised here, it reaches the
+    main process (:func:`iter_batches` names the fix)."""
+    for t in [x, *(s.image for s in samples)]:
+        if t is not None and not t.is_shared():
+            t.share_memory_()
 
 
 def device_decode(batch: Batch, preprocess, device, *, keep_image: bool) -> Batch:
@@ -251,4 +264,19 @@ def iter_batches(
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
     )
-    yield from loader
+    try:
+        yield from loader
+    except RuntimeError as exc:
+        if _SHM_FAILURE not in str(exc):
+            raise
+        from camcli.errors import WriteError
+
+        raise WriteError(
+            "the decoder workers cannot pass images through shared memory (/dev/shm full, or a "
+            "file-size limit such as ulimit -f): free /dev/shm (Docker: --shm-size 1g), raise "
+            "the limit, or run with --workers 0"
+        ) from None
+
+
+_SHM_FAILURE = "unable to resize file"
+"""What torch's error says when a worker cannot allocate shared memory for a batch."""

@@ -1,0 +1,43 @@
+"""A DataLoader worker that cannot get shared memory for a batch (a full ``/dev/shm``, a
+file-size limit) ends the run with one error line and exit 5: it used to print the worker's
+queue-feeder traceback and leave the main process waiting for the batch forever (trial W3)."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _limit_file_size():
+    # 50 KB: smaller than one batch of 224 x 224 inputs (torch's shared memory is a file)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+
+@pytest.mark.parametrize("command", ["predict", "cam"])
+def test_no_shared_memory_for_a_batch_is_one_error_not_a_hang(tmp_path, command):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        arr = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(imgs / f"im{i}.png")
+    args = [command, str(imgs), "--workers", "1", "-b", "2", "-q"]
+    if command == "cam":
+        args += ["-o", str(tmp_path / "cams")]
+    p = subprocess.run(
+        [sys.executable, "-m", "camcli", *args], capture_output=True, text=True, timeout=180,
+        preexec_fn=_limit_file_size,
+    )  # fmt: skip
+    assert p.returncode == 5, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines == [
+        "error: the decoder workers cannot pass images through shared memory (/dev/shm full, "
+        "or a file-size limit such as ulimit -f): free /dev/shm (Docker: --shm-size 1g), raise "
+        "the limit, or run with --workers 0"
+    ], p.stderr
+    assert p.stdout == ""
