@@ -242,3 +242,33 @@ def test_failed_inputs_are_named_on_stderr_when_records_go_to_a_device(
     code, out, err = camcli_run(command, tmp_path / "in", "-w", cli_ckpt, "-o", "-",
                                 "--workers", "0")  # fmt: skip
     assert code == 1 and str(bad) not in err and str(bad) in out  # stdout carries it already
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "{imgs}", "-o", "{dir}"],
+        ["bbox", "{imgs}", "-o", "{dir}"],
+        ["bbox", "{imgs}", "--submission", "{dir}", "--submission-format", "kaggle"],
+        ["eval", "--gt", "{gt}", "--boxes", "{boxes}", "-o", "{dir}"],
+        ["eval", "--gt", "{gt}", "--boxes", "{boxes}", "--plot", "{dir}"],
+    ],
+    ids=["predict-o", "bbox-o", "bbox-submission", "eval-o", "eval-plot"],
+)
+def test_an_output_file_that_is_a_folder_is_refused_before_any_work(
+    args, tmp_path, cli_images, camcli_run
+):
+    """Trial W2: the folder was found only when the records were written, after every image,
+    and the error advised freeing space and --resume. The weights do not exist, so a check
+    after the model would say that instead (exit 4); eval's inputs do not exist either."""
+    folder = tmp_path / "isdir"
+    folder.mkdir()
+    names = {"imgs": cli_images, "dir": folder, "gt": tmp_path / "gt.csv",
+             "boxes": tmp_path / "boxes.jsonl"}  # fmt: skip
+    argv = [a.format(**names) for a in args]
+    if argv[0] != "eval":
+        argv += ["-w", str(tmp_path / "absent.pt")]
+    code, out, err = camcli_run(*argv)
+    assert code == 2, err
+    assert err.startswith(f"error: {folder}: a folder, not a file: give a file name"), err
+    assert list(folder.iterdir()) == []

@@ -210,7 +210,7 @@ def _check_flags(
     from camcli.errors import UsageError
     from camcli.sysinfo import torchrun_env
 
-    check_targets(output, submission)  # a block device or socket: now, not after the run
+    check_targets(output, submission)  # a folder, block device or socket: now, not after the run
     if from_maps is not None and inputs:
         raise UsageError("give either INPUT paths or --from-maps DIR, not both")
     if from_maps is None and not inputs:

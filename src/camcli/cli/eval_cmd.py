@@ -170,11 +170,13 @@ def eval_command(
     from camcli.evaluate.mapjobs import default_map_workers
     from camcli.evaluate.report import eval_result
 
+    from camcli.cli.run import check_targets
+
+    check_targets(output, plot)  # a folder, block device or socket: now, not after the work
     _check_source(boxes, maps, submission, plot, submission_format)
     _refuse_unused(ctx, maps=maps, submission=submission, categories=categories)
     tau_grid = _tau_grid(taus)
     _check_inputs(boxes, submission, blacklist, masks)
-
     truth = read_ground_truth(gt, gt_format)
     labels = load_label_map(synsets=synsets, categories=categories, model=model)
     bar = None

@@ -60,7 +60,7 @@ def predict(
     )
     from camcli.errors import UsageError
 
-    check_targets(output)  # a block device or socket: now, not after the model loads
+    check_targets(output)  # a folder, block device or socket: now, not after the model loads
     if resume and not records_resumable(output):
         raise UsageError(
             "--resume needs --output FILE (records on stdout, a device, a FIFO or a link cannot "

@@ -179,17 +179,20 @@ def print_table(records: list[dict]) -> None:
 
 
 def check_targets(*paths: str | os.PathLike | None) -> None:
-    """Refuse, before any work, an output the user named that is a block device or socket
-    (:func:`camcli.atomic.stream_target`; it only looks: nothing is created). ``-`` and None
-    (stdout) pass.
+    """Refuse, before any work, an output file the user named that is a folder, a block device
+    or a socket (:func:`camcli.atomic.stream_target`; it only looks: nothing is created). ``-``
+    and None (stdout) pass.
 
     Raises:
-        UsageError: one of ``paths`` is a block device or socket.
+        UsageError: one of ``paths`` is a folder, a block device or a socket.
     """
     from camcli.atomic import stream_target
+    from camcli.errors import UsageError
 
     for p in paths:
         if p is not None and str(p) != "-":
+            if os.path.isdir(p):
+                raise UsageError(f"{p}: a folder, not a file: give a file name")
             stream_target(p)
 
 
