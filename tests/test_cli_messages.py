@@ -168,3 +168,34 @@ def test_a_bad_gt_file_fails_before_the_model_loads(command, tmp_path, cli_image
                                   *out)  # fmt: skip
         assert code == code_wanted, err
         assert len(err.splitlines()) == 1 and err.startswith(said), err
+
+
+@pytest.mark.parametrize("content", ["random", "truncated"])
+def test_train_resume_of_a_damaged_last_pt_is_exit_4_without_torch_advice(
+    content, tmp_path, camcli_run
+):
+    """Trial W5: exit 2 with torch's raw text (and its advice to load with
+    weights_only=False); the same file as --weights was already exit 4."""
+    import io
+
+    import torch
+
+    from conftest import make_image
+
+    make_image(tmp_path / "imgs" / "a" / "x.jpg", (40, 30), seed=0)
+    make_image(tmp_path / "imgs" / "b" / "y.jpg", (40, 30), seed=1)
+    out = tmp_path / "run"
+    out.mkdir()
+    if content == "random":
+        data = bytes((i * 97 + 13) % 256 for i in range(3000))
+    else:
+        buf = io.BytesIO()
+        torch.save({"format": "camcli-checkpoint", "w": torch.zeros(1000)}, buf)
+        data = buf.getvalue()[:-200]
+    (out / "last.pt").write_bytes(data)
+    code, _, err = camcli_run("train", tmp_path / "imgs", "--out", out, "--epochs", "1",
+                              "--resume")  # fmt: skip
+    assert code == 4, err
+    assert err.startswith(f"error: {out / 'last.pt'}: not a loadable camcli checkpoint ("), err
+    assert err.rstrip().endswith("restore it, or rerun without --resume to start again"), err
+    assert "weights_only" not in err and len(err.strip().splitlines()) == 1

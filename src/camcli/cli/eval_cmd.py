@@ -165,12 +165,11 @@ def eval_command(
     Example: camcli eval --gt val_xml/ --boxes boxes.jsonl --synsets LOC_synset_mapping.txt
     --blacklist ILSVRC2015_clsloc_validation_blacklist.txt
     """
+    from camcli.cli.run import check_targets
     from camcli.evaluate.groundtruth import read_ground_truth
     from camcli.evaluate.labels import load_label_map
     from camcli.evaluate.mapjobs import default_map_workers
     from camcli.evaluate.report import eval_result
-
-    from camcli.cli.run import check_targets
 
     check_targets(output, plot)  # a folder, block device or socket: now, not after the work
     _check_source(boxes, maps, submission, plot, submission_format)

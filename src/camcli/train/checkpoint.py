@@ -123,9 +123,10 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict:
         resume: also validate what ``train --resume`` needs (epoch, options, training state).
 
     Raises:
-        TrainingError: no such file, not loadable, or not a camcli checkpoint.
-        WeightsError: a field of the wrong type or out of bounds, non-finite weights, or a
-            zip that would expand too far (exit 4).
+        TrainingError: no such file, or not a camcli checkpoint.
+        WeightsError: not loadable (damaged, truncated, not a torch file; exit 4), a field of
+            the wrong type or out of bounds, non-finite weights, or a zip that would expand too
+            far.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,7 +135,13 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise TrainingError(f"{path}: not a loadable checkpoint ({exc})") from exc
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if msg.startswith("Weights only load failed"):  # torch goes on to advise unsafe loading
+            msg = "damaged, not a torch file, or it holds pickled objects"
+        raise WeightsError(
+            f"{path}: not a loadable camcli checkpoint ({msg[:200]}): restore it, or rerun "
+            "without --resume to start again"
+        ) from exc
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path}: not a camcli checkpoint")
     check_checkpoint(ck, path, resume=resume)
