@@ -199,3 +199,25 @@ def test_train_resume_of_a_damaged_last_pt_is_exit_4_without_torch_advice(
     assert err.startswith(f"error: {out / 'last.pt'}: not a loadable camcli checkpoint ("), err
     assert err.rstrip().endswith("restore it, or rerun without --resume to start again"), err
     assert "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cam_resume_refuses_a_folder_of_another_run(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial W3: --resume with other options (or another model) mixed two runs' records in one
+    manifest and rewrote run.json, silently."""
+    out = tmp_path / "cams"
+    base = ["cam", cli_images, "-w", cli_ckpt, "--out", out, "--workers", "0", "-q"]
+    first = camcli_run(*base, "-k", "1")[0]  # 1: cli_images holds a broken image
+    assert first in (0, 1)
+    manifest = (out / "manifest.jsonl").read_text()
+    run_json = (out / "run.json").read_text()
+    code, _, err = camcli_run(*base, "-k", "2", "--colormap", "turbo", "--resume")
+    assert code == 2
+    assert err.startswith(
+        f"error: --resume: {out} holds a run made with --top-k 1, this run has 2; resume with "
+        "the options of that run, or give a new --out"
+    ), err
+    code, _, err = camcli_run(*base, "-k", "1", "--grid", "--resume")
+    assert code == 2 and "made with --grid False, this run has True" in err, err
+    assert (out / "manifest.jsonl").read_text() == manifest  # nothing touched
+    assert (out / "run.json").read_text() == run_json
+    assert camcli_run(*base, "-k", "1", "--resume")[0] == first  # the same run resumes
