@@ -468,7 +468,11 @@ def test_cli_train_and_errors(shapes, tmp_path, capsys):
         "train -h')"
     ]
     code, _, err = _cli(args[:6] + ["--resume", "--lr", "0.002", "--epochs", "2"], capsys)
-    assert code == 0 and "ignoring --model\n" in err and "epoch 2/2" in err  # the same lr
+    assert code == 0 and "epoch 2/2" in err  # the same lr
+    assert "ignoring" not in err  # --model as the checkpoint's: nothing is ignored (trial W8)
+    code, _, err = _cli(args[:6] + ["--resume", "--image-size", "32", "--epochs", "3"], capsys)
+    assert code == 0 and "epoch 3/3" in err
+    assert "--resume continues with the checkpoint's options; ignoring --image-size\n" in err
     # a folder never trained: the error alone, no "ignoring --model" before it
     never = tmp_path / "x"
     code, _, err = _cli(["train", str(shapes), "--out", str(never), "-m", "camnet-small",

@@ -271,7 +271,7 @@ def train(
             offline=offline,
             reporter=reporter,
             max_pixels=max_pixels,
-            on_resume=lambda _saved: _warn_ignored_on_resume(ctx),
+            on_resume=lambda saved: _warn_ignored_on_resume(ctx, saved),
         )
     finally:
         reporter.close()
@@ -314,12 +314,17 @@ def _train_options(
     )
 
 
-def _warn_ignored_on_resume(ctx: typer.Context) -> None:
+def _warn_ignored_on_resume(ctx: typer.Context, saved: TrainOptions) -> None:
     """Name the options given on the command line that ``--resume`` takes from the checkpoint
-    (once it is loaded: a run with nothing to resume gets its error alone)."""
+    ``saved`` (once it is loaded: a run with nothing to resume gets its error alone) and that
+    differ from it: repeating the original command with ``--resume`` is not warned about."""
     from camcli.console import warn
 
-    given = [n for n in _FROM_CHECKPOINT if _explicit(ctx, n)]
+    def differs(name: str) -> bool:
+        value = ctx.params.get(name)
+        return getattr(value, "value", value) != getattr(saved, name, None)
+
+    given = [n for n in _FROM_CHECKPOINT if _explicit(ctx, n) and differs(n)]
     if given:
         warn(
             "--resume continues with the checkpoint's options; ignoring "
