@@ -20,6 +20,7 @@ __all__ = [
     "check_archive",
     "check_checkpoint",
     "check_finite_state",
+    "load_failure",
 ]
 
 #: Bounds of a checkpoint's class list.
@@ -201,3 +202,14 @@ def _check_resume_fields(ck: dict, path: Path | str) -> None:
     best = ck.get("best")
     if best is not None and not isinstance(best, dict):
         raise _field(path, "best", f"is {_brief(best)}, expected a dict or None")
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, for a one-line message: the first
+    line of torch's error, cut to 200 characters; its "Weights only load failed" text, which
+    goes on to advise ``weights_only=False`` (running the file's code), is never passed on."""
+    text = str(exc).strip()
+    msg = text.splitlines()[0] if text else type(exc).__name__
+    if msg.startswith("Weights only load failed"):
+        msg = "damaged, not a torch file, or it holds pickled objects"
+    return msg[:200]

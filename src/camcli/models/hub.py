@@ -390,7 +390,12 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
             f"weights file {path} not found: pass an existing file, a registry name or an https URL"
         )
     digest = sha256_file(path)
-    from camcli.models.ckcheck import check_archive, check_checkpoint, check_finite_state
+    from camcli.models.ckcheck import (
+        check_archive,
+        check_checkpoint,
+        check_finite_state,
+        load_failure,
+    )
 
     check_archive(path)
     try:
@@ -403,12 +408,8 @@ def load_file(path: Path, *, source: str | None = None) -> LoadedWeights:
 
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/format failure is the file's fault
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if msg.startswith("Weights only load failed"):
-            # torch's text goes on to advise weights_only=False: never camcli's advice
-            msg = "damaged, not a torch file, or it holds pickled objects"
         raise WeightsError(
-            f"{path}: not a loadable weights file ({msg[:200]}); camcli loads state_dicts, "
+            f"{path}: not a loadable weights file ({load_failure(exc)}); camcli loads state_dicts, "
             "camcli checkpoints and .safetensors, never pickled code: export the weights again "
             "(torch.save(model.state_dict(), ...))"
         ) from exc

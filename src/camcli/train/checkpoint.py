@@ -18,7 +18,12 @@ from torch import nn
 from camcli import __version__
 from camcli.atomic import AtomicFile
 from camcli.errors import TrainingError, WeightsError
-from camcli.models.ckcheck import check_archive, check_checkpoint, check_finite_state
+from camcli.models.ckcheck import (
+    check_archive,
+    check_checkpoint,
+    check_finite_state,
+    load_failure,
+)
 from camcli.models.gap import GapModel
 from camcli.models.load import build_model, entry_for
 from camcli.models.registry import Preprocess
@@ -135,11 +140,8 @@ def load_checkpoint(path: str | Path, *, resume: bool = False) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if msg.startswith("Weights only load failed"):  # torch goes on to advise unsafe loading
-            msg = "damaged, not a torch file, or it holds pickled objects"
         raise WeightsError(
-            f"{path}: not a loadable camcli checkpoint ({msg[:200]}): restore it, or rerun "
+            f"{path}: not a loadable camcli checkpoint ({load_failure(exc)}): restore it, or rerun "
             "without --resume to start again"
         ) from exc
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
