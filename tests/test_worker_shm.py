@@ -1,6 +1,7 @@
 """A DataLoader worker that cannot get shared memory for a batch (a full ``/dev/shm``, a
 file-size limit) ends the run with one error line and exit 5: it used to print the worker's
-queue-feeder traceback and leave the main process waiting for the batch forever (trial W3)."""
+queue-feeder traceback and leave the main process waiting for the batch forever (trial W1;
+siblings: predict and cam, which also passes kept images)."""
 
 from __future__ import annotations
 
