@@ -32,10 +32,14 @@ from functools import cache
 
 import numpy as np
 
-__all__ = ["JpegOverlays", "half_planes"]
+__all__ = ["LOW_MEMORY_PIXELS", "JpegOverlays", "half_planes"]
 
 _STRIP_PIXELS = 1 << 22
 """Rows converted to YCbCr at once hold at most this many pixels (huge images)."""
+
+LOW_MEMORY_PIXELS = 1 << 25
+"""Images of this many pixels or more (33.6 M, e.g. 5800 x 5800) do not keep their YCbCr
+planes between maps (:class:`JpegOverlays`)."""
 
 
 def half_planes(plane: np.ndarray) -> np.ndarray:
@@ -89,39 +93,82 @@ def _tables(colormap: str, alpha: float) -> tuple[np.ndarray, np.ndarray, np.nda
 class JpegOverlays:
     """JPEG overlays of one image's maps (module doc), the image's planes prepared once.
 
+    On an image of :data:`LOW_MEMORY_PIXELS` or more the image's planes are not kept: each map
+    converts the image again, in row strips, into the overlay's own planes (the same bytes;
+    about 250 MB less at 13000 x 13000, one colour conversion more per map).
+
     Args:
-        image_rgb: uint8 ``[H, W, 3]`` numpy array, RGB, C-contiguous.
+        image_rgb: uint8 ``[H, W, 3]`` numpy array, RGB, C-contiguous (kept, not copied).
         colormap: one of :data:`camcli.cam.render.COLORMAPS`.
         alpha: the weight of the heat map, in [0, 1].
         quality: JPEG quality (libjpeg's scale, as :func:`camcli.data.codec.encode_image`).
+        low_memory: force (True) or refuse (False) the strip mode; None: by size.
 
     Raises:
         ValueError: an unknown colormap.
     """
 
-    def __init__(self, image_rgb: np.ndarray, colormap: str, alpha: float, quality: int = 90):
-        import cv2
-
+    def __init__(
+        self,
+        image_rgb: np.ndarray,
+        colormap: str,
+        alpha: float,
+        quality: int = 90,
+        *,
+        low_memory: bool | None = None,
+    ):
         self.quality = int(quality)
         self.tables = _tables(colormap, float(alpha))
+        self._rgb = image_rgb
+        self._keep = 1.0 - float(alpha)
         h, w = image_rgb.shape[:2]
-        h2 = (h + 1) // 2
-        self.y = np.empty((h, w), dtype=np.uint8)
-        self.cr = np.empty((h2, (w + 1) // 2), dtype=np.uint8)
-        self.cb = np.empty_like(self.cr)
-        rows = max(2, (_STRIP_PIXELS // max(1, w)) & ~1)  # even: 2 x 2 blocks stay whole
-        for y0 in range(0, h, rows):  # in strips: a huge image's YCbCr is never whole
-            y, cr, cb = cv2.split(cv2.cvtColor(image_rgb[y0 : y0 + rows], cv2.COLOR_RGB2YCrCb))
-            self.y[y0 : y0 + rows] = y
-            self.cr[y0 // 2 : (y0 + rows + 1) // 2] = half_planes(cr)
-            self.cb[y0 // 2 : (y0 + rows + 1) // 2] = half_planes(cb)
-        keep = 1.0 - float(alpha)
-        for plane in (self.y, self.cr, self.cb):
-            cv2.convertScaleAbs(plane, dst=plane, alpha=keep)  # round((1 - alpha) x)
+        h2, w2 = (h + 1) // 2, (w + 1) // 2
+        self._rows = max(2, (_STRIP_PIXELS // max(1, w)) & ~1)  # even: 2 x 2 blocks stay whole
+        if low_memory is None:
+            low_memory = h * w >= LOW_MEMORY_PIXELS
+        self.low_memory = bool(low_memory)
+        self.y = self.cb = self.cr = None
+        if not self.low_memory:  # the image's planes, scaled by 1 - alpha, once
+            self.y = np.empty((h, w), dtype=np.uint8)
+            self.cb = np.empty((h2, w2), dtype=np.uint8)
+            self.cr = np.empty_like(self.cb)
+            for y0, y1 in self._strips():
+                c0, c1 = y0 // 2, (y1 + 1) // 2
+                self.y[y0:y1], self.cb[c0:c1], self.cr[c0:c1] = self._image_planes(y0, y1)
         # the planes of each overlay, reused from class to class (no allocation per class)
         self._y = _mcu_buffer(h, w, 16)
-        self._cb = _mcu_buffer(h2, (w + 1) // 2, 8)
-        self._cr = _mcu_buffer(h2, (w + 1) // 2, 8)
+        self._cb = _mcu_buffer(h2, w2, 8)
+        self._cr = _mcu_buffer(h2, w2, 8)
+
+    def _strips(self):
+        """(y0, y1) row ranges, an even number of rows each (a huge image is never converted
+        whole)."""
+        h = self._rgb.shape[0]
+        for y0 in range(0, h, self._rows):
+            yield y0, min(h, y0 + self._rows)
+
+    def _image_planes(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``y0..y1-1`` of the image as (Y, Cb, Cr) uint8 planes, chroma 2 x 2-averaged,
+        each ``round((1 - alpha) x)``."""
+        import cv2
+
+        y, cr, cb = cv2.split(cv2.cvtColor(self._rgb[y0:y1], cv2.COLOR_RGB2YCrCb))
+        cb, cr = half_planes(cb), half_planes(cr)
+        for plane in (y, cb, cr):
+            cv2.convertScaleAbs(plane, dst=plane, alpha=self._keep)
+        return y, cb, cr
+
+    def _blend(self, levels, image_planes, out_planes) -> None:
+        """``out = image + alpha x colormap(levels)`` per plane, saturating (uint8)."""
+        import cv2
+
+        ty, tcb, tcr = self.tables
+        (iy, icb, icr), (y, cb, cr) = image_planes, out_planes
+        cv2.LUT(levels, ty, dst=y)
+        cv2.add(iy, y, dst=y)
+        half = half_planes(levels)
+        cv2.add(icb, cv2.LUT(half, tcb), dst=cb)
+        cv2.add(icr, cv2.LUT(half, tcr), dst=cr)
 
     def planes(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The overlay of one map as JPEG's (Y, Cb, Cr) planes.
@@ -134,15 +181,14 @@ class JpegOverlays:
             object reuses for the next map (copy them to keep them), padded to whole MCUs
             with the last row and column repeated.
         """
-        import cv2
-
-        ty, tcb, tcr = self.tables
         (ybuf, y), (cbbuf, cb), (crbuf, cr) = self._y, self._cb, self._cr
-        cv2.LUT(levels, ty, dst=y)
-        cv2.add(self.y, y, dst=y)
-        half = half_planes(levels)
-        cv2.add(self.cb, cv2.LUT(half, tcb), dst=cb)
-        cv2.add(self.cr, cv2.LUT(half, tcr), dst=cr)
+        if self.low_memory:
+            for y0, y1 in self._strips():
+                c0, c1 = y0 // 2, (y1 + 1) // 2
+                out = (y[y0:y1], cb[c0:c1], cr[c0:c1])
+                self._blend(levels[y0:y1], self._image_planes(y0, y1), out)
+        else:
+            self._blend(levels, (self.y, self.cb, self.cr), (y, cb, cr))
         for buf, plane in ((ybuf, y), (cbbuf, cb), (crbuf, cr)):
             _fill_padding(buf, *plane.shape)
         return y, cb, cr

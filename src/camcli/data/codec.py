@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from io import BytesIO as _BytesIO
 
 import numpy as np
 
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
+
+Alloc = Callable[[tuple[int, ...]], np.ndarray]
+"""Makes an uninitialised C-contiguous uint8 numpy array of a shape (:func:`decode_image`)."""
+
+
+def _numpy_alloc(shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.uint8)
+
 
 #: The fix hints of per-input read errors.
 _DAMAGED = "the file is damaged or incomplete: copy, download or export it again"
@@ -25,11 +34,20 @@ _UNREADABLE = (
 )
 
 
-def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, *, alloc: Alloc | None = None
+) -> np.ndarray:
     """Decode ``path`` into an RGB uint8 array [H, W, 3], EXIF orientation applied.
 
-    Raises ValueError with a one-line reason on any failure (missing, unreadable, not an image,
-    truncated, decompression bomb, zero-sized).
+    Args:
+        path: the image file.
+        max_pixels: the decompression-bomb limit (width x height).
+        alloc: makes the result's C-contiguous uint8 array for a shape (e.g. in shared memory,
+            so that a DataLoader worker hands it over without a copy); numpy's by default.
+
+    Raises:
+        ValueError: a one-line reason for any failure (missing, unreadable, not an image,
+            truncated, decompression bomb, zero-sized).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -44,14 +62,14 @@ def decode_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                     "(decompression bomb?); raise --max-pixels if it is genuine"
                 )
             if w * h >= LARGE_PNG_PIXELS and im.format == "PNG" and _in_worker():
-                arr = _decode_png_cv2(path, h, w)  # the result's array only, no PIL image
+                arr = _decode_png_cv2(path, h, w, alloc)  # the result only, no PIL image
                 if arr is not None:
                     return arr
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # no copy when nothing to rotate
-            return _to_rgb(im)
+            return _to_rgb(im, alloc or _numpy_alloc)
     except FileNotFoundError:
         raise ValueError("file not found (moved or deleted during the run?)") from None
     except IsADirectoryError:
@@ -126,7 +144,7 @@ def _in_worker() -> bool:
     return get_worker_info() is not None
 
 
-def _decode_png_cv2(path: str, h: int, w: int) -> np.ndarray | None:
+def _decode_png_cv2(path: str, h: int, w: int, alloc: Alloc | None = None) -> np.ndarray | None:
     """uint8 [H, W, 3] RGB of a :func:`png_plain_8bit` PNG decoded by OpenCV, or None (not
     such a PNG, or OpenCV could not decode it: the caller then decodes with PIL, which names
     the fault). ``h`` x ``w``: the size its header gives; the pixels are decoded straight into
@@ -138,7 +156,7 @@ def _decode_png_cv2(path: str, h: int, w: int) -> np.ndarray | None:
     import cv2
 
     flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-    out = np.empty((h, w, 3), dtype=np.uint8)
+    out = (alloc or _numpy_alloc)((h, w, 3))
     saved = os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -187,14 +205,14 @@ _STRIP_PIXELS = 1 << 22
 """Pixels per strip when copying a decoded image out of PIL (bounded extra memory)."""
 
 
-def _rows_to_rgb(im, via: str) -> np.ndarray:
+def _rows_to_rgb(im, via: str, alloc: Alloc) -> np.ndarray:
     """uint8 [H, W, 3] RGB from a PIL image, converted (to ``via``, then its first three
     channels) and copied in row strips: one array of the result's size beside PIL's own
     image, never a whole-image intermediate (large images stay within bounded memory)."""
     w, h = im.size
     if w == 0 or h == 0:
         raise ValueError("image has zero width or height")
-    out = np.empty((h, w, 3), dtype=np.uint8)
+    out = alloc((h, w, 3))
     rows = max(1, _STRIP_PIXELS // w)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
@@ -205,7 +223,7 @@ def _rows_to_rgb(im, via: str) -> np.ndarray:
     return out
 
 
-def _to_rgb(im) -> np.ndarray:
+def _to_rgb(im, alloc: Alloc) -> np.ndarray:
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im)
@@ -220,12 +238,14 @@ def _to_rgb(im) -> np.ndarray:
         arr = np.asarray(im, dtype=np.float64)
         out = np.repeat(np.clip(arr, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     elif mode in ("P", "PA") and "transparency" in im.info or mode in ("RGBA", "LA", "PA"):
-        return _rows_to_rgb(im, "RGBA")
+        return _rows_to_rgb(im, "RGBA", alloc)
     else:
-        return _rows_to_rgb(im, "RGB")
+        return _rows_to_rgb(im, "RGB", alloc)
     if out.shape[0] == 0 or out.shape[1] == 0:
         raise ValueError("image has zero width or height")
-    return np.array(out, dtype=np.uint8, order="C", copy=True)
+    res = alloc(out.shape)
+    np.copyto(res, out)
+    return res
 
 
 def read_plain_jpeg(path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
