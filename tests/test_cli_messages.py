@@ -221,3 +221,22 @@ def test_cam_resume_refuses_a_folder_of_another_run(tmp_path, cli_images, cli_ck
     assert (out / "manifest.jsonl").read_text() == manifest  # nothing touched
     assert (out / "run.json").read_text() == run_json
     assert camcli_run(*base, "-k", "1", "--resume")[0] == first  # the same run resumes
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "said"),
+    [
+        (("--format", "png"), (), "made with --format 'png', this run has 'jpg'"),
+        (("--no-overlay", "--grid"), ("--grid",), "with --no-overlay True, this run has False"),
+    ],
+)
+def test_cam_resume_refusal_names_options_as_typed(
+    first, second, said, tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """Trial A5: the refusal named run.json's field (``--fmt``, ``--overlays``), not the
+    option the user types (``--format``, ``--no-overlay``)."""
+    out = tmp_path / "cams"
+    base = ["cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "--workers", "0", "-q"]
+    assert camcli_run(*base, *first)[0] == 0
+    code, _, err = camcli_run(*base, *second, "--resume")
+    assert code == 2 and said in err, err

@@ -247,45 +247,35 @@ def run_cam_job(
     )
 
 
-_SAME_RUN = ("model", "weights_sha256", "num_classes", "preprocess")
-"""``run.json`` fields a resumed ``cam`` run must share with the run it continues, besides
-its options (but the inputs and where it renders)."""
-
-
 def _check_same_run(out: Path, now: dict) -> None:
-    """Refuse ``--resume`` into a folder whose ``run.json`` (an earlier run that completed or
-    was interrupted) names another model, weights or option: its records would mix two runs.
-    A folder without a readable ``run.json`` (a killed run) is resumed as it is.
+    """Refuse ``--resume`` into a folder whose ``run.json`` (an earlier run that completed,
+    was interrupted or failed) names another model, weights or option
+    (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
+    without a readable ``run.json`` (a killed run) is resumed as it is.
 
     Raises:
-        UsageError: the first difference, the folder's value and this run's.
+        UsageError: the first difference (the option as typed), the folder's value and this
+            run's.
     """
     import json
 
     from camcli.errors import UsageError
+    from camcli.runs.samerun import as_stored, run_difference
 
     try:
-        # this run as run.json would hold it (lists, strings)
-        now = json.loads(json.dumps(now, default=str, allow_nan=False))
+        now = as_stored(now)  # this run as run.json would hold it (lists, strings)
         before = json.loads((out / "run.json").read_text(encoding="utf-8"))
         if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
             return
     except (OSError, ValueError):
         return
-    names = {"model": "--model", "weights_sha256": "weights (sha256)", "num_classes": "classes",
-             "preprocess": "preprocessing"}  # fmt: skip
-    pairs = [(names[k], before.get(k), now.get(k)) for k in _SAME_RUN]
-    skip = {"inputs", "resumed", "device_render"}
-    keys = [k for k in now["options"] if k not in skip]
-    pairs += [
-        ("--" + k.replace("_", "-"), before["options"].get(k), now["options"].get(k)) for k in keys
-    ]
-    for key, was, is_now in pairs:
-        if was != is_now:
-            raise UsageError(
-                f"--resume: {out} holds a run made with {key} {was!r}, this run has {is_now!r}; "
-                "resume with the options of that run, or give a new --out"
-            )
+    diff = run_difference(before, now)
+    if diff is not None:
+        key, was, is_now = diff
+        raise UsageError(
+            f"--resume: {out} holds a run made with {key} {was!r}, this run has {is_now!r}; "
+            "resume with the options of that run, or give a new --out"
+        )
 
 
 def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> cams.CamOptions:
