@@ -187,7 +187,8 @@ def run_cam_job(
 
     Raises:
         CamcliError: an unknown ``classes`` entry (exit 2, before any image is decoded); a
-            failed write (exit 5; the manifest lists what is done, rerun with ``resume``).
+            failed write (exit 5; the manifest lists what is done, rerun with ``resume``; an
+            unsharded run's run.json says ``"failed": true`` when it could be written).
     """
     started = time.time() if started is None else started
     progress = progress or Progress()
@@ -218,14 +219,18 @@ def run_cam_job(
             outdir.close(
                 order=[(it.index, it.key) for it in mine], cancel=interrupted, keep_lock=True
             )
-            # interrupted (Ctrl-C, SIGTERM): run.json says so; a shard's part stays unfinished
-            if (completed or (interrupted and split.shard is None)) and not outdir.failed:
+            # interrupted (Ctrl-C, SIGTERM) or a failed write (exit 5): run.json says so (and
+            # what run it was, for --resume's check); a shard's part stays unfinished
+            failed = outdir.failed
+            if (completed and not failed) or ((interrupted or failed) and split.shard is None):
                 info = _cam_run_info(
                     session, opts, copts, wopts, split, len(items), skipped, started
                 )
                 if interrupted:
                     info["interrupted"] = True
-                outdir.write_run_json(info)
+                if failed:
+                    info["failed"] = True
+                _write_run_json(outdir, info, best_effort=failed)
         finally:
             outdir.release()
     outdir.check_errors()  # a failed write: one line, exit 5, the manifest lists what is done
@@ -303,6 +308,18 @@ def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> c
         ten_crop=opts.ten_crop,
         gt_class=gt_class,
     )
+
+
+def _write_run_json(outdir: OutDir, info: dict, *, best_effort: bool) -> None:
+    """Write the folder's run json; ``best_effort``: after a failed write, whose error is the
+    one reported (a full disk may refuse run.json too; the run is then resumed unchecked)."""
+    from camcli.errors import CamcliError
+
+    try:
+        outdir.write_run_json(info)
+    except CamcliError:
+        if not best_effort:
+            raise
 
 
 _UNKNOWN_SHOWN = 10
