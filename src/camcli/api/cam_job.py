@@ -193,7 +193,7 @@ def run_cam_job(
     started = time.time() if started is None else started
     progress = progress or Progress()
     mine = split.select(items)
-    copts = _cam_options(opts, session, progress)
+    copts = _cam_options(opts, session, items, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
     if opts.resume and split.shard is None:
         _check_same_run(Path(opts.out), run_info(session, "cam", options_dict(copts, wopts), 0))
@@ -283,13 +283,15 @@ def _check_same_run(out: Path, now: dict) -> None:
         )
 
 
-def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> cams.CamOptions:
+def _cam_options(
+    opts: CamJobOptions, session: Session, items: list[inputs.InputItem], progress: Progress
+) -> cams.CamOptions:
     """The maps asked for, ``classes`` resolved against the model (raises on an unknown one);
-    a ground-truth label that is not one of the model's classes is a warning (its images get
-    no GT map)."""
+    a ground-truth label of one of ``items`` (the run's inputs) that is not one of the model's
+    classes is a warning (its images get no GT map)."""
     gt_class = None
     if opts.gt is not None:
-        from camcli.evaluate.report import gt_class_lookup
+        from camcli.evaluate.report import gt_class_lookup, unknown_gt_lines
 
         unknown: list[str] = []
         lookup = gt_class_lookup(
@@ -297,8 +299,10 @@ def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> c
             session.model.categories,
             num_classes=session.model.num_classes,
             on_unknown=unknown.append,
+            images=[it.path for it in items],
         )
-        _warn_unknown_gt(opts.gt, unknown, session.model.categories, progress)
+        for line in unknown_gt_lines(opts.gt, unknown, session.model.categories, "GT map"):
+            progress.warn(line)
         gt_class = lambda item: lookup(item.path)  # noqa: E731
     return cams.CamOptions(
         top_k=opts.top_k,
@@ -320,27 +324,6 @@ def _write_run_json(outdir: OutDir, info: dict, *, best_effort: bool) -> None:
     except CamcliError:
         if not best_effort:
             raise
-
-
-_UNKNOWN_SHOWN = 10
-"""Ground-truth labels named one warning each; the rest are counted in one more line."""
-
-
-def _warn_unknown_gt(gt, unknown: list[str], categories, progress: Progress) -> None:
-    """One warning per ground-truth label that is not one of the model's classes."""
-    from camcli.evaluate.report import labels_like
-
-    like = labels_like(categories)
-    for label in unknown[:_UNKNOWN_SHOWN]:
-        progress.warn(
-            f"--gt {gt}: label {label!r} is not one of the model's classes (they look like "
-            f"{like}): its images get no GT map"
-        )
-    if len(unknown) > _UNKNOWN_SHOWN:
-        progress.warn(
-            f"--gt {gt}: {len(unknown) - _UNKNOWN_SHOWN} more labels are not the model's "
-            "classes: their images get no GT map"
-        )
 
 
 def _cam_run_info(
