@@ -94,6 +94,87 @@ def test_cam_gt_unknown_labels_warn_once_each(tmp_path, cli_images, cli_ckpt, ca
     assert [p["class_index"] for p in gt_maps["e.jpeg"]] == [2]  # class_c: the model's "class c"
 
 
+def _unknown_label_lines(gt: Path, labels, what: str) -> list[str]:
+    like = "'class a', 'class b', 'class c', ... or a class index 0..9"
+    return [
+        f"warning: --gt {gt}: label {lab!r} is not one of the model's classes (they look like "
+        f"{like}): its images get no {what}"
+        for lab in labels
+    ]
+
+
+def _gt_of_the_dataset(tmp_path: Path) -> Path:
+    """Ground truth of more images than the runs below process: a.jpg (zebra), b.png (a model
+    class), and two images that are not inputs (giraffe, 17)."""
+    gt = tmp_path / "gt.csv"
+    gt.write_text(
+        "path,label,xmin,ymin,xmax,ymax\na.jpg,zebra,0,0,9,9\nb.png,class_b,0,0,9,9\n"
+        "elsewhere/f.jpg,giraffe,0,0,9,9\nelsewhere/g.jpg,17,0,0,9,9\n"
+    )
+    return gt
+
+
+def test_cam_gt_warns_only_about_labels_of_its_inputs(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial A4: a GT file of the whole dataset and a run on part of it warned about the labels
+    of images that were not among the inputs (giraffe, 17)."""
+    gt = _gt_of_the_dataset(tmp_path)
+    code, _, err = camcli_run("cam", cli_images / "a.jpg", cli_images / "b.png", "--out",
+                              tmp_path / "o", "-w", cli_ckpt, "--gt", gt, "-k", "1",
+                              "--no-overlay", "--save-maps", "--workers", "0", "-q")  # fmt: skip
+    assert code == 0, err
+    assert err.splitlines() == _unknown_label_lines(gt, ["zebra"], "GT map")
+
+
+def test_bbox_gt_warns_about_unknown_labels_before_the_run(
+    tmp_path, cli_images, cli_ckpt, camcli_run, monkeypatch
+):
+    """Trial A3: bbox --gt with a label the model does not know said so only at the end, as
+    "labels no prediction uses"; now one warning per label before any image is processed, as
+    cam --gt, and only for the inputs' labels (trial A4). The end-of-run line no longer repeats
+    it; it names only what the early warning does not (a label of a GT image with no
+    prediction)."""
+    import sys
+
+    import camcli.api.bbox_job
+
+    real = camcli.api.bbox_job.run_bbox
+
+    def marked(*a, **k):
+        print("<run starts>", file=sys.stderr, flush=True)
+        return real(*a, **k)
+
+    monkeypatch.setattr(camcli.api.bbox_job, "run_bbox", marked)
+    gt = _gt_of_the_dataset(tmp_path)
+    code, _, err = camcli_run("bbox", cli_images / "a.jpg", cli_images / "b.png", "-w", cli_ckpt,
+                              "--gt", gt, "-k", "10", "--output", tmp_path / "b.jsonl",
+                              "--workers", "0", "-q")  # fmt: skip
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[:2] == [*_unknown_label_lines(gt, ["zebra"], "GT-known box"), "<run starts>"]
+    end = [x for x in lines if "labels no prediction uses" in x]
+    assert len(end) == 1 and "giraffe" in end[0] and "zebra" not in end[0], err
+    assert sum("zebra" in x for x in lines) == 1
+
+
+def test_bbox_from_maps_gt_warns_only_about_the_maps_images(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """Trials A3 and A4 from map files: the images the map files name are the inputs."""
+    maps = tmp_path / "maps"
+    code, _, err = camcli_run("cam", cli_images / "a.jpg", "--out", maps, "-w", cli_ckpt, "-k",
+                              "1", "--no-overlay", "--save-maps", "--workers", "0",
+                              "-q")  # fmt: skip
+    assert code == 0, err
+    gt = _gt_of_the_dataset(tmp_path)
+    code, _, err = camcli_run("bbox", "--from-maps", maps, "--gt", gt, "--output",
+                              tmp_path / "b.jsonl", "-q")  # fmt: skip
+    assert code in (0, 1), err
+    warned = [x for x in err.splitlines() if "is not one of the model's classes" in x]
+    assert len(warned) == 1, err  # like: the labels the map files store ('class d', ...)
+    assert warned[0].startswith(f"warning: --gt {gt}: label 'zebra' is not one of the model's")
+    assert warned[0].endswith("): its images get no GT-known box")
+
+
 def test_bbox_gt_class_index_past_the_model_is_no_crash(tmp_path, cli_images, cli_ckpt, camcli_run):
     gt = tmp_path / "gt.csv"
     gt.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,17,0,0,9,9\n")
@@ -221,3 +302,22 @@ def test_cam_resume_refuses_a_folder_of_another_run(tmp_path, cli_images, cli_ck
     assert (out / "manifest.jsonl").read_text() == manifest  # nothing touched
     assert (out / "run.json").read_text() == run_json
     assert camcli_run(*base, "-k", "1", "--resume")[0] == first  # the same run resumes
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "said"),
+    [
+        (("--format", "png"), (), "made with --format 'png', this run has 'jpg'"),
+        (("--no-overlay", "--grid"), ("--grid",), "with --no-overlay True, this run has False"),
+    ],
+)
+def test_cam_resume_refusal_names_options_as_typed(
+    first, second, said, tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """Trial A5: the refusal named run.json's field (``--fmt``, ``--overlays``), not the
+    option the user types (``--format``, ``--no-overlay``)."""
+    out = tmp_path / "cams"
+    base = ["cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "--workers", "0", "-q"]
+    assert camcli_run(*base, *first)[0] == 0
+    code, _, err = camcli_run(*base, *second, "--resume")
+    assert code == 2 and said in err, err

@@ -267,6 +267,58 @@ def test_cam_shards_share_one_folder_and_merge(refs, tmp_path, cli_images, cli_c
     assert info["shards"] == 3 and info["options"] == ref_info["options"]
 
 
+@pytest.fixture(scope="module")
+def other_ckpt(tmp_path_factory, cli_ckpt) -> Path:
+    """cli_ckpt's network with other random weights (another weights sha256)."""
+    import torch
+
+    from camcli.models.load import random_model
+
+    ck = torch.load(cli_ckpt, weights_only=True)
+    torch.manual_seed(7)
+    ck["state_dict"] = random_model("resnet18", num_classes=len(ck["categories"])).state_dict()
+    path = tmp_path_factory.mktemp("ckpt_other") / "other.pt"
+    torch.save(ck, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("second", "what", "was", "now"),
+    [
+        (("--top-k", 2), "--top-k", "1", "2"),
+        (("--format", "png"), "--format", "'jpg'", "'png'"),
+        (("--other-weights",), "weights (sha256)", None, None),
+    ],
+)
+def test_merge_refuses_shards_of_different_runs(second, what, was, now, tmp_path, cli_images,
+                                                cli_ckpt, other_ckpt, camcli_run):  # fmt: skip
+    """Trial A1: shards made with other options or weights were merged: one run.json (shard
+    0's) over a manifest mixing two runs' records. Now exit 2 naming the first difference, both
+    run jsons and both values; nothing is written or removed."""
+    out = tmp_path / "cam"
+    base = ("cam", cli_images, "--quiet", "--out", out, "--top-k", 1, "--grid", "--no-overlay")
+    assert run_main(*base, "--weights", cli_ckpt, "--shard", "0/2") in (0, 1)
+    w = other_ckpt if second == ("--other-weights",) else cli_ckpt
+    opts = () if second == ("--other-weights",) else second
+    assert run_main(*base, "--weights", w, *opts, "--shard", "1/2") in (0, 1)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, _, err = camcli_run("merge", out)
+    assert code == 2, err
+    if was is None:
+        i0, i1 = (json.loads((out / f"run.shard-{i}-of-2.json").read_text()) for i in (0, 1))
+        was, now = repr(i0["weights_sha256"]), repr(i1["weights_sha256"])
+    assert err.strip() == (
+        f"error: {out}: the shards are parts of different runs: run.shard-1-of-2.json was made "
+        f"with {what} {now}, run.shard-0-of-2.json with {was}; rerun shard 1/2 with the options "
+        "of the others (or remove the parts of the older run)"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # the same run merges
+    assert run_main(*base, "--weights", cli_ckpt, "--shard", "1/2") in (0, 1)
+    assert camcli_run("merge", out)[0] == 0
+    assert json.loads((out / "run.json").read_text())["shards"] == 2
+
+
 def test_a_shard_cleans_only_its_own_temporary_files(tmp_path, cli_images, cli_ckpt):
     """Shards may run at once in one folder: a starting shard must not delete the files another
     shard is writing (a.jpg is item 0 -> shard 0/2; b.png is item 1 -> shard 1/2)."""

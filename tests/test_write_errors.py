@@ -79,6 +79,8 @@ def ref(tmp_path_factory, imgs, cli_ckpt) -> Path:
 
 def test_cam_simulated_disk_full_stops_cleanly_and_resumes(tmp_path, imgs, cli_ckpt, ref,
                                                            monkeypatch, capsys):  # fmt: skip
+    """Trial A2 too: the failed run left no run.json, so a --resume with other options was not
+    checked (and mixed two runs' records); run.json now names the run and says it failed."""
     real = camcli.api.cam_files.write_atomic
     calls = [0]
 
@@ -97,12 +99,21 @@ def test_cam_simulated_disk_full_stops_cleanly_and_resumes(tmp_path, imgs, cli_c
     one_line_write_error(err, "No space left on device")
     done = manifest_is_complete(out)
     assert 1 <= len(done) < 10  # 3 overlay/grid writes per image: the third image failed
-    assert not (out / "run.json").exists()  # the run did not finish
+    info = json.loads((out / "run.json").read_text())  # what run it was; it did not finish
+    assert info["failed"] is True and "interrupted" not in info
+    assert info["model"] == "resnet18" and info["options"]["top_k"] == 2
     assert not [f for f in tree(out) if ".camcli-tmp" in f or f.endswith(".tmp")]
 
     monkeypatch.setattr(camcli.api.cam_files, "write_atomic", real)
+    manifest = (out / "manifest.jsonl").read_bytes()
+    capsys.readouterr()
+    other = ["--top-k", "3", "--save-maps", "--grid"]
+    assert run_main("cam", imgs, "--out", out, "-w", cli_ckpt, *other, *ARGS, "--resume") == 2
+    assert "holds a run made with --top-k 2, this run has 3" in capsys.readouterr().err
+    assert (out / "manifest.jsonl").read_bytes() == manifest  # nothing touched
     assert run_main("cam", imgs, "--out", out, "-w", cli_ckpt, *CAM, *ARGS, "--resume") == 0
     same_files(out, ref / "cam")
+    assert "failed" not in json.loads((out / "run.json").read_text())
 
 
 def test_full_stdout_is_exit_5(imgs, cli_ckpt, monkeypatch, capsys):

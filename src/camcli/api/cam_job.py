@@ -187,12 +187,13 @@ def run_cam_job(
 
     Raises:
         CamcliError: an unknown ``classes`` entry (exit 2, before any image is decoded); a
-            failed write (exit 5; the manifest lists what is done, rerun with ``resume``).
+            failed write (exit 5; the manifest lists what is done, rerun with ``resume``; an
+            unsharded run's run.json says ``"failed": true`` when it could be written).
     """
     started = time.time() if started is None else started
     progress = progress or Progress()
     mine = split.select(items)
-    copts = _cam_options(opts, session, progress)
+    copts = _cam_options(opts, session, items, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
     if opts.resume and split.shard is None:
         _check_same_run(Path(opts.out), run_info(session, "cam", options_dict(copts, wopts), 0))
@@ -218,14 +219,18 @@ def run_cam_job(
             outdir.close(
                 order=[(it.index, it.key) for it in mine], cancel=interrupted, keep_lock=True
             )
-            # interrupted (Ctrl-C, SIGTERM): run.json says so; a shard's part stays unfinished
-            if (completed or (interrupted and split.shard is None)) and not outdir.failed:
+            # interrupted (Ctrl-C, SIGTERM) or a failed write (exit 5): run.json says so (and
+            # what run it was, for --resume's check); a shard's part stays unfinished
+            failed = outdir.failed
+            if (completed and not failed) or ((interrupted or failed) and split.shard is None):
                 info = _cam_run_info(
                     session, opts, copts, wopts, split, len(items), skipped, started
                 )
                 if interrupted:
                     info["interrupted"] = True
-                outdir.write_run_json(info)
+                if failed:
+                    info["failed"] = True
+                _write_run_json(outdir, info, best_effort=failed)
         finally:
             outdir.release()
     outdir.check_errors()  # a failed write: one line, exit 5, the manifest lists what is done
@@ -247,54 +252,46 @@ def run_cam_job(
     )
 
 
-_SAME_RUN = ("model", "weights_sha256", "num_classes", "preprocess")
-"""``run.json`` fields a resumed ``cam`` run must share with the run it continues, besides
-its options (but the inputs and where it renders)."""
-
-
 def _check_same_run(out: Path, now: dict) -> None:
-    """Refuse ``--resume`` into a folder whose ``run.json`` (an earlier run that completed or
-    was interrupted) names another model, weights or option: its records would mix two runs.
-    A folder without a readable ``run.json`` (a killed run) is resumed as it is.
+    """Refuse ``--resume`` into a folder whose ``run.json`` (an earlier run that completed,
+    was interrupted or failed) names another model, weights or option
+    (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
+    without a readable ``run.json`` (a killed run) is resumed as it is.
 
     Raises:
-        UsageError: the first difference, the folder's value and this run's.
+        UsageError: the first difference (the option as typed), the folder's value and this
+            run's.
     """
     import json
 
     from camcli.errors import UsageError
+    from camcli.runs.samerun import as_stored, run_difference
 
     try:
-        # this run as run.json would hold it (lists, strings)
-        now = json.loads(json.dumps(now, default=str, allow_nan=False))
+        now = as_stored(now)  # this run as run.json would hold it (lists, strings)
         before = json.loads((out / "run.json").read_text(encoding="utf-8"))
         if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
             return
     except (OSError, ValueError):
         return
-    names = {"model": "--model", "weights_sha256": "weights (sha256)", "num_classes": "classes",
-             "preprocess": "preprocessing"}  # fmt: skip
-    pairs = [(names[k], before.get(k), now.get(k)) for k in _SAME_RUN]
-    skip = {"inputs", "resumed", "device_render"}
-    keys = [k for k in now["options"] if k not in skip]
-    pairs += [
-        ("--" + k.replace("_", "-"), before["options"].get(k), now["options"].get(k)) for k in keys
-    ]
-    for key, was, is_now in pairs:
-        if was != is_now:
-            raise UsageError(
-                f"--resume: {out} holds a run made with {key} {was!r}, this run has {is_now!r}; "
-                "resume with the options of that run, or give a new --out"
-            )
+    diff = run_difference(before, now)
+    if diff is not None:
+        key, was, is_now = diff
+        raise UsageError(
+            f"--resume: {out} holds a run made with {key} {was!r}, this run has {is_now!r}; "
+            "resume with the options of that run, or give a new --out"
+        )
 
 
-def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> cams.CamOptions:
+def _cam_options(
+    opts: CamJobOptions, session: Session, items: list[inputs.InputItem], progress: Progress
+) -> cams.CamOptions:
     """The maps asked for, ``classes`` resolved against the model (raises on an unknown one);
-    a ground-truth label that is not one of the model's classes is a warning (its images get
-    no GT map)."""
+    a ground-truth label of one of ``items`` (the run's inputs) that is not one of the model's
+    classes is a warning (its images get no GT map)."""
     gt_class = None
     if opts.gt is not None:
-        from camcli.evaluate.report import gt_class_lookup
+        from camcli.evaluate.report import gt_class_lookup, unknown_gt_lines
 
         unknown: list[str] = []
         lookup = gt_class_lookup(
@@ -302,8 +299,10 @@ def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> c
             session.model.categories,
             num_classes=session.model.num_classes,
             on_unknown=unknown.append,
+            images=[it.path for it in items],
         )
-        _warn_unknown_gt(opts.gt, unknown, session.model.categories, progress)
+        for line in unknown_gt_lines(opts.gt, unknown, session.model.categories, "GT map"):
+            progress.warn(line)
         gt_class = lambda item: lookup(item.path)  # noqa: E731
     return cams.CamOptions(
         top_k=opts.top_k,
@@ -315,25 +314,16 @@ def _cam_options(opts: CamJobOptions, session: Session, progress: Progress) -> c
     )
 
 
-_UNKNOWN_SHOWN = 10
-"""Ground-truth labels named one warning each; the rest are counted in one more line."""
+def _write_run_json(outdir: OutDir, info: dict, *, best_effort: bool) -> None:
+    """Write the folder's run json; ``best_effort``: after a failed write, whose error is the
+    one reported (a full disk may refuse run.json too; the run is then resumed unchecked)."""
+    from camcli.errors import CamcliError
 
-
-def _warn_unknown_gt(gt, unknown: list[str], categories, progress: Progress) -> None:
-    """One warning per ground-truth label that is not one of the model's classes."""
-    from camcli.evaluate.report import labels_like
-
-    like = labels_like(categories)
-    for label in unknown[:_UNKNOWN_SHOWN]:
-        progress.warn(
-            f"--gt {gt}: label {label!r} is not one of the model's classes (they look like "
-            f"{like}): its images get no GT map"
-        )
-    if len(unknown) > _UNKNOWN_SHOWN:
-        progress.warn(
-            f"--gt {gt}: {len(unknown) - _UNKNOWN_SHOWN} more labels are not the model's "
-            "classes: their images get no GT map"
-        )
+    try:
+        outdir.write_run_json(info)
+    except CamcliError:
+        if not best_effort:
+            raise
 
 
 def _cam_run_info(

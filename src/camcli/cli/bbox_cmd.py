@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from camcli.api.bbox_job import BboxOptions, BboxRun
     from camcli.api.session import Session
     from camcli.api.split import Split
+    from camcli.data.inputs import InputItem
     from camcli.evaluate.truth import GroundTruth
 
 
@@ -182,10 +183,11 @@ def bbox(
         if from_maps is None:
             session = open_session(model, weights, split=split, **session_options(locals()))
             opts = replace(opts, top_k=fit_top_k(ctx, opts.top_k, session.model.num_classes))
+        warned: list[str] = []  # GT labels the model does not know, warned about up front
         if gt is not None:
-            opts = _with_gt_classes(opts, gt, truth, session, synsets)
+            opts = _with_gt_classes(opts, gt, truth, session, synsets, items, warned, split.main)
         run = run_bbox(opts, session, items, split, _progress(quiet, split.main))
-        _report_end(run, session, split, opts, gt=gt, quiet=quiet)
+        _report_end(run, session, split, opts, gt=gt, warned=warned, quiet=quiet)
         split.barrier()
     finally:
         split.close()
@@ -299,30 +301,39 @@ def _with_gt_classes(
     truth: GroundTruth,
     session: Session | None,
     synsets: Path | None,
+    items: list[InputItem] | None,
+    warned: list[str],
+    main: bool,
 ) -> BboxOptions:
     """``opts`` with each image's GT class (for the records' ``gt_known``), by the model's
     categories (from maps: the labels the map files store). ``truth`` is ``gt`` as read before
     the model loaded (a file that cannot be read stopped the run there: exit 2 or 3, naming
     the file and line, as ``eval``); classes that cannot be matched (synsets) are a warning and
-    the run goes on without GT-known boxes."""
+    the run goes on without GT-known boxes. A label of one of the inputs (``items``; from maps:
+    the images the files name) that is not one of the model's classes is warned about now,
+    once (main process), and appended to ``warned``."""
     from camcli.console import warn
     from camcli.errors import CamcliError, GtError
-    from camcli.evaluate.report import gt_class_lookup
+    from camcli.evaluate.report import gt_class_lookup, unknown_gt_lines
 
     try:
         num_classes = None
         if session is not None:
             names, num_classes = session.model.categories, session.model.num_classes
+            images = [it.path for it in items or []]
         else:
-            from camcli.evaluate.maps import map_label_names
+            from camcli.evaluate.maps import map_labels_and_images
 
-            names = map_label_names(str(opts.from_maps))
-        lookup = gt_class_lookup(truth, names, synsets, num_classes=num_classes)
+            names, images = map_labels_and_images(str(opts.from_maps))
+        lookup = gt_class_lookup(truth, names, synsets, num_classes=num_classes,
+                                 on_unknown=warned.append, images=images)  # fmt: skip
     except GtError:
         raise
     except CamcliError as exc:
         warn(f"--gt {gt}: no GT-known boxes ({exc})")
         return opts
+    for line in unknown_gt_lines(gt, warned, names, "GT-known box") if main else []:
+        warn(line)
     return replace(opts, gt_class=lambda item: lookup(item.path))
 
 
@@ -372,10 +383,12 @@ def _report_end(
     opts: BboxOptions,
     *,
     gt: Path | None,
+    warned: list[str],
     quiet: bool,
 ) -> None:
     """On stderr at the end: the --profile report, the submission written and the --gt
-    metrics (main process), the counts (main process, on a terminal)."""
+    metrics (main process; GT labels in ``warned`` are not named again), the counts (main
+    process, on a terminal)."""
     from camcli.console import info
 
     if session is not None and session.profiler.enabled:
@@ -387,7 +400,7 @@ def _report_end(
         if gt is not None:
             from camcli.cli.eval_cmd import report_for_records
 
-            report_for_records(run.records, gt, opts.synsets)
+            report_for_records(run.records, gt, opts.synsets, warned=warned)
     if run.not_drawn:
         from camcli.console import warn
 

@@ -16,6 +16,8 @@ import typer
 from camcli.errors import CamcliError, Exit, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import numpy as np
 
 # (key, label, is a fraction) in table order
@@ -340,10 +342,13 @@ def report_for_records(
     blacklist: str | None = None,
     output: str | None = None,
     quiet: bool = False,
+    warned: Collection[str] = (),
 ) -> dict | None:
     """What ``camcli bbox --gt GT`` runs at the end: score the run's records against ``gt`` and
     print warnings and the table on stderr (stdout carries the records); JSON to ``output`` when
     it is a file. Never ends the bbox run: a problem with the ground truth becomes a warning.
+    ``warned``: GT labels bbox warned about before the run (not the model's classes), left out
+    of the "labels no prediction uses" line (which is left out when no other label is in it).
     Returns the result, or None when it could not be computed."""
     from camcli.console import warn
     from camcli.evaluate.report import records_result
@@ -352,7 +357,12 @@ def report_for_records(
         result = records_result(
             records, gt, synsets, categories=categories, iou=iou, blacklist=blacklist
         )
-        report(result, output=output, quiet=quiet, gt=str(gt), table_on_stderr=True)
+        shown = result
+        if warned and result.get("unknown_labels"):
+            said = set(warned)
+            rest = [x for x in result["unknown_labels"] if x not in said]
+            shown = {**result, "unknown_labels": rest}
+        report(shown, output=output, quiet=quiet, gt=str(gt), table_on_stderr=True)
     except CamcliError as exc:
         warn(f"--gt {gt}: no metrics ({exc})")
         return None

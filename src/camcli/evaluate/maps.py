@@ -25,7 +25,7 @@ from camcli.evaluate.pxap import PxAPAccumulator
 from camcli.evaluate.taus import DEFAULT_TAUS
 from camcli.evaluate.truth import GroundTruth
 
-__all__ = ["evaluate_maps", "map_label_names"]
+__all__ = ["evaluate_maps", "map_label_names", "map_labels_and_images"]
 
 
 def map_label_names(maps_dir: str) -> list[str | None]:
@@ -35,7 +35,19 @@ def map_label_names(maps_dir: str) -> list[str | None]:
     Raises:
         NoInputError: ``maps_dir`` is not a folder or holds no ``.npz`` file (exit 3).
     """
-    return list(_labels_from_maps(_read_headers(maps_dir, Path(maps_dir))).names)
+    return map_labels_and_images(maps_dir)[0]
+
+
+def map_labels_and_images(maps_dir: str) -> tuple[list[str | None], list[str]]:
+    """:func:`map_label_names` and the image each readable map file names (its stored image
+    path, else its key), in file order: the inputs of ``bbox --from-maps --gt``.
+
+    Raises:
+        NoInputError: ``maps_dir`` is not a folder or holds no ``.npz`` file (exit 3).
+    """
+    headers = _read_headers(maps_dir, Path(maps_dir))
+    images = [h.name for _, h in headers if not isinstance(h, str)]
+    return list(_labels_from_maps(headers).names), images
 
 
 def evaluate_maps(

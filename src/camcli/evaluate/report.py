@@ -9,7 +9,7 @@ and exits with :func:`exit_status`. A result is a dict whose keys start in
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ __all__ = [
     "is_subset",
     "labels_like",
     "records_result",
+    "unknown_gt_lines",
 ]
 
 SOURCE_KEYS = ("boxes", "maps", "submission")
@@ -182,6 +183,7 @@ def gt_class_lookup(
     *,
     num_classes: int | None = None,
     on_unknown: Callable[[str], None] | None = None,
+    images: Iterable[str] | None = None,
 ) -> Callable[[str], int | None]:
     """Each image's ground-truth class, for the GT-known maps of ``bbox --gt`` / ``cam --gt``.
 
@@ -194,6 +196,9 @@ def gt_class_lookup(
             None: not checked (maps of another tool).
         on_unknown: called once with each primary label that is not one of the model's
             classes (in ground-truth order), whose images get no GT class.
+        images: the paths of the images being processed: only their labels are given to
+            ``on_unknown`` (a ground truth of the whole dataset, a run on part of it); None:
+            every GT image's.
 
     Returns:
         ``image path -> primary GT class index``, None for an image the ground truth does not
@@ -209,12 +214,14 @@ def gt_class_lookup(
         wnids = lm0.wnids if lm0 is not None else None
     lm = LabelMap(list(categories), wnids=wnids, explicit=False, source="the model's categories")
     targets, _ = truth.targets(lm)
+    used = None if images is None else {truth.match(str(x)) for x in images}
     primary: list[int | None] = []
     unknown: dict[str, None] = {}
-    for im, t in zip(truth.images, targets, strict=True):
+    for i, (im, t) in enumerate(zip(truth.images, targets, strict=True)):
         c = t.classes[0] if t.classes else None
         if c is not None and (c < 0 or (num_classes is not None and c >= num_classes)):
-            unknown[im.labels[0][0]] = None
+            if used is None or i in used:
+                unknown[im.labels[0][0]] = None
             c = None
         primary.append(c)
     if on_unknown is not None:
@@ -236,6 +243,38 @@ def labels_like(categories: Sequence[str | None], n: int = 3) -> str:
     if not names:
         return span
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "") + f" or a {span}"
+
+
+UNKNOWN_SHOWN = 10
+"""Ground-truth labels named one warning each by :func:`unknown_gt_lines`; the rest are
+counted in one more line."""
+
+
+def unknown_gt_lines(
+    gt: str | os.PathLike, unknown: Sequence[str], categories: Sequence[str | None], what: str
+) -> list[str]:
+    """The warnings of ``cam --gt`` / ``bbox --gt`` about ground-truth labels that are not one
+    of the model's classes (:func:`gt_class_lookup`'s ``on_unknown``): one line per label, at
+    most :data:`UNKNOWN_SHOWN`, then one line counting the rest.
+
+    Args:
+        gt: the ground truth's path, for the message.
+        unknown: the labels, in ground-truth order.
+        categories: the model's class names (what its labels look like).
+        what: what those labels' images go without (``"GT map"``, ``"GT-known box"``).
+    """
+    like = labels_like(categories)
+    lines = [
+        f"--gt {gt}: label {label!r} is not one of the model's classes (they look like "
+        f"{like}): its images get no {what}"
+        for label in unknown[:UNKNOWN_SHOWN]
+    ]
+    if len(unknown) > UNKNOWN_SHOWN:
+        lines.append(
+            f"--gt {gt}: {len(unknown) - UNKNOWN_SHOWN} more labels are not the model's "
+            f"classes: their images get no {what}"
+        )
+    return lines
 
 
 def is_subset(result: dict) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from camcli.atomic import write_atomic
 from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit
+from camcli.runs.samerun import run_difference
 from camcli.runs.shards import (
     DRAW_MARK,
     MANIFEST,
@@ -222,10 +223,12 @@ def plan_outdir(root: Path, *, keys: list[str] | None = None) -> MergePlan:
     ``inputs_total``). Nothing is written.
 
     Raises:
-        CamcliError: (exit 3) naming the file and what is wrong.
+        CamcliError: (exit 3) naming the file and what is wrong; (exit 2) shards of different
+            runs (another model, weights or option, see :func:`_check_one_run`).
     """
     n = _manifest_shard_count(root)
     parts, infos = _finished_shards(root, n)
+    _check_one_run(root, n, infos)
     lines = _merged_manifest(root, parts, infos, keys)
     run_json = merged_run_info(infos) if infos[0].get("command") != DRAW_MARK else None
     remove = [root / name for i in range(n) for name in shard_names(i, n)]
@@ -296,6 +299,27 @@ def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
             Exit.NO_INPUT,
         )
     return parts, infos
+
+
+def _check_one_run(root: Path, n: int, infos: list[dict]) -> None:
+    """Refuse shards whose run json names another model, weights, class count, preprocessing
+    or option than shard 0's (:func:`camcli.runs.samerun.run_difference`, the check of ``cam
+    --resume``): their records would mix two runs under one ``run.json``.
+
+    Raises:
+        CamcliError: (exit 2) the first difference, both run json files and both values.
+    """
+    for i, info in enumerate(infos[1:], start=1):
+        diff = run_difference(infos[0], info)
+        if diff is not None:
+            what, was, is_now = diff
+            first, other = (root / shard_names(j, n)[1] for j in (0, i))
+            raise CamcliError(
+                f"{root}: the shards are parts of different runs: {other.name} was made with "
+                f"{what} {is_now!r}, {first.name} with {was!r}; rerun shard {i}/{n} with the "
+                "options of the others (or remove the parts of the older run)",
+                Exit.USAGE,
+            )
 
 
 def _is_int(v) -> bool:
