@@ -106,6 +106,25 @@ def test_erosion_matches_scipy_exact_edt():
         np.testing.assert_array_equal(_dt_erode(mask), ref)
 
 
+def test_erosion_in_place_is_the_same_in_row_strips(monkeypatch):
+    """dt_boxes erodes over its own mask (one bool mask less at the peak: issue 17, 13000 x
+    13000 maps); the strips of the float64 steps are a few rows here, edges included."""
+    from camcli.cam import dtbox
+
+    rng = np.random.default_rng(1)
+    for h, w in ((40, 31), (7, 9), (64, 64)):
+        mask = cv2.GaussianBlur(rng.random((h, w)), (0, 0), 2.0) > 0.5
+        want = _dt_erode(mask)
+        monkeypatch.setattr(dtbox, "_STRIP_PIXELS", 3 * w)  # 3 rows a strip
+        buf = mask.copy()
+        got = _dt_erode(buf, inplace=True)
+        assert got is buf
+        np.testing.assert_array_equal(got, want)
+        monkeypatch.undo()
+    full = np.ones((5, 6), bool)
+    assert _dt_erode(full, inplace=True) is full
+
+
 def test_all_foreground_left_as_is_and_frame_zeroed():
     # every pixel > t: no erosion; OpenCV 2.x findContours zeroes the 1-pixel frame, so the
     # region traced is (1, 1)..(18, 18) -> rect (1, 1, 18, 18), then w <= 20 - 1 - 5 = 14.

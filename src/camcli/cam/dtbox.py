@@ -142,27 +142,35 @@ def _clean(part: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(part) & (part > 0), part, 0.0)
 
 
-def _dt_erode(binary: np.ndarray) -> np.ndarray:
+def _dt_erode(binary: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """The relative erosion of ``dt.c``'s ``dt_binary`` followed by ``> 10``.
 
     binary: ``[H, W]`` bool. Exact Euclidean distance of every foreground pixel to the nearest
     background pixel (pixels outside the image are not background), scaled by ``255 / maxdist``
     and rounded half up; a pixel stays iff the result is ``> 10``. A mask that is all foreground
     or all background is returned unchanged (the C code leaves such an image as it is).
+    ``inplace``: the result is written over ``binary`` (C-contiguous bool) and returned; beside
+    it only the float32 distances and one float64 row strip are held (large maps).
     """
     if binary.all() or not binary.any():
-        return binary.copy()
+        return binary if inplace else binary.copy()
     src = binary.view(np.uint8) if binary.dtype == bool else binary.astype(np.uint8)  # no copy
     d = cv2.distanceTransform(np.ascontiguousarray(src), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     # cv2 returns float32; recover the exact integer squared distances and redo the C maths in
     # float64: sqrt, then s = d * (255 / (max - min)) with min = 0, then (int)(s + 0.5).
     # The max of sqrt(rint(d^2)) is that of the max of d (both steps are monotone); the rest
-    # runs in row strips (bounded memory on large maps).
+    # runs in row strips, in place in one strip buffer (bounded memory on large maps).
     top = float(np.sqrt(np.rint(np.float64(d.max()) ** 2)))
-    out = np.empty(d.shape, dtype=bool)
+    out = binary if inplace and binary.dtype == bool else np.empty(d.shape, dtype=bool)
     for y0, y1 in _strips(d.shape):
-        dist = np.sqrt(np.rint(d[y0:y1].astype(np.float64) ** 2))
-        out[y0:y1] = np.floor(dist * (255.0 / top) + 0.5) > 10
+        dist = d[y0:y1].astype(np.float64)
+        np.square(dist, out=dist)
+        np.rint(dist, out=dist)
+        np.sqrt(dist, out=dist)
+        dist *= 255.0 / top
+        dist += 0.5
+        np.floor(dist, out=dist)
+        np.greater(dist, 10, out=out[y0:y1])
     return out
 
 
@@ -301,7 +309,7 @@ def dt_boxes(heatmap, thresholds: Sequence[int] = DT_THRESHOLDS) -> list[XYWH]:
     gray = quantize_map(heatmap)
     rects: list[XYWH] = []
     for t in ths:
-        rects.extend(_contour_rects(_dt_erode(gray > t)))
+        rects.extend(_contour_rects(_dt_erode(gray > t, inplace=True)))
     rects.sort(key=lambda r: -(r[2] * r[3]))
     return _dt_merge(rects)
 
