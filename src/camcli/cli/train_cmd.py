@@ -233,8 +233,10 @@ def train(
     Several GPUs: torchrun --standalone --nproc-per-node 4 -m camcli train birds/ -m vgg-gap
     --out runs/birds
     """
+    from camcli.cli.run import check_folders
     from camcli.train.run import train_folder
 
+    check_folders(out)  # a file (or under one): now, not after the data is read
     _require_model(model, resume)
     if val is not None:
         o.refuse_unused(ctx, ("val_split",), f"with --val {val} (it validates on that folder)")
