@@ -302,7 +302,7 @@ def _train_options(
     """The command line's :class:`TrainOptions` (``None``: the recipe's default).
 
     Raises:
-        TrainingError: an ``--arch-option`` that is not KEY=VALUE.
+        TrainOptionError: an ``--arch-option`` that is not KEY=VALUE.
     """
     from camcli.train.options import TrainOptions, parse_arch_options
 
