@@ -136,8 +136,10 @@ def train(
         Schedule | None,
         typer.Option(
             "--schedule",
-            help="step: x0.1 every third of the epochs; cosine: to 0 after warm-up "
-            "(default: step fine-tuning, cosine from scratch).",
+            help="step: x0.1 every third of the epochs; cosine: decays to 0 after the warm-up "
+            "(default: step fine-tuning, cosine from scratch and with --freeze-backbone). "
+            "Either starts with --warmup-epochs of linear warm-up (default: 1 from scratch, "
+            "else 0).",
         ),
     ] = None,
     image_size: Annotated[
@@ -204,7 +206,13 @@ def train(
     ] = None,
     warmup_epochs: Annotated[
         float | None,
-        typer.Option("--warmup-epochs", min=0.0, help="(default: 1 from scratch, else 0)"),
+        typer.Option(
+            "--warmup-epochs",
+            min=0.0,
+            help="Linear warm-up before --schedule: the learning rate climbs in equal steps "
+            "to --lr over this many epochs (fractions allowed; default: 1 from scratch, 0 "
+            "fine-tuning and with --freeze-backbone).",
+        ),
     ] = None,
     arch_option: Annotated[
         list[str] | None,
