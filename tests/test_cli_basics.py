@@ -136,6 +136,21 @@ def test_models_table_and_json(capsys):
             assert r["weights"] == "download"
 
 
+def test_models_piped_prints_whole_rows():
+    """Trial B3: `camcli models | cat` drew its table 80 columns wide and cut the architecture
+    column (`tf_effi…`). Piped (stdout no terminal, COLUMNS unset), every row is whole: each
+    name on one line with its full architecture."""
+    env = {k: v for k, v in ENV.items() if k not in ("COLUMNS", "LINES")}
+    r = _run("models", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout
+    lines = r.stdout.splitlines()
+    for name, e in load_registry().items():
+        row = [x.split() for x in lines if x.split()[:1] == [name]]
+        assert len(row) == 1, (name, r.stdout)
+        assert row[0][1] == e.architecture, (name, row)
+
+
 def test_models_json_shows_cached(capsys, tmp_path):
     e = load_registry()["resnet18"]
     (tmp_path / "cache" / "weights").mkdir(parents=True)

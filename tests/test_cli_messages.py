@@ -321,3 +321,86 @@ def test_cam_resume_refusal_names_options_as_typed(
     assert camcli_run(*base, *first)[0] == 0
     code, _, err = camcli_run(*base, *second, "--resume")
     assert code == 2 and said in err, err
+
+
+# --- bad option values are usage errors with the help's place (trial B2) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--lr", "0"], "--lr 0.0: must be a positive number"),
+        (["--image-size", "100000"], "--image-size 100000: must be 16..1024"),
+        (["--arch-option", "foo"], "--arch-option 'foo': use KEY=VALUE, e.g. width=24"),
+        (
+            ["--arch-option", "foo=1"],
+            "--arch-option: unknown camnet-small option 'foo'; known: width, stages, "
+            "downsamplings, blocks",
+        ),
+        (["--arch-option", "width=1000"], "--arch-option: width must be in 4..256, got 1000"),
+        (
+            ["--pretrained"],
+            "--pretrained: camnet-small has no pretrained weights to start from; "
+            "use --no-pretrained",
+        ),
+    ],
+    ids=["lr-0", "image-size", "arch-no-equals", "arch-unknown", "arch-range", "pretrained"],
+)
+def test_train_bad_option_value_is_a_usage_error_naming_it(args, line, tmp_path, camcli_run):
+    """Trial B2: these ended with the bare message, without "(see 'camcli train -h')", which
+    every other usage error has (and `--arch-option foo=1` only once the data was read and the
+    network built). DATA does not exist: the option is refused before it is read."""
+    code, _, err = camcli_run(
+        "train", tmp_path / "absent", "-m", "camnet-small", "--out", tmp_path / "run", *args
+    )
+    assert code == 2, err
+    assert err.splitlines() == [f"error: {line} (see 'camcli train -h')"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_arch_option_of_a_network_that_takes_none_is_refused(tmp_path, camcli_run):
+    """Trial B2: `-m resnet18 --arch-option width=3` trained resnet18 as if it were not given."""
+    code, _, err = camcli_run("train", tmp_path / "absent", "-m", "resnet18", "--no-pretrained",
+                              "--out", tmp_path / "run", "--arch-option", "width=3")  # fmt: skip
+    assert code == 2, err
+    assert err.splitlines() == [
+        "error: --arch-option width=3: resnet18 takes no architecture options (camnet-small "
+        "does: width, stages, downsamplings, blocks); drop it (see 'camcli train -h')"
+    ]
+
+
+def test_cam_unknown_class_is_a_usage_error_naming_it(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial B2: `cam --class <unknown>` lacked "(see 'camcli cam -h')"."""
+    code, _, err = camcli_run("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out",
+                              tmp_path / "c", "--class", "nosuch", "--workers", "0")  # fmt: skip
+    assert code == 2, err
+    assert err.splitlines() == [
+        "error: --class 'nosuch': not a class index 0..9 or a category name of resnet18 "
+        "(see 'camcli cam -h')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("lr", 0.0, "--lr 0.0: must be a positive number"),
+        ("image_size", 100000, "--image-size 100000: must be 16..1024"),
+    ],
+)
+def test_train_resume_bad_saved_option_is_a_checkpoint_error_not_usage(
+    key, value, why, tmp_path, camcli_run
+):
+    """Trial B2's other side: the same bounds on an option SAVED in last.pt are no usage error
+    of the command line: exit 4 naming the checkpoint's field, without the help's place."""
+    import torch
+
+    ck = torch.load(Path(__file__).parents[1] / "src/camcli/assets/shapes.pt", weights_only=True)
+    ck["train_options"][key] = value
+    (tmp_path / "run").mkdir()
+    torch.save(ck, tmp_path / "run" / "last.pt")
+    code, _, err = camcli_run("train", tmp_path / "absent", "--out", tmp_path / "run", "--resume")
+    assert code == 4, err
+    last = tmp_path / "run" / "last.pt"
+    assert err.splitlines() == [
+        f"error: {last}: checkpoint field 'train_options' cannot be used ({why})"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,68 @@ def test_maps_json_and_plot(tmp_path, capsys):
     px = np.asarray(img.convert("RGB")).reshape(-1, 3)
     for color in [(214, 39, 40), (31, 119, 180), (44, 160, 44)]:  # the V2 curves are drawn
         assert (px == color).all(axis=1).any()
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _maps_run(tmp_path: Path) -> list[str]:
+    """`eval --maps` argv (without --plot) over the map files of a two-image ground truth."""
+    gt = write_gt_csv(tmp_path / "gt.csv", [("a.jpg", "0", 2, 2, 6, 6), ("b.jpg", "0", 0, 0, 9, 9)])
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    m = np.zeros((2, 10, 10), np.float32)
+    m[0, 2:6, 2:6] = 1.0
+    for name in ("a", "b"):
+        np.savez(maps / f"{name}.npz", cams=m, class_indices=np.array([0, 2]), image=f"{name}.jpg")
+    return ["eval", "--gt", str(gt), "--maps", str(maps), "--taus", "0:1:0.1", "--categories",
+            str(_cats(tmp_path)), "-o", str(tmp_path / "r.json"), "--workers", "0"]  # fmt: skip
+
+
+def test_plot_to_any_file_name_is_png(tmp_path, capsys):
+    """Trial B5: --plot insisted on a .png name (`--plot curve`: exit 2). Any name gets a PNG;
+    only `-` is refused (stdout carries the metrics)."""
+    from PIL import Image
+
+    argv = _maps_run(tmp_path)
+    code, _, err = run([*argv, "--plot", str(tmp_path / "curve")], capsys)
+    assert code == 0, err
+    data = (tmp_path / "curve").read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert Image.open(tmp_path / "curve").size == (900, 560)
+    code, _, err = run([*argv, "--plot", "-"], capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        "error: --plot -: give a file name (/dev/stdout writes the PNG to stdout) "
+        "(see 'camcli eval -h')"
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_plot_into_a_fifo_streams_the_png(tmp_path, capsys):
+    """Trial B5: --plot into a named pipe (as /dev/stdout is) was refused for its name; the
+    PNG now goes through it, and the FIFO is neither replaced nor given anything beside it."""
+    import stat
+    import threading
+
+    argv = _maps_run(tmp_path)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def read():
+        with open(fifo, "rb") as fh:
+            got.append(fh.read())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    code, _, err = run([*argv, "--plot", str(fifo)], capsys)
+    t.join(30)
+    assert code == 0, err
+    assert got and got[0].startswith(PNG_MAGIC) and got[0].endswith(b"IEND\xaeB`\x82")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cats.txt", "gt.csv", "maps", "pipe", "r.json"]  # fmt: skip
 
 
 def _cats(tmp: Path) -> Path:

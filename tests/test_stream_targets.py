@@ -272,3 +272,35 @@ def test_an_output_file_that_is_a_folder_is_refused_before_any_work(
     assert code == 2, err
     assert err.startswith(f"error: {folder}: a folder, not a file: give a file name"), err
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-file"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cam", "{imgs}", "--out", "{out}", "-w", "{absent}"],
+        ["train", "{absent}", "-m", "camnet-small", "--out", "{out}"],
+        ["bbox", "{imgs}", "--draw", "{out}", "-w", "{absent}"],
+        ["report", "{absent}", "--out", "{out}"],
+    ],
+    ids=["cam-out", "train-out", "bbox-draw", "report-out"],
+)
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
+    args, under, tmp_path, cli_images, camcli_run
+):
+    """Trial B1: `train --out afile` and `cam --out afile/sub` ended with exit 5 and advice to
+    free space, `cam --out afile` with exit 2: now every output-folder option refuses a file,
+    or a path under one, with exit 2 and one line, before the model loads or the data is read
+    (the weights, data and runs do not exist: a later check would say that instead)."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    out = afile / "sub" if under else afile
+    names = {"imgs": cli_images, "out": out, "absent": tmp_path / "absent.pt"}
+    code, _, err = camcli_run(*[a.format(**names) for a in args])
+    assert code == 2, err
+    what = f"{afile} is " if under else ""
+    assert err.splitlines() == [
+        f"error: {out}: {what}a file, not a folder: give a folder name (see 'camcli {args[0]} -h')"
+    ]
+    assert afile.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -182,6 +182,33 @@ def test_lr_schedules_exact():
     )
 
 
+def test_schedule_help_and_readme_document_the_warm_up():
+    """Trial B4: `--schedule cosine` warmed up linearly for one epoch from scratch, and neither
+    its help nor the README said so. The documented defaults are the recipes' and the
+    documented ramp (equal steps from lr / (n + 1) to lr) is lr_factor's."""
+    import typer.main
+
+    from camcli.cli import app
+    from camcli.train.options import RECIPES
+
+    cmd = typer.main.get_command(app).commands["train"]
+    helps = {p.name: " ".join(p.help.split()) for p in cmd.params}
+    assert "Either starts with --warmup-epochs of linear warm-up (default: 1 from scratch, " \
+        "else 0)" in helps["schedule"]  # fmt: skip
+    assert helps["warmup_epochs"].startswith("Linear warm-up before --schedule")
+    wh = helps["warmup_epochs"]
+    assert "default: 1 from scratch, 0 fine-tuning and with --freeze-backbone" in wh
+    assert {k: r["warmup_epochs"] for k, r in RECIPES.items()} == {
+        "scratch": 1.0, "finetune": 0.0, "linear-probe": 0.0}  # fmt: skip
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "`--warmup-epochs W` (either schedule starts with a linear warm-up" in readme
+    assert "from `lr / (n + 1)` to `--lr`; fractions allowed; default 1 from scratch, 0 " \
+        "fine-tuning and with `--freeze-backbone`)" in readme  # fmt: skip
+    o = _opts(epochs=3, schedule="cosine", warmup_epochs=1.0)
+    ramp = [lr_factor(s, o=o, steps_per_epoch=4) for s in range(5)]
+    assert ramp == pytest.approx([1 / 5, 2 / 5, 3 / 5, 4 / 5, 1.0])
+
+
 def test_recipes():
     scratch = resolve_options(_opts(epochs=None, batch_size=None), entry_for("camnet-small"))
     assert (scratch.recipe, scratch.optimizer, scratch.lr, scratch.epochs) == (

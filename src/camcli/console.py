@@ -24,10 +24,12 @@ def stderr_console():
 
 
 @cache
-def stdout_console():
+def stdout_console(width: int | None = None):
+    """The console of stdout; ``width`` columns when given (else the terminal's, or 80 when
+    stdout is no terminal and ``COLUMNS`` is unset)."""
     from rich.console import Console
 
-    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False, width=width)
 
 
 # Characters a terminal acts on rather than shows: C0 controls (ESC starts escape sequences,

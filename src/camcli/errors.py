@@ -16,6 +16,7 @@ error                           exit  raised for
 :class:`ModelError`             2     a network camcli cannot use (no GAP + linear head)
 :class:`SmallArchError`         2     bad ``camnet-small`` architecture options
 :class:`TrainingError`          2     training cannot start or go on
+:class:`TrainOptionError`       2     a bad training option value (also a usage error)
 :class:`NonFiniteError`         1     training stopped on a non-finite loss or weight
 :class:`WeightsError`           4     weights unavailable, unreadable or a checksum mismatch
 :class:`WriteError`             5     an output could not be written (disk full, rights)
@@ -118,6 +119,14 @@ class SubmissionError(CamcliError, ValueError):
 
 class TrainingError(CamcliError, RuntimeError):
     """Training cannot start or go on (bad data folder, options, checkpoint)."""
+
+
+class TrainOptionError(TrainingError, UsageError):
+    """A training option out of bounds or of the wrong form (``--lr 0``, ``--image-size
+    100000``, a bad ``--arch-option``), exit 2: a :class:`TrainingError` for callers of
+    ``camcli.train``, and a :class:`UsageError` of the command line, which adds where the
+    command's help is. An invalid option SAVED in a checkpoint is no usage error: the reader of
+    the checkpoint turns it into a :class:`WeightsError`."""
 
 
 class NonFiniteError(TrainingError):

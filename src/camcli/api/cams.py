@@ -13,7 +13,7 @@ from camcli.api.cam_result import CamResult
 from camcli.api.predict import NON_FINITE, prediction_list
 from camcli.api.session import Session
 from camcli.data import inputs, loader
-from camcli.errors import CamcliError
+from camcli.errors import UsageError
 from camcli.models.gap import GapModel
 
 
@@ -50,7 +50,7 @@ def resolve_classes(model: GapModel, classes: list[str] | None) -> list[int] | N
         The indices in the given order, or None.
 
     Raises:
-        CamcliError: an unknown value (exit 2), with the closest category name as a hint.
+        UsageError: an unknown value (exit 2), with the closest category name as a hint.
     """
     if not classes:
         return None
@@ -66,7 +66,7 @@ def resolve_classes(model: GapModel, classes: list[str] | None) -> list[int] | N
 
             close = difflib.get_close_matches(c, model.categories, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise CamcliError(
+            raise UsageError(
                 f"--class {c!r}: not a class index 0..{model.num_classes - 1} or a category name "
                 f"of {model.name}{hint}"
             )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from camcli.cli import options as o
-from camcli.cli.run import SESSION_OPTIONS, check_targets, records_resumable
+from camcli.cli.run import SESSION_OPTIONS, check_folders, check_targets, records_resumable
 from camcli.data.inputs import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ def bbox(
         tight_loose=tight_loose,
         box_rule=box_rule,
         submission_format=submission_format,
+        draw=draw,
     )
     _refuse_unused(ctx, box_rule=box_rule, tight_loose=tight_loose, from_maps=from_maps)
     _refuse_unused_outputs(ctx, submission=submission, gt=gt)
@@ -207,12 +208,14 @@ def _check_flags(
     tight_loose: bool,
     box_rule: Rule,
     submission_format: str = "ilsvrc",
+    draw: Path | None = None,
 ) -> None:
     """Refuse the flag combinations ``bbox`` cannot run (exit 2), before any input is read."""
     from camcli.errors import UsageError
     from camcli.sysinfo import torchrun_env
 
     check_targets(output, submission)  # a folder, block device or socket: now, not after the run
+    check_folders(draw)  # a file (or under one): now, not after the model loads
     if from_maps is not None and inputs:
         raise UsageError("give either INPUT paths or --from-maps DIR, not both")
     if from_maps is None and not inputs:

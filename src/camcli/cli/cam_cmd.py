@@ -123,8 +123,9 @@ def cam(
     """
     from camcli.api.cam_job import run_cam_job
     from camcli.api.split import plan_split
-    from camcli.cli.run import open_session, resolve_inputs, session_options
+    from camcli.cli.run import check_folders, open_session, resolve_inputs, session_options
 
+    check_folders(out)  # a file (or under one): now, not after the model loads
     colormap = colormap.lower()  # "JET" as OpenCV's COLORMAP_JET is named: the same map
     _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
     _refuse_unused(ctx, classes=classes, no_overlay=no_overlay, grid=grid, save_maps=save_maps)

@@ -154,7 +154,12 @@ def eval_command(
         ),
     ] = None,
     plot: Annotated[
-        str | None, typer.Option("--plot", help="Draw BoxAcc against tau into FILE.png (--maps).")
+        str | None,
+        typer.Option(
+            "--plot",
+            help="Draw BoxAcc against tau into FILE, as PNG whatever its name; a FIFO or "
+            "/dev/stdout works (--maps).",
+        ),
     ] = None,
     workers: Annotated[
         int | None,
@@ -216,7 +221,7 @@ def _check_source(
     plot: str | None,
     submission_format: str,
 ) -> None:
-    """Exactly one prediction source; --plot only with --maps and a .png name; a known
+    """Exactly one prediction source; --plot only with --maps, to a file (not ``-``); a known
     submission format."""
     from camcli.evaluate.report import SOURCE_KEYS
 
@@ -225,8 +230,8 @@ def _check_source(
         raise UsageError("give exactly one of --boxes, --maps or --submission")
     if plot is not None and maps is None:
         raise UsageError("--plot draws BoxAcc curves, which need --maps")
-    if plot is not None and Path(plot).suffix.lower() != ".png":
-        raise UsageError(f"--plot {plot}: give a .png file name")
+    if plot == "-":
+        raise UsageError("--plot -: give a file name (/dev/stdout writes the PNG to stdout)")
     if submission_format not in ("auto", "ilsvrc", "kaggle"):
         raise UsageError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
 

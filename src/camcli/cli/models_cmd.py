@@ -64,13 +64,20 @@ def _registry_rows() -> list[dict]:
     return rows
 
 
+# Wide enough for any row when stdout is no terminal: nothing is cut for a pipe or file.
+_PIPED_WIDTH = 1000
+
+
 def _print_table(rows: list[dict]) -> None:
-    """The rows as a table on stdout, 80 columns wide."""
+    """The rows as a table on stdout: on a terminal, 80 columns wide (long architecture names
+    cut); piped or redirected, every row whole (as wide as its longest cell needs)."""
     from rich import box
     from rich.table import Table
 
     from camcli.console import cell, stdout_console
 
+    piped = not stdout_console().is_terminal
+    console = stdout_console(_PIPED_WIDTH if piped else None)
     # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(
         title="camcli models",
@@ -81,10 +88,10 @@ def _print_table(rows: list[dict]) -> None:
     )
     for col in ("name", "architecture", "pool", "feature map", "classes", "weights"):
         # names are what users copy: never cut or wrapped
-        arch = col == "architecture"  # long timm names are cut, the rest never
+        arch = col == "architecture" and not piped  # long timm names cut on a terminal
         t.add_column(
             col,
-            no_wrap=col != "architecture",
+            no_wrap=not arch,
             overflow="ellipsis" if arch else "fold",
             max_width=16 if arch else None,
         )
@@ -103,4 +110,4 @@ def _print_table(rows: list[dict]) -> None:
             str(r["classes"]),
             f"[{colour}]{cell(r['weights'])}[/]",
         )
-    stdout_console().print(t)
+    console.print(t)

@@ -71,9 +71,11 @@ def report(
 
     from camcli.atomic import LinkError
     from camcli.cli.options import given, refuse_unused
+    from camcli.cli.run import check_folders
     from camcli.console import info, warn
     from camcli.errors import write_error
 
+    check_folders(out)  # a file (or under one): now, not after the thumbnails
     if gt is None:
         refuse_unused(ctx, ("gt_format", "synsets"), "without --gt")
     from camcli.api.report_html import write_report

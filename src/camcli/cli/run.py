@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camcli.console import info, print_predictions_table
@@ -194,6 +195,25 @@ def check_targets(*paths: str | os.PathLike | None) -> None:
             if os.path.isdir(p):
                 raise UsageError(f"{p}: a folder, not a file: give a file name")
             stream_target(p)
+
+
+def check_folders(*paths: str | os.PathLike | None) -> None:
+    """Refuse, before any work (before the model loads), an output folder the user named that
+    is a file, or that lies under one (``afile/sub``): it could never be created. It only looks
+    (links followed): nothing is created. None passes.
+
+    Raises:
+        UsageError: ``path`` or the nearest part of it that exists is not a folder.
+    """
+    for p in paths:
+        if p is None:
+            continue
+        on_way = Path(p)
+        while not os.path.exists(on_way) and on_way != on_way.parent:
+            on_way = on_way.parent  # afile/sub does not exist: afile decides
+        if os.path.exists(on_way) and not os.path.isdir(on_way):
+            what = "" if on_way == Path(p) else f"{on_way} is "
+            raise UsageError(f"{p}: {what}a file, not a folder: give a folder name")
 
 
 def records_resumable(output: str | None) -> bool:

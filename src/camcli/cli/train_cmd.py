@@ -136,8 +136,10 @@ def train(
         Schedule | None,
         typer.Option(
             "--schedule",
-            help="step: x0.1 every third of the epochs; cosine: to 0 after warm-up "
-            "(default: step fine-tuning, cosine from scratch).",
+            help="step: x0.1 every third of the epochs; cosine: decays to 0 after the warm-up "
+            "(default: step fine-tuning, cosine from scratch and with --freeze-backbone). "
+            "Either starts with --warmup-epochs of linear warm-up (default: 1 from scratch, "
+            "else 0).",
         ),
     ] = None,
     image_size: Annotated[
@@ -204,7 +206,13 @@ def train(
     ] = None,
     warmup_epochs: Annotated[
         float | None,
-        typer.Option("--warmup-epochs", min=0.0, help="(default: 1 from scratch, else 0)"),
+        typer.Option(
+            "--warmup-epochs",
+            min=0.0,
+            help="Linear warm-up before --schedule: the learning rate climbs in equal steps "
+            "to --lr over this many epochs (fractions allowed; default: 1 from scratch, 0 "
+            "fine-tuning and with --freeze-backbone).",
+        ),
     ] = None,
     arch_option: Annotated[
         list[str] | None,
@@ -233,8 +241,10 @@ def train(
     Several GPUs: torchrun --standalone --nproc-per-node 4 -m camcli train birds/ -m vgg-gap
     --out runs/birds
     """
+    from camcli.cli.run import check_folders
     from camcli.train.run import train_folder
 
+    check_folders(out)  # a file (or under one): now, not after the data is read
     _require_model(model, resume)
     if val is not None:
         o.refuse_unused(ctx, ("val_split",), f"with --val {val} (it validates on that folder)")
@@ -300,7 +310,7 @@ def _train_options(
     """The command line's :class:`TrainOptions` (``None``: the recipe's default).
 
     Raises:
-        TrainingError: an ``--arch-option`` that is not KEY=VALUE.
+        TrainOptionError: an ``--arch-option`` that is not KEY=VALUE.
     """
     from camcli.train.options import TrainOptions, parse_arch_options
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from camcli.errors import TrainingError
+from camcli.errors import TrainOptionError
 from camcli.models.registry import ModelEntry
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -119,18 +119,20 @@ def resolve_options(opts: TrainOptions, entry: ModelEntry) -> TrainOptions:
         A copy with every field set, ``recipe`` named and ``pool`` as "avg" | "max".
 
     Raises:
-        TrainingError: pretrained weights asked for but missing, ``freeze_backbone`` without
-            them, or a value out of range.
+        TrainOptionError: pretrained weights asked for but missing, ``freeze_backbone`` without
+            them, a value out of range, or ``arch_options`` the network does not take (a
+            :class:`~camcli.errors.TrainingError` and, on the command line, a usage error).
     """
     pretrained = opts.pretrained
     if pretrained is None:
         pretrained = has_backbone_weights(entry)
     elif pretrained and not has_backbone_weights(entry):
-        raise TrainingError(
-            f"{entry.name} has no pretrained weights to start from; use --no-pretrained"
+        raise TrainOptionError(
+            f"--pretrained: {entry.name} has no pretrained weights to start from; "
+            "use --no-pretrained"
         )
     if opts.freeze_backbone and not pretrained:
-        raise TrainingError(
+        raise TrainOptionError(
             "--freeze-backbone trains only the linear layer on top of a pretrained backbone; "
             f"{entry.name} would have a random one: drop --freeze-backbone or use --pretrained"
         )
@@ -146,14 +148,39 @@ def resolve_options(opts: TrainOptions, entry: ModelEntry) -> TrainOptions:
         **{k: (getattr(opts, k) if getattr(opts, k) is not None else v) for k, v in d.items()},
     )
     _validate(out)
+    _check_arch_options(out.arch_options, entry)
     return out
+
+
+def _check_arch_options(arch: dict, entry: ModelEntry) -> None:
+    """``--arch-option`` values the network takes: camnet-small's (checked by its builder's
+    own rules); any other network takes none (they would be ignored silently).
+
+    Raises:
+        TrainOptionError: an unknown key or a bad value.
+    """
+    if not arch:
+        return
+    if entry.builder != "small":
+        k = next(iter(arch))
+        raise TrainOptionError(
+            f"--arch-option {k}={arch[k]}: {entry.name} takes no architecture options "
+            "(camnet-small does: width, stages, downsamplings, blocks); drop it"
+        )
+    from camcli.errors import SmallArchError
+    from camcli.models.camnet_small import small_options
+
+    try:
+        small_options(**arch)
+    except SmallArchError as exc:
+        raise TrainOptionError(f"--arch-option: {exc}") from None
 
 
 def check_options(o: TrainOptions) -> None:
     """Validate resolved options (bounds and choices).
 
     Raises:
-        TrainingError: the first option out of bounds.
+        TrainOptionError: the first option out of bounds.
         TypeError: an option of the wrong type (a hand-edited checkpoint).
     """
     _validate(o)
@@ -165,19 +192,22 @@ def _validate(o: TrainOptions) -> None:
         (o.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
         (o.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
         (o.pool in ("avg", "max"), "--pool must be gap or gmp"),
-        (o.epochs >= 1, "--epochs must be >= 1"),
-        (o.batch_size >= 2, "--batch-size must be >= 2 (BatchNorm needs two images)"),
-        (o.batch_size <= 65536, "--batch-size must be <= 65536"),
-        (o.lr > 0 and math.isfinite(o.lr), "--lr must be a positive number"),
-        (o.head_lr_mult > 0, "--head-lr-mult must be > 0"),
-        (o.weight_decay >= 0, "--weight-decay must be >= 0"),
-        (0 <= o.val_split < 1, "--val-split must be in [0, 1)"),
-        (16 <= o.image_size <= 1024, "--image-size must be 16..1024"),
+        (o.epochs >= 1, f"--epochs {o.epochs}: must be >= 1"),
+        (
+            o.batch_size >= 2,
+            f"--batch-size {o.batch_size}: must be >= 2 (BatchNorm needs two images)",
+        ),
+        (o.batch_size <= 65536, f"--batch-size {o.batch_size}: must be <= 65536"),
+        (o.lr > 0 and math.isfinite(o.lr), f"--lr {o.lr}: must be a positive number"),
+        (o.head_lr_mult > 0, f"--head-lr-mult {o.head_lr_mult}: must be > 0"),
+        (o.weight_decay >= 0, f"--weight-decay {o.weight_decay}: must be >= 0"),
+        (0 <= o.val_split < 1, f"--val-split {o.val_split}: must be in [0, 1)"),
+        (16 <= o.image_size <= 1024, f"--image-size {o.image_size}: must be 16..1024"),
         (0 <= o.label_smoothing < 1, "label smoothing must be in [0, 1)"),
     ]
     for ok, msg in checks:
         if not ok:
-            raise TrainingError(msg)
+            raise TrainOptionError(msg)
 
 
 def parse_arch_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -187,12 +217,12 @@ def parse_arch_options(pairs: Sequence[str]) -> dict[str, Any]:
     ints, floats, ``true``/``false`` booleans, or else stay strings.
 
     Raises:
-        TrainingError: a pair without ``=``.
+        TrainOptionError: a pair without ``=``.
     """
     out: dict[str, Any] = {}
     for p in pairs:
         if "=" not in p:
-            raise TrainingError(f"--arch-option {p!r}: use KEY=VALUE, e.g. width=24")
+            raise TrainOptionError(f"--arch-option {p!r}: use KEY=VALUE, e.g. width=24")
         k, v = p.split("=", 1)
         out[k.strip()] = _arch_value(v)
     return out
