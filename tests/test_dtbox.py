@@ -249,3 +249,16 @@ def test_tight_loose_class_without_boxes_gives_no_box_with_reason():
         a,
         a,
     ]  # fewer classes: fewer guesses
+
+
+def test_huge_maps_give_free_memory_back_before_each_distance_transform(monkeypatch):
+    from camcli.cam import dtbox
+
+    calls = []
+    monkeypatch.setattr(dtbox, "release_free_memory", lambda: calls.append(1))
+    m = _square(40, 10, 30)
+    want = dtbox.dt_boxes(m, (20, 100, 110))
+    assert calls == []  # small maps: nothing to do
+    monkeypatch.setattr(dtbox, "_HUGE_PIXELS", m.size)
+    assert dtbox.dt_boxes(m, (20, 100, 110)) == want
+    assert len(calls) == 3

@@ -14,9 +14,10 @@ import torch
 
 from camcli.api import cams
 from camcli.atomic import AtomicFile, open_folder, save_npz_atomic, write_atomic
-from camcli.cam.overlay_jpeg import JpegOverlays
+from camcli.cam.overlay_jpeg import LOW_MEMORY_PIXELS, JpegOverlays
 from camcli.data.codec import encode_image
 from camcli.runs.outdir import OutDir, safe_label
+from camcli.sysinfo import release_free_memory
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,13 @@ def _render_and_write_cpu(
     rgb_small = _panel(rgb, ph, pw) if grid_path is not None else None
     # JPEG overlays are blended in the encoder's YCbCr planes (no RGB overlay per class)
     jpeg = JpegOverlays(rgb, wopts.colormap, wopts.alpha) if paths and wopts.fmt == "jpg" else None
+    huge = h * w >= LOW_MEMORY_PIXELS
     # the image's folder is opened once for its k overlays and grid (not once per file)
     folder = (paths[0] if paths else grid_path).parent
     with open_folder(folder) if paths or grid_path else contextlib.nullcontext() as dfd:
         for i in range(res.k):
+            if huge:
+                release_free_memory()  # the last map's strips, before this one's full-size arrays
             levels = _levels(res, i, h, w)
             write = i < len(paths)
             ov = None

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from camcli.cam._common import Box, to_numpy
+from camcli.sysinfo import release_free_memory
 
 __all__ = [
     "DT_THRESHOLDS",
@@ -124,6 +125,10 @@ def quantize_rows(rows, shape: tuple[int, int]) -> np.ndarray:
         out[y0:y1] = np.floor(_clean(strip) * (255.0 / peak) + 0.5).clip(0, 255)
     return out
 
+
+_HUGE_PIXELS = 1 << 25
+"""Maps of this many pixels or more (33.6 M) give the allocator's free memory back before each
+distance transform (:func:`camcli.sysinfo.release_free_memory`)."""
 
 _STRIP_PIXELS = 1 << 22
 """Pixels per row strip of the float64 steps (32 MiB): bounded memory on large maps."""
@@ -309,6 +314,8 @@ def dt_boxes(heatmap, thresholds: Sequence[int] = DT_THRESHOLDS) -> list[XYWH]:
     gray = quantize_map(heatmap)
     rects: list[XYWH] = []
     for t in ths:
+        if gray.size >= _HUGE_PIXELS:
+            release_free_memory()  # before the float32 distances (645 MiB at 13000 x 13000)
         rects.extend(_contour_rects(_dt_erode(gray > t, inplace=True)))
     rects.sort(key=lambda r: -(r[2] * r[3]))
     return _dt_merge(rects)
