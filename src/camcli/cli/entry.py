@@ -30,6 +30,9 @@ __all__ = ["run"]
 def run(argv: list[str] | None = None) -> NoReturn:
     """Run the command of ``argv`` (default ``sys.argv[1:]``) and end the process with its
     exit code (module doc). Never returns."""
+    from camcli.sysinfo import pause_gc
+
+    pause_gc()  # start-up: no cyclic collections while torch and the network are loaded
     from camcli.cli import main
 
     try:

@@ -56,12 +56,14 @@ def open_session(model, weights, *, split: Split | None = None, renders: bool = 
     warnings for a ``--codec device`` or ``--streams`` that cannot be used (``renders``: the
     command renders and encodes images on the device too, as ``cam``'s overlays)."""
     from camcli.api.session import Session
+    from camcli.sysinfo import resume_gc
 
     if split is not None and split.dist is not None:
         from camcli.runs.distributed import device_for_rank
 
         kw["device"] = device_for_rank(kw.get("device", "auto"), split.dist.local_rank)
     session = Session.open(model, weights, **kw)
+    resume_gc()  # the start-up is over (camcli.sysinfo.pause_gc)
     if kw.get("codec") == "device" and session.device.type != "cuda":
         from camcli.console import warn
 

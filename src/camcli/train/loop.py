@@ -148,6 +148,9 @@ def fit(
             epoch are left untouched.
         TrainingError: nothing to train, or no training batch.
     """
+    from camcli.sysinfo import resume_gc
+
+    resume_gc()  # the network is built: the start-up is over (camcli.sysinfo.pause_gc)
     reporter = reporter or SilentReporter()
     dist = dist or DistContext()
     net = net if net is not None else model
