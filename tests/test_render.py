@@ -78,6 +78,18 @@ def test_levels_cv2_equals_levels_u8_on_hand_values_and_random_maps():
     assert np.array_equal(levels_cv2(r), levels_u8(torch.from_numpy(r)).numpy())
 
 
+def test_levels_cv2_nonneg_skips_only_a_pass_that_changes_nothing():
+    rng = np.random.default_rng(2)
+    m = rng.random((37, 53), dtype=np.float32) * 1.2  # over 1 saturates either way
+    m[0, :4] = [0.0, 0.5 / 255, 1.5 / 255, 2.5 / 255]  # halves to even
+    want = levels_u8(torch.from_numpy(m)).numpy()
+    assert np.array_equal(levels_cv2(m.copy(), nonneg=True), want)
+    assert np.array_equal(levels_cv2(m.copy(), nonneg=True, inplace=True), want)
+    neg = np.array([[-0.5, 0.5]], np.float32)
+    assert levels_cv2(neg).tolist() == [[0, 128]]
+    assert levels_cv2(neg, nonneg=True).tolist() == [[128, 128]]  # the caller's promise
+
+
 def test_overlay_cv2_matches_overlay_in_rgb_and_bgr():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)

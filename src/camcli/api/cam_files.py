@@ -138,8 +138,12 @@ def _levels(res: cams.CamResult, i: int, h: int, w: int) -> np.ndarray:
     from camcli.cam import render
 
     levels = None
+    # a bilinear upsampling of a map without negatives has none: no clipping pass
+    nonneg = (
+        res.full is None and res.interpolation == "bilinear" and bool((res.small[i] >= 0).all())
+    )
     for y0, y1, strip in res.cam_rows(i):  # one strip (the map) unless the image is large
-        lv = render.levels_cv2(strip, inplace=res.full is None)
+        lv = render.levels_cv2(strip, inplace=res.full is None, nonneg=nonneg)
         if y0 == 0 and y1 == h:
             return lv
         if levels is None:

@@ -304,8 +304,9 @@ def levels_u8(maps: Tensor) -> Tensor:
     return levels.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def levels_cv2(m: np.ndarray, *, inplace: bool = False) -> np.ndarray:
-    """:func:`levels_u8` for one map on the CPU, in two OpenCV SIMD passes.
+def levels_cv2(m: np.ndarray, *, inplace: bool = False, nonneg: bool = False) -> np.ndarray:
+    """:func:`levels_u8` for one map on the CPU, in two OpenCV SIMD passes (one with
+    ``nonneg``).
 
     Negatives to 0 (``THRESH_TOZERO``), then ``saturate_cast(|255 m|)`` (rounding half to even
     like ``torch.round``; NaN, which the threshold passes through, saturates to 0).
@@ -313,14 +314,17 @@ def levels_cv2(m: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     Args:
         m: ``[H, W]`` float32 numpy array, values in [0, 1].
         inplace: clip the negatives of ``m`` in place (no float copy: large images).
+        nonneg: the caller knows ``m`` has no negative value and no NaN (a bilinear upsampling
+            of such a map): the clipping pass is skipped (same levels).
 
     Returns:
         ``[H, W]`` uint8 numpy array, equal to ``levels_u8(torch.from_numpy(m)).numpy()``.
     """
     import cv2
 
-    _, pos = cv2.threshold(m, 0.0, 0.0, cv2.THRESH_TOZERO, dst=m if inplace else None)
-    return cv2.convertScaleAbs(pos, alpha=255.0)
+    if not nonneg:
+        _, m = cv2.threshold(m, 0.0, 0.0, cv2.THRESH_TOZERO, dst=m if inplace else None)
+    return cv2.convertScaleAbs(m, alpha=255.0)
 
 
 @cache
