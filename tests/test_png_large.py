@@ -163,3 +163,74 @@ def test_large_png_peak_memory_is_the_result_only(tmp_path):
     result_mib = 4000 * 4000 * 3 / 2**20
     assert grew["opencv"] < 1.25 * result_mib, grew
     assert grew["pil"] > 1.8 * result_mib, grew  # the test can tell the two apart
+
+
+# --- trial (session 11): PNGs OpenCV must not be given ----------------------------------------
+
+
+def test_a_png_past_libpngs_side_limit_is_left_to_pil(tmp_path):
+    """Trial P1: libpng refuses a side over 1,000,000 pixels and OpenCV then handed the
+    array back undecoded: a 2,000,000 x 9 PNG was read as black, exit 0."""
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.full((2, 1_000_001, 3), 9, np.uint8)).save(path)
+    assert not codec.png_plain_8bit(str(path))
+    ok = tmp_path / "ok.png"
+    Image.fromarray(np.full((2, 1_000_000, 3), 9, np.uint8)).save(ok)
+    assert codec.png_plain_8bit(str(ok))
+
+
+def test_an_array_opencv_did_not_touch_is_never_the_image(tmp_path, large_everything):
+    """Trial P1's family: any PNG whose header libpng refuses after the chunk walk accepted
+    it (here an unknown interlace method) comes back from imread untouched; the marked
+    pixels tell, and PIL decides (here: an error)."""
+    ihdr = struct.pack(">IIBBBBB", 6, 5, 8, 2, 0, 0, 2)  # interlace method 2: none such
+    rows = b"".join(b"\x00" + bytes(18) for _ in range(5))
+    path = tmp_path / "odd.png"
+    path.write_bytes(
+        codec._PNG_SIGNATURE
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(rows))
+        + _chunk(b"IEND", b"")
+    )
+    assert codec.png_plain_8bit(str(path))
+    assert codec._decode_png_cv2(str(path), 5, 6) is None
+    with pytest.raises(ValueError, match="damaged or incomplete"):
+        codec.decode_image(str(path))
+
+
+def test_a_name_that_is_not_utf8_is_left_to_pil(tmp_path):
+    """Trial P2: OpenCV crashed (SIGSEGV) on a file name with undecodable bytes, killing the
+    worker and the whole run. In a fresh process: the crash would end the test run."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    raw = os.fsencode(str(folder)) + b"/name_\xff\xfe.png"
+    Image.fromarray(RGB).save(raw)
+    script = textwrap.dedent(
+        f"""
+        import os
+        from camcli.data import codec
+        codec.LARGE_PNG_PIXELS = 0
+        codec._in_worker = lambda: True
+        path = os.fsdecode({raw!r})
+        assert codec._decode_png_cv2(path, 37, 53) is None
+        print(codec.decode_image(path).shape)
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(37, 53, 3)"
+
+
+@pytest.mark.parametrize(
+    ("key", "plain"),
+    [("Raw profile type exif", False), ("Raw profile type APP1", False), ("Comment", True)],
+)
+@pytest.mark.parametrize("kind", ["text", "ztxt"])
+def test_imagemagick_exif_text_chunks_are_left_to_pil(tmp_path, key, plain, kind):
+    """Trial P5: ImageMagick stores EXIF (orientation) as hex in a "Raw profile type exif"
+    text chunk, which PIL reads and turns the image by; OpenCV would not."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(key, "\nexif\n 4\n00000000\n", zip=kind == "ztxt")
+    path = tmp_path / "a.png"
+    Image.fromarray(RGB).save(path, pnginfo=info)
+    assert codec.png_plain_8bit(str(path)) is plain

@@ -106,3 +106,24 @@ def test_training_resumes_the_collector():
         """
     )
     assert out == ["True"]
+
+
+def test_a_child_forked_during_the_pause_collects():
+    """Trial (session 11) W7: ``train --freeze-backbone`` forks its feature-cache workers
+    before ``fit`` resumes collection; the timer thread does not come along, so the
+    workers ran without a collector for good."""
+    out = _py(
+        """
+        import gc, os
+        from camcli.sysinfo import pause_gc
+        pause_gc()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, b"1" if gc.isenabled() else b"0")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(os.read(r, 1).decode(), gc.isenabled())
+        """
+    )
+    assert out == ["1", "False"]

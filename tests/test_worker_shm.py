@@ -42,3 +42,31 @@ def test_no_shared_memory_for_a_batch_is_one_error_not_a_hang(tmp_path, command)
         "the limit, or run with --workers 0"
     ], p.stderr
     assert p.stdout == ""
+
+
+def test_a_full_dev_shm_is_the_same_clean_error(monkeypatch, tmp_path):
+    """Trial (session 11) S4: with /dev/shm full (a small tmpfs) torch says "unable to
+    allocate shared memory(shm) for file ...: No space left on device", not the "unable to
+    resize file" of a file-size limit: the run ended with exit 1 and torch's wrapped error."""
+    import torch
+
+    from camcli.data import loader
+    from camcli.data.inputs import InputItem
+    from camcli.errors import WriteError
+    from camcli.models.registry import Preprocess
+
+    class FullShm:
+        def __init__(self, *a, **kw):
+            pass
+
+        def __iter__(self):
+            raise RuntimeError(
+                "Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback: ...\n"
+                "RuntimeError: unable to allocate shared memory(shm) for file </torch_1_2>: "
+                "No space left on device (28)"
+            )
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", FullShm)
+    items = [InputItem(0, str(tmp_path / "a.png"), "a")]
+    with pytest.raises(WriteError, match="shared memory"):
+        list(loader.iter_batches(items, Preprocess(input_size=16), batch_size=1, workers=1))

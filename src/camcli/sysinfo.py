@@ -172,11 +172,33 @@ def pause_gc(at_most_s: float = 15.0) -> None:
     with _GC_LOCK:
         if _GC_TIMER is not None or not gc.isenabled():
             return
+        if hasattr(os, "register_at_fork") and not _GC_FORK_HOOK:
+            os.register_at_fork(after_in_child=_resume_gc_in_child)
+            _GC_FORK_HOOK.append(True)
         gc.disable()
         _GC_TIMER = threading.Timer(at_most_s, resume_gc)
         _GC_TIMER.daemon = True
         _GC_TIMER.name = "camcli-gc-resume"
         _GC_TIMER.start()
+
+
+_GC_FORK_HOOK: list[bool] = []
+"""Whether :func:`_resume_gc_in_child` is registered (once a process)."""
+
+
+def _resume_gc_in_child() -> None:
+    """In a child forked during the pause (a DataLoader worker started before the network
+    was ready, e.g. ``train --freeze-backbone``'s feature cache): the timer thread did not
+    come along, so collection resumes here, as :func:`resume_gc` would."""
+    import gc
+    import threading
+
+    global _GC_LOCK, _GC_TIMER
+    _GC_LOCK = threading.Lock()  # another thread may have held it at the fork
+    if _GC_TIMER is not None:
+        _GC_TIMER = None
+        gc.freeze()
+        gc.enable()
 
 
 def resume_gc() -> None:

@@ -96,12 +96,18 @@ LARGE_PNG_PIXELS = 1 << 24
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+_PNG_MAX_SIDE = 1_000_000
+"""libpng's default limit on a PNG's width and height: it refuses the header of a larger one
+(PIL has no such limit)."""
+
 
 def png_plain_8bit(path: str) -> bool:
     """Whether ``path`` is a PNG that libpng's 8-bit colour decoding turns into exactly the
     pixels :func:`decode_image` makes with PIL: 8-bit grey, grey + alpha, RGB or RGBA, or a
-    palette (any index depth; transparency, like alpha, is dropped), with no EXIF chunk
-    (orientation) and no animation. It walks the chunk headers only (seeking over the data).
+    palette (any index depth; transparency, like alpha, is dropped), at most
+    :data:`_PNG_MAX_SIDE` pixels a side (libpng's own limit), with no EXIF (an ``eXIf`` chunk,
+    or ImageMagick's "Raw profile type" text chunks, which PIL also reads the orientation
+    from) and no animation. It walks the chunk headers only (seeking over the data).
 
     Args:
         path: a file path.
@@ -118,6 +124,9 @@ def png_plain_8bit(path: str) -> bool:
             head = fh.read(8 + 13)
             if len(head) < 21 or head[4:8] != b"IHDR":
                 return False
+            w, h = struct.unpack(">II", head[8:16])
+            if max(w, h) > _PNG_MAX_SIDE or w * h >= 1 << 30:  # libpng's, OpenCV's limits
+                return False
             depth, colour = head[16], head[17]
             if not (depth == 8 and colour in (0, 2, 4, 6) or colour == 3 and depth <= 8):
                 return False
@@ -131,6 +140,12 @@ def png_plain_8bit(path: str) -> bool:
                     return False
                 if kind == b"IEND":
                     return True
+                if kind in (b"tEXt", b"zTXt", b"iTXt"):
+                    key = fh.read(min(size, 17))
+                    if key.startswith(b"Raw profile type"):
+                        return False  # ImageMagick's EXIF (or other profile) as hex text
+                    fh.seek(size - len(key) + 4, os.SEEK_CUR)
+                    continue
                 fh.seek(size + 4, os.SEEK_CUR)
     except OSError:
         return False
@@ -151,12 +166,19 @@ def _decode_png_cv2(path: str, h: int, w: int, alloc: Alloc | None = None) -> np
     the array returned (``imread``'s own result would be copied into a new array). libpng
     prints its warnings and errors to file descriptor 2 itself: that is pointed at the null
     device for the call (the caller is a DataLoader worker process)."""
+    try:
+        path.encode("utf-8")  # OpenCV crashes (SIGSEGV) on a name that is not valid UTF-8
+    except UnicodeEncodeError:
+        return None
     if not png_plain_8bit(path):
         return None
     import cv2
 
     flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
     out = (alloc or _numpy_alloc)((h, w, 3))
+    # imread hands ``out`` back untouched when it refuses the file before decoding: the first
+    # and last pixels are marked, and a result that still holds both marks is decoded by PIL
+    out[0, 0], out[-1, -1] = _MARKS
     saved = os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -170,7 +192,13 @@ def _decode_png_cv2(path: str, h: int, w: int, alloc: Alloc | None = None) -> np
         os.close(null)
     if arr is None or arr.shape != out.shape or arr.dtype != np.uint8:
         return None
+    if (arr[0, 0] == _MARKS[0]).all() and (arr[-1, -1] == _MARKS[1]).all():
+        return None
     return arr
+
+
+_MARKS = ((1, 254, 3), (252, 5, 250))
+"""The first and last pixels of :func:`_decode_png_cv2`'s array before OpenCV decodes into it."""
 
 
 def _check_regular_file(path: str) -> None:

@@ -302,7 +302,7 @@ def iter_batches(
     try:
         yield from loader
     except RuntimeError as exc:
-        if _SHM_FAILURE not in str(exc):
+        if not any(m in str(exc) for m in _SHM_FAILURES):
             raise
         from camcli.errors import WriteError
 
@@ -313,5 +313,6 @@ def iter_batches(
         ) from None
 
 
-_SHM_FAILURE = "unable to resize file"
-"""What torch's error says when a worker cannot allocate shared memory for a batch."""
+_SHM_FAILURES = ("unable to resize file", "unable to allocate shared memory")
+"""What torch's error says when a worker cannot allocate shared memory for a batch (a
+file-size limit; a full ``/dev/shm``)."""

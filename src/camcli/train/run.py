@@ -25,6 +25,7 @@ from camcli.models.gap import GapModel
 from camcli.models.load import entry_for
 from camcli.models.registry import ModelEntry
 from camcli.runs.locks import BusyError, RunLock
+from camcli.sysinfo import resume_gc
 from camcli.train.checkpoint import load_checkpoint, model_from_checkpoint
 from camcli.train.data import (
     FolderData,
@@ -185,6 +186,7 @@ def _train_folder(job: _Job, options: TrainOptions) -> FitResult:
     random.seed(o.seed)
     model, new_prefixes = _starting_model(job, entry, o, folders.classes, resume_ck)
     model = _to_device(model, job.dev)
+    resume_gc()  # the network is built: the start-up is over (camcli.sysinfo.pause_gc)
     train_ds, val_ds = _datasets(job, folders, model, o)
     if job.dist.is_main:
         job.reporter.info(_summary(job, entry, o, folders, len(train_ds), len(val_ds)))
