@@ -286,7 +286,7 @@ def other_ckpt(tmp_path_factory, cli_ckpt) -> Path:
     ("second", "what", "was", "now"),
     [
         (("--top-k", 2), "--top-k", "1", "2"),
-        (("--format", "png"), "--format", "'jpg'", "'png'"),
+        (("--format", "png"), "--format", "jpg", "png"),
         (("--other-weights",), "weights (sha256)", None, None),
     ],
 )
@@ -306,11 +306,11 @@ def test_merge_refuses_shards_of_different_runs(second, what, was, now, tmp_path
     assert code == 2, err
     if was is None:
         i0, i1 = (json.loads((out / f"run.shard-{i}-of-2.json").read_text()) for i in (0, 1))
-        was, now = repr(i0["weights_sha256"]), repr(i1["weights_sha256"])
+        was, now = i0["weights_sha256"], i1["weights_sha256"]
     assert err.strip() == (
         f"error: {out}: the shards are parts of different runs: run.shard-1-of-2.json was made "
-        f"with {what} {now}, run.shard-0-of-2.json with {was}; rerun shard 1/2 with the options "
-        "of the others (or remove the parts of the older run)"
+        f"with {what} {now}, run.shard-0-of-2.json with {what} {was}; rerun shard 1/2 with the "
+        "options of the others (or remove the parts of the older run)"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # the same run merges

@@ -16,7 +16,7 @@ from pathlib import Path
 from camcli.atomic import write_atomic
 from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit
-from camcli.runs.samerun import run_difference
+from camcli.runs.samerun import made_with, run_difference
 from camcli.runs.shards import (
     DRAW_MARK,
     MANIFEST,
@@ -312,14 +312,27 @@ def _check_one_run(root: Path, n: int, infos: list[dict]) -> None:
     for i, info in enumerate(infos[1:], start=1):
         diff = run_difference(infos[0], info)
         if diff is not None:
-            what, was, is_now = diff
             first, other = (root / shard_names(j, n)[1] for j in (0, i))
-            raise CamcliError(
-                f"{root}: the shards are parts of different runs: {other.name} was made with "
-                f"{what} {is_now!r}, {first.name} with {was!r}; rerun shard {i}/{n} with the "
-                "options of the others (or remove the parts of the older run)",
-                Exit.USAGE,
-            )
+            _refuse_other_run(root, (first.name, other.name), diff, f"{i}/{n}")
+
+
+def _refuse_other_run(
+    where: Path, names: tuple[str, str], diff: tuple[str, object, object], shard: str
+) -> None:
+    """Raise the refusal of parts of two runs: ``names`` (shard 0's file, the other's),
+    ``diff`` of :func:`camcli.runs.samerun.run_difference`, ``shard`` the other's ``I/N``.
+
+    Raises:
+        CamcliError: always (exit 2), one line with both files, the option and both values.
+    """
+    what, was, is_now = diff
+    other_words, first_words = made_with(what, is_now, was, verb="with")
+    raise CamcliError(
+        f"{where}: the shards are parts of different runs: {names[1]} was made {other_words}, "
+        f"{names[0]} {first_words}; rerun shard {shard} with the options of the others (or "
+        "remove the parts of the older run)",
+        Exit.USAGE,
+    )
 
 
 def _is_int(v) -> bool:
