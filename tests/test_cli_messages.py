@@ -294,11 +294,11 @@ def test_cam_resume_refuses_a_folder_of_another_run(tmp_path, cli_images, cli_ck
     code, _, err = camcli_run(*base, "-k", "2", "--colormap", "turbo", "--resume")
     assert code == 2
     assert err.startswith(
-        f"error: --resume: {out} holds a run made with --top-k 1, this run has 2; resume with "
-        "the options of that run, or give a new --out"
+        f"error: --resume: {out} holds a run made with --top-k 1, this run has --top-k 2; resume "
+        "with the options of that run, or give a new --out"
     ), err
     code, _, err = camcli_run(*base, "-k", "1", "--grid", "--resume")
-    assert code == 2 and "made with --grid False, this run has True" in err, err
+    assert code == 2 and "made without --grid, this run with it;" in err, err
     assert (out / "manifest.jsonl").read_text() == manifest  # nothing touched
     assert (out / "run.json").read_text() == run_json
     assert camcli_run(*base, "-k", "1", "--resume")[0] == first  # the same run resumes
@@ -307,8 +307,8 @@ def test_cam_resume_refuses_a_folder_of_another_run(tmp_path, cli_images, cli_ck
 @pytest.mark.parametrize(
     ("first", "second", "said"),
     [
-        (("--format", "png"), (), "made with --format 'png', this run has 'jpg'"),
-        (("--no-overlay", "--grid"), ("--grid",), "with --no-overlay True, this run has False"),
+        (("--format", "png"), (), "made with --format png, this run has --format jpg;"),
+        (("--no-overlay", "--grid"), ("--grid",), "made with --no-overlay, this run without it;"),
     ],
 )
 def test_cam_resume_refusal_names_options_as_typed(
@@ -321,6 +321,36 @@ def test_cam_resume_refusal_names_options_as_typed(
     assert camcli_run(*base, *first)[0] == 0
     code, _, err = camcli_run(*base, *second, "--resume")
     assert code == 2 and said in err, err
+
+
+def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial D2: --resume with another --gt file (or --gt when the first run had none) was
+    accepted: --gt was not in run.json's options. Now run.json records the file's absolute
+    path, and the refusal names --gt and both values."""
+    gts = []
+    for name, label in (("gt1.csv", "class a"), ("gt2.csv", "class b")):
+        gts.append(tmp_path / name)
+        gts[-1].write_text(f"path,label,xmin,ymin,xmax,ymax\na.jpg,{label},0,0,9,9\n")
+    out = tmp_path / "cams"
+    base = ["cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "--workers", "0", "-q"]
+    assert camcli_run(*base, "--gt", gts[0])[0] == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["options"]["gt"] == str(gts[0].resolve())
+    code, _, err = camcli_run(*base, "--gt", gts[1], "--resume")
+    assert code == 2 and err.startswith(
+        f"error: --resume: {out} holds a run made with --gt {gts[0].resolve()}, this run has "
+        f"--gt {gts[1].resolve()}; resume with the options of that run, or give a new --out"
+    ), err
+    code, _, err = camcli_run(*base, "--resume")
+    assert code == 2 and f"made with --gt {gts[0].resolve()}, this run has --gt none;" in err
+    assert camcli_run(*base, "--gt", gts[0], "--resume")[0] == 0  # the same run resumes
+    # a run without --gt, resumed with one
+    out2 = tmp_path / "cams2"
+    base[base.index(out)] = out2
+    assert camcli_run(*base)[0] == 0
+    assert json.loads((out2 / "run.json").read_text())["options"]["gt"] is None
+    code, _, err = camcli_run(*base, "--gt", gts[0], "--resume")
+    assert code == 2 and f"made with --gt none, this run has --gt {gts[0].resolve()};" in err
 
 
 # --- bad option values are usage errors with the help's place (trial B2) ---------------------

@@ -233,6 +233,70 @@ def test_predict_shards_merge_and_eval_reads_the_parts(refs, tmp_path, cli_image
     assert out.read_bytes() == (refs / "preds.jsonl").read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("command", "second", "what", "was", "now"),
+    [
+        ("bbox", ("--model", "shapes"), "--model", "resnet18", "shapes"),
+        ("bbox", ("-k", 1), "--top-k", "5", "1"),
+        ("bbox", ("--box-rule", "all"), "--box-rule", "paper", "all"),
+        ("predict", ("--model", "shapes"), "--model", "resnet18", "shapes"),
+        ("predict", ("-k", 1), "--top-k", "5", "1"),
+    ],
+)
+def test_merge_refuses_file_parts_of_different_runs(command, second, what, was, now, refs,
+                                                    tmp_path, cli_images, cli_ckpt,
+                                                    camcli_run):  # fmt: skip
+    """Trial D1: `merge FILE` joined --output parts of different runs (another model, -k,
+    --box-rule) into one file mixing their records. Each finished part's PART.inputs now
+    records its run; merge refuses (exit 2) naming both parts, the option and both values,
+    writes nothing, and merges the parts of one run as before."""
+    out = tmp_path / "m.jsonl"
+    base = (command, cli_images, "-q", "-o", out)
+    assert run_main(*base, "-w", cli_ckpt, "--shard", "0/2") in (0, 1)
+    w = () if "--model" in second else ("-w", cli_ckpt)
+    assert run_main(*base, *w, *second, "--shard", "1/2") in (0, 1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code, _, err = camcli_run("merge", out)
+    assert code == 2, err
+    assert err.strip() == (
+        f"error: {out}: the shards are parts of different runs: m.shard-1-of-2.jsonl was made "
+        f"with {what} {now}, m.shard-0-of-2.jsonl with {what} {was}; rerun shard 1/2 with the "
+        "options of the others (or remove the parts of the older run)"
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
+    assert run_main(*base, "-w", cli_ckpt, "--shard", "1/2") in (0, 1)  # the same run merges
+    assert camcli_run("merge", out)[0] == 0
+    ref = refs / ("boxes.jsonl" if command == "bbox" else "preds.jsonl")
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_merge_compares_the_runs_parts_record(tmp_path):
+    """Trial D1: parts of two commands are refused; a part without a run (an older camcli's
+    PART.inputs: {"inputs": k}) is not compared and merges as before."""
+    from camcli.errors import CamcliError, Exit
+    from camcli.runs.merge import merge_jsonl
+    from camcli.runs.shards import count_path
+
+    target = tmp_path / "r.jsonl"
+    parts = [Shard(i, 3).part(target) for i in range(3)]
+    for p, img in zip(parts, "abc"):
+        p.write_text(f'{{"image": "{img}"}}\n')
+    run = {"command": "bbox", "model": "m", "options": {"top_k": 5}}
+    for p, r in zip(parts, [None, run, {**run, "command": "predict"}]):
+        count_path(p).write_text(json.dumps({"inputs": 1, **({"run": r} if r else {})}))
+    with pytest.raises(CamcliError) as ex:
+        merge_jsonl(target)
+    assert ex.value.code == Exit.USAGE and str(ex.value) == (
+        f"{target}: the shards are parts of different runs: r.shard-2-of-3.jsonl was made with "
+        "camcli predict, r.shard-1-of-3.jsonl with camcli bbox; rerun shard 2/3 with the "
+        "options of the others (or remove the parts of the older run)"
+    )
+    assert not target.exists()
+    count_path(parts[2]).write_text(json.dumps({"inputs": 1, "run": run}))
+    assert merge_jsonl(target) == 3
+    assert [json.loads(x)["image"] for x in target.read_text().splitlines()] == ["a", "b", "c"]
+
+
 def test_empty_shard_writes_an_empty_part(tmp_path, cli_images, cli_ckpt):
     out = tmp_path / "p.jsonl"
     assert run_main("predict", cli_images, "-w", cli_ckpt, "-q", "-o", out, "--shard", "7/8") == 0
@@ -286,7 +350,7 @@ def other_ckpt(tmp_path_factory, cli_ckpt) -> Path:
     ("second", "what", "was", "now"),
     [
         (("--top-k", 2), "--top-k", "1", "2"),
-        (("--format", "png"), "--format", "'jpg'", "'png'"),
+        (("--format", "png"), "--format", "jpg", "png"),
         (("--other-weights",), "weights (sha256)", None, None),
     ],
 )
@@ -306,11 +370,11 @@ def test_merge_refuses_shards_of_different_runs(second, what, was, now, tmp_path
     assert code == 2, err
     if was is None:
         i0, i1 = (json.loads((out / f"run.shard-{i}-of-2.json").read_text()) for i in (0, 1))
-        was, now = repr(i0["weights_sha256"]), repr(i1["weights_sha256"])
+        was, now = i0["weights_sha256"], i1["weights_sha256"]
     assert err.strip() == (
         f"error: {out}: the shards are parts of different runs: run.shard-1-of-2.json was made "
-        f"with {what} {now}, run.shard-0-of-2.json with {was}; rerun shard 1/2 with the options "
-        "of the others (or remove the parts of the older run)"
+        f"with {what} {now}, run.shard-0-of-2.json with {what} {was}; rerun shard 1/2 with the "
+        "options of the others (or remove the parts of the older run)"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # the same run merges

@@ -109,7 +109,7 @@ def test_cam_simulated_disk_full_stops_cleanly_and_resumes(tmp_path, imgs, cli_c
     capsys.readouterr()
     other = ["--top-k", "3", "--save-maps", "--grid"]
     assert run_main("cam", imgs, "--out", out, "-w", cli_ckpt, *other, *ARGS, "--resume") == 2
-    assert "holds a run made with --top-k 2, this run has 3" in capsys.readouterr().err
+    assert "holds a run made with --top-k 2, this run has --top-k 3;" in capsys.readouterr().err
     assert (out / "manifest.jsonl").read_bytes() == manifest  # nothing touched
     assert run_main("cam", imgs, "--out", out, "-w", cli_ckpt, *CAM, *ARGS, "--resume") == 0
     same_files(out, ref / "cam")

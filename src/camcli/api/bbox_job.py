@@ -140,7 +140,7 @@ def run_bbox(
     mine = split.select(items) if items is not None else None
     # from maps: counted here; from a model: the session counts
     stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
-    sink = RecordSink(opts.output, split, resume=opts.resume)
+    sink = RecordSink(opts.output, split, resume=opts.resume, run=_part_run(opts, session))
     drawdir = None
     boxer = Boxer(opts.box_options, session.profiler if session is not None else None)
     emit = []  # the record writer, set by _write_box_records (drains before a forward pass)
@@ -200,6 +200,17 @@ def run_bbox(
         records=records,
         not_drawn=not_drawn,
     )
+
+
+def _part_run(opts: BboxOptions, session: Session | None) -> dict | None:
+    """What run a shard's part is (:func:`camcli.api.sink.part_run`): the model and the
+    options that change the boxes, the most telling first; None from maps (never sharded)."""
+    if session is None:
+        return None
+    from camcli.api.sink import part_run
+
+    keys = ("tight_loose", "rule", "threshold", "top_k", "norm", "interpolation", "ten_crop")
+    return part_run(session, "bbox", {k: getattr(opts, k) for k in keys})
 
 
 def _synset_map(opts: BboxOptions, session: Session | None):

@@ -196,7 +196,7 @@ def run_cam_job(
     copts = _cam_options(opts, session, items, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
     if opts.resume and split.shard is None:
-        _check_same_run(Path(opts.out), run_info(session, "cam", options_dict(copts, wopts), 0))
+        _check_same_run(Path(opts.out), run_info(session, "cam", _options(opts, copts, wopts), 0))
     outdir = OutDir(
         opts.out,
         resume=opts.resume,
@@ -254,9 +254,10 @@ def run_cam_job(
 
 def _check_same_run(out: Path, now: dict) -> None:
     """Refuse ``--resume`` into a folder whose ``run.json`` (an earlier run that completed,
-    was interrupted or failed) names another model, weights or option
+    was interrupted or failed) names another model, weights or option, ``--gt`` included
     (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
-    without a readable ``run.json`` (a killed run) is resumed as it is.
+    without a readable ``run.json`` (a killed run) is resumed as it is; one whose ``run.json``
+    does not record ``--gt`` (an older camcli's) is resumed with any ``--gt``.
 
     Raises:
         UsageError: the first difference (the option as typed), the folder's value and this
@@ -265,7 +266,7 @@ def _check_same_run(out: Path, now: dict) -> None:
     import json
 
     from camcli.errors import UsageError
-    from camcli.runs.samerun import as_stored, run_difference
+    from camcli.runs.samerun import as_stored, made_with, run_difference
 
     try:
         now = as_stored(now)  # this run as run.json would hold it (lists, strings)
@@ -274,13 +275,23 @@ def _check_same_run(out: Path, now: dict) -> None:
             return
     except (OSError, ValueError):
         return
+    if "gt" not in before["options"]:  # an older camcli's run.json: --gt unknown
+        now["options"].pop("gt", None)
     diff = run_difference(before, now)
     if diff is not None:
-        key, was, is_now = diff
+        was, is_now = made_with(*diff)
         raise UsageError(
-            f"--resume: {out} holds a run made with {key} {was!r}, this run has {is_now!r}; "
+            f"--resume: {out} holds a run made {was}, this run {is_now}; "
             "resume with the options of that run, or give a new --out"
         )
+
+
+def _options(opts: CamJobOptions, copts: cams.CamOptions, wopts: CamWriteOptions) -> dict:
+    """run.json's ``options`` of this run (but inputs and resumed count): the maps' and files'
+    options and ``gt``, the ``--gt`` file's absolute path (text; None without ``--gt``), which
+    ``--resume`` and ``merge`` compare."""
+    gt = None if opts.gt is None else str(Path(opts.gt).resolve())
+    return {**options_dict(copts, wopts), "gt": gt}
 
 
 def _cam_options(
@@ -339,7 +350,7 @@ def _cam_run_info(
     """The ``run.json`` of a completed ``cam`` run (:func:`run_info`); a shard's names its
     shard and the whole run's input count."""
     options = {
-        **options_dict(copts, wopts),
+        **_options(opts, copts, wopts),
         "inputs": list(opts.inputs),
         "resumed": resumed,
     }

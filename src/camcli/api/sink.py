@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camcli.api.split import Split
 from camcli.data.records import JsonlWriter
+
+if TYPE_CHECKING:
+    from camcli.api.session import Session
 
 
 class RecordSink:
@@ -15,7 +19,17 @@ class RecordSink:
     (collected; only when no output is named). :attr:`on_stdout`: the records go to stdout
     (``-`` or none named), so a failed input needs no line on stderr."""
 
-    def __init__(self, output: str | None, split: Split, *, resume: bool, table: bool = False):
+    def __init__(
+        self,
+        output: str | None,
+        split: Split,
+        *,
+        resume: bool,
+        table: bool = False,
+        run: dict | None = None,
+    ):
+        """``run``: what run this is (:func:`part_run`), recorded beside a shard's finished
+        part for ``camcli merge``; None: not recorded."""
         from camcli.atomic import stream_target
         from camcli.runs.recordfile import RecordFile
 
@@ -30,7 +44,7 @@ class RecordSink:
             part = split.shard is not None
             path = split.shard.part(self.target) if part else self.target
             self.rfile = RecordFile(
-                path, resume=resume, part=part, also=(self.target,) if part else ()
+                path, resume=resume, part=part, also=(self.target,) if part else (), run=run
             )
         elif not table:
             self.stdout = JsonlWriter(output if stream else "-")
@@ -74,6 +88,26 @@ class RecordSink:
         if self.split.main:
             recs = join_parts(self.target, self.split.shard.count, items)
         return recs
+
+
+def part_run(session: Session, command: str, options: dict) -> dict:
+    """What run a shard's ``--output`` part is, as ``PART.inputs`` records it and ``camcli
+    merge`` compares it (:func:`camcli.runs.samerun.run_difference`): ``command`` (``"bbox"``,
+    ``"predict"``), the model, its weights' sha256, class count and preprocessing, and
+    ``options``, the options that change the records (run.json's field names)."""
+    from camcli.runs.samerun import as_stored
+
+    m = session.model
+    return as_stored(
+        {
+            "command": command,
+            "model": m.name,
+            "weights_sha256": m.weights_sha256,
+            "num_classes": m.num_classes,
+            "preprocess": m.preprocess.to_dict(),
+            "options": options,
+        }
+    )
 
 
 def join_parts(target: Path, count: int, items: list) -> list[dict]:

@@ -47,7 +47,7 @@ def predict(
 
     Example: camcli predict photos/ --model resnet50 --top-k 5 --output preds.jsonl
     """
-    from camcli.api.sink import RecordSink
+    from camcli.api.sink import RecordSink, part_run
     from camcli.api.split import plan_split
     from camcli.cli.run import (
         check_targets,
@@ -75,7 +75,11 @@ def predict(
         from camcli.api import predict as api
 
         sink = RecordSink(
-            output, split, resume=resume, table=output is None and sys.stdout.isatty()
+            output,
+            split,
+            resume=resume,
+            table=output is None and sys.stdout.isatty(),
+            run=part_run(session, "predict", {"top_k": top_k}),
         )
         skipped = _write_predictions(session, mine, sink, split, top_k=top_k, quiet=quiet)
         if sink.table:

@@ -16,7 +16,7 @@ from pathlib import Path
 from camcli.atomic import write_atomic
 from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit
-from camcli.runs.samerun import run_difference
+from camcli.runs.samerun import made_with, run_difference
 from camcli.runs.shards import (
     DRAW_MARK,
     MANIFEST,
@@ -165,13 +165,16 @@ def _check_count(where: Path, n: int, found: int) -> None:
         )
 
 
-def _part_inputs(part: Path) -> int:
-    """The input count a finished ``--output`` part's ``PART.inputs`` file records."""
+def _part_count(part: Path) -> tuple[int, dict | None]:
+    """The input count and run (None: a part of an older camcli) a finished ``--output``
+    part's ``PART.inputs`` file records (:func:`camcli.runs.shards.count_path`)."""
     cp = count_path(part)
     try:
         value = json.loads(cp.read_text(encoding="utf-8"))
-        k = value["inputs"]
+        k, run = value["inputs"], value.get("run")
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError
+        if run is not None and not isinstance(run, dict):
             raise ValueError
     except FileNotFoundError:
         raise CamcliError(
@@ -180,26 +183,47 @@ def _part_inputs(part: Path) -> int:
             "with --resume",
             Exit.NO_INPUT,
         ) from None
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         raise CamcliError(
-            f'{cp}: not an input count ({{"inputs": N}}); rerun that shard with --resume',
+            f'{cp}: not an input count ({{"inputs": N, "run": {{...}}}}); rerun that shard '
+            "with --resume",
             Exit.NO_INPUT,
         ) from None
-    return k
+    return k, run
+
+
+def _check_one_file_run(target: Path, parts: list[Path], runs: list[dict | None]) -> None:
+    """Refuse ``--output`` parts made by different runs: another command, model, weights,
+    class count, preprocessing or option than the first part that records its run
+    (:func:`camcli.runs.samerun.run_difference`). Parts without a run (an older camcli's) are
+    not compared.
+
+    Raises:
+        CamcliError: (exit 2) the first difference, both part files and both values.
+    """
+    known = [(i, r) for i, r in enumerate(runs) if r is not None]
+    for i, run in known[1:]:
+        (j, first), cmds = known[0], (known[0][1].get("command"), run.get("command"))
+        diff = ("camcli", *cmds) if cmds[0] != cmds[1] else run_difference(first, run)
+        if diff is not None:
+            _refuse_other_run(target, (parts[j].name, parts[i].name), diff, f"{i}/{len(parts)}")
 
 
 def plan_jsonl(target: Path) -> MergePlan:
     """Check the parts of ``target`` (see :func:`find_parts`): every line a record with an
-    ``image``, each part as long as its shard's input count. Nothing is written.
+    ``image``, each part as long as its shard's input count, all parts made by one run (as
+    their ``PART.inputs`` files record it). Nothing is written.
 
     Raises:
-        CamcliError: (exit 3) naming the part and what is wrong.
+        CamcliError: (exit 3) naming the part and what is wrong; (exit 2) parts of different
+            runs (another command, model, weights or option, see :func:`_check_one_file_run`).
     """
     n, parts = find_parts(target)
+    counts = [_part_count(p) for p in parts]
+    _check_one_file_run(target, parts, [run for _, run in counts])
     contents = []
-    for p in parts:
+    for p, (k, _) in zip(parts, counts):
         lines = read_jsonl(p, require="image")
-        k = _part_inputs(p)
         if len(lines) != k:
             raise CamcliError(
                 f"{p}: {len(lines)} records for the shard's {k} inputs; the part is incomplete "
@@ -312,14 +336,27 @@ def _check_one_run(root: Path, n: int, infos: list[dict]) -> None:
     for i, info in enumerate(infos[1:], start=1):
         diff = run_difference(infos[0], info)
         if diff is not None:
-            what, was, is_now = diff
             first, other = (root / shard_names(j, n)[1] for j in (0, i))
-            raise CamcliError(
-                f"{root}: the shards are parts of different runs: {other.name} was made with "
-                f"{what} {is_now!r}, {first.name} with {was!r}; rerun shard {i}/{n} with the "
-                "options of the others (or remove the parts of the older run)",
-                Exit.USAGE,
-            )
+            _refuse_other_run(root, (first.name, other.name), diff, f"{i}/{n}")
+
+
+def _refuse_other_run(
+    where: Path, names: tuple[str, str], diff: tuple[str, object, object], shard: str
+) -> None:
+    """Raise the refusal of parts of two runs: ``names`` (shard 0's file, the other's),
+    ``diff`` of :func:`camcli.runs.samerun.run_difference`, ``shard`` the other's ``I/N``.
+
+    Raises:
+        CamcliError: always (exit 2), one line with both files, the option and both values.
+    """
+    what, was, is_now = diff
+    other_words, first_words = made_with(what, is_now, was, verb="with")
+    raise CamcliError(
+        f"{where}: the shards are parts of different runs: {names[1]} was made {other_words}, "
+        f"{names[0]} {first_words}; rerun shard {shard} with the options of the others (or "
+        "remove the parts of the older run)",
+        Exit.USAGE,
+    )
 
 
 def _is_int(v) -> bool:

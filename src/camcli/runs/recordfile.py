@@ -28,14 +28,23 @@ class RecordFile:
     run, and of ``also`` (read only: a merged FILE for a part), keyed by ``image``; ``done``
     holds them (a record whose ``image`` is not a string is done again; a link or other
     non-regular file is not read). A failed write raises a one-line error (exit 5) and keeps the
-    partial file. ``.FILE.lock`` keeps a second run off FILE until :meth:`finish` (exit 2)."""
+    partial file. ``.FILE.lock`` keeps a second run off FILE until :meth:`finish` (exit 2).
+    A finished part gets ``PART.inputs`` beside it: its input count and ``run``, what run made
+    it (see :func:`camcli.runs.merge.plan_jsonl`), when given."""
 
     def __init__(
-        self, target: Path, *, resume: bool, part: bool = False, also: tuple[Path, ...] = ()
+        self,
+        target: Path,
+        *,
+        resume: bool,
+        part: bool = False,
+        also: tuple[Path, ...] = (),
+        run: dict | None = None,
     ) -> None:
         self.target = Path(target)
         self.partial = partial_path(self.target)
         self.part = part
+        self.run = run
         self.done: dict[str, dict] = {}
         self.failed = False
         self._lock = None
@@ -111,8 +120,9 @@ class RecordFile:
             return recs
         try:
             write_atomic(self.target, "".join(dumps(r) + "\n" for r in recs).encode("utf-8"))
-            if self.part:  # merge checks each part against its input count
-                write_atomic(count_path(self.target), dumps({"inputs": len(order)}).encode())
+            if self.part:  # merge checks each part against its input count and run
+                count = {"inputs": len(order), **({"run": self.run} if self.run else {})}
+                write_atomic(count_path(self.target), dumps(count).encode())
         except OSError as exc:
             self.failed = True
             raise write_error(exc, self.target) from None

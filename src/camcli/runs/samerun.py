@@ -38,9 +38,11 @@ OPTION_FLAGS = {
     "grid": "--grid",
     "save_maps": "--save-maps",
     "maps_format": "--maps-format",
+    "rule": "--box-rule",
+    "tight_loose": "--tight-loose-heuristic",
 }
-"""``options`` field -> the option as the user types it (``cam``'s flags); a field not listed
-is named ``--field-name``."""
+"""``options`` field -> the option as the user types it (``cam``'s, ``bbox``'s and ``predict``'s
+flags); a field not listed is named ``--field-name`` (``gt`` is ``--gt``)."""
 
 _INVERTED = frozenset({"overlays"})
 """Fields whose flag says the opposite (``overlays`` true is ``--no-overlay`` false)."""
@@ -65,8 +67,9 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
 
     Returns:
         ``(what, value before, value now)``: ``what`` as the user names it (``--model``,
-        ``--format``, ``weights (sha256)``, ...), the values as the user would type them (a
-        ``--no-overlay`` run's ``overlays`` false is ``--no-overlay True``).
+        ``--format``, ``weights (sha256)``, ...), the values as stored, but for the flags the
+        user types (a ``--no-overlay`` run's ``overlays`` false is ``--no-overlay`` true);
+        :func:`made_with` words them.
     """
     pairs = [(FIELD_NAMES[k], before.get(k), now.get(k)) for k in SAME_RUN]
     was_opts, now_opts = before.get("options"), now.get("options")
@@ -81,3 +84,35 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
         if was != is_now:
             return what, was, is_now
     return None
+
+
+def shown(value: object) -> str:
+    """A stored value as the user would type it: None is ``none``, a list its items joined by
+    commas, an object compact JSON, text and numbers as they are (no quotes)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(shown(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return str(value)
+
+
+def made_with(what: str, was: object, now: object, *, verb: str = "has") -> tuple[str, str]:
+    """A difference of :func:`run_difference` in words, as the options are typed.
+
+    Args:
+        what: the option or field (``--grid``, ``--colormap``, ``weights (sha256)``).
+        was: the value of the run already there; now: the other run's.
+        verb: what precedes the other run's value (``has``: "this run has --top-k 2").
+
+    Returns:
+        (the first run's words, the other's): ``("with --grid", "without it")`` or
+        ``("without --grid", "with it")`` for an on/off flag, ``("with --colormap jet",
+        "has --colormap turbo")`` otherwise (None is ``none``).
+    """
+    if isinstance(was, bool) and isinstance(now, bool):
+        return (f"with {what}" if was else f"without {what}", "with it" if now else "without it")
+    return f"with {what} {shown(was)}", f"{verb} {what} {shown(now)}"

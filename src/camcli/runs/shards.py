@@ -69,8 +69,10 @@ def parse_shard(text: str) -> Shard:
 
 
 def count_path(part: Path) -> Path:
-    """``PART.inputs`` beside a finished ``--output`` part: ``{"inputs": k}``, the number of
-    inputs of that shard, so that ``camcli merge`` knows each part is whole."""
+    """``PART.inputs`` beside a finished ``--output`` part: ``{"inputs": k, "run": {...}}``,
+    the number of inputs of that shard, so that ``camcli merge`` knows each part is whole, and
+    what run made it (command, model, weights sha256, classes, preprocessing, options; not in
+    the parts of an older camcli), so that it joins the parts of one run only."""
     return part.with_name(part.name + ".inputs")
 
 
