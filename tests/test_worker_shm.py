@@ -42,6 +42,11 @@ def test_no_shared_memory_for_a_batch_is_one_error_not_a_hang(tmp_path, command)
         "the limit, or run with --workers 0"
     ], p.stderr
     assert p.stdout == ""
+    if command == "cam":  # trial (session 11) S4: the folder says what run it was, unfinished
+        import json
+
+        info = json.loads((tmp_path / "cams" / "run.json").read_text())
+        assert info["failed"] is True and info["command"] == "cam", info
 
 
 def test_a_full_dev_shm_is_the_same_clean_error(monkeypatch, tmp_path):

@@ -19,6 +19,7 @@ from camcli.api.progress import JobRun, Progress
 from camcli.api.session import Session
 from camcli.api.split import Split
 from camcli.data import inputs, loader
+from camcli.errors import WriteError
 from camcli.runs.outdir import OutDir
 
 if TYPE_CHECKING:
@@ -206,12 +207,15 @@ def run_cam_job(
     todo = [it for it in mine if it.key not in outdir.done]
     skipped = len(mine) - len(todo)
     progress.start(len(todo), skipped, len(mine))
-    interrupted = completed = False
+    interrupted = completed = stopped = False
     try:
         run_cam(session, todo, copts, wopts, outdir, on_record=progress.record)
         completed = True
     except KeyboardInterrupt:
         interrupted = True
+        raise
+    except WriteError:  # e.g. no shared memory for the decoder workers (exit 5)
+        stopped = True
         raise
     finally:
         progress.stop()
@@ -221,7 +225,7 @@ def run_cam_job(
             )
             # interrupted (Ctrl-C, SIGTERM) or a failed write (exit 5): run.json says so (and
             # what run it was, for --resume's check); a shard's part stays unfinished
-            failed = outdir.failed
+            failed = outdir.failed or stopped
             if (completed and not failed) or ((interrupted or failed) and split.shard is None):
                 info = _cam_run_info(
                     session, opts, copts, wopts, split, len(items), skipped, started
