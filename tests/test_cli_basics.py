@@ -230,10 +230,32 @@ def test_usage_errors_exit_2(capsys, image):
 
 
 def test_traceback_only_with_camcli_debug(image):
+    """Trial E1: the program (entry.run) in debug mode keeps the documented exit code (4)."""
     # without CAMCLI_DEBUG: test_one_line_errors_and_exit_codes
     r = _run("predict", str(image), "-m", "resnet18", "-w", "missing.pth",
              env={**ENV, "CAMCLI_DEBUG": "1"})  # fmt: skip
-    assert r.returncode != 0 and "Traceback" in r.stderr and "WeightsError" in r.stderr
+    assert r.returncode == 4 and "Traceback" in r.stderr and "WeightsError" in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_debug_mode_keeps_every_exit_code(capsys, monkeypatch, tmp_path):
+    """Trial E1: CAMCLI_DEBUG=1 adds a traceback and keeps each error's exit code (it was 1)."""
+    (tmp_path / "noshards").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        ["merge", tmp_path / "noshards"],
+        ["cam", tmp_path / "noshards", "--out", tmp_path / "afile", "-m", "resnet18"],
+        ["eval", "--boxes", tmp_path / "nonexist.jsonl", "--gt", tmp_path / "gt.json"],
+    ]
+    for args in cases:
+        monkeypatch.delenv("CAMCLI_DEBUG", raising=False)
+        code, _, err = _cli(capsys, *args)
+        assert code in (2, 3) and "Traceback" not in err, (args, err)
+        monkeypatch.setenv("CAMCLI_DEBUG", "1")
+        dcode, _, derr = _cli(capsys, *args)
+        assert dcode == code, (args, derr)
+        assert "Traceback (most recent call last)" in derr
+        assert derr.rstrip().splitlines()[-1] == err.rstrip()  # the same one-line error last
 
 
 def test_stdin_dash_reads_paths(capsys, monkeypatch, image):
