@@ -106,7 +106,7 @@ def test_boxes_output_file_missing_image_and_exit_1(small, capsys):
     assert r["missing"] == ["val/c.jpg"] and r["n_missing"] == 1 and r["n_failed"] == 1
     assert r["failed"] == [{"image": "/d/val/b.jpg", "error": "broken"}]
     assert r["top1_cls_error"] == pytest.approx(2 / 3)
-    assert "1 ground-truth images have no prediction (counted wrong): val/c.jpg" in err
+    assert "1 ground-truth image has no prediction (counted wrong): val/c.jpg" in err
     assert "broken" in err
     # --subset: c (no record) leaves the denominators; b (failed) stays; still exit 1.
     code, out, _ = run(
@@ -441,3 +441,37 @@ def test_report_for_records_hook_of_bbox(small, capsys):
         is None
     )
     assert "no metrics" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_mismatch_warnings_agree_with_their_count(n, capsys):
+    """Trial E3: "1 predictions match no ground-truth image" and the like: every count phrase
+    of eval's warnings is singular for 1 and plural otherwise."""
+    from camcli.cli.eval_table import warn_mismatches
+
+    names = [f"x{i}.jpg" for i in range(n)]
+    warn_mismatches(
+        {
+            "n_images": 3,
+            "n_gt_images": 3,
+            "missing": names,
+            "unmatched": names,
+            "failed": [{"image": x, "error": "bad"} for x in names],
+            "n_duplicates": n,
+            "missing_gt_class": names,
+            "n_renormalised": n,
+            "n_missing_gt_known": n,
+        }
+    )
+    err = capsys.readouterr().err
+    if n == 1:
+        wanted = ["1 ground-truth image has no", "1 prediction matches no", "1 prediction is an "
+                  "error", "1 prediction repeats an", "1 map file holds no", "1 map was outside "
+                  "[0, 1] and was min-max", "1 record carries no"]  # fmt: skip
+    else:
+        wanted = ["2 ground-truth images have no", "2 predictions match no", "2 predictions are "
+                  "errors", "2 predictions repeat an", "2 map files hold no", "2 maps were outside "
+                  "[0, 1] and were min-max", "2 records carry no"]  # fmt: skip
+    for w in wanted:
+        assert w in err, (w, err)
+    assert err.count("\n") == len(wanted)
