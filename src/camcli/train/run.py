@@ -238,8 +238,8 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
         ) from None
     if options.lr is not None and options.lr != saved.lr:
         raise UsageError(
-            f"--lr {options.lr}: a resumed run keeps its learning rate ({saved.lr}, set by the "
-            f"optimizer and schedule state {last} resumes); drop --lr to continue it"
+            f"--lr {options.lr:g}: a resumed run keeps its learning rate ({saved.lr:g}, set by "
+            f"the optimizer and schedule state {last} resumes); drop --lr to continue it"
         )
     saved.epochs = options.epochs or saved.epochs
     saved.workers = options.workers if options.workers is not None else saved.workers
