@@ -151,6 +151,53 @@ def test_models_piped_prints_whole_rows():
         assert row[0][1] == e.architecture, (name, row)
 
 
+@pytest.mark.parametrize("width", [60, 79])
+def test_models_on_a_narrow_terminal_keeps_every_column(width, monkeypatch):
+    """Trial E3: on a 60-column terminal `camcli models` dropped the architecture column and
+    cut "GAP" to "GA" (and names) with no ellipsis. Every column stays: names whole (folded
+    onto more lines), pool, feature map, classes and weights whole, an architecture cut only
+    with an ellipsis; no line wider than the terminal."""
+    import io
+
+    from rich.console import Console
+
+    from camcli.cli import models_cmd
+
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, force_terminal=True, no_color=True, highlight=False)
+    monkeypatch.setattr("camcli.console.stdout_console", lambda width=None: con)
+    rows = models_cmd._registry_rows()
+    models_cmd._print_table(rows)
+    import re
+
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue()).splitlines()
+    assert all(len(x) <= width for x in lines), lines
+    head = next(i for i, x in enumerate(lines) if x.startswith("name "))
+    header = " ".join(lines[head - 1 : head + 1])
+    for word in ("name", "arch", "pool", "feature", "map", "classes", "weights"):
+        assert word in header.split() or any(w.startswith(word) for w in header.split()), header
+    starts = [lines[head].index(w) for w in ("arch", "pool")]
+    body = lines[head + 2 :]
+    body = body[: next(i for i, x in enumerate(body) if "torchvision:" in x or not x.strip())]
+    groups: list[list[str]] = []
+    for x in body:
+        if x[starts[1]] != " ":  # a row's first line: its pool cell
+            groups.append([])
+        groups[-1].append(x)
+    assert len(groups) == len(rows)
+    for g, r in zip(groups, rows, strict=True):
+        assert "".join(x[: starts[0]].strip() for x in g) == r["name"], g
+        arch = g[0][starts[0] : starts[1]].strip()
+        assert arch == r["architecture"] or (
+            arch.endswith("…") and r["architecture"].startswith(arch[:-1])
+        ), (arch, r)
+        cells = g[0][starts[1] :].split()
+        pool = r["pool"].upper().replace("AVG", "GAP").replace("MAX", "GMP")
+        assert cells[:3] == [pool, r["feature_map"], str(r["classes"])], (cells, r)
+        weights = cells[3:] + [w for x in g[1:] for w in x[starts[1] :].split()]
+        assert " ".join(weights) == r["weights"], (g, r)
+
+
 def test_models_json_shows_cached(capsys, tmp_path):
     e = load_registry()["resnet18"]
     (tmp_path / "cache" / "weights").mkdir(parents=True)
@@ -230,10 +277,32 @@ def test_usage_errors_exit_2(capsys, image):
 
 
 def test_traceback_only_with_camcli_debug(image):
+    """Trial E1: the program (entry.run) in debug mode keeps the documented exit code (4)."""
     # without CAMCLI_DEBUG: test_one_line_errors_and_exit_codes
     r = _run("predict", str(image), "-m", "resnet18", "-w", "missing.pth",
              env={**ENV, "CAMCLI_DEBUG": "1"})  # fmt: skip
-    assert r.returncode != 0 and "Traceback" in r.stderr and "WeightsError" in r.stderr
+    assert r.returncode == 4 and "Traceback" in r.stderr and "WeightsError" in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_debug_mode_keeps_every_exit_code(capsys, monkeypatch, tmp_path):
+    """Trial E1: CAMCLI_DEBUG=1 adds a traceback and keeps each error's exit code (it was 1)."""
+    (tmp_path / "noshards").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        ["merge", tmp_path / "noshards"],
+        ["cam", tmp_path / "noshards", "--out", tmp_path / "afile", "-m", "resnet18"],
+        ["eval", "--boxes", tmp_path / "nonexist.jsonl", "--gt", tmp_path / "gt.json"],
+    ]
+    for args in cases:
+        monkeypatch.delenv("CAMCLI_DEBUG", raising=False)
+        code, _, err = _cli(capsys, *args)
+        assert code in (2, 3) and "Traceback" not in err, (args, err)
+        monkeypatch.setenv("CAMCLI_DEBUG", "1")
+        dcode, _, derr = _cli(capsys, *args)
+        assert dcode == code, (args, derr)
+        assert "Traceback (most recent call last)" in derr
+        assert derr.rstrip().splitlines()[-1] == err.rstrip()  # the same one-line error last
 
 
 def test_stdin_dash_reads_paths(capsys, monkeypatch, image):

@@ -359,7 +359,12 @@ def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_ru
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["--lr", "0"], "--lr 0.0: must be a positive number"),
+        (["--lr", "0"], "--lr 0: must be a positive number"),
+        (["--lr", "nan"], "--lr nan: must be a positive number"),
+        (["--lr", "-1e-3"], "--lr -0.001: must be a positive number"),
+        (["--head-lr-mult", "0"], "--head-lr-mult 0: must be a positive number"),
+        (["--head-lr-mult", "inf"], "--head-lr-mult inf: must be a positive number"),
+        (["--weight-decay", "nan"], "--weight-decay nan: must be a number >= 0 (0: no decay)"),
         (["--image-size", "100000"], "--image-size 100000: must be 16..1024"),
         (["--arch-option", "foo"], "--arch-option 'foo': use KEY=VALUE, e.g. width=24"),
         (
@@ -374,12 +379,26 @@ def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_ru
             "use --no-pretrained",
         ),
     ],
-    ids=["lr-0", "image-size", "arch-no-equals", "arch-unknown", "arch-range", "pretrained"],
+    ids=[
+        "lr-0",
+        "lr-nan",
+        "lr-negative",
+        "head-lr-mult-0",
+        "head-lr-mult-inf",
+        "wd-nan",
+        "image-size",
+        "arch-no-equals",
+        "arch-unknown",
+        "arch-range",
+        "pretrained",
+    ],
 )
 def test_train_bad_option_value_is_a_usage_error_naming_it(args, line, tmp_path, camcli_run):
     """Trial B2: these ended with the bare message, without "(see 'camcli train -h')", which
     every other usage error has (and `--arch-option foo=1` only once the data was read and the
-    network built). DATA does not exist: the option is refused before it is read."""
+    network built). DATA does not exist: the option is refused before it is read. Trial E3:
+    `--lr 0` was echoed as `0.0`, `--lr nan` said "Input should be greater than or equal to 0"
+    and `--head-lr-mult inf` was taken."""
     code, _, err = camcli_run(
         "train", tmp_path / "absent", "-m", "camnet-small", "--out", tmp_path / "run", *args
     )
@@ -413,7 +432,7 @@ def test_cam_unknown_class_is_a_usage_error_naming_it(tmp_path, cli_images, cli_
 @pytest.mark.parametrize(
     ("key", "value", "why"),
     [
-        ("lr", 0.0, "--lr 0.0: must be a positive number"),
+        ("lr", 0.0, "--lr 0: must be a positive number"),
         ("image_size", 100000, "--image-size 100000: must be 16..1024"),
     ],
 )

@@ -106,7 +106,7 @@ def test_boxes_output_file_missing_image_and_exit_1(small, capsys):
     assert r["missing"] == ["val/c.jpg"] and r["n_missing"] == 1 and r["n_failed"] == 1
     assert r["failed"] == [{"image": "/d/val/b.jpg", "error": "broken"}]
     assert r["top1_cls_error"] == pytest.approx(2 / 3)
-    assert "1 ground-truth images have no prediction (counted wrong): val/c.jpg" in err
+    assert "1 ground-truth image has no prediction (counted wrong): val/c.jpg" in err
     assert "broken" in err
     # --subset: c (no record) leaves the denominators; b (failed) stays; still exit 1.
     code, out, _ = run(
@@ -233,6 +233,69 @@ def test_plot_to_any_file_name_is_png(tmp_path, capsys):
         "error: --plot -: give a file name (/dev/stdout writes the PNG to stdout) "
         "(see 'camcli eval -h')"
     ]
+
+
+def _without_output(argv: list[str]) -> list[str]:
+    i = argv.index("-o")
+    return argv[:i] + argv[i + 2 :]
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"])
+@pytest.mark.parametrize("output", [None, "-"], ids=["no-output", "output-dash"])
+def test_plot_to_stdout_is_refused_when_the_metrics_go_there(name, output, tmp_path, capsys):
+    """Trial E2: `--plot /dev/stdout` without --output (or with `--output -`) wrote the JSON
+    and the PNG into the same stdout. Refused before any work, as `--plot -` is."""
+    argv = _without_output(_maps_run(tmp_path))
+    if output is not None:
+        argv += ["-o", output]
+    code, out, err = run([*argv, "--plot", name], capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"error: --plot {name}: that is stdout, where the metrics go too: give the plot another "
+        "file, or the metrics a file with --output (see 'camcli eval -h')"
+    ]
+
+
+def _camcli_into(target: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """``python -m camcli argv`` with stdout redirected to ``target``."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    with open(target, "wb") as fh:
+        return subprocess.run(
+            [sys.executable, "-m", "camcli", *argv],
+            stdout=fh,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+
+def test_plot_to_the_file_behind_stdout_is_refused(tmp_path):
+    """Trial E2: a --plot path that is the file stdout is redirected to (same device and
+    inode) is stdout too; with --output FILE the same --plot is written."""
+    argv = _without_output(_maps_run(tmp_path))
+    target = tmp_path / "out.bin"
+    r = _camcli_into(target, [*argv, "--plot", str(target)])
+    assert r.returncode == 2, r.stderr
+    assert f"error: --plot {target}: that is stdout, where the metrics go too" in r.stderr
+    assert target.read_bytes() == b""
+    res = tmp_path / "r.json"
+    r = _camcli_into(target, [*argv, "-o", str(res), "--plot", "/dev/stdout"])
+    assert r.returncode == 0, r.stderr
+    assert target.read_bytes().startswith(PNG_MAGIC) and "gt_known_loc" in res.read_text()
+
+
+def test_plot_and_output_on_one_file_are_refused(tmp_path, capsys):
+    """Trial E2: --plot and --output naming one file (by the same or another path) are a usage
+    error before any work; one would have overwritten the other."""
+    argv = _without_output(_maps_run(tmp_path))
+    res = tmp_path / "r.json"
+    code, _, err = run([*argv, "-o", str(res), "--plot", str(res)], capsys)
+    assert code == 2 and "name the same file: give two" in err and not res.exists()
+    res.write_text("keep")
+    (tmp_path / "link.json").symlink_to(res)
+    code, _, err = run([*argv, "-o", str(res), "--plot", str(tmp_path / "link.json")], capsys)
+    assert code == 2 and "name the same file" in err and res.read_text() == "keep"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
@@ -378,3 +441,37 @@ def test_report_for_records_hook_of_bbox(small, capsys):
         is None
     )
     assert "no metrics" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_mismatch_warnings_agree_with_their_count(n, capsys):
+    """Trial E3: "1 predictions match no ground-truth image" and the like: every count phrase
+    of eval's warnings is singular for 1 and plural otherwise."""
+    from camcli.cli.eval_table import warn_mismatches
+
+    names = [f"x{i}.jpg" for i in range(n)]
+    warn_mismatches(
+        {
+            "n_images": 3,
+            "n_gt_images": 3,
+            "missing": names,
+            "unmatched": names,
+            "failed": [{"image": x, "error": "bad"} for x in names],
+            "n_duplicates": n,
+            "missing_gt_class": names,
+            "n_renormalised": n,
+            "n_missing_gt_known": n,
+        }
+    )
+    err = capsys.readouterr().err
+    if n == 1:
+        wanted = ["1 ground-truth image has no", "1 prediction matches no", "1 prediction is an "
+                  "error", "1 prediction repeats an", "1 map file holds no", "1 map was outside "
+                  "[0, 1] and was min-max", "1 record carries no"]  # fmt: skip
+    else:
+        wanted = ["2 ground-truth images have no", "2 predictions match no", "2 predictions are "
+                  "errors", "2 predictions repeat an", "2 map files hold no", "2 maps were outside "
+                  "[0, 1] and were min-max", "2 records carry no"]  # fmt: skip
+    for w in wanted:
+        assert w in err, (w, err)
+    assert err.count("\n") == len(wanted)

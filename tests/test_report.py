@@ -272,7 +272,7 @@ def test_cli_unreadable_overlay_is_shown_without_thumbnail(tmp_path, camcli_run)
     out = tmp_path / "rep"
     code, _o, err = camcli_run("report", run["cams"], "--out", out)
     assert code == 0
-    assert "1 images or overlays could not be read" in err
+    assert "1 image or overlay could not be read" in err  # trial E3: singular
     assert "thumbnails 17 made" in err
     html = (out / "index.html").read_text()
     p = _Page()
@@ -321,7 +321,7 @@ def test_cli_eval_only_and_bad_lines(tmp_path, camcli_run):
     code, _o, err = camcli_run("report", run["eval"], recs, "--out", tmp_path / "r")
     assert code == 0
     assert "warning: skipped" in err and "some.jsonl line 2: not JSON" in err
-    assert "report: 1 images (0 failed)" in err
+    assert "report: 1 image (0 failed)" in err
 
 
 def test_cli_undecodable_file_name(tmp_path, camcli_run):

@@ -139,4 +139,4 @@ def test_report_gt_options_without_gt_are_usage_errors(tmp_path, camcli_run):
     own.write_text(json.dumps(rec) + "\n")
     code, _o, err = camcli_run("report", own, "--out", out, "--iou", "0.3")
     assert code == 0, err
-    assert "report: 1 images (0 failed)" in err
+    assert "report: 1 image (0 failed)" in err

@@ -304,3 +304,37 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
     ]
     assert afile.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "{imgs}", "-o", "{out}", "-w", "{absent}"],
+        ["bbox", "{imgs}", "-o", "{out}", "-w", "{absent}"],
+        ["bbox", "{imgs}", "--submission", "{out}", "--submission-format", "kaggle", "-w",
+         "{absent}"],
+        ["eval", "--gt", "{absent}", "--boxes", "{absent}", "-o", "{out}"],
+        ["eval", "--gt", "{absent}", "--maps", "{absent}", "--plot", "{out}", "-o", "{json}"],
+    ],
+    ids=["predict-o", "bbox-o", "bbox-submission", "eval-o", "eval-plot"],
+)  # fmt: skip
+def test_an_output_file_under_a_file_is_refused_before_any_work(
+    args, tmp_path, cli_images, camcli_run
+):
+    """Trial E2: `eval --plot afile/x.png` (afile a regular file) ended after the whole
+    evaluation with exit 5 and advice to free space. Every output-file option now refuses a
+    path under a file with exit 2 and one line, before any work (the weights and inputs do not
+    exist: a later check would say that instead)."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    out = afile / "sub" / "x.png"
+    names = {"imgs": cli_images, "out": out, "absent": tmp_path / "absent",
+             "json": tmp_path / "r.json"}  # fmt: skip
+    code, _, err = camcli_run(*[a.format(**names) for a in args])
+    assert code == 2, err
+    assert err.splitlines() == [
+        f"error: {out}: {afile} is a file, not a folder: give a file name in a folder "
+        f"(see 'camcli {args[0]} -h')"
+    ]
+    assert afile.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

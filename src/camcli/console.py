@@ -11,6 +11,12 @@ import os
 from functools import cache
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``n`` and the words for that many: ``plural(1, "image")`` is ``1 image``, ``plural(2,
+    "image")`` ``2 images``; ``many`` (default ``one + "s"``) for any count but 1."""
+    return f"{n} {one if n == 1 else (one + 's' if many is None else many)}"
+
+
 @cache
 def stderr_console():
     from rich.console import Console

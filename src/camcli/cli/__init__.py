@@ -138,7 +138,8 @@ def _interrupted(exc: BaseException) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one-line errors, exit codes, traceback only with CAMCLI_DEBUG.
+    """Console-script entry point: one-line errors, exit codes; CAMCLI_DEBUG=1 adds the
+    traceback (same exit code).
 
     SIGTERM is handled as Ctrl-C (:class:`camcli.errors.Terminated`), exit 143. glibc's
     allocator is tuned to keep freed memory for reuse (:func:`camcli.sysinfo.tune_allocator`;
@@ -208,8 +209,10 @@ def _main(argv: list[str] | None) -> None:
         if _SIGTERM_SEEN[0]:  # e.g. DataLoader workers killed by the same SIGTERM first
             _interrupted(exc)
         _exit_on_usage_error(exc, argv)
-        if debug:
-            raise
+        if debug:  # the traceback, then the one line and the documented exit code
+            import traceback
+
+            traceback.print_exc()
         _exit_on_error(exc, argv)
     if rv == Exit.INTERRUPTED:  # typer turns a KeyboardInterrupt into a returned 130
         _interrupted(Terminated() if _terminated(None) else KeyboardInterrupt())
@@ -276,7 +279,12 @@ def _exit_on_error(exc: Exception, argv: list[str] | None = None) -> NoReturn:
     msg = text if isinstance(exc, CamcliError) else text.split("\n")[0]
     msg = msg or type(exc).__name__
     if code == 1 and not isinstance(exc, CamcliError):
-        msg = f"{type(exc).__name__}: {msg} (set CAMCLI_DEBUG=1 for the traceback)"
+        hint = (
+            ""
+            if os.environ.get("CAMCLI_DEBUG") == "1"
+            else " (set CAMCLI_DEBUG=1 for the traceback)"
+        )
+        msg = f"{type(exc).__name__}: {msg}{hint}"
     elif isinstance(exc, UsageError):
         msg = f"{msg.rstrip('.')} (see '{_command_path(argv)} -h')"
     error(msg)

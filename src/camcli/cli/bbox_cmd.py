@@ -392,7 +392,7 @@ def _report_end(
     """On stderr at the end: the --profile report, the submission written and the --gt
     metrics (main process; GT labels in ``warned`` are not named again), the counts (main
     process, on a terminal)."""
-    from camcli.console import info
+    from camcli.console import info, plural
 
     if session is not None and session.profiler.enabled:
         session.profiler.images = run.stats["ok"]
@@ -411,7 +411,7 @@ def _report_end(
         warn(f"--draw: {len(run.not_drawn)} image(s) not drawn: {run.not_drawn[0]}{more}")
     where = ""
     if split.shard is not None:
-        where = f" (shard {split.shard}: {run.selected} of {run.total} inputs)"
+        where = f" (shard {split.shard}: {run.selected} of {plural(run.total, 'input')})"
     if split.dist is not None:
         where = f" ({split.dist.world} ranks)"
     info(
@@ -422,14 +422,14 @@ def _report_end(
 
 def _progress(quiet: bool, main: bool):
     from camcli.cli.run import CliProgress
-    from camcli.console import info
+    from camcli.console import info, plural
 
     class BboxProgress(CliProgress):
         def start(self, todo: int | None, resumed: int, selected: int | None) -> None:
             if todo is None:  # from map files: no bar
                 return
             if resumed:
-                info(f"resume: {resumed} of {selected} inputs already done", self.quiet)
+                info(f"resume: {resumed} of {plural(selected, 'input')} already done", self.quiet)
             if todo:
                 super().start(todo, resumed, selected)
 

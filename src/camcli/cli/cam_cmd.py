@@ -265,14 +265,14 @@ def _cam_job_options(
 def _report_end(run: JobRun, session: Session, split: Split, *, out: Path, quiet: bool) -> None:
     """On stderr at the end: the --profile report; the counts and the output folder (main
     process)."""
-    from camcli.console import info
+    from camcli.console import info, plural
 
     if session.profiler.enabled:
         session.profiler.images = run.stats["ok"]
         info(session.profiler.report(), multiline=True)
     where = ""
     if split.shard is not None:
-        where = f"shard {split.shard} ({run.selected} of {run.total} inputs), "
+        where = f"shard {split.shard} ({run.selected} of {plural(run.total, 'input')}), "
     if split.dist is not None:
         where = f"{split.dist.world} ranks, "
     info(
@@ -283,12 +283,14 @@ def _report_end(run: JobRun, session: Session, split: Split, *, out: Path, quiet
 
 def _progress(quiet: bool, main: bool):
     from camcli.cli.run import CliProgress
-    from camcli.console import info
+    from camcli.console import info, plural
 
     class CamProgress(CliProgress):
         def start(self, todo: int | None, resumed: int, selected: int | None) -> None:
             if resumed:
-                info(f"resume: {resumed} of {selected} inputs already complete", self.quiet)
+                info(
+                    f"resume: {resumed} of {plural(selected, 'input')} already complete", self.quiet
+                )
             super().start(todo, resumed, selected)
 
     return CamProgress("cam", quiet, main)

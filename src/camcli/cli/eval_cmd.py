@@ -7,6 +7,7 @@ MaxBoxAccV1/V2, the best tau and PxAP. A table on a terminal, one JSON object wi
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -157,6 +158,7 @@ def eval_command(
 
     check_targets(output, plot)  # a folder, block device or socket: now, not after the work
     _check_source(boxes, maps, submission, plot, submission_format)
+    _check_plot_target(plot, output)
     _refuse_unused(ctx, maps=maps, submission=submission, categories=categories)
     tau_grid = _tau_grid(taus)
     _check_inputs(boxes, submission, blacklist, masks)
@@ -211,6 +213,53 @@ def _check_source(
         raise UsageError("--plot -: give a file name (/dev/stdout writes the PNG to stdout)")
     if submission_format not in ("auto", "ilsvrc", "kaggle"):
         raise UsageError(f"--submission-format {submission_format!r}: use auto, ilsvrc or kaggle")
+
+
+_STDOUT_NAMES = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+def _check_plot_target(plot: str | None, output: str | None) -> None:
+    """The PNG of --plot never shares a file with the metrics: not stdout when they go there
+    (no ``--output``, or ``--output -``), not the ``--output`` file."""
+    if plot is None:
+        return
+    if output in (None, "-"):
+        if _is_stdout(plot):
+            raise UsageError(
+                f"--plot {plot}: that is stdout, where the metrics go too: give the plot "
+                "another file, or the metrics a file with --output"
+            )
+    elif _same_file(plot, output) or (
+        os.path.abspath(plot) == os.path.abspath(output) and not os.path.exists(plot)
+    ):
+        raise UsageError(f"--plot {plot} and --output {output} name the same file: give two")
+
+
+def _is_stdout(path: str) -> bool:
+    """Whether ``path`` names this process's stdout: by name, or the same file as fd 1
+    (``/dev/null`` aside: writing both there loses nothing)."""
+    if os.path.normpath(path) in _STDOUT_NAMES:
+        return True
+    try:
+        st, out = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino) and not _is_devnull(path)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one existing file other than ``/dev/null``."""
+    try:
+        return os.path.samefile(a, b) and not _is_devnull(a)
+    except (OSError, ValueError):
+        return False
+
+
+def _is_devnull(path: str) -> bool:
+    try:
+        return os.path.samefile(path, os.devnull)
+    except (OSError, ValueError):
+        return False
 
 
 def _refuse_unused(

@@ -37,7 +37,7 @@ def _names(xs: list, n: int = 5) -> str:
 
 def warn_mismatches(result: dict) -> None:
     """One warning line per kind of image that was not scored as predicted."""
-    from camcli.console import warn
+    from camcli.console import plural, warn
     from camcli.evaluate.report import is_subset
 
     for why in result.get("unreadable") or []:
@@ -45,26 +45,35 @@ def warn_mismatches(result: dict) -> None:
     miss = result.get("missing") or []
     if miss:
         counted = "left out by --subset" if is_subset(result) else "counted wrong"
-        warn(f"{len(miss)} ground-truth images have no prediction ({counted}): {_names(miss)}")
+        warn(
+            f"{plural(len(miss), 'ground-truth image has', 'ground-truth images have')} no "
+            f"prediction ({counted}): {_names(miss)}"
+        )
     if result.get("unmatched"):
         warn(
-            f"{len(result['unmatched'])} predictions match no ground-truth image (ignored): "
+            f"{plural(len(result['unmatched']), 'prediction matches', 'predictions match')} "
+            "no ground-truth image (ignored): "
             f"{_names(result['unmatched'])}"
         )
     if result.get("failed"):
         warn(
-            f"{len(result['failed'])} predictions are errors (counted wrong): "
+            f"{plural(len(result['failed']), 'prediction is an error', 'predictions are errors')}"
+            " (counted wrong): "
             f"{_names(result['failed'])}"
         )
     if result.get("n_duplicates"):
-        warn(f"{result['n_duplicates']} predictions repeat an image already scored (ignored)")
+        n = plural(result["n_duplicates"], "prediction repeats", "predictions repeat")
+        warn(f"{n} an image already scored (ignored)")
     if result.get("missing_gt_class"):
         warn(
-            f"{len(result['missing_gt_class'])} map files hold no map of the image's GT class "
+            f"{plural(len(result['missing_gt_class']), 'map file holds', 'map files hold')} "
+            "no map of the image's GT class "
             f"(counted wrong; save maps with the GT class): {_names(result['missing_gt_class'])}"
         )
     if result.get("n_renormalised"):
-        warn(f"{result['n_renormalised']} maps were outside [0, 1] and were min-max normalised")
+        n = plural(result["n_renormalised"], "map was", "maps were")
+        w = "was" if result["n_renormalised"] == 1 else "were"
+        warn(f"{n} outside [0, 1] and {w} min-max normalised")
     if result.get("unknown_labels"):
         warn(
             f"ground-truth labels no prediction uses (counted wrong): "
@@ -72,7 +81,8 @@ def warn_mismatches(result: dict) -> None:
         )
     if result.get("n_missing_gt_known"):
         warn(
-            f"{result['n_missing_gt_known']} records carry no GT-known box for the GT class "
+            f"{plural(result['n_missing_gt_known'], 'record carries', 'records carry')} "
+            "no GT-known box for the GT class "
             "(counted wrong in gt_known_loc)"
         )
     if result.get("pxap_error"):

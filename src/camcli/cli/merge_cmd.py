@@ -34,7 +34,7 @@ def merge(
 
     Example: camcli merge boxes.jsonl cams/
     """
-    from camcli.console import info
+    from camcli.console import info, plural
     from camcli.errors import write_error
     from camcli.runs.merge import plan_jsonl, plan_outdir
 
@@ -45,5 +45,5 @@ def merge(
             n = plan.write(keep_parts=keep_parts)
         except OSError as exc:
             raise write_error(exc, t, resumable=False) from None
-        info(f"merge: {n} records into {plan.path}", quiet)
+        info(f"merge: {plural(n, 'record')} into {plan.path}", quiet)
     return 0

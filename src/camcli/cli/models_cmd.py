@@ -69,15 +69,57 @@ _PIPED_WIDTH = 1000
 
 
 def _print_table(rows: list[dict]) -> None:
-    """The rows as a table on stdout: on a terminal, 80 columns wide (long architecture names
-    cut); piped or redirected, every row whole (as wide as its longest cell needs)."""
-    from rich import box
-    from rich.table import Table
+    """The rows as a table on stdout: on a terminal, one line per network at 80 columns or more
+    (long architecture names cut with an ellipsis); on a narrower one every column is kept, at
+    its own width: names fold onto more lines (whole), weights wrap, an architecture too long
+    is cut with an ellipsis (:func:`_narrow_widths`). Piped or redirected, every row whole (as
+    wide as its longest cell needs)."""
+    from rich.measure import Measurement
 
-    from camcli.console import cell, stdout_console
+    from camcli.console import stdout_console
 
     piped = not stdout_console().is_terminal
     console = stdout_console(_PIPED_WIDTH if piped else None)
+    t = _table(rows, piped)
+    if not piped:
+        wide = console.options.update_width(_PIPED_WIDTH)
+        natural = Measurement.get(console, wide, t).maximum
+        arch = min(
+            _ARCH_MAX, max(len(c) for c in ["architecture"] + [r["architecture"] for r in rows])
+        )
+        # the wide layout cuts only architectures, to no less than _ARCH_MIN
+        if natural - max(0, arch - _ARCH_MIN) > console.width:
+            t = _table(rows, piped, widths=_narrow_widths(rows, console.width))
+    console.print(t)
+
+
+_COLUMNS = ("name", "architecture", "pool", "feature map", "classes", "weights")
+_ARCH_MAX = 16  # the architecture column's width on a terminal
+_ARCH_MIN = 8  # ... and the least the wide layout gives it ("tf_effi…")
+# a narrow terminal: the columns' widths but the name's and the architecture's
+_NARROW_FIXED = {"pool": 4, "feature map": 10, "classes": 7, "weights": 9}
+_NARROW_GAP = 2  # between two columns: the cell's right padding and the divider
+
+
+def _narrow_widths(rows: list[dict], width: int) -> dict[str, int]:
+    """Every column's width on a terminal ``width`` columns wide that the wide layout does not
+    fit: pool, feature map, classes and weights their own; the name as wide as its longest
+    value allows (at least 8, folded below that); the architecture what is left, 6 at least."""
+    room = width - _NARROW_GAP * (len(_COLUMNS) - 1) - sum(_NARROW_FIXED.values())
+    longest = max(len(c) for c in ["name"] + [r["name"] for r in rows])
+    name = max(8, min(longest, room - 6))
+    arch = max(6, min(_ARCH_MAX, room - name))
+    return {"name": name, "architecture": arch, **_NARROW_FIXED}
+
+
+def _table(rows: list[dict], piped: bool, *, widths: dict[str, int] | None = None):
+    """The table of ``rows``; ``widths``: the narrow layout's column widths
+    (:func:`_narrow_widths`), else the wide layout (80 columns and more, or piped)."""
+    from rich import box
+    from rich.table import Table
+
+    from camcli.console import cell
+
     # Fits 80 columns: light borders, the input size (224 throughout) left to --json.
     t = Table(
         title="camcli models",
@@ -85,15 +127,19 @@ def _print_table(rows: list[dict]) -> None:
         "classifier ending in global pooling + one linear layer",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
+        **({} if widths is None else {"show_edge": False, "padding": (0, 1, 0, 0)}),
     )
-    for col in ("name", "architecture", "pool", "feature map", "classes", "weights"):
+    for col in _COLUMNS:
+        if widths is not None:  # names fold (whole); a cut elsewhere shows an ellipsis
+            t.add_column(col, width=widths[col], overflow="fold" if col == "name" else "ellipsis")
+            continue
         # names are what users copy: never cut or wrapped
         arch = col == "architecture" and not piped  # long timm names cut on a terminal
         t.add_column(
             col,
             no_wrap=not arch,
             overflow="ellipsis" if arch else "fold",
-            max_width=16 if arch else None,
+            max_width=_ARCH_MAX if arch else None,
         )
     for r in rows:
         colour = {
@@ -110,4 +156,4 @@ def _print_table(rows: list[dict]) -> None:
             str(r["classes"]),
             f"[{colour}]{cell(r['weights'])}[/]",
         )
-    console.print(t)
+    return t

@@ -119,12 +119,12 @@ def _write_predictions(
     finish the output in input order (also after an error). Returns the inputs resumed."""
     from camcli.api import predict as api
     from camcli.cli.run import stream_records
-    from camcli.console import info
+    from camcli.console import info, plural
 
     todo = [it for it in mine if it.path not in sink.done]
     skipped = len(mine) - len(todo)
     if skipped:
-        info(f"resume: {skipped} of {len(mine)} inputs already done", quiet)
+        info(f"resume: {skipped} of {plural(len(mine), 'input')} already done", quiet)
     complete = False
     try:
         complete = stream_records(
@@ -153,12 +153,12 @@ def _report_end(
     quiet: bool,
 ) -> None:
     """On stderr at the end: the --profile report; the counts (main process, on a terminal)."""
-    from camcli.console import info
+    from camcli.console import info, plural
 
     if profile:
         session.profiler.images = session.stats["ok"]
         info(session.profiler.report(), multiline=True)
     summary = f"predict: {ok} done, {failed} failed" + (f", {resumed} resumed" if resumed else "")
     if split.shard is not None and split.dist is None:
-        summary += f" (shard {split.shard}: {selected} of {inputs_total} inputs)"
+        summary += f" (shard {split.shard}: {selected} of {plural(inputs_total, 'input')})"
     info(summary, quiet or not split.main or not sys.stderr.isatty())

@@ -72,7 +72,7 @@ def report(
     from camcli.atomic import LinkError
     from camcli.cli.options import given, refuse_unused
     from camcli.cli.run import check_folders
-    from camcli.console import info, warn
+    from camcli.console import info, plural, warn
     from camcli.errors import write_error
 
     check_folders(out)  # a file (or under one): now, not after the thumbnails
@@ -103,9 +103,11 @@ def report(
             raise write_error(exc, exc.filename, resumable=False) from None
         raise
     if res.thumbs_failed and not quiet:
-        warn(f"{res.thumbs_failed} images or overlays could not be read (shown without thumbnail)")
+        n = plural(res.thumbs_failed, "image or overlay", "images or overlays")
+        warn(f"{n} could not be read (shown without thumbnail)")
     info(
-        f"report: {res.rows} images ({res.failed} failed), thumbnails {res.thumbs_made} made, "
+        f"report: {plural(res.rows, 'image')} ({res.failed} failed), thumbnails "
+        f"{res.thumbs_made} made, "
         f"{res.thumbs_reused} reused; open {res.index}",
         quiet,
     )

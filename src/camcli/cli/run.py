@@ -183,11 +183,13 @@ def print_table(records: list[dict]) -> None:
 
 def check_targets(*paths: str | os.PathLike | None) -> None:
     """Refuse, before any work, an output file the user named that is a folder, a block device
-    or a socket (:func:`camcli.atomic.stream_target`; it only looks: nothing is created). ``-``
-    and None (stdout) pass.
+    or a socket (:func:`camcli.atomic.stream_target`; it only looks: nothing is created), or
+    that lies under a file (``afile/x.png``: it could never be created). ``-`` and None
+    (stdout) pass.
 
     Raises:
-        UsageError: one of ``paths`` is a folder, a block device or a socket.
+        UsageError: one of ``paths`` is a folder, a block device or a socket, or the nearest
+            part of it that exists is not a folder.
     """
     from camcli.atomic import stream_target
     from camcli.errors import UsageError
@@ -196,7 +198,19 @@ def check_targets(*paths: str | os.PathLike | None) -> None:
         if p is not None and str(p) != "-":
             if os.path.isdir(p):
                 raise UsageError(f"{p}: a folder, not a file: give a file name")
+            on_way = _nearest_existing(Path(p).parent)
+            if on_way is not None and not os.path.isdir(on_way):
+                raise UsageError(
+                    f"{p}: {on_way} is a file, not a folder: give a file name in a folder"
+                )
             stream_target(p)
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    """``path`` or the nearest of its parents that exists (links followed); None if none."""
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent  # afile/sub does not exist: afile decides
+    return path if os.path.exists(path) else None
 
 
 def check_folders(*paths: str | os.PathLike | None) -> None:
@@ -210,10 +224,8 @@ def check_folders(*paths: str | os.PathLike | None) -> None:
     for p in paths:
         if p is None:
             continue
-        on_way = Path(p)
-        while not os.path.exists(on_way) and on_way != on_way.parent:
-            on_way = on_way.parent  # afile/sub does not exist: afile decides
-        if os.path.exists(on_way) and not os.path.isdir(on_way):
+        on_way = _nearest_existing(Path(p))
+        if on_way is not None and not os.path.isdir(on_way):
             what = "" if on_way == Path(p) else f"{on_way} is "
             raise UsageError(f"{p}: {what}a file, not a folder: give a folder name")
 

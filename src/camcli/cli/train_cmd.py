@@ -125,7 +125,7 @@ def train(
     lr: Annotated[
         float | None,
         typer.Option(
-            "--lr", min=0.0, help="Base learning rate (default: 1e-3 sgd fine-tuning, 2e-3 adamw)."
+            "--lr", help="Base learning rate (default: 1e-3 sgd fine-tuning, 2e-3 adamw)."
         ),
     ] = None,
     optimizer: Annotated[
@@ -157,7 +157,6 @@ def train(
         float | None,
         typer.Option(
             "--head-lr-mult",
-            min=0.0,
             help="Learning-rate multiplier of the new layers (default: 10 fine-tuning).",
         ),
     ] = None,
@@ -202,7 +201,7 @@ def train(
     ] = False,
     weight_decay: Annotated[
         float | None,
-        typer.Option("--weight-decay", min=0.0, help="(default: 5e-4 sgd, 0.05 adamw)"),
+        typer.Option("--weight-decay", help="(default: 5e-4 sgd, 0.05 adamw)"),
     ] = None,
     warmup_epochs: Annotated[
         float | None,
@@ -310,10 +309,12 @@ def _train_options(
     """The command line's :class:`TrainOptions` (``None``: the recipe's default).
 
     Raises:
-        TrainOptionError: an ``--arch-option`` that is not KEY=VALUE.
+        TrainOptionError: an ``--arch-option`` that is not KEY=VALUE; a ``--lr``,
+            ``--head-lr-mult`` or ``--weight-decay`` out of bounds (before a run is resumed).
     """
-    from camcli.train.options import TrainOptions, parse_arch_options
+    from camcli.train.options import TrainOptions, check_rates, parse_arch_options
 
+    check_rates(plain["lr"], plain["head_lr_mult"], plain["weight_decay"])
     return TrainOptions(
         **plain,
         optimizer=optimizer.value if optimizer else None,

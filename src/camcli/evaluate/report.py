@@ -271,8 +271,9 @@ def unknown_gt_lines(
     ]
     if len(unknown) > UNKNOWN_SHOWN:
         lines.append(
-            f"--gt {gt}: {len(unknown) - UNKNOWN_SHOWN} more labels are not the model's "
-            f"classes: their images get no {what}"
+            f"--gt {gt}: {len(unknown) - UNKNOWN_SHOWN} more "
+            f"{'label is' if len(unknown) - UNKNOWN_SHOWN == 1 else 'labels are'} not the "
+            f"model's classes: their images get no {what}"
         )
     return lines
 

@@ -6,6 +6,8 @@ import threading
 import time
 from contextlib import contextmanager
 
+from camcli.console import plural
+
 STAGES = (
     "wait for decode",
     "decode (device)",
@@ -63,7 +65,7 @@ class Profiler:
     def report(self) -> str:
         wall = time.perf_counter() - self.started
         lines = [
-            f"profile: {self.images} images in {wall:.2f} s "
+            f"profile: {plural(self.images, 'image')} in {wall:.2f} s "
             f"({self.images / wall if wall else 0:.2f} images/s; start-up and model load not "
             "counted)"
         ]

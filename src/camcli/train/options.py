@@ -186,7 +186,29 @@ def check_options(o: TrainOptions) -> None:
     _validate(o)
 
 
+def check_rates(
+    lr: float | None, head_lr_mult: float | None, weight_decay: float | None = None
+) -> None:
+    """The learning rate and head multiplier (positive numbers) and the weight decay (a number
+    >= 0) as given; None (the recipe's default) passes. A value is shown as typed (``--lr 0``,
+    not ``0.0``).
+
+    Raises:
+        TrainOptionError: the first value out of bounds, NaN or infinite.
+    """
+    for flag, v, ok, what in (
+        ("--lr", lr, lr is not None and lr > 0, "a positive number"),
+        ("--head-lr-mult", head_lr_mult, head_lr_mult is not None and head_lr_mult > 0,
+         "a positive number"),
+        ("--weight-decay", weight_decay, weight_decay is not None and weight_decay >= 0,
+         "a number >= 0 (0: no decay)"),
+    ):  # fmt: skip
+        if v is not None and not (ok and math.isfinite(v)):
+            raise TrainOptionError(f"{flag} {v:g}: must be {what}")
+
+
 def _validate(o: TrainOptions) -> None:
+    check_rates(o.lr, o.head_lr_mult, o.weight_decay)
     checks = [
         (o.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
         (o.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
@@ -198,9 +220,6 @@ def _validate(o: TrainOptions) -> None:
             f"--batch-size {o.batch_size}: must be >= 2 (BatchNorm needs two images)",
         ),
         (o.batch_size <= 65536, f"--batch-size {o.batch_size}: must be <= 65536"),
-        (o.lr > 0 and math.isfinite(o.lr), f"--lr {o.lr}: must be a positive number"),
-        (o.head_lr_mult > 0, f"--head-lr-mult {o.head_lr_mult}: must be > 0"),
-        (o.weight_decay >= 0, f"--weight-decay {o.weight_decay}: must be >= 0"),
         (0 <= o.val_split < 1, f"--val-split {o.val_split}: must be in [0, 1)"),
         (16 <= o.image_size <= 1024, f"--image-size {o.image_size}: must be 16..1024"),
         (0 <= o.label_smoothing < 1, "label smoothing must be in [0, 1)"),

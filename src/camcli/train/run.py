@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from camcli.atomic import remove_stray
+from camcli.console import plural
 from camcli.data import inputs
 from camcli.errors import TrainingError, UsageError, WeightsError
 from camcli.models.gap import GapModel
@@ -239,8 +240,8 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
         ) from None
     if options.lr is not None and options.lr != saved.lr:
         raise UsageError(
-            f"--lr {options.lr}: a resumed run keeps its learning rate ({saved.lr}, set by the "
-            f"optimizer and schedule state {last} resumes); drop --lr to continue it"
+            f"--lr {options.lr:g}: a resumed run keeps its learning rate ({saved.lr:g}, set by "
+            f"the optimizer and schedule state {last} resumes); drop --lr to continue it"
         )
     saved.epochs = options.epochs or saved.epochs
     saved.workers = options.workers if options.workers is not None else saved.workers
@@ -250,7 +251,7 @@ def _resumed_options(out: Path, options: TrainOptions) -> tuple[dict, TrainOptio
 def _nothing_to_resume(job: _Job, ck: dict, o: TrainOptions) -> FitResult:
     """A finished run asked to resume: say so and hand back its checkpoint."""
     job.reporter.info(
-        f"{job.out}: already trained for {ck['epoch']} of {o.epochs} epochs; "
+        f"{job.out}: already trained for {ck['epoch']} of {plural(o.epochs, 'epoch')}; "
         "nothing to do (raise --epochs to train on)"
     )
     model = model_from_checkpoint(ck)
@@ -333,16 +334,17 @@ def _summary(
     # the linear probe trains one layer on every rank's gathered features: no sharding
     world = dist.world if dist.enabled and not o.freeze_backbone else 1
     used = images_per_epoch(n_train, o.batch_size, world)
-    images = f"{n_train} images of {len(folders.classes)} classes"
+    classes = plural(len(folders.classes), "class", "classes")
+    images = f"{plural(n_train, 'image')} of {classes}"
     if used != n_train:
         images = (
-            f"{used} of {n_train} images of {len(folders.classes)} classes per epoch (the last "
+            f"{used} of {plural(n_train, 'image')} of {classes} per epoch (the last "
             "partial batch of each epoch's shuffle is dropped)"
         )
     return (
         f"train {entry.name} ({o.recipe}, pool {'GAP' if o.pool == 'avg' else 'GMP'}) on "
         f"{images}, validation: "
-        f"{n_val} images ({folders.val_source}); {o.epochs} epochs, batch "
+        f"{plural(n_val, 'image')} ({folders.val_source}); {plural(o.epochs, 'epoch')}, batch "
         f"{o.batch_size}{f' x {dist.world} processes' if dist.enabled else ''}, "
         f"{o.optimizer} lr {o.lr:g} ({o.schedule}), {o.image_size} px, {o.precision}, "
         f"{job.dev.type}{f' ({dist.backend})' if dist.enabled else ''} -> {job.out}"
