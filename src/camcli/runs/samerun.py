@@ -96,7 +96,7 @@ def shown(value: object) -> str:
     if isinstance(value, list | tuple):
         return ",".join(shown(v) for v in value)
     if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
     return str(value)
 
 
