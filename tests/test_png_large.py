@@ -223,7 +223,12 @@ def test_a_name_that_is_not_utf8_is_left_to_pil(tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "plain"),
-    [("Raw profile type exif", False), ("Raw profile type APP1", False), ("Comment", True)],
+    [
+        ("Raw profile type exif", False),
+        ("Raw profile type APP1", False),
+        ("XML:com.adobe.xmp", False),
+        ("Comment", True),
+    ],
 )
 @pytest.mark.parametrize("kind", ["text", "ztxt"])
 def test_imagemagick_exif_text_chunks_are_left_to_pil(tmp_path, key, plain, kind):
@@ -234,3 +239,20 @@ def test_imagemagick_exif_text_chunks_are_left_to_pil(tmp_path, key, plain, kind
     path = tmp_path / "a.png"
     Image.fromarray(RGB).save(path, pnginfo=info)
     assert codec.png_plain_8bit(str(path)) is plain
+
+
+@pytest.mark.parametrize("zip_", [False, True])
+def test_an_xmp_orientation_is_left_to_pil(tmp_path, large_everything, zip_):
+    """Second trial (session 11) X2: PIL turns a PNG by the tiff:Orientation of its XMP
+    packet (an iTXt chunk); the OpenCV path would not have."""
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        '22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp, zip=zip_)
+    path = tmp_path / "xmp.png"
+    Image.fromarray(RGB).save(path, pnginfo=info)
+    assert not codec.png_plain_8bit(str(path))
+    assert codec.decode_image(str(path)).shape == (53, 37, 3)  # turned, as PIL turns it

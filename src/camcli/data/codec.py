@@ -105,9 +105,10 @@ def png_plain_8bit(path: str) -> bool:
     """Whether ``path`` is a PNG that libpng's 8-bit colour decoding turns into exactly the
     pixels :func:`decode_image` makes with PIL: 8-bit grey, grey + alpha, RGB or RGBA, or a
     palette (any index depth; transparency, like alpha, is dropped), at most
-    :data:`_PNG_MAX_SIDE` pixels a side (libpng's own limit), with no EXIF (an ``eXIf`` chunk,
-    or ImageMagick's "Raw profile type" text chunks, which PIL also reads the orientation
-    from) and no animation. It walks the chunk headers only (seeking over the data).
+    :data:`_PNG_MAX_SIDE` pixels a side (libpng's own limit), with no orientation PIL could
+    read (an ``eXIf`` chunk, ImageMagick's "Raw profile type" text chunks, an XMP packet's
+    ``tiff:Orientation``: any of these sends the file to PIL) and no animation. It walks the
+    chunk headers only (seeking over the data).
 
     Args:
         path: a file path.
@@ -142,8 +143,8 @@ def png_plain_8bit(path: str) -> bool:
                     return True
                 if kind in (b"tEXt", b"zTXt", b"iTXt"):
                     key = fh.read(min(size, 17))
-                    if key.startswith(b"Raw profile type"):
-                        return False  # ImageMagick's EXIF (or other profile) as hex text
+                    if key.startswith((b"Raw profile type", b"XML:com.adobe.xmp")):
+                        return False  # EXIF as hex text (ImageMagick), XMP: PIL reads either
                     fh.seek(size - len(key) + 4, os.SEEK_CUR)
                     continue
                 fh.seek(size + 4, os.SEEK_CUR)

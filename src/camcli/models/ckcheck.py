@@ -212,4 +212,7 @@ def load_failure(exc: BaseException) -> str:
     msg = text.splitlines()[0] if text else type(exc).__name__
     if msg.startswith("Weights only load failed"):
         msg = "damaged, not a torch file, or it holds pickled objects"
+    elif isinstance(exc, KeyError | IndexError) or msg.isdigit():
+        # torch's reader of the legacy format indexing bytes of another file (a text file: "101")
+        msg = "not a torch file: damaged, or another format"
     return msg[:200]
