@@ -342,7 +342,7 @@ def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_ru
         f"--gt {gts[1].resolve()}; resume with the options of that run, or give a new --out"
     ), err
     code, _, err = camcli_run(*base, "--resume")
-    assert code == 2 and f"made with --gt {gts[0].resolve()}, this run has --gt none;" in err
+    assert code == 2 and f"made with --gt {gts[0].resolve()}, this run without --gt;" in err
     assert camcli_run(*base, "--gt", gts[0], "--resume")[0] == 0  # the same run resumes
     # a run without --gt, resumed with one
     out2 = tmp_path / "cams2"
@@ -350,7 +350,7 @@ def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_ru
     assert camcli_run(*base)[0] == 0
     assert json.loads((out2 / "run.json").read_text())["options"]["gt"] is None
     code, _, err = camcli_run(*base, "--gt", gts[0], "--resume")
-    assert code == 2 and f"made with --gt none, this run has --gt {gts[0].resolve()};" in err
+    assert code == 2 and f"made without --gt, this run has --gt {gts[0].resolve()};" in err
 
 
 # --- bad option values are usage errors with the help's place (trial B2) ---------------------

@@ -111,8 +111,12 @@ def made_with(what: str, was: object, now: object, *, verb: str = "has") -> tupl
     Returns:
         (the first run's words, the other's): ``("with --grid", "without it")`` or
         ``("without --grid", "with it")`` for an on/off flag, ``("with --colormap jet",
-        "has --colormap turbo")`` otherwise (None is ``none``).
+        "has --colormap turbo")`` otherwise; an option one run lacks (None) is ``without
+        --gt``, other missing values ``none``.
     """
     if isinstance(was, bool) and isinstance(now, bool):
         return (f"with {what}" if was else f"without {what}", "with it" if now else "without it")
+    if what.startswith("--") and (was is None or now is None):  # an option given to one only
+        first = f"without {what}" if was is None else f"with {what} {shown(was)}"
+        return first, f"without {what}" if now is None else f"{verb} {what} {shown(now)}"
     return f"with {what} {shown(was)}", f"{verb} {what} {shown(now)}"
