@@ -260,8 +260,8 @@ def test_merge_refuses_file_parts_of_different_runs(command, second, what, was, 
     assert code == 2, err
     assert err.strip() == (
         f"error: {out}: the shards are parts of different runs: m.shard-1-of-2.jsonl was made "
-        f"with {what} {now}, m.shard-0-of-2.jsonl with {what} {was}; rerun shard 1/2 with the "
-        "options of the others (or remove the parts of the older run)"
+        f"with {what} {now}, m.shard-0-of-2.jsonl with {what} {was}; rerun shard 1/2 without "
+        "--resume with the options of the others (or remove the parts of the older run)"
     )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
     assert run_main(*base, "-w", cli_ckpt, "--shard", "1/2") in (0, 1)  # the same run merges
@@ -271,8 +271,9 @@ def test_merge_refuses_file_parts_of_different_runs(command, second, what, was, 
 
 
 def test_merge_compares_the_runs_parts_record(tmp_path):
-    """Trial D1: parts of two commands are refused; a part without a run (an older camcli's
-    PART.inputs: {"inputs": k}) is not compared and merges as before."""
+    """Trial D1: parts of two commands are refused; parts without a run (an older camcli's
+    PART.inputs: {"inputs": k}) are not compared and merge as before. Trial F2: a part without
+    a run beside parts with one merged silently; now refused (exit 2) naming it and the fix."""
     from camcli.errors import CamcliError, Exit
     from camcli.runs.merge import merge_jsonl
     from camcli.runs.shards import count_path
@@ -282,19 +283,76 @@ def test_merge_compares_the_runs_parts_record(tmp_path):
     for p, img in zip(parts, "abc"):
         p.write_text(f'{{"image": "{img}"}}\n')
     run = {"command": "bbox", "model": "m", "options": {"top_k": 5}}
-    for p, r in zip(parts, [None, run, {**run, "command": "predict"}]):
-        count_path(p).write_text(json.dumps({"inputs": 1, **({"run": r} if r else {})}))
-    with pytest.raises(CamcliError) as ex:
-        merge_jsonl(target)
-    assert ex.value.code == Exit.USAGE and str(ex.value) == (
+
+    def write_runs(runs):
+        for p, r in zip(parts, runs):
+            count_path(p).write_text(json.dumps({"inputs": 1, **({"run": r} if r else {})}))
+
+    def refusal() -> str:
+        with pytest.raises(CamcliError) as ex:
+            merge_jsonl(target)
+        assert ex.value.code == Exit.USAGE and not target.exists()
+        return str(ex.value)
+
+    write_runs([run, run, {**run, "command": "predict"}])
+    assert refusal() == (
         f"{target}: the shards are parts of different runs: r.shard-2-of-3.jsonl was made with "
-        "camcli predict, r.shard-1-of-3.jsonl with camcli bbox; rerun shard 2/3 with the "
-        "options of the others (or remove the parts of the older run)"
+        "camcli predict, r.shard-0-of-3.jsonl with camcli bbox; rerun shard 2/3 without "
+        "--resume with the options of the others (or remove the parts of the older run)"
     )
-    assert not target.exists()
-    count_path(parts[2]).write_text(json.dumps({"inputs": 1, "run": run}))
+    # trial F2: no run (or "run": null) beside parts that record theirs
+    for none in ({}, {"run": None}):
+        write_runs([run, run, run])
+        count_path(parts[1]).write_text(json.dumps({"inputs": 1, **none}))
+        assert refusal() == (
+            f"{target}: r.shard-1-of-3.jsonl records no run in r.shard-1-of-3.jsonl.inputs (an "
+            "older camcli's part) while r.shard-0-of-3.jsonl does; rerun shard 1/3 without "
+            "--resume (or remove the parts of the older run)"
+        )
+    write_runs([None, None, None])  # all of an older camcli: merged as before
+    assert merge_jsonl(target, keep_parts=True) == 3
+    target.unlink()
+    write_runs([run, run, run])
     assert merge_jsonl(target) == 3
     assert [json.loads(x)["image"] for x in target.read_text().splitlines()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("command", "first", "second", "was", "now"),
+    [
+        ("predict", ("-k", 3), ("-k", 5), "--top-k 3", "--top-k 5"),
+        ("predict", ("-k", 5), ("-k", 3), "--top-k 5", "--top-k 3"),
+        ("bbox", (), ("--threshold", 0.5), "--threshold 0.2", "--threshold 0.5"),
+    ],
+)
+def test_resume_refuses_a_part_of_another_run(command, first, second, was, now, tmp_path,
+                                              cli_images, cli_ckpt, camcli_run):  # fmt: skip
+    """Trial F1: `--resume` of a finished --output part made with other options (-k,
+    --threshold) kept its records, rewrote its PART.inputs with this run's options, and merge
+    then joined records of two runs. Now exit 2 before anything is touched: one line naming
+    the part, the difference and the fix; part and PART.inputs unchanged byte for byte. The
+    same options resume as before; without --resume the part is rewritten."""
+    from camcli.runs.shards import count_path
+
+    out = tmp_path / "p.jsonl"
+    base = (command, cli_images, "-w", cli_ckpt, "-q", "-o", out, "--shard", "1/2")
+    assert run_main(*base, *first) in (0, 1)
+    part = Shard(1, 2).part(out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == [part.name, count_path(part).name]
+    code, _, err = camcli_run(*base, *second, "--resume", "--workers", "0")
+    assert code == 2, err
+    assert err.strip() == (
+        f"error: --resume: {part} was made with {was}, this run has {now}; rerun that shard "
+        "without --resume (the part is rewritten) or resume it with the part's options"
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert run_main(*base, *first, "--resume") in (0, 1)  # the same options: resumed
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert run_main(*base, *second) in (0, 1)  # rewritten, with this run's options
+    flag, value = now.split()
+    opts = json.loads(count_path(part).read_text())["run"]["options"]
+    assert str(opts["top_k" if flag == "--top-k" else "threshold"]) == value
 
 
 def test_empty_shard_writes_an_empty_part(tmp_path, cli_images, cli_ckpt):
@@ -373,8 +431,8 @@ def test_merge_refuses_shards_of_different_runs(second, what, was, now, tmp_path
         was, now = i0["weights_sha256"], i1["weights_sha256"]
     assert err.strip() == (
         f"error: {out}: the shards are parts of different runs: run.shard-1-of-2.json was made "
-        f"with {what} {now}, run.shard-0-of-2.json with {what} {was}; rerun shard 1/2 with the "
-        "options of the others (or remove the parts of the older run)"
+        f"with {what} {now}, run.shard-0-of-2.json with {what} {was}; rerun shard 1/2 without "
+        "--resume with the options of the others (or remove the parts of the older run)"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # the same run merges

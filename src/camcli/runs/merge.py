@@ -16,7 +16,7 @@ from pathlib import Path
 from camcli.atomic import write_atomic
 from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit
-from camcli.runs.samerun import made_with, run_difference
+from camcli.runs.samerun import check_runs_recorded, made_with, run_difference
 from camcli.runs.shards import (
     DRAW_MARK,
     MANIFEST,
@@ -195,13 +195,14 @@ def _part_count(part: Path) -> tuple[int, dict | None]:
 def _check_one_file_run(target: Path, parts: list[Path], runs: list[dict | None]) -> None:
     """Refuse ``--output`` parts made by different runs: another command, model, weights,
     class count, preprocessing or option than the first part that records its run
-    (:func:`camcli.runs.samerun.run_difference`). Parts without a run (an older camcli's) are
-    not compared.
+    (:func:`camcli.runs.samerun.run_difference`). Parts all without a run (an older camcli's)
+    are not compared; a mix is refused (:func:`camcli.runs.samerun.check_runs_recorded`).
 
     Raises:
         CamcliError: (exit 2) the first difference, both part files and both values.
     """
     known = [(i, r) for i, r in enumerate(runs) if r is not None]
+    check_runs_recorded(target, parts, runs)
     for i, run in known[1:]:
         (j, first), cmds = known[0], (known[0][1].get("command"), run.get("command"))
         diff = ("camcli", *cmds) if cmds[0] != cmds[1] else run_difference(first, run)
@@ -353,8 +354,8 @@ def _refuse_other_run(
     other_words, first_words = made_with(what, is_now, was, verb="with")
     raise CamcliError(
         f"{where}: the shards are parts of different runs: {names[1]} was made {other_words}, "
-        f"{names[0]} {first_words}; rerun shard {shard} with the options of the others (or "
-        "remove the parts of the older run)",
+        f"{names[0]} {first_words}; rerun shard {shard} without --resume with the options of "
+        "the others (or remove the parts of the older run)",
         Exit.USAGE,
     )
 

@@ -30,7 +30,8 @@ class RecordFile:
     non-regular file is not read). A failed write raises a one-line error (exit 5) and keeps the
     partial file. ``.FILE.lock`` keeps a second run off FILE until :meth:`finish` (exit 2).
     A finished part gets ``PART.inputs`` beside it: its input count and ``run``, what run made
-    it (see :func:`camcli.runs.merge.plan_jsonl`), when given."""
+    it (see :func:`camcli.runs.merge.plan_jsonl`), when given; ``resume`` of a part made by
+    another run is refused (:func:`_check_part_run`)."""
 
     def __init__(
         self,
@@ -51,6 +52,8 @@ class RecordFile:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.target.with_name(f".{self.target.name}.lock"))
+            if resume and part and run is not None:
+                _check_part_run(self.target, run)  # before anything is read or written
             # FILE's temporary file, left by a run killed as it wrote FILE
             remove_stray(self.target.parent, only={cut_bytes(self.target.name, TMP_NAME_MAX)})
             if resume:
@@ -61,6 +64,9 @@ class RecordFile:
             for rec in self.done.values():
                 self._fh.write(dumps(rec) + "\n")
             self._fh.flush()
+        except CamcliError:
+            self.release()
+            raise
         except BusyError as exc:
             raise CamcliError(
                 f"--output {self.target}: {exc.strerror}; wait for it to finish or choose "
@@ -128,6 +134,42 @@ class RecordFile:
             raise write_error(exc, self.target) from None
         self.partial.unlink(missing_ok=True)
         return recs
+
+
+def _check_part_run(part: Path, run: dict) -> None:
+    """Refuse ``--resume`` of a shard's part whose ``PART.inputs`` records another run (command,
+    model, weights, classes, preprocessing or option, :func:`camcli.runs.samerun.run_difference`)
+    than ``run``: its records would be kept under this run's name, and ``merge`` would join
+    records of two runs. A part without a recorded run (a killed shard's, an older camcli's) or
+    with an unreadable ``PART.inputs`` is resumed as before.
+
+    Raises:
+        CamcliError: (exit 2) the part, the first difference as typed and the fix.
+    """
+    import json
+
+    from camcli.runs.samerun import as_stored, made_with, run_difference
+
+    cp = count_path(part)
+    if not _regular(cp):
+        return
+    try:
+        before = json.loads(cp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    before = before.get("run") if isinstance(before, dict) else None
+    if not isinstance(before, dict):
+        return
+    now = as_stored(run)
+    cmds = (before.get("command"), now.get("command"))
+    diff = ("camcli", *cmds) if cmds[0] != cmds[1] else run_difference(before, now)
+    if diff is not None:
+        was, is_now = made_with(*diff)
+        raise CamcliError(
+            f"--resume: {part} was made {was}, this run {is_now}; rerun that shard without "
+            "--resume (the part is rewritten) or resume it with the part's options",
+            Exit.USAGE,
+        )
 
 
 def _regular(path: Path) -> bool:

@@ -2,12 +2,16 @@
 against the resumed command) and ``camcli merge`` (each shard's against shard 0's) check before
 they join the records of two processes in one manifest.
 
-Torch-free; nothing is read here.
+Torch-free; nothing is read here. :func:`check_runs_recorded`: merge's check that the
+``--output`` parts all record their run, or none does.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from camcli.errors import CamcliError, Exit
 
 SAME_RUN = ("model", "weights_sha256", "num_classes", "preprocess")
 """``run.json`` fields two parts of one run share, besides their options."""
@@ -120,3 +124,24 @@ def made_with(what: str, was: object, now: object, *, verb: str = "has") -> tupl
         first = f"without {what}" if was is None else f"with {what} {shown(was)}"
         return first, f"without {what}" if now is None else f"{verb} {what} {shown(now)}"
     return f"with {what} {shown(was)}", f"{verb} {what} {shown(now)}"
+
+
+def check_runs_recorded(target: Path, parts: list[Path], runs: list[dict | None]) -> None:
+    """Refuse merging ``parts`` of ``target`` when some record their run (``runs``, from their
+    ``PART.inputs``) and others do not: the parts of one run come from one camcli version, so
+    a part without one was made by another (older) run. All without: merged as before.
+
+    Raises:
+        CamcliError: (exit 2) the first part without a run, one with it, and the fix.
+    """
+    from camcli.runs.shards import count_path
+
+    if None not in runs or all(r is None for r in runs):
+        return
+    i, j = runs.index(None), next(k for k, r in enumerate(runs) if r is not None)
+    raise CamcliError(
+        f"{target}: {parts[i].name} records no run in {count_path(parts[i]).name} (an older "
+        f"camcli's part) while {parts[j].name} does; rerun shard {i}/{len(parts)} without "
+        "--resume (or remove the parts of the older run)",
+        Exit.USAGE,
+    )
