@@ -461,17 +461,20 @@ def test_mismatch_warnings_agree_with_their_count(n, capsys):
             "missing_gt_class": names,
             "n_renormalised": n,
             "n_missing_gt_known": n,
+            "unknown_labels": [f"label{i}" for i in range(n)],
         }
     )
     err = capsys.readouterr().err
     if n == 1:
         wanted = ["1 ground-truth image has no", "1 prediction matches no", "1 prediction is an "
                   "error", "1 prediction repeats an", "1 map file holds no", "1 map was outside "
-                  "[0, 1] and was min-max", "1 record carries no"]  # fmt: skip
+                  "[0, 1] and was min-max", "1 record carries no",
+                  "ground-truth label no prediction uses"]  # fmt: skip
     else:
         wanted = ["2 ground-truth images have no", "2 predictions match no", "2 predictions are "
                   "errors", "2 predictions repeat an", "2 map files hold no", "2 maps were outside "
-                  "[0, 1] and were min-max", "2 records carry no"]  # fmt: skip
+                  "[0, 1] and were min-max", "2 records carry no",
+                  "ground-truth labels no prediction uses"]  # fmt: skip
     for w in wanted:
         assert w in err, (w, err)
     assert err.count("\n") == len(wanted)

@@ -75,8 +75,9 @@ def warn_mismatches(result: dict) -> None:
         w = "was" if result["n_renormalised"] == 1 else "were"
         warn(f"{n} outside [0, 1] and {w} min-max normalised")
     if result.get("unknown_labels"):
+        labels = "label" if len(result["unknown_labels"]) == 1 else "labels"
         warn(
-            f"ground-truth labels no prediction uses (counted wrong): "
+            f"ground-truth {labels} no prediction uses (counted wrong): "
             f"{_names(result['unknown_labels'])}; pass --synsets or --categories to check them"
         )
     if result.get("n_missing_gt_known"):
