@@ -16,7 +16,7 @@ from camcli.models.registry import Preprocess
 
 @pytest.fixture
 def as_worker(monkeypatch):
-    monkeypatch.setattr(loader, "_in_worker", lambda: True)
+    monkeypatch.setattr(loader, "in_worker", lambda: True)
 
 
 def _save(tmp_path, name, arr, **kw):
@@ -51,6 +51,6 @@ def test_not_kept_or_not_a_worker_uses_plain_memory(tmp_path, monkeypatch):
     item = _save(tmp_path, "a.jpg", np.zeros((8, 8, 3), np.uint8))
     s = loader.ImageDataset([item], Preprocess(input_size=8), keep_image=True)[0]
     assert not s.image.is_shared()  # the main process (--workers 0): no shared memory
-    monkeypatch.setattr(loader, "_in_worker", lambda: True)
+    monkeypatch.setattr(loader, "in_worker", lambda: True)
     s = loader.ImageDataset([item], Preprocess(input_size=8), keep_image=False)[0]
     assert s.image is None

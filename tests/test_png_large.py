@@ -93,7 +93,7 @@ def test_other_pngs_are_left_to_pil(tmp_path):
 def large_everything(monkeypatch):
     """Every PNG counts as large and this process as a DataLoader worker."""
     monkeypatch.setattr(codec, "LARGE_PNG_PIXELS", 0)
-    monkeypatch.setattr(codec, "_in_worker", lambda: True)
+    monkeypatch.setattr(codec, "in_worker", lambda: True)
 
 
 def test_decode_image_takes_the_opencv_path(tmp_path, large_everything, monkeypatch):
@@ -144,7 +144,7 @@ def test_large_png_peak_memory_is_the_result_only(tmp_path):
             status = open("/proc/self/status").read()
             return int(status.split(field + ":")[1].split()[0])
 
-        codec._in_worker = lambda: True
+        codec.in_worker = lambda: True
         codec.LARGE_PNG_PIXELS = int(sys.argv[1])
         codec.decode_image({str(small)!r})  # imports done
         open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts here
@@ -210,7 +210,7 @@ def test_a_name_that_is_not_utf8_is_left_to_pil(tmp_path):
         import os
         from camcli.data import codec
         codec.LARGE_PNG_PIXELS = 0
-        codec._in_worker = lambda: True
+        codec.in_worker = lambda: True
         path = os.fsdecode({raw!r})
         assert codec._decode_png_cv2(path, 37, 53) is None
         print(codec.decode_image(path).shape)

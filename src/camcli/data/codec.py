@@ -61,7 +61,7 @@ def decode_image(
                     f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
                     "(decompression bomb?); raise --max-pixels if it is genuine"
                 )
-            if w * h >= LARGE_PNG_PIXELS and im.format == "PNG" and _in_worker():
+            if w * h >= LARGE_PNG_PIXELS and im.format == "PNG" and in_worker():
                 arr = _decode_png_cv2(path, h, w, alloc)  # the result only, no PIL image
                 if arr is not None:
                     return arr
@@ -152,9 +152,10 @@ def png_plain_8bit(path: str) -> bool:
         return False
 
 
-def _in_worker() -> bool:
-    """Whether this is a DataLoader worker process, where nothing else writes to standard
-    error while :func:`_decode_png_cv2` silences it."""
+def in_worker() -> bool:
+    """Whether this is a DataLoader worker process: where nothing else writes to standard
+    error while :func:`_decode_png_cv2` silences it, and where a kept image goes to the main
+    process through shared memory (:mod:`camcli.data.loader`)."""
     from torch.utils.data import get_worker_info
 
     return get_worker_info() is not None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from camcli.data.codec import (
     decode_image,
     decode_jpegs_on_device,
+    in_worker,
     read_plain_jpeg,
 )
 from camcli.data.inputs import DEFAULT_MAX_PIXELS, InputItem
@@ -97,7 +98,7 @@ class ImageDataset:
             fast = read_plain_jpeg(item.path, self.max_pixels)
             if fast is not None:
                 return Sample(item, None, fast[1], raw=fast[0], decode_s=time.perf_counter() - t0)
-        shared = _SharedAlloc() if self.keep_image and _in_worker() else None
+        shared = _SharedAlloc() if self.keep_image and in_worker() else None
         try:
             arr = decode_image(item.path, self.max_pixels, alloc=shared)
         except ValueError as exc:
@@ -146,15 +147,9 @@ def collate(samples: list[Sample]) -> Batch:
     if x is not None:
         for s in good:
             s.tensor = None
-    if _in_worker():
+    if in_worker():
         _to_shared_memory(x, good)
     return Batch(good, x, bad, raw)
-
-
-def _in_worker() -> bool:
-    import torch
-
-    return torch.utils.data.get_worker_info() is not None
 
 
 class _SharedAlloc:

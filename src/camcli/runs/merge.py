@@ -203,9 +203,9 @@ def _check_one_file_run(target: Path, parts: list[Path], runs: list[dict | None]
     """
     known = [(i, r) for i, r in enumerate(runs) if r is not None]
     check_runs_recorded(target, parts, runs)
+    j, first = known[0] if known else (0, None)
     for i, run in known[1:]:
-        (j, first), cmds = known[0], (known[0][1].get("command"), run.get("command"))
-        diff = ("camcli", *cmds) if cmds[0] != cmds[1] else run_difference(first, run)
+        diff = run_difference(first, run)
         if diff is not None:
             _refuse_other_run(target, (parts[j].name, parts[i].name), diff, f"{i}/{len(parts)}")
 

@@ -160,9 +160,7 @@ def _check_part_run(part: Path, run: dict) -> None:
     before = before.get("run") if isinstance(before, dict) else None
     if not isinstance(before, dict):
         return
-    now = as_stored(run)
-    cmds = (before.get("command"), now.get("command"))
-    diff = ("camcli", *cmds) if cmds[0] != cmds[1] else run_difference(before, now)
+    diff = run_difference(before, as_stored(run))
     if diff is not None:
         was, is_now = made_with(*diff)
         raise CamcliError(

@@ -62,7 +62,8 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
     """The first difference between two runs' ``run.json`` contents, or None when they are parts
     of one run.
 
-    Compared: the :data:`SAME_RUN` fields, then every ``options`` field (of either run) but
+    Compared: the command (``camcli bbox``, ``camcli predict``) when both record one, the
+    :data:`SAME_RUN` fields, then every ``options`` field (of either run) but
     :data:`NOT_COMPARED`; options are compared only when both runs record them (a ``dict``).
 
     Args:
@@ -76,6 +77,8 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
         :func:`made_with` words them.
     """
     pairs = [(FIELD_NAMES[k], before.get(k), now.get(k)) for k in SAME_RUN]
+    if before.get("command") and now.get("command"):  # another command (bbox, predict)
+        pairs.insert(0, ("camcli", before["command"], now["command"]))
     was_opts, now_opts = before.get("options"), now.get("options")
     if isinstance(was_opts, dict) and isinstance(now_opts, dict):
         keys = [k for k in {**now_opts, **was_opts} if k not in NOT_COMPARED]
