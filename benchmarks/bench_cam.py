@@ -91,7 +91,7 @@ def huge_rows(work: Path, side: int, model_args: list[str], env: dict, device: s
     }
     out = {}
     for name, cmd in cmds.items():
-        wall, rss, rc = run_measured(cmd, env)
+        wall, rss, rc, _ = run_measured(cmd, env)
         out[name] = {"wall_s": wall, "rss_mib": rss, "rc": rc}
         print(
             f"  huge {side}x{side} PNG  {name:20s} peak RSS {rss:7.0f} MiB  {wall:7.1f} s  "
@@ -164,6 +164,7 @@ _LAUNCH = (
     "    os.execvp(sys.argv[1], sys.argv[1:])\n"
     "_, st, ru = os.wait4(pid, 0)\n"
     "sys.stderr.write('\\nBENCH_MAXRSS_KB=%d\\n' % ru.ru_maxrss)\n"
+    "sys.stderr.write('BENCH_CPU_S=%.3f\\n' % (ru.ru_utime + ru.ru_stime))\n"
     "sys.exit(os.waitstatus_to_exitcode(st))\n"
 )
 
@@ -192,9 +193,10 @@ def clear_outputs(cmd: list[str]) -> None:
                 path.unlink(missing_ok=True)
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB of the command itself, exit code) of one fresh process;
-    its outputs are removed first (:func:`clear_outputs`, not timed)."""
+def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS MiB of the command itself, exit code, CPU seconds: user +
+    system of the command and its children, DataLoader workers included) of one fresh
+    process; its outputs are removed first (:func:`clear_outputs`, not timed)."""
     clear_outputs(cmd)
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -205,20 +207,23 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int]:
     err = proc.stderr.decode(errors="replace")
     kb = [ln for ln in err.splitlines() if ln.startswith("BENCH_MAXRSS_KB=")]
     rss = int(kb[-1].split("=")[1]) / 1024 if kb else float("nan")
+    cpu = [ln for ln in err.splitlines() if ln.startswith("BENCH_CPU_S=")]
+    cpu_s = float(cpu[-1].split("=")[1]) if cpu else float("nan")
     if proc.returncode not in (0, 1):
         print(
             f"  ! {shlex.join(cmd)} exited {proc.returncode}: {err.strip()[-500:]}", file=sys.stderr
         )
-    return wall, rss, proc.returncode
+    return wall, rss, proc.returncode, cpu_s
 
 
-def per_round(runs: dict[str, list], num: str, den: list[str]) -> list[float]:
-    """wall(num) / wall(fastest of den) - 1 within each round: the cost of ``num`` against
-    configurations measured a minute apart, so the machine's drift between rounds cancels."""
+def per_round(runs: dict[str, list], num: str, den: list[str], key: str = "wall_s") -> list[float]:
+    """key(num) / key(fastest of den) - 1 within each round (``key``: ``wall_s`` or
+    ``cpu_s``): the cost of ``num`` against configurations measured a minute apart, so the
+    machine's drift between rounds cancels."""
     out = []
     for r in range(min(len(runs.get(n, [])) for n in [num, *den])):
-        d = min(runs[n][r]["wall_s"] for n in den)
-        out.append(runs[num][r]["wall_s"] / d - 1)
+        d = min(runs[n][r][key] for n in den)
+        out.append(runs[num][r][key] / d - 1)
     return out
 
 
@@ -371,11 +376,11 @@ def main() -> None:
             for name, cmd in order if r % 2 == 0 else order[::-1]:
                 if name in peers and args.peer_rounds is not None and r >= args.peer_rounds:
                     continue
-                wall, rss, rc = run_measured(cmd, env)
-                runs[name].append({"wall_s": wall, "rss_mib": rss, "rc": rc})
+                wall, rss, rc, cpu = run_measured(cmd, env)
+                runs[name].append({"wall_s": wall, "rss_mib": rss, "rc": rc, "cpu_s": cpu})
                 print(
                     f"  [{model}] round {r + 1} {name:14s} {args.images / wall:7.2f} img/s "
-                    f"{rss:8.0f} MiB",
+                    f"{rss:8.0f} MiB {cpu:7.2f} s CPU",
                     flush=True,
                 )
         summary = {}
@@ -416,14 +421,20 @@ def main() -> None:
                         ratio = summary[name]["images_per_s"] / summary[peer]["images_per_s"]
                         line += f" / {peer} {ratio:5.2f}"
                 print(line.rstrip())
-        for name in ("cam_top5", "cam_top5_maps"):
-            if "cam_top1" in summary and name in summary:
-                extra = summary["cam_top1"]["images_per_s"] / summary[name]["images_per_s"] - 1
-                pr = per_round(runs, name, ["cam_top1"])
+        for name, base in (
+            ("cam_top5", "cam_top1"),
+            ("cam_top5_maps", "cam_top1"),
+            ("cam_top5_maps", "cam_top5"),  # the maps' own cost
+        ):
+            if base in summary and name in summary:
+                extra = summary[base]["images_per_s"] / summary[name]["images_per_s"] - 1
+                pr = per_round(runs, name, [base])
+                pc = per_round(runs, name, [base], key="cpu_s")
                 print(
-                    f"  {name} costs {100 * extra:+.1f} % over cam_top1 (ratio of medians); "
+                    f"  {name} costs {100 * extra:+.1f} % over {base} (ratio of medians); "
                     f"per round {', '.join(f'{100 * x:+.1f}' for x in pr)} % "
-                    f"-> median {100 * statistics.median(pr):+.1f} %"
+                    f"-> median {100 * statistics.median(pr):+.1f} %; CPU time "
+                    f"-> median {100 * statistics.median(pc):+.1f} %"
                 )
         if (work / "o5").is_dir():
             v2, v1 = map_bytes(work / "o5")

@@ -45,7 +45,7 @@ def main() -> None:
         out = work / f"out_{name}"
         shutil.rmtree(out, ignore_errors=True)
         n = len(list(folder.glob("*.jpg")))
-        wall, rss, rc = run_measured(
+        wall, rss, rc, _ = run_measured(
             [
                 sys.executable,
                 "-m",
