@@ -309,6 +309,7 @@ def test_cam_resume_refuses_a_folder_of_another_run(tmp_path, cli_images, cli_ck
     [
         (("--format", "png"), (), "made with --format png, this run has --format jpg;"),
         (("--no-overlay", "--grid"), ("--grid",), "made with --no-overlay, this run without it;"),
+        ((), ("--precision", "bf16"), "made with --precision fp32, this run has --precision bf16;"),
     ],
 )
 def test_cam_resume_refusal_names_options_as_typed(
@@ -351,6 +352,11 @@ def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_ru
     assert json.loads((out2 / "run.json").read_text())["options"]["gt"] is None
     code, _, err = camcli_run(*base, "--gt", gts[0], "--resume")
     assert code == 2 and f"made without --gt, this run has --gt {gts[0].resolve()};" in err
+    # an older camcli's run.json records no gt at all: resumed with any --gt
+    info = json.loads((out2 / "run.json").read_text())
+    del info["options"]["gt"]
+    (out2 / "run.json").write_text(json.dumps(info))
+    assert camcli_run(*base, "--gt", gts[0], "--resume")[0] == 0
 
 
 # --- bad option values are usage errors with the help's place (trial B2) ---------------------

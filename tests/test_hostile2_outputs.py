@@ -491,10 +491,10 @@ def test_S3_numpy_warnings_do_not_reach_stderr(tmp_path, capsys):
 
 
 def _term_after_first_record(
-    argv: list[str], progress_file: Path, *, group: bool = False
+    argv: list[str], progress_file: Path, *, group: bool = False, lines: int = 1
 ) -> tuple[int, str]:
     """Run ``python -m camcli argv``, SIGTERM it (``group``: its whole process group, as Slurm
-    does) once ``progress_file`` holds a line -> (exit code, stderr)."""
+    does) once ``progress_file`` holds ``lines`` lines -> (exit code, stderr)."""
     import signal
     import subprocess
     import sys
@@ -510,7 +510,7 @@ def _term_after_first_record(
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
-            if progress_file.is_file() and progress_file.read_text().count("\n") >= 1:
+            if progress_file.is_file() and progress_file.read_text().count("\n") >= lines:
                 break
             time.sleep(0.05)
         assert p.poll() is None, "finished before it could be terminated"
@@ -556,6 +556,7 @@ def test_S1_sigterm_during_bbox_writes_the_records_file(tmp_path, many, cli_ckpt
     code, err = _term_after_first_record(
         ["bbox", str(many), "--output", str(target), "-w", str(cli_ckpt), *ARGS],
         tmp_path / ".boxes.jsonl.partial",
+        lines=2,  # the run's own line, then a record
     )
     assert code == 143, err
     assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"

@@ -3,6 +3,7 @@ uninterrupted run, and no temporary file is left (issue: reliability at scale)."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -85,7 +86,7 @@ def start_and_kill(args: list, watch: Path, after: int) -> tuple[int, str]:
 CAM = ["--top-k", "3", "--save-maps", "--grid", "--batch-size", "1", "--workers", "0", "--quiet"]
 
 
-def test_kill_9_mid_cam_then_resume_equals_an_uninterrupted_run(tmp_path, many, cli_ckpt):
+def test_kill_9_mid_cam_then_resume_equals_an_uninterrupted_run(tmp_path, many, cli_ckpt, capsys):
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert run_main("cam", many, "--out", ref, "-w", cli_ckpt, *CAM) == 1  # the broken file
     code, err = start_and_kill(
@@ -93,9 +94,20 @@ def test_kill_9_mid_cam_then_resume_equals_an_uninterrupted_run(tmp_path, many, 
     )
     assert code == -signal.SIGKILL, err
     assert 4 <= lines(out / "manifest.jsonl") < N_IMAGES + 1
-    assert not (out / "run.json").exists()
+    # run.json was written before the first image: the killed run says what it was
+    info = json.loads((out / "run.json").read_text())
+    assert info["running"] is True and info["options"]["top_k"] == 3
+    done = lines(out / "manifest.jsonl")
+
+    # resumed with another option: refused before anything is written (issue 17 follow-up)
+    other = [a if a != "3" else "2" for a in CAM]
+    capsys.readouterr()
+    assert run_main("cam", many, "--out", out, "-w", cli_ckpt, *other, "--resume") == 2
+    assert "made with --top-k 3, this run has --top-k 2" in capsys.readouterr().err
+    assert lines(out / "manifest.jsonl") == done
 
     assert run_main("cam", many, "--out", out, "-w", cli_ckpt, *CAM, "--resume") == 1
+    assert "running" not in json.loads((out / "run.json").read_text())
     assert not [f for f in tree(out) if is_temporary(f)]
     same_files(out, ref)
 
@@ -103,7 +115,7 @@ def test_kill_9_mid_cam_then_resume_equals_an_uninterrupted_run(tmp_path, many, 
 BBOX = ["--batch-size", "1", "--workers", "0", "--quiet"]
 
 
-def test_kill_9_mid_bbox_then_resume_equals_an_uninterrupted_run(tmp_path, many, cli_ckpt):
+def test_kill_9_mid_bbox_then_resume_equals_an_uninterrupted_run(tmp_path, many, cli_ckpt, capsys):
     ref, out = tmp_path / "ref", tmp_path / "out"
     args = ["bbox", many, "-w", cli_ckpt, *BBOX]
     assert run_main(*args, "-o", ref / "boxes.jsonl", "--draw", ref / "draw") == 1
@@ -113,6 +125,18 @@ def test_kill_9_mid_bbox_then_resume_equals_an_uninterrupted_run(tmp_path, many,
     )
     assert code == -signal.SIGKILL, err
     assert not (out / "boxes.jsonl").exists() and 4 <= lines(partial) < N_IMAGES + 1
+    # the partial file begins with the run that writes it (never read as a record)
+    first = json.loads(partial.read_text().splitlines()[0])
+    assert first["camcli_run"]["command"] == "bbox"
+    assert first["camcli_run"]["options"]["threshold"] == 0.2
+    before = partial.read_bytes()
+
+    # resumed with another threshold: refused, the partial file untouched
+    capsys.readouterr()
+    code = run_main(*args, "-o", out / "boxes.jsonl", "--threshold", "0.3", "--resume")
+    err = capsys.readouterr().err
+    assert code == 2 and partial.read_bytes() == before
+    assert "unfinished run made with --threshold 0.2, this run has --threshold 0.3" in err
 
     assert run_main(*args, "-o", out / "boxes.jsonl", "--draw", out / "draw", "--resume") == 1
     assert not [f for f in tree(out) if is_temporary(f)]

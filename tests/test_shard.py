@@ -207,6 +207,26 @@ def test_bbox_shards_merge_to_the_unsharded_records(refs, tmp_path, cli_images, 
     same_tree(draw, refs / "draw")
 
 
+def test_draw_shards_of_two_runs_are_not_merged(tmp_path, cli_images, cli_ckpt, capsys):
+    """A ``--draw`` shard's run json records the model and the box options: ``merge`` of
+    drawing shards made with another ``--threshold`` is refused, naming both files and the
+    option (they recorded no model or option before)."""
+    draw = tmp_path / "draw"
+    w = ("--weights", cli_ckpt, "--quiet", "--draw", draw, "-o", tmp_path / "b.jsonl")
+    assert run_main("bbox", cli_images, *w, "--shard", "0/2") in (0, 1)
+    assert run_main("bbox", cli_images, *w, "--shard", "1/2", "--threshold", "0.3") in (0, 1)
+    info = json.loads((draw / "run.shard-0-of-2.json").read_text())
+    assert info["options"]["threshold"] == 0.2 and info["weights_sha256"]
+    capsys.readouterr()
+    assert run_main("merge", draw) == 2
+    err = capsys.readouterr().err
+    assert (
+        "the shards are parts of different runs: run.shard-1-of-2.json was made with "
+        "--threshold 0.3, run.shard-0-of-2.json with --threshold 0.2" in err
+    ), err
+    assert not (draw / "manifest.jsonl").exists()
+
+
 def test_predict_shards_merge_and_eval_reads_the_parts(refs, tmp_path, cli_images, cli_ckpt,
                                                        capsys):  # fmt: skip
     out = tmp_path / "preds.jsonl"
@@ -521,3 +541,52 @@ def test_torchrun_usage_errors_need_no_process_group(tmp_path, cli_images, cli_c
     code, _, err = camcli_run("predict", cli_images, "-w", cli_ckpt, "-o", "x", "--shard", "0/2")
     assert code == 2 and "torchrun" in err
     assert not os.path.exists("x")
+
+
+def test_run_difference_compares_only_the_options_both_runs_record():
+    """An option one run.json does not record (an older camcli's, before ``gt`` was
+    recorded) is not compared; the others are, the command first."""
+    from camcli.runs.samerun import run_difference
+
+    new = {"model": "m", "options": {"top_k": 5, "gt": True}}
+    old = {"model": "m", "options": {"top_k": 5}}
+    assert run_difference(new, old) is None and run_difference(old, new) is None
+    assert run_difference(old, {"model": "m", "options": {"top_k": 3}}) == ("--top-k", 5, 3)
+    assert run_difference(new, {**new, "options": {"top_k": 5, "gt": False}}) == (
+        "--gt",
+        True,
+        False,
+    )
+    bbox, predict = {**old, "command": "bbox"}, {**old, "command": "predict"}
+    assert run_difference(bbox, predict) == ("camcli", "bbox", "predict")
+
+
+def test_a_killed_runs_partial_file_records_its_run_and_resume_checks_it(tmp_path):
+    """``.FILE.partial`` begins with the run writing it (``{"camcli_run": ...}``, never read
+    as a record): --resume after a kill is refused when the killed run was another (here:
+    without --gt, resumed with it), and resumes its records when it was the same."""
+    from camcli.errors import CamcliError
+    from camcli.runs.recordfile import RecordFile
+
+    run = {"command": "bbox", "model": "m", "options": {"threshold": 0.2, "gt": False}}
+    target = tmp_path / "boxes.jsonl"
+    rf = RecordFile(target, resume=False, run=run)
+    rec = {"image": "a.jpg", "boxes": []}
+    rf.write(rec)
+    rf.release()  # killed: never finished
+    partial = tmp_path / ".boxes.jsonl.partial"
+    first, line = partial.read_text().splitlines()
+    assert json.loads(first) == {"camcli_run": run} and json.loads(line) == rec
+    other = {**run, "options": {"threshold": 0.2, "gt": True}}
+    with pytest.raises(CamcliError) as exc:
+        RecordFile(target, resume=True, run=other)
+    assert exc.value.exit_code == 2
+    assert str(exc.value).startswith(
+        f"--resume: {partial} holds the records of an unfinished run made without --gt, "
+        "this run with it; resume with the options of that run, or rerun without --resume"
+    )
+    rf = RecordFile(target, resume=True, run=run)
+    assert list(rf.done) == ["a.jpg"]
+    assert rf.finish(["a.jpg"]) == [rec]
+    assert [json.loads(x) for x in target.read_text().splitlines()] == [rec]
+    assert not partial.exists()

@@ -140,7 +140,8 @@ def run_bbox(
     mine = split.select(items) if items is not None else None
     # from maps: counted here; from a model: the session counts
     stats = {"ok": 0, "failed": 0} if opts.from_maps is not None else session.stats
-    sink = RecordSink(opts.output, split, resume=opts.resume, run=_part_run(opts, session))
+    run = _part_run(opts, session)
+    sink = RecordSink(opts.output, split, resume=opts.resume, run=run)
     drawdir = None
     boxer = Boxer(opts.box_options, session.profiler if session is not None else None)
     emit = []  # the record writer, set by _write_box_records (drains before a forward pass)
@@ -173,7 +174,7 @@ def run_bbox(
         not_drawn=not_drawn,
     )
     if drawdir is not None:
-        drawing.finish_drawings(drawdir, completed, split, items, stats, skipped)
+        drawing.finish_drawings(drawdir, completed, split, items, stats, skipped, run)
     if not records and stats["failed"] == 0 and opts.from_maps is None and sink.rfile and sink.done:
         records = list(sink.done.values())
     ok, failed, skipped = split.total([stats["ok"], stats["failed"], skipped])
@@ -203,14 +204,19 @@ def run_bbox(
 
 
 def _part_run(opts: BboxOptions, session: Session | None) -> dict | None:
-    """What run a shard's part is (:func:`camcli.api.sink.part_run`): the model and the
-    options that change the boxes, the most telling first; None from maps (never sharded)."""
+    """What run a shard's part (or a killed run's partial file) is
+    (:func:`camcli.api.sink.part_run`): the model and the options that change the records,
+    the most telling first, ``gt`` whether ``--gt`` was given, and ``--precision``; None from
+    maps (never sharded)."""
     if session is None:
         return None
     from camcli.api.sink import part_run
 
     keys = ("tight_loose", "rule", "threshold", "top_k", "norm", "interpolation", "ten_crop")
-    return part_run(session, "bbox", {k: getattr(opts, k) for k in keys})
+    options: dict = {k: getattr(opts, k) for k in keys}
+    options["gt"] = opts.gt_class is not None  # records with or without "gt_known"
+    options["precision"] = session.precision
+    return part_run(session, "bbox", options)
 
 
 def _synset_map(opts: BboxOptions, session: Session | None):

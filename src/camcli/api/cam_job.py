@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 def run_info(session: Session, command: str, options: dict, started: float) -> dict:
     """The ``run.json`` of an output folder: versions, model and weights, device, batch size,
-    BatchNorm layers folded into convolutions, options, counts and wall time (seconds since
-    ``started``, a ``time.time()``)."""
+    ``--max-pixels``, BatchNorm layers folded into convolutions, options, counts and wall time
+    (seconds since ``started``, a ``time.time()``)."""
     import platform
 
     import torchvision
@@ -50,6 +50,7 @@ def run_info(session: Session, command: str, options: dict, started: float) -> d
         "preprocess": m.preprocess.to_dict(),
         "device": str(session.device),
         "batch_size": session.batch_size,
+        "max_pixels": session.max_pixels,
         "folded_batchnorm": session.folded_bn,
         "streams": session.streams.streams if session.streams is not None else 1,
         "options": options,
@@ -190,6 +191,11 @@ def run_cam_job(
         CamcliError: an unknown ``classes`` entry (exit 2, before any image is decoded); a
             failed write (exit 5; the manifest lists what is done, rerun with ``resume``; an
             unsharded run's run.json says ``"failed": true`` when it could be written).
+
+    An unsharded run writes its run.json with ``"running": true`` before the first image and
+    again when it ends (without it; ``"interrupted"`` or ``"failed"`` when so): a run killed
+    outright leaves ``"running": true`` and its options, which ``resume`` checks. A shard
+    writes its run json only when it has finished (``camcli merge`` checks that).
     """
     started = time.time() if started is None else started
     progress = progress or Progress()
@@ -197,7 +203,9 @@ def run_cam_job(
     copts = _cam_options(opts, session, items, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
     if opts.resume and split.shard is None:
-        _check_same_run(Path(opts.out), run_info(session, "cam", _options(opts, copts, wopts), 0))
+        _check_same_run(
+            Path(opts.out), run_info(session, "cam", _options(opts, copts, wopts, session), 0)
+        )
     outdir = OutDir(
         opts.out,
         resume=opts.resume,
@@ -209,6 +217,11 @@ def run_cam_job(
     progress.start(len(todo), skipped, len(mine))
     interrupted = completed = stopped = False
     try:
+        if split.shard is None:
+            # recorded before the first image: a run killed outright (SIGKILL, out of memory)
+            # leaves "running": true and its options, which --resume checks
+            info = _cam_run_info(session, opts, copts, wopts, split, len(items), skipped, started)
+            _write_run_json(outdir, {**info, "running": True}, best_effort=False)
         run_cam(session, todo, copts, wopts, outdir, on_record=progress.record)
         completed = True
     except KeyboardInterrupt:
@@ -258,10 +271,11 @@ def run_cam_job(
 
 def _check_same_run(out: Path, now: dict) -> None:
     """Refuse ``--resume`` into a folder whose ``run.json`` (an earlier run that completed,
-    was interrupted or failed) names another model, weights or option, ``--gt`` included
-    (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
-    without a readable ``run.json`` (a killed run) is resumed as it is; one whose ``run.json``
-    does not record ``--gt`` (an older camcli's) is resumed with any ``--gt``.
+    was interrupted, failed or was killed: ``"running": true``) names another model, weights
+    or option, ``--gt`` included (:func:`camcli.runs.samerun.run_difference`): its records
+    would mix two runs. A folder without a readable ``run.json`` (an older camcli's killed run)
+    is resumed as it is; one whose ``run.json`` does not record an option (``--gt``: an older
+    camcli's) is resumed with any value of it.
 
     Raises:
         UsageError: the first difference (the option as typed), the folder's value and this
@@ -279,8 +293,6 @@ def _check_same_run(out: Path, now: dict) -> None:
             return
     except (OSError, ValueError):
         return
-    if "gt" not in before["options"]:  # an older camcli's run.json: --gt unknown
-        now["options"].pop("gt", None)
     diff = run_difference(before, now)
     if diff is not None:
         was, is_now = made_with(*diff)
@@ -290,12 +302,15 @@ def _check_same_run(out: Path, now: dict) -> None:
         )
 
 
-def _options(opts: CamJobOptions, copts: cams.CamOptions, wopts: CamWriteOptions) -> dict:
+def _options(
+    opts: CamJobOptions, copts: cams.CamOptions, wopts: CamWriteOptions, session: Session
+) -> dict:
     """run.json's ``options`` of this run (but inputs and resumed count): the maps' and files'
-    options and ``gt``, the ``--gt`` file's absolute path (text; None without ``--gt``), which
-    ``--resume`` and ``merge`` compare."""
+    options, ``gt``, the ``--gt`` file's absolute path (text; None without ``--gt``), and
+    ``precision`` (bf16 maps differ from fp32 ones), which ``--resume`` and ``merge``
+    compare."""
     gt = None if opts.gt is None else str(Path(opts.gt).resolve())
-    return {**options_dict(copts, wopts), "gt": gt}
+    return {**options_dict(copts, wopts), "gt": gt, "precision": session.precision}
 
 
 def _cam_options(
@@ -354,7 +369,7 @@ def _cam_run_info(
     """The ``run.json`` of a completed ``cam`` run (:func:`run_info`); a shard's names its
     shard and the whole run's input count."""
     options = {
-        **_options(opts, copts, wopts),
+        **_options(opts, copts, wopts, session),
         "inputs": list(opts.inputs),
         "resumed": resumed,
     }

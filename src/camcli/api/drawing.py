@@ -137,27 +137,31 @@ def finish_drawings(
     items: list[inputs.InputItem] | None,
     stats: dict,
     skipped: int,
+    run: dict | None = None,
 ) -> None:
-    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part.
-    Releases the folder's lock."""
+    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part
+    with its run json: ``run`` (:func:`camcli.api.sink.part_run`: the model and the options
+    that change the boxes, which ``camcli merge`` compares between the shards), its shard,
+    input total and counts. Releases the folder's lock."""
     try:
-        _finish_drawings(drawdir, completed, split, items, stats, skipped)
+        _finish_drawings(drawdir, completed, split, items, stats, skipped, run or {})
     finally:
         drawdir.release()
 
 
-def _finish_drawings(drawdir, completed, split, items, stats, skipped) -> None:
+def _finish_drawings(drawdir, completed, split, items, stats, skipped, run: dict) -> None:
     drawdir.check_errors()
     if completed and split.shard is not None:
         from camcli.runs.shards import DRAW_MARK
 
         drawdir.write_run_json(
             {
+                **run,
                 "command": DRAW_MARK,
                 "shard": str(split.shard),
                 "inputs_total": len(items),
                 "counts": dict(stats),
-                "options": {"resumed": skipped},
+                "options": {**run.get("options", {}), "resumed": skipped},
             }
         )
 

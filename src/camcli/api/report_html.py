@@ -137,8 +137,9 @@ def _js(v) -> str:
 
 def _run_view(folder: Path, run: dict) -> dict:
     opts = run.get("options") or {}
+    # "running" (a run killed outright), "interrupted", "failed": the run did not finish
     keep = ("command", "camcli", "torch", "model", "weights", "weights_sha256", "num_classes",
-            "device", "batch_size", "wall_time_s")  # fmt: skip
+            "device", "batch_size", "wall_time_s", "running", "interrupted", "failed")  # fmt: skip
     return {
         "path": shown(folder),
         "fields": [

@@ -79,7 +79,7 @@ def predict(
             split,
             resume=resume,
             table=output is None and sys.stdout.isatty(),
-            run=part_run(session, "predict", {"top_k": top_k}),
+            run=part_run(session, "predict", {"top_k": top_k, "precision": session.precision}),
         )
         skipped = _write_predictions(session, mine, sink, split, top_k=top_k, quiet=quiet)
         if sink.table:

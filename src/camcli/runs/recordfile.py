@@ -19,6 +19,10 @@ from camcli.evaluate.predictions import record_problem
 from camcli.runs.locks import BusyError, RunLock
 from camcli.runs.shards import count_path, partial_path
 
+RUN_KEY = "camcli_run"
+"""The key of the first line of ``.FILE.partial``: the run that writes it (no ``image``: never
+read as a record)."""
+
 
 class RecordFile:
     """JSON Lines records to FILE, resumable: lines go to ``.FILE.partial`` as images finish
@@ -31,7 +35,9 @@ class RecordFile:
     partial file. ``.FILE.lock`` keeps a second run off FILE until :meth:`finish` (exit 2).
     A finished part gets ``PART.inputs`` beside it: its input count and ``run``, what run made
     it (see :func:`camcli.runs.merge.plan_jsonl`), when given; ``resume`` of a part made by
-    another run is refused (:func:`_check_part_run`)."""
+    another run is refused (:func:`_check_part_run`). The partial file's first line records
+    ``run`` too (``{"camcli_run": run}``), so that ``resume`` after a kill is refused when the
+    killed run was another (:func:`_check_partial_run`)."""
 
     def __init__(
         self,
@@ -52,8 +58,10 @@ class RecordFile:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.target.with_name(f".{self.target.name}.lock"))
-            if resume and part and run is not None:
-                _check_part_run(self.target, run)  # before anything is read or written
+            if resume and run is not None:  # before anything is read or written
+                if part:
+                    _check_part_run(self.target, run)
+                _check_partial_run(self.target, self.partial, run)
             # FILE's temporary file, left by a run killed as it wrote FILE
             remove_stray(self.target.parent, only={cut_bytes(self.target.name, TMP_NAME_MAX)})
             if resume:
@@ -61,6 +69,8 @@ class RecordFile:
                     if _regular(src):
                         self._load(src)
             self._fh = open_nofollow(self.partial, "w", fresh=True)
+            if run is not None:  # what run this is, for --resume after a kill
+                self._fh.write(dumps({RUN_KEY: run}) + "\n")
             for rec in self.done.values():
                 self._fh.write(dumps(rec) + "\n")
             self._fh.flush()
@@ -166,6 +176,41 @@ def _check_part_run(part: Path, run: dict) -> None:
         raise CamcliError(
             f"--resume: {part} was made {was}, this run {is_now}; rerun that shard without "
             "--resume (the part is rewritten) or resume it with the part's options",
+            Exit.USAGE,
+        )
+
+
+def _check_partial_run(target: Path, partial: Path, run: dict) -> None:
+    """Refuse ``--resume`` when ``partial`` (the records of a run killed before it wrote
+    ``target``) begins with the record of another run (:data:`RUN_KEY`; command, model,
+    weights, classes, preprocessing or option, :func:`camcli.runs.samerun.run_difference`):
+    its records would be kept under this run's name. A partial file without that line (an
+    older camcli's), unreadable or not a regular file, is resumed as before.
+
+    Raises:
+        CamcliError: (exit 2) the file, the first difference as typed and the fix.
+    """
+    import json
+
+    from camcli.runs.samerun import as_stored, made_with, run_difference
+
+    if not _regular(partial):
+        return
+    try:
+        with open(partial, "rb") as fh:
+            first = json.loads(fh.readline(1 << 20))
+    except (OSError, ValueError):
+        return
+    before = first.get(RUN_KEY) if isinstance(first, dict) else None
+    if not isinstance(before, dict):
+        return
+    diff = run_difference(before, as_stored(run))
+    if diff is not None:
+        was, is_now = made_with(*diff)
+        raise CamcliError(
+            f"--resume: {partial} holds the records of an unfinished run made {was}, this "
+            f"run {is_now}; resume with the options of that run, or rerun without --resume "
+            f"(the records of {target.name} are done again)",
             Exit.USAGE,
         )
 

@@ -63,8 +63,10 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
     of one run.
 
     Compared: the command (``camcli bbox``, ``camcli predict``) when both record one, the
-    :data:`SAME_RUN` fields, then every ``options`` field (of either run) but
+    :data:`SAME_RUN` fields, then every ``options`` field both runs record but
     :data:`NOT_COMPARED`; options are compared only when both runs record them (a ``dict``).
+    An option one run does not record at all (an older camcli's run, made before the option
+    was recorded, e.g. ``gt``) is not compared.
 
     Args:
         before: the run already there (a folder's run.json, shard 0's), as read from JSON.
@@ -81,7 +83,7 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
         pairs.insert(0, ("camcli", before["command"], now["command"]))
     was_opts, now_opts = before.get("options"), now.get("options")
     if isinstance(was_opts, dict) and isinstance(now_opts, dict):
-        keys = [k for k in {**now_opts, **was_opts} if k not in NOT_COMPARED]
+        keys = [k for k in was_opts if k in now_opts and k not in NOT_COMPARED]
         for k in keys:
             was, is_now = was_opts.get(k), now_opts.get(k)
             if k in _INVERTED:
