@@ -156,23 +156,9 @@ def _check_part_run(part: Path, run: dict) -> None:
     Raises:
         CamcliError: (exit 2) the part, the first difference as typed and the fix.
     """
-    import json
-
-    from camcli.runs.samerun import as_stored, made_with, run_difference
-
-    cp = count_path(part)
-    if not _regular(cp):
-        return
-    try:
-        before = json.loads(cp.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    before = before.get("run") if isinstance(before, dict) else None
-    if not isinstance(before, dict):
-        return
-    diff = run_difference(before, as_stored(run))
-    if diff is not None:
-        was, is_now = made_with(*diff)
+    words = _other_run(_recorded_run(count_path(part), "run", first_line=False), run)
+    if words is not None:
+        was, is_now = words
         raise CamcliError(
             f"--resume: {part} was made {was}, this run {is_now}; rerun that shard without "
             "--resume (the part is rewritten) or resume it with the part's options",
@@ -190,29 +176,41 @@ def _check_partial_run(target: Path, partial: Path, run: dict) -> None:
     Raises:
         CamcliError: (exit 2) the file, the first difference as typed and the fix.
     """
-    import json
-
-    from camcli.runs.samerun import as_stored, made_with, run_difference
-
-    if not _regular(partial):
-        return
-    try:
-        with open(partial, "rb") as fh:
-            first = json.loads(fh.readline(1 << 20))
-    except (OSError, ValueError):
-        return
-    before = first.get(RUN_KEY) if isinstance(first, dict) else None
-    if not isinstance(before, dict):
-        return
-    diff = run_difference(before, as_stored(run))
-    if diff is not None:
-        was, is_now = made_with(*diff)
+    words = _other_run(_recorded_run(partial, RUN_KEY, first_line=True), run)
+    if words is not None:
+        was, is_now = words
         raise CamcliError(
             f"--resume: {partial} holds the records of an unfinished run made {was}, this "
             f"run {is_now}; resume with the options of that run, or rerun without --resume "
             f"(the records of {target.name} are done again)",
             Exit.USAGE,
         )
+
+
+def _recorded_run(path: Path, key: str, *, first_line: bool) -> dict | None:
+    """The run recorded under ``key`` in the JSON object of ``path`` (of its first line only,
+    with ``first_line``); None when there is none, or ``path`` is unreadable, not JSON or not a
+    regular file."""
+    import json
+
+    if not _regular(path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.readline(1 << 20) if first_line else fh.read())
+    except (OSError, ValueError):
+        return None
+    run = data.get(key) if isinstance(data, dict) else None
+    return run if isinstance(run, dict) else None
+
+
+def _other_run(before: dict | None, run: dict) -> tuple[str, str] | None:
+    """How ``before`` (a recorded run, or None: nothing to compare) and ``run`` differ, in
+    words (:func:`camcli.runs.samerun.made_with`); None when they are one run."""
+    from camcli.runs.samerun import as_stored, made_with, run_difference
+
+    diff = None if before is None else run_difference(before, as_stored(run))
+    return None if diff is None else made_with(*diff)
 
 
 def _regular(path: Path) -> bool:
