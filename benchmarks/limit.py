@@ -1,7 +1,7 @@
 """The limit: decode + preprocess + forward only, with camcli's own loader (no CAM, no writes),
 of the bare model (or, with ``--fold --streams 2 --tuned-malloc``, of the network as camcli runs
-it on a CPU: BatchNorm folded, two batches at once on single-threaded streams, glibc's allocator
-tuned as the command line tunes it).
+it on a CPU: BatchNorm folded, "same" padding static, two batches at once on single-threaded
+streams, glibc's allocator tuned as the command line tunes it).
 
 Prints one JSON line: images/s over the whole process and in steady state (after the first
 batch), for ``bench_cam.py``.
@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument(
         "--fold",
         action="store_true",
-        help="fold BatchNorm into the convolutions, as camcli's sessions do (else the bare model)",
+        help="fold BatchNorm into the convolutions and make same-padding static, as camcli's "
+        "sessions do (else the bare model)",
     )
     ap.add_argument(
         "--streams",
@@ -56,8 +57,10 @@ def main() -> None:
     m = load_model(args.model, args.weights).eval()
     if args.fold:
         from camcli.models.fold import fold_for_inference
+        from camcli.models.samepad import static_same_padding
 
         m, _ = fold_for_inference(m, m.preprocess.input_size)
+        m, _ = static_same_padding(m, m.preprocess.input_size)
     m = m.to(dev)
     if dev.type == "cpu":
         m = m.to(memory_format=torch.channels_last)

@@ -132,10 +132,14 @@ def test_a_network_refusing_small_inputs_is_tried_at_its_size():
 def test_session_runs_the_folded_default_network_with_the_same_outputs():
     from camcli.api.session import Session
     from camcli.models.load import load_model
+    from camcli.models.samepad import FixedSizeSameConv
 
     s = Session.open("efficientnet_lite0", device="cpu", offline=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in s.model.modules())
     assert s.folded_bn == 49  # every BN of EfficientNet-Lite0 (run.json's folded_batchnorm)
+    # its five stride-2 "same" paddings made static (stem, four depthwise convolutions)
+    assert s.static_pads == 5
+    assert sum(isinstance(m, FixedSizeSameConv) for m in s.model.modules()) == 5
     bare = load_model("efficientnet_lite0", offline=True).eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -146,4 +150,4 @@ def test_session_runs_the_folded_default_network_with_the_same_outputs():
     assert ((l1 - l0).abs().max() / l0.abs().max()).item() < 1e-4
     unfolded = Session.open("efficientnet_lite0", device="cpu", offline=True, fold=False)
     assert any(isinstance(m, nn.BatchNorm2d) for m in unfolded.model.modules())
-    assert unfolded.folded_bn == 0
+    assert unfolded.folded_bn == 0 and unfolded.static_pads == 0

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 def run_info(session: Session, command: str, options: dict, started: float) -> dict:
     """The ``run.json`` of an output folder: versions, model and weights, device, batch size,
-    ``--max-pixels``, BatchNorm layers folded into convolutions, options, counts and wall time
-    (seconds since ``started``, a ``time.time()``)."""
+    ``--max-pixels``, BatchNorm layers folded into convolutions, "same" paddings made static,
+    options, counts and wall time (seconds since ``started``, a ``time.time()``)."""
     import platform
 
     import torchvision
@@ -52,6 +52,7 @@ def run_info(session: Session, command: str, options: dict, started: float) -> d
         "batch_size": session.batch_size,
         "max_pixels": session.max_pixels,
         "folded_batchnorm": session.folded_bn,
+        "static_same_padding": session.static_pads,
         "streams": session.streams.streams if session.streams is not None else 1,
         "options": options,
         "counts": dict(session.stats),

@@ -13,6 +13,7 @@ from camcli.errors import CamcliError, UsageError
 from camcli.models.fold import fold_for_inference
 from camcli.models.gap import GapModel
 from camcli.models.load import entry_for, load_model
+from camcli.models.samepad import static_same_padding
 from camcli.runs.device import resolve_device
 from camcli.runs.profiling import Profiler
 from camcli.runs.streams import Streams, default_streams, threads_per_stream
@@ -65,6 +66,7 @@ class Session:
     device_codec: bool = False  # JPEG decode (and overlay render/encode) on the device
     stats: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
     folded_bn: int = 0  # BatchNorm layers folded into their convolutions (fold_for_inference)
+    static_pads: int = 0  # "same" paddings made static (static_same_padding)
     streams: Streams | None = None
 
     def __post_init__(self) -> None:
@@ -105,8 +107,10 @@ class Session:
                 torchvision decodes in the main process; the CLI warns).
             compile: ``torch.compile`` the trunk.
             fold: fold each BatchNorm that follows a convolution into it
-                (:func:`camcli.models.fold.fold_for_inference`; checked to give the same
-                outputs, within a relative 1e-4, or not done).
+                (:func:`camcli.models.fold.fold_for_inference`) and make TensorFlow's "same"
+                padding static for the input size
+                (:func:`camcli.models.samepad.static_same_padding`); each checked to give the
+                same outputs, within a relative 1e-4, or not done.
             streams: CPU forward passes at once, sharing torch's threads (None: 2 when torch
                 has 2 or more, else 1: :func:`camcli.runs.streams.default_streams`); ignored
                 on a GPU and with ``compile``.
@@ -123,8 +127,11 @@ class Session:
             raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16")
         m = load_model(model, weights, offline=offline).eval()
         folded = 0
-        if fold:  # BatchNorm folded into the convolutions (same outputs, a faster forward)
+        static = 0
+        if fold:  # BatchNorm folded into the convolutions, TensorFlow's "same" padding made
+            # static for the input size (same outputs, a faster forward)
             m, folded = fold_for_inference(m, m.preprocess.input_size)
+            m, static = static_same_padding(m, m.preprocess.input_size)
         m = m.to(dev)
         if dev.type == "cpu":
             m = m.to(memory_format=torch.channels_last)
@@ -149,7 +156,7 @@ class Session:
             )
         return cls(
             m, dev, bs, workers, max_pixels, precision, prof, device_codec,
-            folded_bn=folded, streams=pool,
+            folded_bn=folded, static_pads=static, streams=pool,
         )  # fmt: skip
 
     @property

@@ -63,12 +63,14 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
         parent_name, _, child = names[id(bn)].rpartition(".")
         setattr(mods[parent_name] if parent_name else folded, child, replacement)
         done += 1
-    if not done or not _same_outputs(reference, _call(folded, example)):
+    if not done or not outputs_match(reference, forward_once(folded, example)):
         return model, 0
     return folded, done
 
 
-def _call(model: nn.Module, x: torch.Tensor):
+def forward_once(model: nn.Module, x: torch.Tensor) -> tuple:
+    """The outputs of ``model`` on ``x`` as a tuple, under inference mode (a
+    :class:`camcli.models.gap.GapModel` through ``forward_features``)."""
     fn = getattr(model, "forward_features", None) or model
     with torch.inference_mode():
         out = fn(x)
@@ -103,7 +105,7 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor):
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(post))
     try:
-        reference = _call(model, example)
+        reference = forward_once(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -151,7 +153,9 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias.copy_(new_bias)
 
 
-def _same_outputs(oa: tuple, ob: tuple) -> bool:
+def outputs_match(oa: tuple, ob: tuple) -> bool:
+    """Whether outputs ``ob`` (all finite) equal the reference ``oa``, each within a relative
+    1e-4 of its largest magnitude."""
     if len(oa) != len(ob):
         return False
     for ta, tb in zip(oa, ob):
