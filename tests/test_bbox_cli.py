@@ -379,7 +379,7 @@ def test_resume_skips_done_images_and_ends_equal(runs, tmp_path, cli_images, cli
     done = {str(cli_images / "a.jpg"), str(cli_images / "b.png")}
     assert set(seen) == {str(cli_images / x) for x in [*GOOD, CLI_CORRUPT]} - done
     assert target.read_text() == full
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".res.jsonl.run", "res.jsonl"]
 
 
 def test_submission_with_two_images_of_one_file_name_is_a_usage_error(tmp_path, hand_maps, capsys):

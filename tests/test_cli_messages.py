@@ -324,6 +324,33 @@ def test_cam_resume_refusal_names_options_as_typed(
     assert code == 2 and said in err, err
 
 
+def test_records_file_resume_refuses_another_run(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial 12: a finished ``predict -o F`` resumed with another --top-k, and a ``bbox -o F
+    --gt A`` resumed with --gt B, kept the first run's records under the second's name. The
+    run is now recorded beside F (``.F.run``): both refused, F untouched."""
+    preds = tmp_path / "p.jsonl"
+    base = ["predict", cli_images / "a.jpg", "-w", cli_ckpt, "-o", preds, "--workers", "0", "-q"]
+    assert camcli_run(*base)[0] == 0
+    before = preds.read_bytes()
+    code, _, err = camcli_run(*base, "--top-k", "3", "--resume")
+    assert code == 2 and err.startswith(
+        f"error: --resume: {preds} holds records made with --top-k 5, this run has --top-k 3; "
+        "resume with the options of that run, or rerun without --resume"
+    ), err
+    assert preds.read_bytes() == before
+    assert camcli_run(*base, "--resume")[0] == 0  # the same run resumes
+    gts = []
+    for name in ("gt1.csv", "gt2.csv"):
+        gts.append(tmp_path / name)
+        gts[-1].write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,class a,0,0,9,9\n")
+    boxes = tmp_path / "b.jsonl"
+    base = ["bbox", cli_images / "a.jpg", "-w", cli_ckpt, "-o", boxes, "--workers", "0", "-q"]
+    assert camcli_run(*base, "--gt", gts[0])[0] == 0
+    code, _, err = camcli_run(*base, "--gt", gts[1], "--resume")
+    assert code == 2, err
+    assert f"made with --gt {gts[0].resolve()}, this run has --gt {gts[1].resolve()};" in err
+
+
 def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_run):
     """Trial D2: --resume with another --gt file (or --gt when the first run had none) was
     accepted: --gt was not in run.json's options. Now run.json records the file's absolute

@@ -207,7 +207,7 @@ def test_predict(corpus, cli_ckpt, monkeypatch, capsys):
     assert code == 1 and o == ""
     check_records(records_of(out / "p.jsonl"), root, expect)
     check_messages(e, expect)
-    assert sorted(p.name for p in out.iterdir()) == ["p.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".p.jsonl.run", "p.jsonl"]
 
 
 def test_cam(corpus, cli_ckpt, monkeypatch, capsys):

@@ -123,7 +123,8 @@ def test_W2_bbox_does_not_write_through_a_planted_partial_link(
     assert code == 0, err
     recs = [json.loads(x) for x in (o / "boxes.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in recs] == ["a.jpg", "b.png"]
-    assert sorted(p.name for p in o.iterdir()) == ["boxes.jsonl"]  # link, lock, partial gone
+    # link, lock, partial gone; the run that wrote FILE recorded beside it
+    assert sorted(p.name for p in o.iterdir()) == [".boxes.jsonl.run", "boxes.jsonl"]
 
 
 def test_W2_atomic_temporary_file_never_follows_a_planted_link(tmp_path):
@@ -551,7 +552,7 @@ def test_S1_sigterm_during_cam_ends_like_ctrl_c(tmp_path, many, cli_ckpt):
     assert not [f for f in tree(out) if ".camcli-tmp" in f or f.endswith(".lock")]
 
 
-def test_S1_sigterm_during_bbox_writes_the_records_file(tmp_path, many, cli_ckpt):
+def test_S1_sigterm_during_bbox_writes_the_records_file(tmp_path, many, cli_ckpt, capsys):
     target = tmp_path / "boxes.jsonl"
     code, err = _term_after_first_record(
         ["bbox", str(many), "--output", str(target), "-w", str(cli_ckpt), *ARGS],
@@ -563,7 +564,14 @@ def test_S1_sigterm_during_bbox_writes_the_records_file(tmp_path, many, cli_ckpt
     recs = [json.loads(x) for x in target.read_text().splitlines()]
     assert 1 <= len(recs) < 60
     assert [r["image"] for r in recs] == sorted(r["image"] for r in recs)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.jsonl", "many"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".boxes.jsonl.run", "boxes.jsonl", "many"]
+    # the interrupted run is recorded beside FILE: resumed with another option, refused
+    code, _, err = run_main(
+        capsys, "bbox", many, "-o", target, "-w", cli_ckpt, *ARGS, "--threshold", "0.3",
+        "--resume",
+    )  # fmt: skip
+    assert code == 2 and "made with --threshold 0.2, this run has --threshold 0.3" in err, err
+    assert len(target.read_text().splitlines()) == len(recs)  # untouched
 
 
 def test_S1_sigterm_to_the_process_group_with_loader_workers(tmp_path, many, cli_ckpt):
@@ -704,6 +712,7 @@ def test_S2_records_file_temporary_file_of_a_killed_run_is_removed(tmp_path, two
     assert sorted(os.listdir(o)) == [
         ".other.jsonl.camcli-tmp4194305-7",
         f".p.jsonl.camcli-tmp{os.getppid()}-7",
+        ".p.jsonl.run",
         "p.jsonl",
     ]
 

@@ -186,7 +186,7 @@ def test_predict_output_file_written_atomically(capsys, sd_path, imgs, tmp_path)
     assert code == 1 and out == ""
     recs = _records(target.read_text(encoding="utf-8"))
     assert [r["image"] for r in recs] == [str(imgs["rgb"]), str(imgs["zero"])]
-    assert sorted(p.name for p in target.parent.iterdir()) == ["preds.jsonl"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [".preds.jsonl.run", "preds.jsonl"]
     assert "zero.jpg: not an image file" in err  # failed inputs are reported on stderr
 
 

@@ -140,3 +140,22 @@ def test_report_gt_options_without_gt_are_usage_errors(tmp_path, camcli_run):
     code, _o, err = camcli_run("report", own, "--out", out, "--iou", "0.3")
     assert code == 0, err
     assert "report: 1 image (0 failed)" in err
+
+
+def test_report_shows_a_hand_edited_or_unfinished_run_json(tmp_path, camcli_run):
+    """Trial 12: a run.json that is a list, or whose options are not an object, crashed the
+    report (AttributeError, exit 1); a NaN crashed it too (ValueError). Now the first is
+    skipped with a warning, the others shown; run states read as JSON (``true``)."""
+    run = build_run(tmp_path)
+    cams = Path(run["cams"])
+    info = json.loads((cams / "run.json").read_text())
+    (cams / "run.json").write_text("[1, 2]")
+    code, _o, err = camcli_run("report", cams, "--out", tmp_path / "r1")
+    assert code == 0 and f"{cams / 'run.json'}: not a JSON object" in err, err
+    bad = {**info, "options": [1], "counts": 3, "running": True, "wall_time_s": float("nan")}
+    (cams / "run.json").write_text(json.dumps(bad))
+    code, _o, err = camcli_run("report", cams, "--out", tmp_path / "r2", "-q")
+    assert code == 0, err
+    page = (tmp_path / "r2" / "index.html").read_text()
+    assert "<th>running</th><td><code>true</code>" in page
+    assert "<th>wall_time_s</th><td><code>nan</code>" in page

@@ -125,7 +125,10 @@ def test_kill_9_mid_bbox_then_resume_equals_an_uninterrupted_run(tmp_path, many,
     )
     assert code == -signal.SIGKILL, err
     assert not (out / "boxes.jsonl").exists() and 4 <= lines(partial) < N_IMAGES + 1
-    # the partial file begins with the run that writes it (never read as a record)
+    # the partial file begins with the run that writes it (never read as a record), and the
+    # run is recorded beside FILE from its start
+    side = json.loads((out / ".boxes.jsonl.run").read_text())
+    assert side["file"] is False and side["camcli_run"]["options"]["threshold"] == 0.2
     first = json.loads(partial.read_text().splitlines()[0])
     assert first["camcli_run"]["command"] == "bbox"
     assert first["camcli_run"]["options"]["threshold"] == 0.2

@@ -590,3 +590,65 @@ def test_a_killed_runs_partial_file_records_its_run_and_resume_checks_it(tmp_pat
     assert rf.finish(["a.jpg"]) == [rec]
     assert [json.loads(x) for x in target.read_text().splitlines()] == [rec]
     assert not partial.exists()
+
+
+def test_a_whole_files_run_is_recorded_beside_it_and_resume_checks_it(tmp_path):
+    """Trial 12: ``.FILE.run`` records the run writing FILE from its start: --resume after a
+    finished (or interrupted) run with other options is refused; a run started without
+    --resume over an older FILE (then killed) is resumed without that older FILE's records."""
+    from camcli.errors import CamcliError
+    from camcli.runs.recordfile import RecordFile, sidecar_path
+
+    target = tmp_path / "p.jsonl"
+    a = {"command": "predict", "model": "m", "options": {"top_k": 5}}
+    b = {"command": "predict", "model": "m", "options": {"top_k": 3}}
+    rf = RecordFile(target, resume=False, run=a)
+    for img in ("x.jpg", "y.jpg"):
+        rf.write({"image": img, "predictions": []})
+    rf.finish(["x.jpg", "y.jpg"])
+    side = sidecar_path(target)
+    assert side.name == ".p.jsonl.run"
+    assert json.loads(side.read_text()) == {"camcli_run": a, "file": True}
+    # a finished run, resumed with another option: refused, nothing touched
+    with pytest.raises(CamcliError) as exc:
+        RecordFile(target, resume=True, run=b)
+    assert exc.value.exit_code == 2 and str(exc.value).startswith(
+        f"--resume: {target} holds records made with --top-k 5, this run has --top-k 3;"
+    )
+    # run b without --resume over a's FILE, killed after one record
+    rf = RecordFile(target, resume=False, run=b)
+    assert json.loads(side.read_text()) == {"camcli_run": b, "file": False}
+    rf.write({"image": "x.jpg", "predictions": [], "k": 3})
+    rf.release()
+    with pytest.raises(CamcliError):  # resumed as a: refused (the partial file says so too)
+        RecordFile(target, resume=True, run=a)
+    rf = RecordFile(target, resume=True, run=b)  # resumed as b: a's FILE is not read
+    assert list(rf.done) == ["x.jpg"] and rf.done["x.jpg"]["k"] == 3
+    rf.release()
+
+
+def test_run_difference_names_class_before_top_k():
+    """With --class the maps are those classes: a refusal names --class, not the --top-k the
+    user did not type (trial 12)."""
+    from camcli.runs.samerun import run_difference
+
+    before = {"options": {"top_k": 2, "classes": None}}
+    now = {"options": {"top_k": 5, "classes": [1, 2]}}
+    assert run_difference(before, now) == ("--class", None, [1, 2])
+
+
+def test_a_finished_cam_shard_resumed_with_other_options_is_refused(
+    tmp_path, cli_images, cli_ckpt, capsys
+):
+    """Trial 12: ``cam --shard 0/2 --top-k 2`` finished, then resumed with ``--top-k 3``,
+    rewrote its run json to say top 3 over top-2 files; now refused like an unsharded
+    folder's --resume (its run json is checked before it is replaced)."""
+    out = tmp_path / "cams"
+    base = ["cam", cli_images, "-w", cli_ckpt, "--out", out, "--shard", "0/2", "--quiet"]
+    assert run_main(*base, "--top-k", "2") in (0, 1)
+    shard_json = (out / "run.shard-0-of-2.json").read_text()
+    capsys.readouterr()
+    assert run_main(*base, "--top-k", "3", "--resume") == 2
+    assert "made with --top-k 2, this run has --top-k 3" in capsys.readouterr().err
+    assert (out / "run.shard-0-of-2.json").read_text() == shard_json
+    assert run_main(*base, "--top-k", "2", "--resume") in (0, 1)  # the same run resumes

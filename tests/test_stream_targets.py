@@ -97,7 +97,13 @@ def test_bbox_submission_and_eval_output_into_devices(tmp_path, cli_images, camc
     assert code == 5 and "No space left on device" in err  # /dev/full, written directly
     for link in (null, full):
         assert link.is_symlink() and stat.S_ISCHR(os.stat(link).st_mode)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "full", "gt.csv", "null"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".b.jsonl.run",  # the run that wrote b.jsonl
+        "b.jsonl",
+        "full",
+        "gt.csv",
+        "null",
+    ]
 
 
 @pytest.mark.parametrize("command", ["predict", "bbox"])

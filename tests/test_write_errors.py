@@ -169,7 +169,8 @@ def test_cam_on_a_full_tmpfs_then_resume(tmpfs, imgs, cli_ckpt, ref, capsys):
 
 def test_bbox_records_on_a_full_tmpfs_then_resume(tmpfs, imgs, cli_ckpt, ref, capsys):
     mnt, remount = tmpfs
-    assert remount("size=4k")  # one page: the records of about four images
+    # two pages: .boxes.jsonl.run (the run, written first) and the records of about four images
+    assert remount("size=8k")
     target = mnt / "boxes.jsonl"
     capsys.readouterr()
     code = run_main("bbox", imgs, "-o", target, "-w", cli_ckpt, *ARGS)
@@ -182,7 +183,7 @@ def test_bbox_records_on_a_full_tmpfs_then_resume(tmpfs, imgs, cli_ckpt, ref, ca
     assert remount("size=1m")
     assert run_main("bbox", imgs, "-o", target, "-w", cli_ckpt, *ARGS, "--resume") == 0
     assert target.read_bytes() == (ref / "boxes.jsonl").read_bytes()
-    assert sorted(p.name for p in mnt.iterdir()) == ["boxes.jsonl"]
+    assert sorted(p.name for p in mnt.iterdir()) == [".boxes.jsonl.run", "boxes.jsonl"]
 
 
 def test_read_only_output_is_exit_5(tmpfs, imgs, cli_ckpt, capsys):

@@ -57,6 +57,8 @@ class BboxOptions:
             gets ``gt_known``, the box of the GT class's map (same rule and threshold);
             None: no GT-known boxes. With ``from_maps``, from the files that hold the GT
             class's map (``cam --gt --save-maps``).
+        gt_path: the ``--gt`` file's absolute path (what run made the records: ``resume``
+            and ``merge`` compare it); None without ``--gt``.
     """
 
     top_k: int = 5
@@ -74,6 +76,7 @@ class BboxOptions:
     from_maps: Path | None = None
     resume: bool = False
     gt_class: Callable[[inputs.InputItem], int | None] | None = None
+    gt_path: str | None = None
 
     @property
     def box_options(self) -> BoxOptions:
@@ -206,15 +209,16 @@ def run_bbox(
 def _part_run(opts: BboxOptions, session: Session | None) -> dict | None:
     """What run a shard's part (or a killed run's partial file) is
     (:func:`camcli.api.sink.part_run`): the model and the options that change the records,
-    the most telling first, ``gt`` whether ``--gt`` was given, and ``--precision``; None from
-    maps (never sharded)."""
+    the most telling first, ``gt`` the ``--gt`` file's absolute path (None without), and
+    ``--precision``; None from maps (never sharded)."""
     if session is None:
         return None
     from camcli.api.sink import part_run
 
     keys = ("tight_loose", "rule", "threshold", "top_k", "norm", "interpolation", "ten_crop")
     options: dict = {k: getattr(opts, k) for k in keys}
-    options["gt"] = opts.gt_class is not None  # records with or without "gt_known"
+    # records with "gt_known" from that file, or without (the --gt file's absolute path)
+    options["gt"] = opts.gt_path if opts.gt_class is not None else None
     options["precision"] = session.precision
     return part_run(session, "bbox", options)
 

@@ -203,10 +203,15 @@ def run_cam_job(
     mine = split.select(items)
     copts = _cam_options(opts, session, items, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
-    if opts.resume and split.shard is None:
-        _check_same_run(
-            Path(opts.out), run_info(session, "cam", _options(opts, copts, wopts, session), 0)
-        )
+    if opts.resume:
+        now = run_info(session, "cam", _options(opts, copts, wopts, session), 0)
+        names = ["run.json"]  # a shard: its own finished run json, and a merged run's
+        if split.shard is not None:
+            from camcli.runs.shards import shard_names
+
+            names.insert(0, shard_names(split.shard.index, split.shard.count)[1])
+        for name in names:
+            _check_same_run(Path(opts.out), now, name)
     outdir = OutDir(
         opts.out,
         resume=opts.resume,
@@ -270,9 +275,10 @@ def run_cam_job(
     )
 
 
-def _check_same_run(out: Path, now: dict) -> None:
-    """Refuse ``--resume`` into a folder whose ``run.json`` (an earlier run that completed,
-    was interrupted, failed or was killed: ``"running": true``) names another model, weights
+def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
+    """Refuse ``--resume`` into a folder whose ``run.json`` (``name``: also a finished shard's
+    ``run.shard-I-of-N.json``; an earlier run that completed, was interrupted, failed or was
+    killed: ``"running": true``) names another model, weights
     or option, ``--gt`` included (:func:`camcli.runs.samerun.run_difference`): its records
     would mix two runs. A folder without a readable ``run.json`` (an older camcli's killed run)
     is resumed as it is; one whose ``run.json`` does not record an option (``--gt``: an older
@@ -289,7 +295,7 @@ def _check_same_run(out: Path, now: dict) -> None:
 
     try:
         now = as_stored(now)  # this run as run.json would hold it (lists, strings)
-        before = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        before = json.loads((out / name).read_text(encoding="utf-8"))
         if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
             return
     except (OSError, ValueError):

@@ -100,6 +100,9 @@ def load_inputs(runs: Sequence[str | os.PathLike]) -> ReportInputs:
                     run_json = json.loads((p / "run.json").read_text(encoding="utf-8"))
                 except ValueError as exc:
                     inp.bad_lines.append(f"{p / 'run.json'}: not JSON ({exc})")
+                if run_json is not None and not isinstance(run_json, dict):
+                    inp.bad_lines.append(f"{p / 'run.json'}: not a JSON object")
+                    run_json = None
             inp.cam_dirs.append((p, _read_jsonl(man, inp.bad_lines), run_json))
         elif p.is_file():
             obj = _whole_json(p)

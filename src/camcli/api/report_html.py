@@ -131,12 +131,17 @@ def _eval_view(path: Path, res: dict) -> dict:
 
 
 def _js(v) -> str:
-    """A run.json value as JSON text for the page (a non-finite number refused, not written)."""
-    return json.dumps(v, allow_nan=False)
+    """A run.json value as JSON text for the page's tables (shown as text, HTML-escaped); one
+    that holds a non-finite number (a hand-edited run.json) as Python writes it."""
+    try:
+        return json.dumps(v, allow_nan=False, default=str)
+    except ValueError:
+        return str(v)
 
 
 def _run_view(folder: Path, run: dict) -> dict:
-    opts = run.get("options") or {}
+    opts = run.get("options") if isinstance(run.get("options"), dict) else {}
+    counts = run.get("counts") if isinstance(run.get("counts"), dict) else {}
     # "running" (a run killed outright), "interrupted", "failed": the run did not finish
     keep = ("command", "camcli", "torch", "model", "weights", "weights_sha256", "num_classes",
             "device", "batch_size", "wall_time_s", "running", "interrupted", "failed")  # fmt: skip
@@ -145,18 +150,14 @@ def _run_view(folder: Path, run: dict) -> dict:
         "fields": [
             [
                 k,
-                json.dumps(run[k], allow_nan=False)
-                if isinstance(run[k], (dict, list))
-                else str(run[k]),
+                str(run[k]) if isinstance(run[k], str) else _js(run[k]),
             ]
             for k in keep
             if k in run
         ],  # fmt: skip
         "options": [[k, _js(v)] for k, v in opts.items()],
-        "counts": run.get("counts") or {},
-        "preprocess": json.dumps(run.get("preprocess"), allow_nan=False)
-        if run.get("preprocess")
-        else None,
+        "counts": counts,
+        "preprocess": _js(run.get("preprocess")) if run.get("preprocess") else None,
     }
 
 

@@ -337,7 +337,8 @@ def _with_gt_classes(
         return opts
     for line in unknown_gt_lines(gt, warned, names, "GT-known box") if main else []:
         warn(line)
-    return replace(opts, gt_class=lambda item: lookup(item.path))
+    gt_path = str(Path(gt).resolve())
+    return replace(opts, gt_class=lambda item: lookup(item.path), gt_path=gt_path)
 
 
 def _bbox_options(

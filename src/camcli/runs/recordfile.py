@@ -37,7 +37,11 @@ class RecordFile:
     it (see :func:`camcli.runs.merge.plan_jsonl`), when given; ``resume`` of a part made by
     another run is refused (:func:`_check_part_run`). The partial file's first line records
     ``run`` too (``{"camcli_run": run}``), so that ``resume`` after a kill is refused when the
-    killed run was another (:func:`_check_partial_run`)."""
+    killed run was another (:func:`_check_partial_run`). A whole FILE (not a part) keeps
+    ``.FILE.run`` beside it, from the run's start on: ``{"camcli_run": run, "file": whether
+    FILE holds this run's records}``; ``resume`` after a finished, interrupted or killed run
+    is refused when that run was another, and does not read a FILE of an earlier run that a
+    new run (without ``resume``) was about to replace (:func:`_check_sidecar_run`)."""
 
     def __init__(
         self,
@@ -50,6 +54,7 @@ class RecordFile:
     ) -> None:
         self.target = Path(target)
         self.partial = partial_path(self.target)
+        self.sidecar = None if part else sidecar_path(self.target)
         self.part = part
         self.run = run
         self.done: dict[str, dict] = {}
@@ -58,16 +63,23 @@ class RecordFile:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.target.with_name(f".{self.target.name}.lock"))
+            file_is_this_runs = True  # FILE's records are of the run resumed
             if resume and run is not None:  # before anything is read or written
                 if part:
                     _check_part_run(self.target, run)
                 _check_partial_run(self.target, self.partial, run)
+                if self.sidecar is not None and (_regular(self.target) or _regular(self.partial)):
+                    file_is_this_runs = _check_sidecar_run(self.target, self.sidecar, run)
             # FILE's temporary file, left by a run killed as it wrote FILE
             remove_stray(self.target.parent, only={cut_bytes(self.target.name, TMP_NAME_MAX)})
             if resume:
                 for src in (*also, self.target, self.partial):
+                    if src == self.target and not file_is_this_runs:
+                        continue  # an earlier run's FILE, which this run is replacing
                     if _regular(src):
                         self._load(src)
+            loaded_file = resume and file_is_this_runs and _regular(self.target)
+            self._write_sidecar(file=loaded_file)
             self._fh = open_nofollow(self.partial, "w", fresh=True)
             if run is not None:  # what run this is, for --resume after a kill
                 self._fh.write(dumps({RUN_KEY: run}) + "\n")
@@ -87,6 +99,16 @@ class RecordFile:
             self.release()
             raise write_error(exc, self.target) from None
         self.new: dict[str, dict] = {}
+
+    def _write_sidecar(self, *, file: bool) -> None:
+        """``.FILE.run`` (a whole FILE, ``run`` given): this run, and whether FILE holds its
+        records."""
+        if self.sidecar is None:
+            return
+        if self.run is not None:
+            write_atomic(self.sidecar, dumps({RUN_KEY: self.run, "file": file}).encode())
+        else:  # a run that records nothing (from maps): an older run's record would lie
+            self.sidecar.unlink(missing_ok=True)
 
     def _load(self, src: Path) -> None:
         # Resumed: a bad line (cut by a kill) is skipped, so its image is done again.
@@ -136,6 +158,7 @@ class RecordFile:
             return recs
         try:
             write_atomic(self.target, "".join(dumps(r) + "\n" for r in recs).encode("utf-8"))
+            self._write_sidecar(file=True)
             if self.part:  # merge checks each part against its input count and run
                 count = {"inputs": len(order), **({"run": self.run} if self.run else {})}
                 write_atomic(count_path(self.target), dumps(count).encode())
@@ -185,6 +208,41 @@ def _check_partial_run(target: Path, partial: Path, run: dict) -> None:
             f"(the records of {target.name} are done again)",
             Exit.USAGE,
         )
+
+
+def sidecar_path(target: Path) -> Path:
+    """``.NAME.run`` beside a whole ``--output`` FILE: the run that writes (or wrote) it."""
+    return target.with_name(f".{target.name}.run")
+
+
+def _check_sidecar_run(target: Path, sidecar: Path, run: dict) -> bool:
+    """Refuse ``--resume`` of ``target`` when its ``.FILE.run`` records another run (finished,
+    interrupted or killed); a missing or unreadable one (an older camcli's) is resumed as
+    before.
+
+    Returns:
+        Whether ``target``'s records are of the run resumed (False: FILE is an earlier run's,
+        which the recorded run, started without ``--resume``, was replacing).
+
+    Raises:
+        CamcliError: (exit 2) the file, the first difference as typed and the fix.
+    """
+    words = _other_run(_recorded_run(sidecar, RUN_KEY, first_line=False), run)
+    if words is not None:
+        was, is_now = words
+        raise CamcliError(
+            f"--resume: {target} holds records made {was}, this run {is_now}; resume with "
+            "the options of that run, or rerun without --resume (the records are done again)",
+            Exit.USAGE,
+        )
+    if not _regular(sidecar):
+        return True
+    try:
+        import json
+
+        return json.loads(sidecar.read_bytes()).get("file") is not False
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def _recorded_run(path: Path, key: str, *, first_line: bool) -> dict | None:

@@ -84,6 +84,9 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
     was_opts, now_opts = before.get("options"), now.get("options")
     if isinstance(was_opts, dict) and isinstance(now_opts, dict):
         keys = [k for k in was_opts if k in now_opts and k not in NOT_COMPARED]
+        if "classes" in keys and "top_k" in keys:  # --class decides the maps, not --top-k
+            keys.remove("classes")
+            keys.insert(keys.index("top_k"), "classes")
         for k in keys:
             was, is_now = was_opts.get(k), now_opts.get(k)
             if k in _INVERTED:
