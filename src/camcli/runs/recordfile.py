@@ -179,14 +179,14 @@ def _check_part_run(part: Path, run: dict) -> None:
     Raises:
         CamcliError: (exit 2) the part, the first difference as typed and the fix.
     """
-    words = _other_run(_recorded_run(count_path(part), "run", first_line=False), run)
-    if words is not None:
-        was, is_now = words
-        raise CamcliError(
-            f"--resume: {part} was made {was}, this run {is_now}; rerun that shard without "
-            "--resume (the part is rewritten) or resume it with the part's options",
-            Exit.USAGE,
-        )
+    _refuse_another(
+        _recorded_run(count_path(part), "run", first_line=False),
+        run,
+        lambda was, now: (
+            f"--resume: {part} was made {was}, this run {now}; rerun that shard "
+            "without --resume (the part is rewritten) or resume it with the part's options"
+        ),
+    )
 
 
 def _check_partial_run(target: Path, partial: Path, run: dict) -> None:
@@ -199,15 +199,15 @@ def _check_partial_run(target: Path, partial: Path, run: dict) -> None:
     Raises:
         CamcliError: (exit 2) the file, the first difference as typed and the fix.
     """
-    words = _other_run(_recorded_run(partial, RUN_KEY, first_line=True), run)
-    if words is not None:
-        was, is_now = words
-        raise CamcliError(
-            f"--resume: {partial} holds the records of an unfinished run made {was}, this "
-            f"run {is_now}; resume with the options of that run, or rerun without --resume "
-            f"(the records of {target.name} are done again)",
-            Exit.USAGE,
-        )
+    _refuse_another(
+        _recorded_run(partial, RUN_KEY, first_line=True),
+        run,
+        lambda was, now: (
+            f"--resume: {partial} holds the records of an unfinished run made "
+            f"{was}, this run {now}; resume with the options of that run, or rerun without "
+            f"--resume (the records of {target.name} are done again)"
+        ),
+    )
 
 
 def sidecar_path(target: Path) -> Path:
@@ -227,14 +227,15 @@ def _check_sidecar_run(target: Path, sidecar: Path, run: dict) -> bool:
     Raises:
         CamcliError: (exit 2) the file, the first difference as typed and the fix.
     """
-    words = _other_run(_recorded_run(sidecar, RUN_KEY, first_line=False), run)
-    if words is not None:
-        was, is_now = words
-        raise CamcliError(
-            f"--resume: {target} holds records made {was}, this run {is_now}; resume with "
-            "the options of that run, or rerun without --resume (the records are done again)",
-            Exit.USAGE,
-        )
+    _refuse_another(
+        _recorded_run(sidecar, RUN_KEY, first_line=False),
+        run,
+        lambda was, now: (
+            f"--resume: {target} holds records made {was}, this run {now}; "
+            "resume with the options of that run, or rerun without --resume (the records are "
+            "done again)"
+        ),
+    )
     if not _regular(sidecar):
         return True
     try:
@@ -262,13 +263,15 @@ def _recorded_run(path: Path, key: str, *, first_line: bool) -> dict | None:
     return run if isinstance(run, dict) else None
 
 
-def _other_run(before: dict | None, run: dict) -> tuple[str, str] | None:
-    """How ``before`` (a recorded run, or None: nothing to compare) and ``run`` differ, in
-    words (:func:`camcli.runs.samerun.made_with`); None when they are one run."""
+def _refuse_another(before: dict | None, run: dict, message) -> None:
+    """Raise ``CamcliError(message(was, now))`` (exit 2) when ``before`` (a recorded run, or
+    None: nothing to compare) and ``run`` are not one run; ``was`` and ``now`` are their first
+    difference in words (:func:`camcli.runs.samerun.made_with`)."""
     from camcli.runs.samerun import as_stored, made_with, run_difference
 
     diff = None if before is None else run_difference(before, as_stored(run))
-    return None if diff is None else made_with(*diff)
+    if diff is not None:
+        raise CamcliError(message(*made_with(*diff)), Exit.USAGE)
 
 
 def _regular(path: Path) -> bool:
