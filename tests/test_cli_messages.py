@@ -349,6 +349,13 @@ def test_records_file_resume_refuses_another_run(tmp_path, cli_images, cli_ckpt,
     code, _, err = camcli_run(*base, "--gt", gts[1], "--resume")
     assert code == 2, err
     assert f"made with --gt {gts[0].resolve()}, this run has --gt {gts[1].resolve()};" in err
+    # trial 12b: records written from maps are recorded too; a network run never resumes them
+    maps = tmp_path / "cams"
+    assert camcli_run("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", maps, "-q",
+                      "--save-maps", "--no-overlay")[0] == 0  # fmt: skip
+    assert camcli_run("bbox", "--from-maps", maps, "-o", boxes, "-q")[0] == 0
+    code, _, err = camcli_run(*base, "--resume")
+    assert code == 2 and "made with camcli bbox --from-maps, this run" in err, err
 
 
 def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_run):

@@ -652,3 +652,48 @@ def test_a_finished_cam_shard_resumed_with_other_options_is_refused(
     assert "made with --top-k 2, this run has --top-k 3" in capsys.readouterr().err
     assert (out / "run.shard-0-of-2.json").read_text() == shard_json
     assert run_main(*base, "--top-k", "2", "--resume") in (0, 1)  # the same run resumes
+
+
+def test_a_stopped_cam_shard_is_recorded_as_running(tmp_path, cli_images, cli_ckpt, capsys,
+                                                    monkeypatch):  # fmt: skip
+    """Trial 12b: a cam shard stopped before it finished recorded nothing, so its --resume
+    with other options mixed two runs. Its run json is now written at the start with
+    ``"running": true``: --resume with other options is refused, and merge takes the shard
+    as unfinished until it completes."""
+    from camcli.api import cam_job
+
+    out = tmp_path / "cams"
+    base = ["cam", cli_images, "-w", cli_ckpt, "--out", out, "--quiet"]
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(cam_job, "run_cam", stopped)
+        assert run_main(*base, "--shard", "0/2", "--top-k", "2") == 130
+    info = json.loads((out / "run.shard-0-of-2.json").read_text())
+    assert info["running"] is True and info["options"]["top_k"] == 2
+    capsys.readouterr()
+    assert run_main(*base, "--shard", "0/2", "--top-k", "3", "--resume") == 2
+    assert "made with --top-k 2, this run has --top-k 3" in capsys.readouterr().err
+    assert run_main(*base, "--shard", "1/2", "--top-k", "2") in (0, 1)
+    assert run_main("merge", out) == 3  # shard 0 did not finish
+    assert "shard(s) 0/2 not finished" in capsys.readouterr().err
+    assert run_main(*base, "--shard", "0/2", "--top-k", "2", "--resume") in (0, 1)
+    assert "running" not in json.loads((out / "run.shard-0-of-2.json").read_text())
+    assert run_main("merge", out) == 0
+
+
+def test_the_run_is_recorded_beside_the_file_a_link_names(tmp_path):
+    """Trial 12b: ``-o link.jsonl`` (a link to target.jsonl) wrote target.jsonl but recorded
+    its run beside the link: target's own record went stale."""
+    from camcli.runs.recordfile import RecordFile
+
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_text("")
+    link.symlink_to(target.name)
+    run = {"command": "predict", "model": "m", "options": {"top_k": 2}}
+    rf = RecordFile(link, resume=False, run=run)
+    rf.finish([])
+    assert json.loads((tmp_path / ".target.jsonl.run").read_text())["camcli_run"] == run
+    assert not (tmp_path / ".link.jsonl.run").exists()

@@ -193,10 +193,10 @@ def run_cam_job(
             failed write (exit 5; the manifest lists what is done, rerun with ``resume``; an
             unsharded run's run.json says ``"failed": true`` when it could be written).
 
-    An unsharded run writes its run.json with ``"running": true`` before the first image and
-    again when it ends (without it; ``"interrupted"`` or ``"failed"`` when so): a run killed
-    outright leaves ``"running": true`` and its options, which ``resume`` checks. A shard
-    writes its run json only when it has finished (``camcli merge`` checks that).
+    A run writes its run json with ``"running": true`` before the first image and again when
+    it ends (without it; an unsharded run's with ``"interrupted"`` or ``"failed"`` when so): a
+    run killed outright, or a shard that did not finish, leaves ``"running": true`` and its
+    options, which ``resume`` checks (``camcli merge`` takes such a shard as unfinished).
     """
     started = time.time() if started is None else started
     progress = progress or Progress()
@@ -223,11 +223,11 @@ def run_cam_job(
     progress.start(len(todo), skipped, len(mine))
     interrupted = completed = stopped = False
     try:
-        if split.shard is None:
-            # recorded before the first image: a run killed outright (SIGKILL, out of memory)
-            # leaves "running": true and its options, which --resume checks
-            info = _cam_run_info(session, opts, copts, wopts, split, len(items), skipped, started)
-            _write_run_json(outdir, {**info, "running": True}, best_effort=False)
+        # recorded before the first image: a run stopped or killed outright (SIGKILL, out of
+        # memory) leaves "running": true and its options, which --resume checks (and merge
+        # takes a shard's as unfinished)
+        info = _cam_run_info(session, opts, copts, wopts, split, len(items), skipped, started)
+        _write_run_json(outdir, {**info, "running": True}, best_effort=False)
         run_cam(session, todo, copts, wopts, outdir, on_record=progress.record)
         completed = True
     except KeyboardInterrupt:

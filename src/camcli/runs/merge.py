@@ -295,18 +295,19 @@ def _manifest_shard_count(root: Path) -> int:
 
 def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
     """The manifest and parsed run json of shards 0..N-1; a shard without both (or with an
-    unreadable run json) is unfinished, an error (exit 3)."""
-    infos, parts = [], []
-    unfinished = []
+    unreadable run json, or one saying ``"running"``) is unfinished, an error (exit 3)."""
+    infos, parts, unfinished = [], [], []
     for i in range(n):
         man, run = (root / x for x in shard_names(i, n))
         if not man.is_file() or not run.is_file():
             unfinished.append(i)
             continue
         parts.append(man)
-        try:
+        try:  # unreadable, or "running": stopped, killed or still going
             info = json.loads(run.read_text(encoding="utf-8"))
         except ValueError:
+            info = {"running": True}
+        if isinstance(info, dict) and info.get("running"):
             unfinished.append(i)
             continue
         why = _run_info_problem(info)
@@ -320,7 +321,7 @@ def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
     if unfinished:
         raise CamcliError(
             f"{root}: shard(s) {', '.join(f'{i}/{n}' for i in unfinished)} not finished (no "
-            f"manifest or run.shard json); run them (with --resume) and merge again",
+            f"manifest, or no finished run.shard json); run them (with --resume) and merge again",
             Exit.NO_INPUT,
         )
     return parts, infos

@@ -96,7 +96,8 @@ class OutDir:
         try:
             self._clean_stray(own_keys)
             if shard is not None:
-                # A shard is finished when its run json is there (camcli merge checks).
+                # A shard is finished when its run json is there without "running" (camcli
+                # merge checks); the job writes the running one next.
                 self.run_json_path.unlink(missing_ok=True)
                 if resume and (self.root / "manifest.jsonl").is_file():
                     # records of a merged earlier run (read only: other shards read it too)

@@ -54,7 +54,8 @@ class RecordFile:
     ) -> None:
         self.target = Path(target)
         self.partial = partial_path(self.target)
-        self.sidecar = None if part else sidecar_path(self.target)
+        # beside the file written: a FILE that is a link is written through it
+        self.sidecar = None if part else sidecar_path(_written(self.target))
         self.part = part
         self.run = run
         self.done: dict[str, dict] = {}
@@ -105,10 +106,13 @@ class RecordFile:
         records."""
         if self.sidecar is None:
             return
-        if self.run is not None:
-            write_atomic(self.sidecar, dumps({RUN_KEY: self.run, "file": file}).encode())
-        else:  # a run that records nothing (from maps): an older run's record would lie
-            self.sidecar.unlink(missing_ok=True)
+        try:
+            if self.run is not None:
+                write_atomic(self.sidecar, dumps({RUN_KEY: self.run, "file": file}).encode())
+            else:  # a run that records nothing: an older run's record would lie
+                self.sidecar.unlink(missing_ok=True)
+        except OSError as exc:
+            raise write_error(exc, self.sidecar) from None
 
     def _load(self, src: Path) -> None:
         # Resumed: a bad line (cut by a kill) is skipped, so its image is done again.
@@ -210,6 +214,11 @@ def _check_partial_run(target: Path, partial: Path, run: dict) -> None:
     )
 
 
+def _written(target: Path) -> Path:
+    """The file ``target`` names: itself, or where it points when it is a link."""
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
+
+
 def sidecar_path(target: Path) -> Path:
     """``.NAME.run`` beside a whole ``--output`` FILE: the run that writes (or wrote) it."""
     return target.with_name(f".{target.name}.run")
@@ -227,29 +236,24 @@ def _check_sidecar_run(target: Path, sidecar: Path, run: dict) -> bool:
     Raises:
         CamcliError: (exit 2) the file, the first difference as typed and the fix.
     """
+    data = _json_object(sidecar, first_line=False) or {}
+    holds = data.get("file") is not False  # FILE holds the recorded run's records
     _refuse_another(
-        _recorded_run(sidecar, RUN_KEY, first_line=False),
+        data.get(RUN_KEY),
         run,
         lambda was, now: (
-            f"--resume: {target} holds records made {was}, this run {now}; "
-            "resume with the options of that run, or rerun without --resume (the records are "
-            "done again)"
+            f"--resume: {target} "
+            + ("holds records" if holds else "was being replaced by an unfinished run")
+            + f" made {was}, this run {now}; resume with the options of that run, or rerun "
+            "without --resume (the records are done again)"
         ),
     )
-    if not _regular(sidecar):
-        return True
-    try:
-        import json
-
-        return json.loads(sidecar.read_bytes()).get("file") is not False
-    except (OSError, ValueError, AttributeError):
-        return True
+    return holds
 
 
-def _recorded_run(path: Path, key: str, *, first_line: bool) -> dict | None:
-    """The run recorded under ``key`` in the JSON object of ``path`` (of its first line only,
-    with ``first_line``); None when there is none, or ``path`` is unreadable, not JSON or not a
-    regular file."""
+def _json_object(path: Path, *, first_line: bool) -> dict | None:
+    """The JSON object in ``path`` (in its first line only, with ``first_line``); None when
+    ``path`` is unreadable, not a JSON object or not a regular file."""
     import json
 
     if not _regular(path):
@@ -259,17 +263,25 @@ def _recorded_run(path: Path, key: str, *, first_line: bool) -> dict | None:
             data = json.loads(fh.readline(1 << 20) if first_line else fh.read())
     except (OSError, ValueError):
         return None
-    run = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _recorded_run(path: Path, key: str, *, first_line: bool) -> dict | None:
+    """The run recorded under ``key`` in the JSON object of ``path`` (see
+    :func:`_json_object`); None when there is none."""
+    run = (_json_object(path, first_line=first_line) or {}).get(key)
     return run if isinstance(run, dict) else None
 
 
-def _refuse_another(before: dict | None, run: dict, message) -> None:
-    """Raise ``CamcliError(message(was, now))`` (exit 2) when ``before`` (a recorded run, or
-    None: nothing to compare) and ``run`` are not one run; ``was`` and ``now`` are their first
+def _refuse_another(before: object, run: dict, message) -> None:
+    """Raise ``CamcliError(message(was, now))`` (exit 2) when ``before`` (a recorded run; not
+    a dict: nothing to compare) and ``run`` are not one run; ``was`` and ``now`` are their first
     difference in words (:func:`camcli.runs.samerun.made_with`)."""
     from camcli.runs.samerun import as_stored, made_with, run_difference
 
-    diff = None if before is None else run_difference(before, as_stored(run))
+    if not isinstance(before, dict):
+        return
+    diff = run_difference(before, as_stored(run))
     if diff is not None:
         raise CamcliError(message(*made_with(*diff)), Exit.USAGE)
 
