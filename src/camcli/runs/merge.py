@@ -294,8 +294,8 @@ def _manifest_shard_count(root: Path) -> int:
 
 
 def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
-    """The manifest and parsed run json of shards 0..N-1; a shard without both (or with an
-    unreadable run json, or one saying ``"running"``) is unfinished, an error (exit 3)."""
+    """The manifest and parsed run json of shards 0..N-1; a shard without both, or with an
+    unreadable or ``"running"`` run json (stopped or still going), is unfinished (exit 3)."""
     infos, parts, unfinished = [], [], []
     for i in range(n):
         man, run = (root / x for x in shard_names(i, n))
@@ -303,11 +303,11 @@ def _finished_shards(root: Path, n: int) -> tuple[list[Path], list[dict]]:
             unfinished.append(i)
             continue
         parts.append(man)
-        try:  # unreadable, or "running": stopped, killed or still going
+        try:
             info = json.loads(run.read_text(encoding="utf-8"))
         except ValueError:
-            info = {"running": True}
-        if isinstance(info, dict) and info.get("running"):
+            info = None
+        if info is None or (isinstance(info, dict) and info.get("running")):
             unfinished.append(i)
             continue
         why = _run_info_problem(info)
