@@ -110,7 +110,7 @@ _WORKLOAD = textwrap.dedent(
     ).eval()
     def work():
         with torch.inference_mode():
-            for _ in range(30):  # enough that a fresh thread's first faults do not dominate
+            for _ in range(int(sys.argv[2])):
                 net(torch.rand(4, 3, 160, 160)).sum()
     work()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -124,17 +124,25 @@ _WORKLOAD = textwrap.dedent(
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
 def test_tuned_allocator_reuses_memory_across_forward_threads():
-    """Forwards in threads, as the CPU streams run them: glibc's defaults fault each batch's
-    activations in again (measured: 70,000-130,000 against 6,000-9,000 faults for 60 forwards;
-    with 20 forwards the margin was small enough to fail once on a loaded machine)."""
+    """Forwards in threads, as the CPU streams run them, reuse the memory of earlier batches:
+    50 more forwards per thread add (almost) no page faults. With glibc's defaults on this
+    2-core VM each forward faults its activations in again (measured: 28,000 faults after 10
+    forwards per thread, 260,000 after 60; tuned: 7,930 and 8,730). The defaults are not
+    compared here: where transparent huge pages are always on (a CI machine) they fault far
+    less, and an earlier form of this test that needed them 2x worse failed there."""
     faults = {}
-    for mode in ("system", "tuned"):
+    for count in (10, 60):
         out = subprocess.run(
-            [sys.executable, "-c", _WORKLOAD, mode], capture_output=True, text=True, check=True
+            [sys.executable, "-c", _WORKLOAD, "tuned", str(count)],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
-        assert out[0] == str(mode == "tuned")
-        faults[mode] = int(out[1])
-    assert faults["tuned"] < 0.5 * faults["system"], faults
+        assert out[0] == "True"
+        faults[count] = int(out[1])
+    # one batch's activations are about 800 pages; re-faulting them every forward would add
+    # 80,000 here
+    assert faults[60] - faults[10] < 5_000, faults
 
 
 def test_command_line_tunes_the_allocator_once(monkeypatch):
