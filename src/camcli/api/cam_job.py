@@ -280,8 +280,9 @@ def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
     ``run.shard-I-of-N.json``; an earlier run that completed, was interrupted, failed or was
     killed: ``"running": true``) names another model, weights
     or option, ``--gt`` included (:func:`camcli.runs.samerun.run_difference`): its records
-    would mix two runs. A folder without a readable ``run.json`` (an older camcli's killed run)
-    is resumed as it is; one whose ``run.json`` does not record an option (``--gt``: an older
+    would mix two runs. A folder without a ``run.json`` (an older camcli's killed run) is
+    resumed as it is; one whose ``run.json`` cannot be read or records no options (damaged)
+    too, with a warning line; one whose ``run.json`` does not record an option (``--gt``: an older
     camcli's) is resumed with any value of it.
 
     Raises:
@@ -293,12 +294,20 @@ def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
     from camcli.errors import UsageError
     from camcli.runs.samerun import as_stored, made_with, run_difference
 
+    now = as_stored(now)  # this run as run.json would hold it (lists, strings)
     try:
-        now = as_stored(now)  # this run as run.json would hold it (lists, strings)
         before = json.loads((out / name).read_text(encoding="utf-8"))
-        if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
-            return
+    except FileNotFoundError:
+        return
     except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
+        from camcli.console import warn
+
+        warn(
+            f"--resume: {out / name} does not record the run that wrote {out} (damaged?): "
+            "resumed without checking that run's options; give a new --out to start over"
+        )
         return
     diff = run_difference(before, now)
     if diff is not None:

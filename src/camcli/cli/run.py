@@ -184,20 +184,30 @@ def print_table(records: list[dict]) -> None:
 def check_targets(*paths: str | os.PathLike | None) -> None:
     """Refuse, before any work, an output file the user named that is a folder, a block device
     or a socket (:func:`camcli.atomic.stream_target`; it only looks: nothing is created), or
-    that lies under a file (``afile/x.png``: it could never be created). ``-`` and None
-    (stdout) pass.
+    that lies under a file (``afile/x.png``: it could never be created), or whose name is
+    one camcli keeps for its own files beside an output (``.NAME.run``, ``.NAME.partial``,
+    ``.NAME.lock``, a temporary name; :func:`camcli.runs.shards.companion_name`): a run
+    writing NAME would overwrite it, or it the record of NAME's run. ``-`` and None (stdout)
+    pass.
 
     Raises:
-        UsageError: one of ``paths`` is a folder, a block device or a socket, or the nearest
-            part of it that exists is not a folder.
+        UsageError: one of ``paths`` is a folder, a block device or a socket, the nearest
+            part of it that exists is not a folder, or its name is a companion file's.
     """
     from camcli.atomic import stream_target
     from camcli.errors import UsageError
+    from camcli.runs.shards import companion_name
 
     for p in paths:
         if p is not None and str(p) != "-":
             if os.path.isdir(p):
                 raise UsageError(f"{p}: a folder, not a file: give a file name")
+            owner = companion_name(Path(p).name)
+            if owner is not None:
+                raise UsageError(
+                    f"{p}: camcli keeps a file of this name beside an output {owner!r} (its "
+                    "run, records so far, lock or temporary file): choose another name"
+                )
             on_way = _nearest_existing(Path(p).parent)
             if on_way is not None and not os.path.isdir(on_way):
                 raise UsageError(

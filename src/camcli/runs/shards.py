@@ -81,6 +81,20 @@ def shard_inputs(index: int, count: int, total: int) -> int:
     return len(range(index, total, count))
 
 
+COMPANION_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>run|partial|lock)$", re.DOTALL)
+"""``.NAME.run``, ``.NAME.partial``, ``.NAME.lock``: the files camcli keeps beside an output
+file NAME (its run, its records so far, its lock); an output is never given such a name."""
+
+
+def companion_name(name: str) -> str | None:
+    """The output whose companion file ``name`` would be (``.x.jsonl.run`` -> ``x.jsonl``;
+    also a temporary file's target, :data:`camcli.atomic.TMP_RE`); None for any other name."""
+    from camcli.atomic import TMP_RE
+
+    m = COMPANION_RE.match(name) or TMP_RE.match(name)
+    return m.group("name") if m else None
+
+
 def partial_path(target: Path) -> Path:
     """``.NAME.partial`` beside ``target``: the records of a run still going (or killed)."""
     return target.with_name(f".{target.name}.partial")
