@@ -340,9 +340,9 @@ def test_records_file_resume_refuses_another_run(tmp_path, cli_images, cli_ckpt,
     assert preds.read_bytes() == before
     assert camcli_run(*base, "--resume")[0] == 0  # the same run resumes
     gts = []
-    for name in ("gt1.csv", "gt2.csv"):
+    for name, label in (("gt1.csv", "class a"), ("gt2.csv", "class b")):
         gts.append(tmp_path / name)
-        gts[-1].write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,class a,0,0,9,9\n")
+        gts[-1].write_text(f"path,label,xmin,ymin,xmax,ymax\na.jpg,{label},0,0,9,9\n")
     boxes = tmp_path / "b.jsonl"
     base = ["bbox", cli_images / "a.jpg", "-w", cli_ckpt, "-o", boxes, "--workers", "0", "-q"]
     assert camcli_run(*base, "--gt", gts[0])[0] == 0

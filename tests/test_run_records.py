@@ -4,6 +4,7 @@ line, never silently (left for later by trial 12)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -146,3 +147,128 @@ def test_cam_resume_over_a_damaged_run_json_warns(tmp_path, cli_images, cli_ckpt
     (out / "run.json").unlink()
     code, _, err = camcli_run(*base, "--resume")
     assert code == 0 and err == "", err
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_a_new_run_replaces_the_earlier_runs_files(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial 12 (left for later): a rerun without --resume left the earlier run's other
+    overlays (``2_*.jpg``, ``3_*.jpg``, ``grid.jpg``) and maps beside the new run's, listed in
+    no manifest (and ``bbox --from-maps`` reads every ``.npz``). The files the earlier
+    manifest lists now go with it: the folder equals a fresh run's, and files camcli did not
+    write stay."""
+    out, fresh = tmp_path / "cams", tmp_path / "fresh"
+    base = ("cam", cli_images, "-w", cli_ckpt, "--workers", "0", "-q")
+    assert camcli_run(*base, "--out", out, "-k", "3", "--grid", "--save-maps")[0] == 1
+    assert "a/3_" in " ".join(_tree(out)) and "a.npz" in _tree(out)  # the broken image: exit 1
+    (out / "a" / "notes.txt").write_text("mine")
+    (out / "mine.jpg").write_bytes(b"mine")
+    assert camcli_run(*base, "--out", out, "-k", "1")[0] == 1
+    assert camcli_run(*base, "--out", fresh, "-k", "1")[0] == 1
+    now, want = _tree(out), _tree(fresh)
+    assert now.pop("a/notes.txt") == b"mine" and now.pop("mine.jpg") == b"mine"
+    assert now.keys() == want.keys() and not [k for k in now if k.endswith(".npz")]
+    assert all(now[k] == want[k] for k in now if k != "run.json")
+
+
+def test_a_new_run_over_other_images_leaves_only_its_own(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    out = tmp_path / "cams"
+    base = ("-w", cli_ckpt, "--out", out, "--workers", "0", "-q", "--save-maps")
+    assert camcli_run("cam", cli_images / "a.jpg", *base)[0] == 0
+    assert camcli_run("cam", cli_images / "b.png", *base)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["b", "b.npz", "manifest.jsonl", "run.json"]
+    code, stdout, err = camcli_run("bbox", "--from-maps", out, "-q")
+    assert code == 0, err
+    assert [json.loads(x)["image"] for x in stdout.splitlines()] == [str(cli_images / "b.png")]
+
+
+def test_only_files_the_earlier_manifest_owns_are_removed(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """A hand-edited manifest cannot make a new run remove anything but the image's own
+    output files: not a path with ``..``, another image's file, an absolute path, a file
+    without an output suffix, or a link (nor what it points to)."""
+    out = tmp_path / "cams"
+    out.mkdir()
+    outside = tmp_path / "outside.npz"
+    outside.write_bytes(b"x")
+    (out / "zz.npz").symlink_to(outside)
+    for rel in ("x.jpg", "b/1_x.jpg", "zz/notes.txt", "zz/1_a.jpg"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"x")
+    files = ["zz/../x.jpg", "b/1_x.jpg", str(out / "x.jpg"), "zz/notes.txt", "zz.npz", "zz/1_a.jpg"]
+    (out / "manifest.jsonl").write_text(
+        json.dumps({"key": "zz", "outputs": {"files": files}}) + "\nnot json\n[1]\n"
+    )
+    assert camcli_run("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "-q")[0] == 0
+    assert not (out / "zz" / "1_a.jpg").exists()  # the one file of its own
+    for rel in ("x.jpg", "b/1_x.jpg", "zz/notes.txt"):
+        assert (out / rel).read_bytes() == b"x", rel
+    assert (out / "zz.npz").is_symlink() and outside.read_bytes() == b"x"
+
+
+def test_gt_files_are_compared_by_their_contents():
+    """``--gt`` is recorded as its path and sha256; two runs with the same contents at other
+    paths (shards on machines that mount the file elsewhere) are one run; other contents at
+    the same path are not; a run that records no digest (session 12's) compares paths."""
+    from camcli.runs.samerun import made_with, run_difference
+
+    def run(path, digest=None, **more):
+        options = {"top_k": 5, "gt": path, **({"gt_sha256": digest} if digest else {}), **more}
+        return {"model": "m", "options": options}
+
+    a, b = "a" * 64, "b" * 64
+    assert run_difference(run("/m1/gt.csv", a), run("/m2/gt.csv", a)) is None
+    assert run_difference(run("/m1/gt.csv", a), run("/m2/gt.csv", b)) == (
+        "--gt",
+        "/m1/gt.csv",
+        "/m2/gt.csv",
+    )
+    diff = run_difference(run("/m/gt.csv", a), run("/m/gt.csv", b))
+    assert made_with(*diff) == (
+        "with --gt /m/gt.csv (sha256 aaaaaaaaaaaa)",
+        "has --gt /m/gt.csv (sha256 bbbbbbbbbbbb)",
+    )
+    assert run_difference(run("/m1/gt.csv"), run("/m2/gt.csv", a))[0] == "--gt"
+    assert run_difference(run(None), run("/m/gt.csv", a)) == ("--gt", None, "/m/gt.csv")
+    # the digest decides gt only: another option still differs
+    assert run_difference(run("/m1/gt.csv", a), run("/m2/gt.csv", a, top_k=3)) == (
+        "--top-k",
+        5,
+        3,
+    )
+
+
+def test_cam_resume_and_merge_accept_the_same_gt_at_another_path(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    gt1 = tmp_path / "m1" / "gt.csv"
+    gt1.parent.mkdir()
+    gt1.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,class a,0,0,9,9\n")
+    gt2 = tmp_path / "m2" / "gt.csv"
+    gt2.parent.mkdir()
+    gt2.write_bytes(gt1.read_bytes())
+    out = tmp_path / "cams"
+    base = ("cam", cli_images / "a.jpg", cli_images / "b.png", "-w", cli_ckpt, "--out", out)
+    base += ("--workers", "0", "-q")
+    assert camcli_run(*base, "--gt", gt1, "--shard", "0/2")[0] == 0
+    assert camcli_run(*base, "--gt", gt2, "--shard", "1/2")[0] == 0
+    code, _, err = camcli_run("merge", out)
+    assert code == 0, err
+    info = json.loads((out / "run.json").read_text())
+    digest = hashlib.sha256(gt1.read_bytes()).hexdigest()
+    assert info["options"]["gt"] == str(gt1.resolve()) and info["options"]["gt_sha256"] == digest
+    assert camcli_run(*base, "--gt", gt2, "--resume")[0] == 0  # the same file elsewhere
+    gt2.write_text("path,label,xmin,ymin,xmax,ymax\na.jpg,class b,0,0,9,9\n")  # edited
+    code, _, err = camcli_run(*base, "--gt", gt2, "--resume")
+    assert code == 2, err
+    assert f"made with --gt {gt2.resolve()} (sha256 " in err
+    assert f"this run has --gt {gt2.resolve()} (sha256 " in err

@@ -209,16 +209,17 @@ def run_bbox(
 def _part_run(opts: BboxOptions, session: Session | None) -> dict:
     """What run a shard's part (or a killed run's partial file) is
     (:func:`camcli.api.sink.part_run`): the model and the options that change the records,
-    the most telling first, ``gt`` the ``--gt`` file's absolute path (None without), and
+    the most telling first, ``gt`` the ``--gt`` file's absolute path (None without) and
+    ``gt_sha256`` its digest (:func:`camcli.runs.samerun.gt_options`), and
     ``--precision``; from maps (never sharded), the command ``bbox --from-maps`` and the
     options."""
     from camcli.api.sink import part_run
-    from camcli.runs.samerun import as_stored
+    from camcli.runs.samerun import as_stored, gt_options
 
     keys = ("tight_loose", "rule", "threshold", "top_k", "norm", "interpolation", "ten_crop")
     options: dict = {k: getattr(opts, k) for k in keys}
     # records with "gt_known" from that file, or without (the --gt file's absolute path)
-    options["gt"] = opts.gt_path if opts.gt_class is not None else None
+    options.update(gt_options(opts.gt_path if opts.gt_class is not None else None))
     if session is None:  # from maps: recorded too, so that a network run never resumes it
         return as_stored({"command": "bbox --from-maps", "options": options})
     options["precision"] = session.precision

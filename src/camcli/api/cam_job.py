@@ -322,11 +322,13 @@ def _options(
     opts: CamJobOptions, copts: cams.CamOptions, wopts: CamWriteOptions, session: Session
 ) -> dict:
     """run.json's ``options`` of this run (but inputs and resumed count): the maps' and files'
-    options, ``gt``, the ``--gt`` file's absolute path (text; None without ``--gt``), and
+    options, ``gt``, the ``--gt`` file's absolute path (text; None without ``--gt``) and
+    ``gt_sha256``, its digest (:func:`camcli.runs.samerun.gt_options`), and
     ``precision`` (bf16 maps differ from fp32 ones), which ``--resume`` and ``merge``
     compare."""
-    gt = None if opts.gt is None else str(Path(opts.gt).resolve())
-    return {**options_dict(copts, wopts), "gt": gt, "precision": session.precision}
+    from camcli.runs.samerun import gt_options
+
+    return {**options_dict(copts, wopts), **gt_options(opts.gt), "precision": session.precision}
 
 
 def _cam_options(

@@ -2,8 +2,9 @@
 against the resumed command) and ``camcli merge`` (each shard's against shard 0's) check before
 they join the records of two processes in one manifest.
 
-Torch-free; nothing is read here. :func:`check_runs_recorded`: merge's check that the
-``--output`` parts all record their run, or none does.
+Torch-free; nothing is read here but the ``--gt`` file's digest (:func:`gt_options`).
+:func:`check_runs_recorded`: merge's check that the ``--output`` parts all record their run,
+or none does.
 """
 
 from __future__ import annotations
@@ -24,10 +25,27 @@ FIELD_NAMES = {
 }
 """How a message names the :data:`SAME_RUN` fields."""
 
-NOT_COMPARED = frozenset({"inputs", "resumed", "device_render", "shard"})
+NOT_COMPARED = frozenset({"inputs", "resumed", "device_render", "shard", "gt_sha256"})
 """``options`` fields that may differ between the parts of one run: the command-line inputs
 (a resumed run may name them otherwise), how many inputs an earlier run had done, where the
-images are rendered (CPU or GPU: the same files) and the shard."""
+images are rendered (CPU or GPU: the same files) and the shard; ``gt_sha256`` decides how
+``gt`` is compared (:func:`run_difference`)."""
+
+
+def gt_options(gt: str | Path | None) -> dict:
+    """What a run records of its ``--gt``: ``{"gt": absolute path, "gt_sha256": the file's
+    sha256}`` (text; None without ``--gt``; ``gt_sha256`` None for a folder of XML files).
+    :func:`run_difference` compares the files by their contents when both runs record a
+    digest, so that the shards of one run may read the same file at other paths.
+
+    Raises:
+        OSError: the file cannot be read (the command read it already)."""
+    if gt is None:
+        return {"gt": None, "gt_sha256": None}
+    from camcli.models.hub import sha256_file
+
+    path = Path(gt).resolve()
+    return {"gt": str(path), "gt_sha256": sha256_file(path) if path.is_file() else None}
 
 OPTION_FLAGS = {
     "top_k": "--top-k",
@@ -66,7 +84,10 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
     :data:`SAME_RUN` fields, then every ``options`` field both runs record but
     :data:`NOT_COMPARED`; options are compared only when both runs record them (a ``dict``).
     An option one run does not record at all (an older camcli's run, made before the option
-    was recorded, e.g. ``gt``) is not compared.
+    was recorded, e.g. ``gt``) is not compared. The ``--gt`` files (``gt``) are compared by
+    their sha256 when both runs record one (``gt_sha256``, :func:`gt_options`): the same
+    contents at another path are one run, other contents at the same path are not; else by
+    their absolute paths.
 
     Args:
         before: the run already there (a folder's run.json, shard 0's), as read from JSON.
@@ -87,8 +108,15 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
         if "classes" in keys and "top_k" in keys:  # --class decides the maps, not --top-k
             keys.remove("classes")
             keys.insert(keys.index("top_k"), "classes")
+        digests = [o.get("gt_sha256") for o in (was_opts, now_opts)]
+        by_digest = all(isinstance(d, str) for d in digests)  # --gt files by their contents
         for k in keys:
             was, is_now = was_opts.get(k), now_opts.get(k)
+            if k == "gt" and by_digest:
+                if digests[0] == digests[1]:
+                    continue  # the same file, wherever it is
+                if was == is_now:  # the same path, other contents
+                    was, is_now = (f"{was} (sha256 {d[:12]})" for d in digests)
             if k in _INVERTED:
                 was, is_now = (None if v is None else not v for v in (was, is_now))
             pairs.append((OPTION_FLAGS.get(k, "--" + k.replace("_", "-")), was, is_now))
