@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -348,7 +349,11 @@ def test_records_file_resume_refuses_another_run(tmp_path, cli_images, cli_ckpt,
     assert camcli_run(*base, "--gt", gts[0])[0] == 0
     code, _, err = camcli_run(*base, "--gt", gts[1], "--resume")
     assert code == 2, err
-    assert f"made with --gt {gts[0].resolve()}, this run has --gt {gts[1].resolve()};" in err
+    d1, d2 = (hashlib.sha256(g.read_bytes()).hexdigest()[:12] for g in gts)
+    assert (
+        f"made with --gt {gts[0].resolve()} (sha256 {d1}), this run has --gt "
+        f"{gts[1].resolve()} (sha256 {d2});"
+    ) in err
     # trial 12b: records written from maps are recorded too; a network run never resumes them
     maps = tmp_path / "cams"
     assert camcli_run("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", maps, "-q",
@@ -372,9 +377,11 @@ def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_ru
     info = json.loads((out / "run.json").read_text())
     assert info["options"]["gt"] == str(gts[0].resolve())
     code, _, err = camcli_run(*base, "--gt", gts[1], "--resume")
+    d1, d2 = (hashlib.sha256(g.read_bytes()).hexdigest()[:12] for g in gts)
     assert code == 2 and err.startswith(
-        f"error: --resume: {out} holds a run made with --gt {gts[0].resolve()}, this run has "
-        f"--gt {gts[1].resolve()}; resume with the options of that run, or give a new --out"
+        f"error: --resume: {out} holds a run made with --gt {gts[0].resolve()} (sha256 {d1}), "
+        f"this run has --gt {gts[1].resolve()} (sha256 {d2}); resume with the options of that "
+        "run, or give a new --out"
     ), err
     code, _, err = camcli_run(*base, "--resume")
     assert code == 2 and f"made with --gt {gts[0].resolve()}, this run without --gt;" in err

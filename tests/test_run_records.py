@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -51,6 +52,8 @@ def test_an_output_named_like_a_companion_file_is_refused(
         ("predict", img, *base, "-o", tmp_path / ".p.jsonl.lock"),
         ("predict", img, *base, "-o", tmp_path / ".p.jsonl.camcli-tmp1-2"),
     ]
+    link = tmp_path / "lnk.jsonl"  # trial 13: through a link to a companion file
+    link.symlink_to(sidecar.name)
     for args in cases:
         listing = sorted(p.name for p in tmp_path.iterdir())
         code, out, err = camcli_run(*args)
@@ -63,6 +66,11 @@ def test_an_output_named_like_a_companion_file_is_refused(
             f"(see 'camcli {args[0]} -h')"
         ), err
         assert sorted(p.name for p in tmp_path.iterdir()) == listing
+    code, _, err = camcli_run("predict", img, *base, "-o", link)
+    assert code == 2 and err.startswith(
+        f"error: {link}: a link to {sidecar}, and camcli keeps a file of this name beside an "
+        "output 'x.jsonl'"
+    ), err
     assert sidecar.read_bytes() == before
 
 
@@ -76,6 +84,8 @@ def _run(**options) -> dict:
         ("sidecar", "{not json", True),
         ("sidecar", '{"file": true}', True),
         ("sidecar", '{"camcli_run": 3, "file": true}', True),
+        ("sidecar", '{"image": "x.jpg"}', True),  # trial 13: a record is no run's record here
+        ("sidecar", "", True),
         ("partial", 'garbage\n{"image": "x.jpg", "predictions": []}\n', True),
         ("partial", '{"camcli_run": [1]}\n{"image": "x.jpg", "predictions": []}\n', True),
         # an older camcli's partial file: records from its first line, no run line
@@ -107,7 +117,7 @@ def test_a_damaged_run_record_is_resumed_with_a_warning(tmp_path, capsys, which,
         ]
     else:
         assert err == ""
-    assert list(rf.done) == ([] if text == "" else ["x.jpg"])
+    assert list(rf.done) == ([] if (which, text) == ("partial", "") else ["x.jpg"])
 
 
 def test_a_part_without_a_recorded_run_resumes_quietly_and_a_damaged_one_warns(tmp_path, capsys):
@@ -118,7 +128,7 @@ def test_a_part_without_a_recorded_run_resumes_quietly_and_a_damaged_one_warns(t
 
     part = tmp_path / "p.shard-0-of-2.jsonl"
     part.write_text('{"image": "x.jpg", "predictions": []}\n')
-    for text, warned in (('{"inputs": 1}', False), ("{cut", True)):
+    for text, warned in (('{"inputs": 1}', False), ("{cut", True), ("{}", True), ("[]", True)):
         count_path(part).write_text(text)
         capsys.readouterr()
         RecordFile(part, resume=True, part=True, run=_run()).release()
@@ -149,72 +159,6 @@ def test_cam_resume_over_a_damaged_run_json_warns(tmp_path, cli_images, cli_ckpt
     assert code == 0 and err == "", err
 
 
-def _tree(root) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink()
-    }
-
-
-def test_a_new_run_replaces_the_earlier_runs_files(tmp_path, cli_images, cli_ckpt, camcli_run):
-    """Trial 12 (left for later): a rerun without --resume left the earlier run's other
-    overlays (``2_*.jpg``, ``3_*.jpg``, ``grid.jpg``) and maps beside the new run's, listed in
-    no manifest (and ``bbox --from-maps`` reads every ``.npz``). The files the earlier
-    manifest lists now go with it: the folder equals a fresh run's, and files camcli did not
-    write stay."""
-    out, fresh = tmp_path / "cams", tmp_path / "fresh"
-    base = ("cam", cli_images, "-w", cli_ckpt, "--workers", "0", "-q")
-    assert camcli_run(*base, "--out", out, "-k", "3", "--grid", "--save-maps")[0] == 1
-    assert "a/3_" in " ".join(_tree(out)) and "a.npz" in _tree(out)  # the broken image: exit 1
-    (out / "a" / "notes.txt").write_text("mine")
-    (out / "mine.jpg").write_bytes(b"mine")
-    assert camcli_run(*base, "--out", out, "-k", "1")[0] == 1
-    assert camcli_run(*base, "--out", fresh, "-k", "1")[0] == 1
-    now, want = _tree(out), _tree(fresh)
-    assert now.pop("a/notes.txt") == b"mine" and now.pop("mine.jpg") == b"mine"
-    assert now.keys() == want.keys() and not [k for k in now if k.endswith(".npz")]
-    assert all(now[k] == want[k] for k in now if k != "run.json")
-
-
-def test_a_new_run_over_other_images_leaves_only_its_own(
-    tmp_path, cli_images, cli_ckpt, camcli_run
-):
-    out = tmp_path / "cams"
-    base = ("-w", cli_ckpt, "--out", out, "--workers", "0", "-q", "--save-maps")
-    assert camcli_run("cam", cli_images / "a.jpg", *base)[0] == 0
-    assert camcli_run("cam", cli_images / "b.png", *base)[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["b", "b.npz", "manifest.jsonl", "run.json"]
-    code, stdout, err = camcli_run("bbox", "--from-maps", out, "-q")
-    assert code == 0, err
-    assert [json.loads(x)["image"] for x in stdout.splitlines()] == [str(cli_images / "b.png")]
-
-
-def test_only_files_the_earlier_manifest_owns_are_removed(
-    tmp_path, cli_images, cli_ckpt, camcli_run
-):
-    """A hand-edited manifest cannot make a new run remove anything but the image's own
-    output files: not a path with ``..``, another image's file, an absolute path, a file
-    without an output suffix, or a link (nor what it points to)."""
-    out = tmp_path / "cams"
-    out.mkdir()
-    outside = tmp_path / "outside.npz"
-    outside.write_bytes(b"x")
-    (out / "zz.npz").symlink_to(outside)
-    for rel in ("x.jpg", "b/1_x.jpg", "zz/notes.txt", "zz/1_a.jpg"):
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_bytes(b"x")
-    files = ["zz/../x.jpg", "b/1_x.jpg", str(out / "x.jpg"), "zz/notes.txt", "zz.npz", "zz/1_a.jpg"]
-    (out / "manifest.jsonl").write_text(
-        json.dumps({"key": "zz", "outputs": {"files": files}}) + "\nnot json\n[1]\n"
-    )
-    assert camcli_run("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "-q")[0] == 0
-    assert not (out / "zz" / "1_a.jpg").exists()  # the one file of its own
-    for rel in ("x.jpg", "b/1_x.jpg", "zz/notes.txt"):
-        assert (out / rel).read_bytes() == b"x", rel
-    assert (out / "zz.npz").is_symlink() and outside.read_bytes() == b"x"
-
-
 def test_gt_files_are_compared_by_their_contents():
     """``--gt`` is recorded as its path and sha256; two runs with the same contents at other
     paths (shards on machines that mount the file elsewhere) are one run; other contents at
@@ -229,8 +173,8 @@ def test_gt_files_are_compared_by_their_contents():
     assert run_difference(run("/m1/gt.csv", a), run("/m2/gt.csv", a)) is None
     assert run_difference(run("/m1/gt.csv", a), run("/m2/gt.csv", b)) == (
         "--gt",
-        "/m1/gt.csv",
-        "/m2/gt.csv",
+        "/m1/gt.csv (sha256 aaaaaaaaaaaa)",
+        "/m2/gt.csv (sha256 bbbbbbbbbbbb)",
     )
     diff = run_difference(run("/m/gt.csv", a), run("/m/gt.csv", b))
     assert made_with(*diff) == (
@@ -272,3 +216,79 @@ def test_cam_resume_and_merge_accept_the_same_gt_at_another_path(
     assert code == 2, err
     assert f"made with --gt {gt2.resolve()} (sha256 " in err
     assert f"this run has --gt {gt2.resolve()} (sha256 " in err
+
+
+def test_from_maps_reads_the_maps_the_folders_manifest_lists(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """Trial 13: a second ``cam --save-maps`` run (without --resume) into a folder leaves the
+    first run's maps there, listed in no manifest, and ``bbox --from-maps`` read them as the
+    folder's. It now reads the maps the manifest lists (warning about the others); a folder
+    without a manifest (maps copied, other tools) is read whole."""
+    import shutil
+
+    out = tmp_path / "cams"
+    base = ("-w", cli_ckpt, "--out", out, "--workers", "0", "-q", "--save-maps")
+    assert camcli_run("cam", cli_images / "a.jpg", *base)[0] == 0
+    assert camcli_run("cam", cli_images / "b.png", *base)[0] == 0
+    assert (out / "a.npz").is_file() and (out / "b.npz").is_file()
+    code, stdout, err = camcli_run("bbox", "--from-maps", out, "-q")
+    assert code == 0, err
+    assert [json.loads(x)["image"] for x in stdout.splitlines()] == [str(cli_images / "b.png")]
+    assert err.splitlines() == [
+        f"warning: --from-maps {out}: skipped 1 .npz file(s) its manifest does not list (an "
+        "earlier run's?), e.g. a.npz"
+    ]
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for name in ("a.npz", "b.npz"):
+        shutil.copy(out / name, loose / name)
+    code, stdout, err = camcli_run("bbox", "--from-maps", loose, "-q")
+    assert code == 0 and err == "", err
+    assert len(stdout.splitlines()) == 2
+    # a run without maps: its manifest lists none, so none is read
+    assert camcli_run("cam", cli_images / "b.png", *base[:-1])[0] == 0
+    code, _, err = camcli_run("bbox", "--from-maps", out, "-q")
+    assert code == 3 and "skipped 2 .npz file(s)" in err and "no .npz files" in err, err
+
+
+def test_a_gt_folder_of_xml_files_is_compared_by_its_files(tmp_path):
+    """ILSVRC's XML folders: the digest covers each ``*.xml`` file's relative path and
+    contents (trial 13: a folder was compared by path only, and an edited file resumed)."""
+    import shutil
+
+    from camcli.runs.samerun import gt_options
+
+    one = tmp_path / "m1" / "val"
+    (one / "sub").mkdir(parents=True)
+    (one / "a.xml").write_text("<annotation/>")
+    (one / "sub" / "b.xml").write_text("<annotation><x/></annotation>")
+    (one / "notes.txt").write_text("not read by the reader")
+    two = tmp_path / "m2" / "val"
+    shutil.copytree(one, two)
+    digest = gt_options(one)["gt_sha256"]
+    assert gt_options(one)["gt"] == str(one.resolve()) and len(digest) == 64
+    assert gt_options(two)["gt_sha256"] == digest
+    (two / "notes.txt").write_text("changed")
+    assert gt_options(two)["gt_sha256"] == digest
+    (two / "sub" / "b.xml").write_text("<annotation><y/></annotation>")
+    assert gt_options(two)["gt_sha256"] != digest
+    shutil.rmtree(two)
+    shutil.copytree(one, two)
+    (two / "sub" / "b.xml").rename(two / "b.xml")  # the same contents, another name
+    assert gt_options(two)["gt_sha256"] != digest
+    assert gt_options(None) == {"gt": None, "gt_sha256": None}
+
+
+def test_cam_resume_over_a_fifo_run_json_does_not_block(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial 13: a FIFO in place of ``run.json`` blocked ``cam --resume`` for ever (the check
+    read it). It is now taken as damaged: a warning, and the run goes on."""
+    out = tmp_path / "cams"
+    base = ("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "--workers", "0", "-q")
+    assert camcli_run(*base)[0] == 0
+    (out / "run.json").unlink()
+    os.mkfifo(out / "run.json")
+    code, _, err = camcli_run(*base, "--resume")
+    assert code == 0, err
+    assert err.startswith(f"warning: --resume: {out / 'run.json'} does not record the run"), err
+    assert json.loads((out / "run.json").read_text())["options"]["top_k"] == 5

@@ -278,24 +278,28 @@ def run_cam_job(
 def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
     """Refuse ``--resume`` into a folder whose ``run.json`` (``name``: also a finished shard's
     ``run.shard-I-of-N.json``; an earlier run that completed, was interrupted, failed or was
-    killed: ``"running": true``) names another model, weights
-    or option, ``--gt`` included (:func:`camcli.runs.samerun.run_difference`): its records
-    would mix two runs. A folder without a ``run.json`` (an older camcli's killed run) is
-    resumed as it is; one whose ``run.json`` cannot be read or records no options (damaged)
-    too, with a warning line; one whose ``run.json`` does not record an option (``--gt``: an older
-    camcli's) is resumed with any value of it.
+    killed: ``"running": true``) names another model, weights or option, ``--gt`` included
+    (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
+    without a ``run.json`` (an older camcli's killed run) is resumed as it is; one whose
+    ``run.json`` cannot be read, is not a regular file (a folder, a FIFO) or records no
+    options (damaged) too, with a warning line; one whose ``run.json`` does not record an
+    option (``--gt``: an older camcli's) is resumed with any value of it.
 
     Raises:
         UsageError: the first difference (the option as typed), the folder's value and this
             run's.
     """
     import json
+    import os
+    import stat
 
     from camcli.errors import UsageError
     from camcli.runs.samerun import as_stored, made_with, run_difference
 
     now = as_stored(now)  # this run as run.json would hold it (lists, strings)
     try:
+        if not stat.S_ISREG(os.stat(out / name).st_mode):  # a FIFO would block the read
+            raise ValueError(name)
         before = json.loads((out / name).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return

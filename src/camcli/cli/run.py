@@ -186,7 +186,8 @@ def check_targets(*paths: str | os.PathLike | None) -> None:
     or a socket (:func:`camcli.atomic.stream_target`; it only looks: nothing is created), or
     that lies under a file (``afile/x.png``: it could never be created), or whose name is
     one camcli keeps for its own files beside an output (``.NAME.run``, ``.NAME.partial``,
-    ``.NAME.lock``, a temporary name; :func:`camcli.runs.shards.companion_name`): a run
+    ``.NAME.lock``, a temporary name; :func:`camcli.runs.shards.companion_name`; for a link,
+    its own name or the name of the file it points to): a run
     writing NAME would overwrite it, or it the record of NAME's run. ``-`` and None (stdout)
     pass.
 
@@ -202,17 +203,17 @@ def check_targets(*paths: str | os.PathLike | None) -> None:
         if p is not None and str(p) != "-":
             if os.path.isdir(p):
                 raise UsageError(f"{p}: a folder, not a file: give a file name")
-            owner = companion_name(Path(p).name)
-            if owner is not None:
-                raise UsageError(
-                    f"{p}: camcli keeps a file of this name beside an output {owner!r} (its "
-                    "run, records so far, lock or temporary file): choose another name"
-                )
-            on_way = _nearest_existing(Path(p).parent)
-            if on_way is not None and not os.path.isdir(on_way):
-                raise UsageError(
-                    f"{p}: {on_way} is a file, not a folder: give a file name in a folder"
-                )
+            where = [(Path(p).name, f"{p}: ")]
+            if os.path.islink(p):  # written through: the file it names counts too
+                target = os.path.realpath(p)
+                where.append((Path(target).name, f"{p}: a link to {target}, and "))
+            for name, head in where:
+                owner = companion_name(name)
+                if owner is not None:
+                    raise UsageError(
+                        f"{head}camcli keeps a file of this name beside an output {owner!r} "
+                        "(its run, records so far, lock or temporary file): choose another name"
+                    )
             stream_target(p)
 
 

@@ -191,7 +191,10 @@ class MapFile:
 
 
 def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Path]:
-    """The ``.npz`` files under ``root`` (recursive), sorted by relative path.
+    """The ``.npz`` files under ``root`` (recursive), sorted by relative path; in a ``cam``
+    folder (one with a manifest, :func:`_manifest_maps`) only those its manifest lists, with a
+    warning line naming how many others were skipped (an earlier run into the same folder
+    leaves its maps there).
 
     Args:
         root: the folder ``cam --save-maps`` wrote.
@@ -207,11 +210,54 @@ def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Pat
     if not base.is_dir():
         raise NoInputError(f"{flag} {root}: not a folder of .npz map files")
     files = sorted(base.rglob("*.npz"), key=lambda p: p.relative_to(base).as_posix())
+    listed = _manifest_maps(base)
+    if listed is not None:  # a cam folder: its run's maps, not an earlier run's
+        skipped = [f for f in files if f.relative_to(base).as_posix() not in listed]
+        if skipped:
+            from camcli.console import warn
+
+            warn(
+                f"{flag} {root}: skipped {len(skipped)} .npz file(s) its manifest does not "
+                f"list (an earlier run's?), e.g. {skipped[0].relative_to(base).as_posix()}"
+            )
+            files = [f for f in files if f.relative_to(base).as_posix() in listed]
     if not files:
         raise NoInputError(
             f"{flag} {root}: no .npz files; save maps with `camcli cam ... --save-maps`"
         )
     return files
+
+
+def _manifest_maps(base: Path) -> set[str] | None:
+    """The maps (``outputs.maps``, relative paths) the manifest of ``cam`` folder ``base``
+    lists: ``manifest.jsonl``, or without it the shards' ``manifest.shard-I-of-N.jsonl``
+    (not merged yet). None when there is none (not a ``cam`` folder: every ``.npz`` is read)
+    or it cannot be read; only regular files are read (not a link, FIFO or folder)."""
+    from camcli.data.records import iter_jsonl
+
+    manifests = [base / "manifest.jsonl"]
+    if not _is_regular(manifests[0]):
+        manifests = sorted(base.glob("manifest.shard-*-of-*.jsonl"))
+    manifests = [m for m in manifests if _is_regular(m)]
+    if not manifests:
+        return None
+    listed: set[str] = set()
+    try:
+        for m in manifests:
+            for line in iter_jsonl(m):
+                outputs = (line.value or {}).get("outputs")
+                if isinstance(outputs, dict) and isinstance(outputs.get("maps"), str):
+                    listed.add(outputs["maps"])
+    except OSError:
+        return None
+    return listed
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _key(path: Path, root: str | os.PathLike | None) -> str:

@@ -20,7 +20,6 @@ complete image: ``--resume`` skips those.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -90,7 +89,6 @@ class OutDir:
         self.manifest_path = self.root / man
         self.run_json_path = self.root / run
         self.done: dict[str, dict] = {}
-        self.replaced = 0  # files of an earlier run removed (a run without resume)
         self._write_errors: list[BaseException] = []
         self._locks = self._lock(shard)
         atomic.confine(self.root)
@@ -107,9 +105,6 @@ class OutDir:
             if resume and self.manifest_path.is_file():
                 self.done.update(self._read_manifest(self.manifest_path))
             elif self.manifest_path.exists():
-                # a new run replaces the earlier one: its files go with its manifest, so
-                # that the folder (and --from-maps, which reads every .npz) holds one run
-                self.replaced = self._remove_listed(self.manifest_path)
                 self.manifest_path.unlink()
             self._manifest = atomic.open_nofollow(self.manifest_path, "a")
         except OSError as exc:
@@ -216,37 +211,23 @@ class OutDir:
 
     def _complete(self, rec: dict) -> bool:
         """Whether a resumed manifest record names a complete image: ``key`` a relative key,
-        ``outputs.files`` a list of paths of that key (``KEY/...`` or ``KEY.npz``), each a
-        regular file reached without a link. Anything else (wrong types, absolute or ``..``
-        paths, missing files) is done again."""
-        listed = _listed(rec)
-        return listed is not None and all(_own_file(self.root, listed[0], f) for f in listed[1])
-
-    def _remove_listed(self, manifest: Path) -> int:
-        """Remove the files an earlier run's ``manifest`` lists (a run started without
-        ``resume`` replaces it), and the image folders left empty; returns how many files.
-
-        Only what that run wrote is touched: the paths of a record's ``outputs.files`` that
-        :meth:`_complete` accepts and that end in an output suffix (``.jpg``, ``.jpeg``,
-        ``.png``, ``.npz``). A file that cannot be removed is left (the new run overwrites
-        it or not)."""
-        removed, folders = 0, set()
-        for line in iter_jsonl(manifest):
-            listed = _listed(line.value) if line.value is not None else None
-            for f in listed[1] if listed is not None else []:
-                if not (_own_file(self.root, listed[0], f) and f.lower().endswith(_OUTPUT_FILES)):
-                    continue
-                try:
-                    (self.root / f).unlink()
-                except OSError:
-                    continue
-                removed += 1
-                parts = f.split("/")
-                folders.update(self.root.joinpath(*parts[:n]) for n in range(1, len(parts)))
-        for d in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                d.rmdir()  # only when empty
-        return removed
+        ``outputs.files`` a non-empty list of paths of that key (``KEY/...`` or ``KEY.npz``),
+        each a regular file reached without a link. Anything else (wrong types, absolute or
+        ``..`` paths, missing files) is done again."""
+        key, outputs = rec.get("key"), rec.get("outputs")
+        if not isinstance(key, str) or not _relative_ok(key) or not isinstance(outputs, dict):
+            return False
+        files = outputs.get("files", [])
+        if not isinstance(files, list):
+            return False
+        for f in files:
+            if not isinstance(f, str) or not _relative_ok(f):
+                return False
+            if not (f.startswith(key + "/") or f == key + ".npz"):
+                return False
+            if not _regular_below(self.root, f):
+                return False
+        return True
 
     def _replace_manifest(self, lines: list[str]) -> None:
         data = "".join(g + "\n" for g in lines).encode("utf-8", "surrogateescape")
@@ -382,31 +363,6 @@ class OutDir:
 
 
 _MANIFEST_LOCK = threading.Lock()
-
-_OUTPUT_FILES = (".jpg", ".jpeg", ".png", ".npz")
-"""The suffixes of the files a run writes for an image (overlays, grids, drawings, maps)."""
-
-
-def _listed(rec: dict) -> tuple[str, list] | None:
-    """A manifest record's ``key`` and ``outputs.files`` (their items unchecked); None when
-    the key is not a relative path (:func:`_relative_ok`) or the files not a list."""
-    key, outputs = rec.get("key"), rec.get("outputs")
-    if not isinstance(key, str) or not _relative_ok(key) or not isinstance(outputs, dict):
-        return None
-    files = outputs.get("files", [])
-    return (key, files) if isinstance(files, list) else None
-
-
-def _own_file(root: Path, key: str, rel: object) -> bool:
-    """Whether ``rel`` (an item of a record's ``outputs.files``) is a file of image ``key``
-    there: a relative path without ``..`` inside ``<key>/`` or ``<key>.npz``, a regular file
-    reached without a link."""
-    return (
-        isinstance(rel, str)
-        and _relative_ok(rel)
-        and (rel.startswith(key + "/") or rel == key + ".npz")
-        and _regular_below(root, rel)
-    )
 
 
 def _relative_ok(rel: str) -> bool:

@@ -184,7 +184,7 @@ def _check_part_run(part: Path, run: dict) -> None:
         CamcliError: (exit 2) the part, the first difference as typed and the fix.
     """
     _refuse_another(
-        _recorded_run(count_path(part), "run", first_line=False, absent_ok=True),
+        _recorded_run(count_path(part), "run", first_line=False, older_key="inputs"),
         run,
         lambda was, now: (
             f"--resume: {part} was made {was}, this run {now}; rerun that shard "
@@ -204,7 +204,7 @@ def _check_partial_run(target: Path, partial: Path, run: dict) -> None:
         CamcliError: (exit 2) the file, the first difference as typed and the fix.
     """
     _refuse_another(
-        _recorded_run(partial, RUN_KEY, first_line=True, absent_ok=False),
+        _recorded_run(partial, RUN_KEY, first_line=True, older_key="image", empty_ok=True),
         run,
         lambda was, now: (
             f"--resume: {partial} holds the records of an unfinished run made "
@@ -239,7 +239,7 @@ def _check_sidecar_run(target: Path, sidecar: Path, run: dict) -> bool:
     data = _json_object(sidecar, first_line=False) or {}
     holds = data.get("file") is not False  # FILE holds the recorded run's records
     _refuse_another(
-        _recorded_run(sidecar, RUN_KEY, first_line=False, absent_ok=False),
+        _recorded_run(sidecar, RUN_KEY, first_line=False),
         run,
         lambda was, now: (
             f"--resume: {target} "
@@ -266,19 +266,27 @@ def _json_object(path: Path, *, first_line: bool) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _recorded_run(path: Path, key: str, *, first_line: bool, absent_ok: bool) -> dict | None:
+def _recorded_run(
+    path: Path,
+    key: str,
+    *,
+    first_line: bool,
+    older_key: str | None = None,
+    empty_ok: bool = False,
+) -> dict | None:
     """The run recorded under ``key`` in the JSON object of ``path`` (see
-    :func:`_json_object`); None when there is none. A regular, non-empty ``path`` that
-    records no run is damaged (cut, edited by hand): one warning line says that the run is
-    resumed unchecked, unless the key may be ``absent_ok`` (an older camcli's ``PART.inputs``)
-    or the first line is a record (an older camcli's partial file)."""
+    :func:`_json_object`); None when there is none. A regular ``path`` that records no run is
+    damaged (cut, edited by hand): one warning line says that the run is resumed unchecked;
+    but for an older camcli's file, which records no run and holds ``older_key`` (a record's
+    ``image`` as a partial file's first line, the ``inputs`` count of a ``PART.inputs``), and
+    an empty file where ``empty_ok`` (a partial file before its first line)."""
     data = _json_object(path, first_line=first_line)
     run = (data or {}).get(key)
     if isinstance(run, dict):
         return run
-    if data is not None and key not in data and (absent_ok or "image" in data):
+    if data is not None and key not in data and older_key is not None and older_key in data:
         return None  # an older camcli's file, which records no run
-    if _regular(path) and _size(path) > 0:
+    if _regular(path) and not (empty_ok and _size(path) == 0):
         from camcli.console import warn
 
         warn(

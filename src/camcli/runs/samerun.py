@@ -10,6 +10,7 @@ or none does.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from camcli.errors import CamcliError, Exit
@@ -33,10 +34,12 @@ images are rendered (CPU or GPU: the same files) and the shard; ``gt_sha256`` de
 
 
 def gt_options(gt: str | Path | None) -> dict:
-    """What a run records of its ``--gt``: ``{"gt": absolute path, "gt_sha256": the file's
-    sha256}`` (text; None without ``--gt``; ``gt_sha256`` None for a folder of XML files).
-    :func:`run_difference` compares the files by their contents when both runs record a
-    digest, so that the shards of one run may read the same file at other paths.
+    """What a run records of its ``--gt``: ``{"gt": absolute path, "gt_sha256": digest}``
+    (text; None without ``--gt``). The digest is the file's sha256, or for a folder of XML
+    files the sha256 of its ``*.xml`` files' relative paths and sha256s (what the reader
+    reads, :func:`camcli.evaluate.gt_xml.read_xml_folder`). :func:`run_difference` compares
+    the ground truth by its digest when both runs record one, so that the shards of one run
+    may read it at other paths.
 
     Raises:
         OSError: the file cannot be read (the command read it already)."""
@@ -45,7 +48,19 @@ def gt_options(gt: str | Path | None) -> dict:
     from camcli.models.hub import sha256_file
 
     path = Path(gt).resolve()
-    return {"gt": str(path), "gt_sha256": sha256_file(path) if path.is_file() else None}
+    if not path.is_dir():
+        return {"gt": str(path), "gt_sha256": sha256_file(path) if path.is_file() else None}
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*.xml"), key=lambda p: p.relative_to(path).as_posix()):
+        try:
+            digest = sha256_file(f)
+        except OSError:
+            digest = "unreadable"
+        h.update(os.fsencode(f.relative_to(path).as_posix()) + b"\0" + digest.encode() + b"\n")
+    return {"gt": str(path), "gt_sha256": h.hexdigest()}
+
 
 OPTION_FLAGS = {
     "top_k": "--top-k",
@@ -86,8 +101,8 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
     An option one run does not record at all (an older camcli's run, made before the option
     was recorded, e.g. ``gt``) is not compared. The ``--gt`` files (``gt``) are compared by
     their sha256 when both runs record one (``gt_sha256``, :func:`gt_options`): the same
-    contents at another path are one run, other contents at the same path are not; else by
-    their absolute paths.
+    contents at another path are one run, other contents are not (both values then name
+    their digest's first 12 digits); else by their absolute paths.
 
     Args:
         before: the run already there (a folder's run.json, shard 0's), as read from JSON.
@@ -115,8 +130,8 @@ def run_difference(before: dict, now: dict) -> tuple[str, object, object] | None
             if k == "gt" and by_digest:
                 if digests[0] == digests[1]:
                     continue  # the same file, wherever it is
-                if was == is_now:  # the same path, other contents
-                    was, is_now = (f"{was} (sha256 {d[:12]})" for d in digests)
+                # other contents: the digests say so (the paths may differ for one file)
+                was, is_now = (f"{p} (sha256 {d[:12]})" for p, d in zip((was, is_now), digests))
             if k in _INVERTED:
                 was, is_now = (None if v is None else not v for v in (was, is_now))
             pairs.append((OPTION_FLAGS.get(k, "--" + k.replace("_", "-")), was, is_now))
