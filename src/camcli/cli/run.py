@@ -197,24 +197,37 @@ def check_targets(*paths: str | os.PathLike | None) -> None:
     """
     from camcli.atomic import stream_target
     from camcli.errors import UsageError
-    from camcli.runs.shards import companion_name
 
     for p in paths:
         if p is not None and str(p) != "-":
             if os.path.isdir(p):
                 raise UsageError(f"{p}: a folder, not a file: give a file name")
-            where = [(Path(p).name, f"{p}: ")]
-            if os.path.islink(p):  # written through: the file it names counts too
-                target = os.path.realpath(p)
-                where.append((Path(target).name, f"{p}: a link to {target}, and "))
-            for name, head in where:
-                owner = companion_name(name)
-                if owner is not None:
-                    raise UsageError(
-                        f"{head}camcli keeps a file of this name beside an output {owner!r} "
-                        "(its run, records so far, lock or temporary file): choose another name"
-                    )
+            _refuse_companion(p)
+            on_way = _nearest_existing(Path(p).parent)
+            if on_way is not None and not os.path.isdir(on_way):
+                raise UsageError(
+                    f"{p}: {on_way} is a file, not a folder: give a file name in a folder"
+                )
             stream_target(p)
+
+
+def _refuse_companion(p: str | os.PathLike) -> None:
+    """Raise UsageError when output ``p`` (or the file it links to: written through) has the
+    name of a file camcli keeps beside an output (:func:`camcli.runs.shards.companion_name`)."""
+    from camcli.errors import UsageError
+    from camcli.runs.shards import companion_name
+
+    where = [(Path(p).name, f"{p}: ")]
+    if os.path.islink(p):
+        target = os.path.realpath(p)
+        where.append((Path(target).name, f"{p}: a link to {target}, and "))
+    for name, head in where:
+        owner = companion_name(name)
+        if owner is not None:
+            raise UsageError(
+                f"{head}camcli keeps a file of this name beside an output {owner!r} (its run, "
+                "records so far, lock or temporary file): choose another name"
+            )
 
 
 def _nearest_existing(path: Path) -> Path | None:

@@ -191,10 +191,11 @@ class MapFile:
 
 
 def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Path]:
-    """The ``.npz`` files under ``root`` (recursive), sorted by relative path; in a ``cam``
-    folder (one with a manifest, :func:`_manifest_maps`) only those its manifest lists, with a
-    warning line naming how many others were skipped (an earlier run into the same folder
-    leaves its maps there).
+    """The ``.npz`` files under ``root`` (recursive), sorted by relative path. In a ``cam``
+    folder (one with a manifest, :func:`_manifest_maps`) a warning line names how many of them
+    its manifest does not list: an earlier run into the same folder without ``--resume``
+    leaves its maps there, and they are read too (each file is an input: a bad one fails
+    alone).
 
     Args:
         root: the folder ``cam --save-maps`` wrote.
@@ -211,16 +212,16 @@ def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Pat
         raise NoInputError(f"{flag} {root}: not a folder of .npz map files")
     files = sorted(base.rglob("*.npz"), key=lambda p: p.relative_to(base).as_posix())
     listed = _manifest_maps(base)
-    if listed is not None:  # a cam folder: its run's maps, not an earlier run's
-        skipped = [f for f in files if f.relative_to(base).as_posix() not in listed]
-        if skipped:
+    if listed is not None:  # a cam folder: are there maps of an earlier run?
+        others = [f for f in files if f.relative_to(base).as_posix() not in listed]
+        if others:
             from camcli.console import warn
 
             warn(
-                f"{flag} {root}: skipped {len(skipped)} .npz file(s) its manifest does not "
-                f"list (an earlier run's?), e.g. {skipped[0].relative_to(base).as_posix()}"
+                f"{flag} {root}: {len(others)} .npz file(s) not in its manifest (an earlier "
+                f"run's?), e.g. {others[0].relative_to(base).as_posix()}, read too; give each "
+                "cam run its own --out to read one run"
             )
-            files = [f for f in files if f.relative_to(base).as_posix() in listed]
     if not files:
         raise NoInputError(
             f"{flag} {root}: no .npz files; save maps with `camcli cam ... --save-maps`"
