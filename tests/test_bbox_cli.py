@@ -221,7 +221,10 @@ def test_kaggle_submission_from_maps(runs):
 
 def test_draw_writes_boxes_at_the_original_size(runs, cli_images):
     draw = runs / "draw"
-    assert tree(draw) == {"manifest.jsonl"} | {f"{x.rsplit('.', 1)[0]}/boxes.jpg" for x in GOOD}
+    assert tree(draw) == {"manifest.jsonl", "run.json"} | {
+        f"{x.rsplit('.', 1)[0]}/boxes.jpg" for x in GOOD
+    }
+    assert json.loads((draw / "run.json").read_text())["command"] == "bbox --draw"
     for rel in GOOD:
         with Image.open(draw / rel.rsplit(".", 1)[0] / "boxes.jpg") as im:
             got = np.asarray(im.convert("RGB"), dtype=np.int16)

@@ -143,7 +143,7 @@ def test_kill_9_mid_bbox_then_resume_equals_an_uninterrupted_run(tmp_path, many,
 
     assert run_main(*args, "-o", out / "boxes.jsonl", "--draw", out / "draw", "--resume") == 1
     assert not [f for f in tree(out) if is_temporary(f)]
-    same_files(out, ref)
+    same_files(out, ref, skip=("draw/run.json",))  # its resumed count differs
 
 
 # --- torchrun: a rank that dies leaves its shard resumable ------------------------------------

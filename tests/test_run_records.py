@@ -23,6 +23,10 @@ pytestmark = pytest.mark.usefixtures("cli_one_thread")
         (".sub.txt.lock", "sub.txt"),
         (".a.b.run", "a.b"),
         (".x.jsonl.camcli-tmp123-456", "x.jsonl"),
+        ("b.shard-0-of-2.jsonl.inputs", "b.shard-0-of-2.jsonl"),  # trial 13
+        ("b.shard-1-of-12.inputs", "b.shard-1-of-12"),
+        ("b.inputs", None),
+        ("shard-0-of-2.inputs", None),
         ("boxes.jsonl", None),
         ("boxes.run", None),  # no leading dot: not camcli's
         (".run", None),
@@ -51,6 +55,7 @@ def test_an_output_named_like_a_companion_file_is_refused(
         ("bbox", img, *base, "--submission", tmp_path / ".s.txt.partial"),
         ("predict", img, *base, "-o", tmp_path / ".p.jsonl.lock"),
         ("predict", img, *base, "-o", tmp_path / ".p.jsonl.camcli-tmp1-2"),
+        ("predict", img, *base, "-o", tmp_path / "x.shard-0-of-2.jsonl.inputs"),
     ]
     link = tmp_path / "lnk.jsonl"  # trial 13: through a link to a companion file
     link.symlink_to(sidecar.name)
@@ -58,11 +63,15 @@ def test_an_output_named_like_a_companion_file_is_refused(
         listing = sorted(p.name for p in tmp_path.iterdir())
         code, out, err = camcli_run(*args)
         target = args[args.index("--submission") + 1 if "--submission" in args else -1]
-        owner = target.name[1:].rsplit(".", 1)[0].split(".camcli-tmp")[0]
+        owner = (
+            target.name.removesuffix(".inputs")
+            if target.name.endswith(".inputs")
+            else target.name[1:].rsplit(".", 1)[0].split(".camcli-tmp")[0]
+        )
         assert code == 2 and out == "", err
         assert err.strip() == (
             f"error: {target}: camcli keeps a file of this name beside an output {owner!r} "
-            "(its run, records so far, lock or temporary file): choose another name "
+            "(its run, input count, records so far, lock or temporary file): choose another name "
             f"(see 'camcli {args[0]} -h')"
         ), err
         assert sorted(p.name for p in tmp_path.iterdir()) == listing
@@ -78,8 +87,12 @@ def _run(**options) -> dict:
     return {"command": "predict", "model": "m", "options": {"top_k": 5, **options}}
 
 
+def _listing(root) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
 @pytest.mark.parametrize(
-    ("which", "text", "warned"),
+    ("which", "text", "refused"),
     [
         ("sidecar", "{not json", True),
         ("sidecar", '{"file": true}', True),
@@ -93,10 +106,12 @@ def _run(**options) -> dict:
         ("partial", "", False),
     ],
 )
-def test_a_damaged_run_record_is_resumed_with_a_warning(tmp_path, capsys, which, text, warned):
-    """A ``.F.run`` or ``.F.partial`` edited by hand or cut records no run: ``--resume`` goes
-    on (nothing to compare) but says so in one line naming the file; an older camcli's files,
+def test_resume_over_a_damaged_run_record_is_refused(tmp_path, which, text, refused):
+    """A ``.F.run`` or ``.F.partial`` edited by hand or cut records no run. Resuming over it
+    unchecked would then record the resumed run as the records' run (trial 13: a mixed run
+    came out looking clean), so it is refused, nothing touched; an older camcli's files,
     which record no run by design, resume quietly."""
+    from camcli.errors import CamcliError
     from camcli.runs.recordfile import RecordFile, sidecar_path
     from camcli.runs.shards import partial_path
 
@@ -106,54 +121,65 @@ def test_a_damaged_run_record_is_resumed_with_a_warning(tmp_path, capsys, which,
     rf.release()  # killed: the partial file holds x.jpg
     damaged = sidecar_path(target) if which == "sidecar" else partial_path(target)
     damaged.write_text(text)
-    capsys.readouterr()
+    before = _listing(tmp_path)
+    if refused:
+        with pytest.raises(CamcliError) as exc:
+            RecordFile(target, resume=True, run=_run())
+        assert exc.value.exit_code == 2 and str(exc.value) == (
+            f"--resume: {damaged} does not record the run that wrote it (damaged?), so this "
+            "run cannot be checked against it; rerun without --resume (the records are done "
+            "again)"
+        )
+        assert _listing(tmp_path) == before
+        return
     rf = RecordFile(target, resume=True, run=_run())  # the other file still records the run
-    err = capsys.readouterr().err
     rf.release()
-    if warned:
-        assert err.splitlines() == [
-            f"warning: --resume: {damaged} does not record the run that wrote it (damaged?): "
-            "resumed without checking that run's options; rerun without --resume to start over"
-        ]
-    else:
-        assert err == ""
-    assert list(rf.done) == ([] if (which, text) == ("partial", "") else ["x.jpg"])
+    assert list(rf.done) == ([] if text == "" else ["x.jpg"])
 
 
-def test_a_part_without_a_recorded_run_resumes_quietly_and_a_damaged_one_warns(tmp_path, capsys):
-    """``PART.inputs`` of an older camcli records the input count only: resumed quietly. One
-    that is not JSON: resumed with the warning."""
+def test_a_part_without_a_recorded_run_resumes_and_a_damaged_one_is_refused(tmp_path):
+    """``PART.inputs`` of an older camcli records the input count only: resumed. One that is
+    not JSON or holds no count: refused (trial 13: resumed with other options, then merged as
+    one run)."""
+    from camcli.errors import CamcliError
     from camcli.runs.recordfile import RecordFile
     from camcli.runs.shards import count_path
 
     part = tmp_path / "p.shard-0-of-2.jsonl"
     part.write_text('{"image": "x.jpg", "predictions": []}\n')
-    for text, warned in (('{"inputs": 1}', False), ("{cut", True), ("{}", True), ("[]", True)):
+    for text, refused in (('{"inputs": 1}', False), ("{cut", True), ("{}", True), ("[]", True)):
         count_path(part).write_text(text)
-        capsys.readouterr()
-        RecordFile(part, resume=True, part=True, run=_run()).release()
-        err = capsys.readouterr().err
-        assert (f"warning: --resume: {count_path(part)} does not record" in err) is warned, err
+        if refused:
+            with pytest.raises(CamcliError, match=r"does not record the run that wrote it"):
+                RecordFile(part, resume=True, part=True, run=_run())
+        else:
+            RecordFile(part, resume=True, part=True, run=_run()).release()
 
 
-def test_cam_resume_over_a_damaged_run_json_warns(tmp_path, cli_images, cli_ckpt, camcli_run):
-    """A ``run.json`` that is not a run's record: ``cam --resume`` resumes the folder's
-    manifest, with one warning line naming the file; a folder without ``run.json`` (an older
-    camcli's killed run) quietly."""
+@pytest.mark.parametrize("damage", ["list", "fifo"])
+def test_cam_resume_over_a_damaged_run_json_is_refused(
+    tmp_path, cli_images, cli_ckpt, camcli_run, damage
+):
+    """A ``run.json`` that is not a run's record (a list; a FIFO, which blocked ``cam
+    --resume`` for ever before trial 13): refused, naming the file, nothing touched; a folder
+    without ``run.json`` (an older camcli's killed run) resumes."""
     out = tmp_path / "cams"
     base = ("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "--workers", "0", "-q")
     assert camcli_run(*base)[0] == 0
+    (out / "run.json").unlink()
+    if damage == "list":
+        (out / "run.json").write_text("[1, 2]")
+    else:
+        os.mkfifo(out / "run.json")
     manifest = (out / "manifest.jsonl").read_text()
-    (out / "run.json").write_text("[1, 2]")
     code, _, err = camcli_run(*base, "--top-k", "3", "--resume")
-    assert code == 0, err
+    assert code == 2
     assert err.splitlines() == [
-        f"warning: --resume: {out / 'run.json'} does not record the run that wrote {out} "
-        "(damaged?): resumed without checking that run's options; give a new --out to start "
-        "over"
+        f"error: --resume: {out / 'run.json'} does not record the run that wrote {out} "
+        "(damaged?), so this run cannot be checked against it; rerun without --resume (the "
+        "images are done again) or give a new --out (see 'camcli cam -h')"
     ]
-    assert (out / "manifest.jsonl").read_text() == manifest  # a.jpg was done: resumed
-    assert json.loads((out / "run.json").read_text())["options"]["top_k"] == 3
+    assert (out / "manifest.jsonl").read_text() == manifest
     (out / "run.json").unlink()
     code, _, err = camcli_run(*base, "--resume")
     assert code == 0 and err == "", err
@@ -279,15 +305,62 @@ def test_a_gt_folder_of_xml_files_is_compared_by_its_files(tmp_path):
     assert gt_options(None) == {"gt": None, "gt_sha256": None}
 
 
-def test_cam_resume_over_a_fifo_run_json_does_not_block(tmp_path, cli_images, cli_ckpt, camcli_run):
-    """Trial 13: a FIFO in place of ``run.json`` blocked ``cam --resume`` for ever (the check
-    read it). It is now taken as damaged: a warning, and the run goes on."""
+def test_cam_and_bbox_draw_do_not_share_a_folder(tmp_path, cli_images, cli_ckpt, camcli_run):
+    """Trial 13: ``bbox --draw`` into a ``cam`` folder replaced its manifest, and ``cam
+    --resume`` then took the drawings for complete images. A ``--draw`` folder now records its
+    run (``run.json``, command ``bbox --draw``), and each command refuses a folder holding
+    the other's run, before the model loads, nothing touched."""
+    cams, draw = tmp_path / "cams", tmp_path / "draw"
+    base = (cli_images / "a.jpg", "-w", cli_ckpt, "--workers", "0", "-q")
+    assert camcli_run("cam", *base, "--out", cams)[0] == 0
+    assert camcli_run("bbox", *base, "--draw", draw, "-o", tmp_path / "b.jsonl")[0] == 0
+    assert json.loads((draw / "run.json").read_text())["command"] == "bbox --draw"
+    for args, folder, held in (
+        (("bbox", *base, "--draw", cams), cams, "cam"),
+        (("cam", *base, "--out", draw, "--resume"), draw, "bbox --draw"),
+        (("cam", *base, "--out", draw), draw, "bbox --draw"),
+    ):
+        before = _tree(folder)
+        code, _, err = camcli_run(*args)
+        flag = "--draw" if "--draw" in args else "--out"
+        assert code == 2 and err.startswith(
+            f"error: {flag} {folder}: holds the files of a `camcli {held}` run (run.json); give "
+            f"`camcli {args[0] if args[0] == 'cam' else 'bbox --draw'}` a folder of its own"
+        ), err
+        assert _tree(folder) == before
+    # each command into its own folder again: fine
+    assert camcli_run("cam", *base, "--out", cams, "--resume")[0] == 0
+    assert camcli_run("bbox", *base, "--draw", draw, "-o", tmp_path / "b.jsonl", "--resume")[0] == 0
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_from_maps_warns_about_listed_maps_that_are_missing_and_trusts_no_damaged_manifest(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """Trial 13: a map the manifest lists but that was deleted went unmentioned; a manifest
+    of garbage made every map "not in its manifest"."""
     out = tmp_path / "cams"
-    base = ("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "--workers", "0", "-q")
-    assert camcli_run(*base)[0] == 0
-    (out / "run.json").unlink()
-    os.mkfifo(out / "run.json")
-    code, _, err = camcli_run(*base, "--resume")
-    assert code == 0, err
-    assert err.startswith(f"warning: --resume: {out / 'run.json'} does not record the run"), err
-    assert json.loads((out / "run.json").read_text())["options"]["top_k"] == 5
+    args = ("cam", cli_images / "a.jpg", cli_images / "b.png", "-w", cli_ckpt, "--out", out)
+    assert camcli_run(*args, "--workers", "0", "-q", "--save-maps")[0] == 0
+    (out / "a.npz").unlink()
+    code, stdout, err = camcli_run("bbox", "--from-maps", out, "-q")
+    assert code == 0 and len(stdout.splitlines()) == 1, err
+    assert err.splitlines() == [
+        f"warning: --from-maps {out}: 1 map file(s) its manifest lists are missing, e.g. "
+        "a.npz; rerun cam with --resume to make them again"
+    ]
+    (out / "manifest.jsonl").write_bytes(b"\x00garbage\nnot json\n")
+    code, stdout, err = camcli_run("bbox", "--from-maps", out, "-q")
+    assert code == 0 and err == "" and len(stdout.splitlines()) == 1, err
+
+
+def test_an_output_link_that_loops_is_refused_before_the_model_loads(tmp_path, camcli_run):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop.name)
+    code, _, err = camcli_run("predict", tmp_path / "absent.jpg", "-w", tmp_path / "x", "-o", loop)
+    assert code == 2 and err.startswith(
+        f"error: {loop}: a link that leads back to itself: give a file name"
+    ), err

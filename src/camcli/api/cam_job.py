@@ -203,8 +203,11 @@ def run_cam_job(
     mine = split.select(items)
     copts = _cam_options(opts, session, items, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
+    from camcli.runs.samerun import gt_options
+
+    gt = gt_options(opts.gt)  # once: a file edited during the run is recorded as it was read
     if opts.resume:
-        now = run_info(session, "cam", _options(opts, copts, wopts, session), 0)
+        now = run_info(session, "cam", _options(copts, wopts, gt, session), 0)
         names = ["run.json"]  # a shard: its own finished run json, and a merged run's
         if split.shard is not None:
             from camcli.runs.shards import shard_names
@@ -226,7 +229,7 @@ def run_cam_job(
         # recorded before the first image: a run stopped or killed outright (SIGKILL, out of
         # memory) leaves "running": true and its options, which --resume checks (and merge
         # takes a shard's as unfinished)
-        info = _cam_run_info(session, opts, copts, wopts, split, len(items), skipped, started)
+        info = _cam_run_info(session, opts, copts, wopts, gt, split, len(items), skipped, started)
         _write_run_json(outdir, {**info, "running": True}, best_effort=False)
         run_cam(session, todo, copts, wopts, outdir, on_record=progress.record)
         completed = True
@@ -247,7 +250,7 @@ def run_cam_job(
             failed = outdir.failed or stopped
             if (completed and not failed) or ((interrupted or failed) and split.shard is None):
                 info = _cam_run_info(
-                    session, opts, copts, wopts, split, len(items), skipped, started
+                    session, opts, copts, wopts, gt, split, len(items), skipped, started
                 )
                 if interrupted:
                     info["interrupted"] = True
@@ -281,13 +284,14 @@ def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
     killed: ``"running": true``) names another model, weights or option, ``--gt`` included
     (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
     without a ``run.json`` (an older camcli's killed run) is resumed as it is; one whose
-    ``run.json`` cannot be read, is not a regular file (a folder, a FIFO) or records no
-    options (damaged) too, with a warning line; one whose ``run.json`` does not record an
-    option (``--gt``: an older camcli's) is resumed with any value of it.
+    ``run.json`` cannot be read, is not a regular file (a folder, a FIFO: never read) or
+    records no options is damaged, and refused (resumed unchecked, the run would be recorded
+    as this one's); one whose ``run.json`` does not record an option (``--gt``: an older
+    camcli's) is resumed with any value of it.
 
     Raises:
         UsageError: the first difference (the option as typed), the folder's value and this
-            run's.
+            run's; or a damaged ``run.json``.
     """
     import json
     import os
@@ -306,13 +310,11 @@ def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
     except (OSError, ValueError):
         before = None
     if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
-        from camcli.console import warn
-
-        warn(
-            f"--resume: {out / name} does not record the run that wrote {out} (damaged?): "
-            "resumed without checking that run's options; give a new --out to start over"
+        raise UsageError(
+            f"--resume: {out / name} does not record the run that wrote {out} (damaged?), so "
+            "this run cannot be checked against it; rerun without --resume (the images are "
+            "done again) or give a new --out"
         )
-        return
     diff = run_difference(before, now)
     if diff is not None:
         was, is_now = made_with(*diff)
@@ -322,17 +324,12 @@ def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
         )
 
 
-def _options(
-    opts: CamJobOptions, copts: cams.CamOptions, wopts: CamWriteOptions, session: Session
-) -> dict:
+def _options(copts: cams.CamOptions, wopts: CamWriteOptions, gt: dict, session: Session) -> dict:
     """run.json's ``options`` of this run (but inputs and resumed count): the maps' and files'
-    options, ``gt``, the ``--gt`` file's absolute path (text; None without ``--gt``) and
-    ``gt_sha256``, its digest (:func:`camcli.runs.samerun.gt_options`), and
-    ``precision`` (bf16 maps differ from fp32 ones), which ``--resume`` and ``merge``
-    compare."""
-    from camcli.runs.samerun import gt_options
-
-    return {**options_dict(copts, wopts), **gt_options(opts.gt), "precision": session.precision}
+    options, ``gt`` and ``gt_sha256`` (the ``--gt`` file's absolute path and digest, taken
+    once at the job's start: :func:`camcli.runs.samerun.gt_options`), and ``precision``
+    (bf16 maps differ from fp32 ones), which ``--resume`` and ``merge`` compare."""
+    return {**options_dict(copts, wopts), **gt, "precision": session.precision}
 
 
 def _cam_options(
@@ -383,6 +380,7 @@ def _cam_run_info(
     opts: CamJobOptions,
     copts: cams.CamOptions,
     wopts: CamWriteOptions,
+    gt: dict,
     split: Split,
     inputs_total: int,
     resumed: int,
@@ -391,7 +389,7 @@ def _cam_run_info(
     """The ``run.json`` of a completed ``cam`` run (:func:`run_info`); a shard's names its
     shard and the whole run's input count."""
     options = {
-        **_options(opts, copts, wopts, session),
+        **_options(copts, wopts, gt, session),
         "inputs": list(opts.inputs),
         "resumed": resumed,
     }

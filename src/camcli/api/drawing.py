@@ -139,10 +139,12 @@ def finish_drawings(
     skipped: int,
     run: dict | None = None,
 ) -> None:
-    """Raise a failed drawing's write error; a completed shard marks its ``--draw`` part
-    with its run json: ``run`` (:func:`camcli.api.sink.part_run`: the model and the options
+    """Raise a failed drawing's write error; a completed run marks its ``--draw`` folder (a
+    shard its part) with its run json (``run.json``; ``run.shard-I-of-N.json``): ``command``
+    ``bbox --draw``, ``run`` (:func:`camcli.api.sink.part_run`: the model and the options
     that change the boxes, which ``camcli merge`` compares between the shards), its shard,
-    input total and counts. Releases the folder's lock."""
+    input total and counts, so that ``cam`` does not take the folder for its own
+    (:func:`camcli.runs.samerun.refuse_other_command`). Releases the folder's lock."""
     try:
         _finish_drawings(drawdir, completed, split, items, stats, skipped, run or {})
     finally:
@@ -151,15 +153,16 @@ def finish_drawings(
 
 def _finish_drawings(drawdir, completed, split, items, stats, skipped, run: dict) -> None:
     drawdir.check_errors()
-    if completed and split.shard is not None:
+    if completed and (split.shard is not None or split.main):
         from camcli.runs.shards import DRAW_MARK
 
+        shard = {} if split.shard is None else {"shard": str(split.shard)}
         drawdir.write_run_json(
             {
                 **run,
                 "command": DRAW_MARK,
-                "shard": str(split.shard),
-                "inputs_total": len(items),
+                **shard,
+                "inputs_total": len(items) if items is not None else stats.get("ok", 0),
                 "counts": dict(stats),
                 "options": {**run.get("options", {}), "resumed": skipped},
             }

@@ -47,6 +47,10 @@ class RecordSink:
                 path, resume=resume, part=part, also=(self.target,) if part else (), run=run
             )
         elif not table:
+            if stream:  # through a link: the file behind it holds this run's records now
+                from camcli.runs.recordfile import record_stream_run
+
+                record_stream_run(output, run if split.shard is None else None)
             self.stdout = JsonlWriter(output if stream else "-")
         # the records go to this process's stdout, which then carries each failed input's
         # error: not a device, FIFO or link named with -o (/dev/null, a pipe)

@@ -216,6 +216,11 @@ def _check_flags(
 
     check_targets(output, submission)  # a folder, block device or socket: now, not after the run
     check_folders(draw)  # a file (or under one): now, not after the model loads
+    if draw is not None:  # a cam folder's manifest would be replaced
+        from camcli.runs.samerun import refuse_other_command
+        from camcli.runs.shards import DRAW_MARK
+
+        refuse_other_command(Path(draw), DRAW_MARK, "--draw")
     if from_maps is not None and inputs:
         raise UsageError("give either INPUT paths or --from-maps DIR, not both")
     if from_maps is None and not inputs:

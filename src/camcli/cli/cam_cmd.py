@@ -126,6 +126,9 @@ def cam(
     from camcli.cli.run import check_folders, open_session, resolve_inputs, session_options
 
     check_folders(out)  # a file (or under one): now, not after the model loads
+    from camcli.runs.samerun import refuse_other_command
+
+    refuse_other_command(Path(out), "cam", "--out")  # a bbox --draw folder, e.g.
     colormap = colormap.lower()  # "JET" as OpenCV's COLORMAP_JET is named: the same map
     _check_flags(colormap=colormap, no_overlay=no_overlay, grid=grid, save_maps=save_maps)
     _refuse_unused(ctx, classes=classes, no_overlay=no_overlay, grid=grid, save_maps=save_maps)

@@ -202,6 +202,8 @@ def check_targets(*paths: str | os.PathLike | None) -> None:
         if p is not None and str(p) != "-":
             if os.path.isdir(p):
                 raise UsageError(f"{p}: a folder, not a file: give a file name")
+            if os.path.islink(p) and _loops(p):
+                raise UsageError(f"{p}: a link that leads back to itself: give a file name")
             _refuse_companion(p)
             on_way = _nearest_existing(Path(p).parent)
             if on_way is not None and not os.path.isdir(on_way):
@@ -209,6 +211,17 @@ def check_targets(*paths: str | os.PathLike | None) -> None:
                     f"{p}: {on_way} is a file, not a folder: give a file name in a folder"
                 )
             stream_target(p)
+
+
+def _loops(p: str | os.PathLike) -> bool:
+    """Whether following link ``p`` runs into a loop (ELOOP)."""
+    import errno
+
+    try:
+        os.stat(p)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _refuse_companion(p: str | os.PathLike) -> None:
@@ -225,8 +238,8 @@ def _refuse_companion(p: str | os.PathLike) -> None:
         owner = companion_name(name)
         if owner is not None:
             raise UsageError(
-                f"{head}camcli keeps a file of this name beside an output {owner!r} (its run, "
-                "records so far, lock or temporary file): choose another name"
+                f"{head}camcli keeps a file of this name beside an output {owner!r} (its "
+                "run, input count, records so far, lock or temporary file): choose another name"
             )
 
 

@@ -193,9 +193,9 @@ class MapFile:
 def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Path]:
     """The ``.npz`` files under ``root`` (recursive), sorted by relative path. In a ``cam``
     folder (one with a manifest, :func:`_manifest_maps`) a warning line names how many of them
-    its manifest does not list: an earlier run into the same folder without ``--resume``
-    leaves its maps there, and they are read too (each file is an input: a bad one fails
-    alone).
+    its manifest does not list (an earlier run into the same folder without ``--resume``
+    leaves its maps there; they are read too: each file is an input, a bad one fails alone),
+    and another how many it lists are missing.
 
     Args:
         root: the folder ``cam --save-maps`` wrote.
@@ -212,15 +212,22 @@ def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Pat
         raise NoInputError(f"{flag} {root}: not a folder of .npz map files")
     files = sorted(base.rglob("*.npz"), key=lambda p: p.relative_to(base).as_posix())
     listed = _manifest_maps(base)
-    if listed is not None:  # a cam folder: are there maps of an earlier run?
-        others = [f for f in files if f.relative_to(base).as_posix() not in listed]
-        if others:
-            from camcli.console import warn
+    if listed is not None:  # a cam folder: are there maps of an earlier run, or missing ones?
+        from camcli.console import warn
 
+        found = {f.relative_to(base).as_posix(): f for f in files}
+        others = [rel for rel in found if rel not in listed]
+        if others:
             warn(
                 f"{flag} {root}: {len(others)} .npz file(s) not in its manifest (an earlier "
-                f"run's?), e.g. {others[0].relative_to(base).as_posix()}, read too; give each "
-                "cam run its own --out to read one run"
+                f"run's?), e.g. {others[0]}, read too; give each cam run its own --out to "
+                "read one run"
+            )
+        missing = sorted(rel for rel in listed if rel not in found)
+        if missing:
+            warn(
+                f"{flag} {root}: {len(missing)} map file(s) its manifest lists are missing, "
+                f"e.g. {missing[0]}; rerun cam with --resume to make them again"
             )
     if not files:
         raise NoInputError(
@@ -230,28 +237,27 @@ def list_map_files(root: str | os.PathLike, *, flag: str = "--maps") -> list[Pat
 
 
 def _manifest_maps(base: Path) -> set[str] | None:
-    """The maps (``outputs.maps``, relative paths) the manifest of ``cam`` folder ``base``
-    lists: ``manifest.jsonl``, or without it the shards' ``manifest.shard-I-of-N.jsonl``
-    (not merged yet). None when there is none (not a ``cam`` folder: every ``.npz`` is read)
-    or it cannot be read; only regular files are read (not a link, FIFO or folder)."""
+    """The maps (``outputs.maps``, relative paths) the manifests of ``cam`` folder ``base``
+    list: ``manifest.jsonl`` and the shards' ``manifest.shard-I-of-N.jsonl`` (not merged
+    yet). None when there is none (not a ``cam`` folder), none holds a record (damaged) or
+    one cannot be read; only regular files are read (not a link, FIFO or folder)."""
     from camcli.data.records import iter_jsonl
 
-    manifests = [base / "manifest.jsonl"]
-    if not _is_regular(manifests[0]):
-        manifests = sorted(base.glob("manifest.shard-*-of-*.jsonl"))
-    manifests = [m for m in manifests if _is_regular(m)]
-    if not manifests:
-        return None
+    manifests = [base / "manifest.jsonl", *sorted(base.glob("manifest.shard-*-of-*.jsonl"))]
     listed: set[str] = set()
+    records = 0
     try:
-        for m in manifests:
+        for m in filter(_is_regular, manifests):
             for line in iter_jsonl(m):
-                outputs = (line.value or {}).get("outputs")
+                if line.value is None:
+                    continue
+                records += 1
+                outputs = line.value.get("outputs")
                 if isinstance(outputs, dict) and isinstance(outputs.get("maps"), str):
                     listed.add(outputs["maps"])
     except OSError:
         return None
-    return listed
+    return listed if records else None  # no record at all: not a manifest to go by
 
 
 def _is_regular(path: Path) -> bool:

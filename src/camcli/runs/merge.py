@@ -18,7 +18,6 @@ from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit
 from camcli.runs.samerun import check_runs_recorded, made_with, run_difference
 from camcli.runs.shards import (
-    DRAW_MARK,
     MANIFEST,
     MAX_SHARDS,
     PART_RE,
@@ -255,7 +254,7 @@ def plan_outdir(root: Path, *, keys: list[str] | None = None) -> MergePlan:
     parts, infos = _finished_shards(root, n)
     _check_one_run(root, n, infos)
     lines = _merged_manifest(root, parts, infos, keys)
-    run_json = merged_run_info(infos) if infos[0].get("command") != DRAW_MARK else None
+    run_json = merged_run_info(infos)  # a --draw folder's too (command "bbox --draw")
     remove = [root / name for i in range(n) for name in shard_names(i, n)]
     return MergePlan(root / MANIFEST, lines, run_json, remove)
 

@@ -219,6 +219,30 @@ def _written(target: Path) -> Path:
     return Path(os.path.realpath(target)) if target.is_symlink() else target
 
 
+def record_stream_run(output: str | os.PathLike, run: dict | None) -> None:
+    """An ``--output`` link written through as a stream (:func:`camcli.atomic.stream_target`)
+    replaces the records of the file it points to: that file's ``.FILE.run`` then records
+    ``run`` (``"file": true``; removed when ``run`` is None), so that a later ``--resume`` of
+    the file by its own name does not take these records for an earlier run's. Devices and
+    FIFOs keep nothing.
+
+    Raises:
+        CamcliError: (exit 5) ``.FILE.run`` cannot be written."""
+    if not os.path.islink(output):
+        return
+    written = _written(Path(output))
+    if not (_regular(written) or not os.path.lexists(written)):
+        return  # a device or FIFO behind the link: no file to record
+    sidecar = sidecar_path(written)
+    try:
+        if run is not None:
+            write_atomic(sidecar, dumps({RUN_KEY: run, "file": True}).encode())
+        else:
+            sidecar.unlink(missing_ok=True)
+    except OSError as exc:
+        raise write_error(exc, sidecar) from None
+
+
 def sidecar_path(target: Path) -> Path:
     """``.NAME.run`` beside a whole ``--output`` FILE: the run that writes (or wrote) it."""
     return target.with_name(f".{target.name}.run")
@@ -275,11 +299,15 @@ def _recorded_run(
     empty_ok: bool = False,
 ) -> dict | None:
     """The run recorded under ``key`` in the JSON object of ``path`` (see
-    :func:`_json_object`); None when there is none. A regular ``path`` that records no run is
-    damaged (cut, edited by hand): one warning line says that the run is resumed unchecked;
+    :func:`_json_object`); None when there is none (no file, or not a regular one: never
+    read). A regular ``path`` that records no run is damaged (cut, edited by hand): resuming
+    over it is refused, since a run resumed unchecked would be recorded as the new run's;
     but for an older camcli's file, which records no run and holds ``older_key`` (a record's
     ``image`` as a partial file's first line, the ``inputs`` count of a ``PART.inputs``), and
-    an empty file where ``empty_ok`` (a partial file before its first line)."""
+    an empty file where ``empty_ok`` (a partial file before its first line).
+
+    Raises:
+        CamcliError: (exit 2) ``path`` is damaged; the fix is a run without ``--resume``."""
     data = _json_object(path, first_line=first_line)
     run = (data or {}).get(key)
     if isinstance(run, dict):
@@ -287,11 +315,11 @@ def _recorded_run(
     if data is not None and key not in data and older_key is not None and older_key in data:
         return None  # an older camcli's file, which records no run
     if _regular(path) and not (empty_ok and _size(path) == 0):
-        from camcli.console import warn
-
-        warn(
-            f"--resume: {path} does not record the run that wrote it (damaged?): resumed "
-            "without checking that run's options; rerun without --resume to start over"
+        raise CamcliError(
+            f"--resume: {path} does not record the run that wrote it (damaged?), so this "
+            "run cannot be checked against it; rerun without --resume (the records are done "
+            "again)",
+            Exit.USAGE,
         )
     return None
 

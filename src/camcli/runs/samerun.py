@@ -2,7 +2,8 @@
 against the resumed command) and ``camcli merge`` (each shard's against shard 0's) check before
 they join the records of two processes in one manifest.
 
-Torch-free; nothing is read here but the ``--gt`` file's digest (:func:`gt_options`).
+Torch-free; nothing is read here but the ``--gt`` file's digest (:func:`gt_options`) and an
+output folder's run jsons (:func:`refuse_other_command`).
 :func:`check_runs_recorded`: merge's check that the ``--output`` parts all record their run,
 or none does.
 """
@@ -45,21 +46,27 @@ def gt_options(gt: str | Path | None) -> dict:
         OSError: the file cannot be read (the command read it already)."""
     if gt is None:
         return {"gt": None, "gt_sha256": None}
+    path = Path(gt).resolve()
+    return {"gt": str(path), "gt_sha256": _gt_digest(str(path))}
+
+
+def _gt_digest(path: str) -> str | None:
+    """The digest of :func:`gt_options` (a job takes it once, at its start)."""
     from camcli.models.hub import sha256_file
 
-    path = Path(gt).resolve()
-    if not path.is_dir():
-        return {"gt": str(path), "gt_sha256": sha256_file(path) if path.is_file() else None}
+    root = Path(path)
+    if not root.is_dir():
+        return sha256_file(root) if root.is_file() else None
     import hashlib
 
     h = hashlib.sha256()
-    for f in sorted(path.rglob("*.xml"), key=lambda p: p.relative_to(path).as_posix()):
+    for f in sorted(root.rglob("*.xml"), key=lambda p: p.relative_to(root).as_posix()):
         try:
             digest = sha256_file(f)
         except OSError:
             digest = "unreadable"
-        h.update(os.fsencode(f.relative_to(path).as_posix()) + b"\0" + digest.encode() + b"\n")
-    return {"gt": str(path), "gt_sha256": h.hexdigest()}
+        h.update(os.fsencode(f.relative_to(root).as_posix()) + b"\0" + digest.encode() + b"\n")
+    return h.hexdigest()
 
 
 OPTION_FLAGS = {
@@ -196,3 +203,30 @@ def check_runs_recorded(target: Path, parts: list[Path], runs: list[dict | None]
         "--resume (or remove the parts of the older run)",
         Exit.USAGE,
     )
+
+
+def refuse_other_command(root: Path, command: str, flag: str) -> None:
+    """Refuse to write ``command``'s files (``cam``; ``bbox --draw``) into folder ``root``
+    when its ``run.json`` or a shard's ``run.shard-I-of-N.json`` records another command:
+    ``bbox --draw`` into a ``cam`` folder replaced its manifest, and ``cam --resume`` then
+    took the drawings for complete images (trial 13). A run json that cannot be read, or
+    records no command, is not a reason (it is checked where the run resumes).
+
+    Raises:
+        CamcliError: (exit 2) the folder, the command it holds and the fix.
+    """
+    import stat
+
+    for f in [root / "run.json", *sorted(root.glob("run.shard-*-of-*.json"))]:
+        try:
+            if not stat.S_ISREG(os.stat(f).st_mode):
+                continue
+            held = json.loads(f.read_text(encoding="utf-8")).get("command")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(held, str) and held != command:
+            raise CamcliError(
+                f"{flag} {root}: holds the files of a `camcli {held}` run ({f.name}); give "
+                f"`camcli {command}` a folder of its own",
+                Exit.USAGE,
+            )

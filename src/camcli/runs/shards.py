@@ -86,12 +86,17 @@ COMPANION_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>run|partial|lock)$", re.DO
 file NAME (its run, its records so far, its lock); an output is never given such a name."""
 
 
+COUNT_RE = re.compile(r"^(?P<name>.+\.shard-\d+-of-\d+(?:\..*)?)\.inputs$", re.DOTALL)
+"""``PART.inputs`` beside a shard's part (:func:`count_path`)."""
+
+
 def companion_name(name: str) -> str | None:
     """The output whose companion file ``name`` would be (``.x.jsonl.run`` -> ``x.jsonl``;
-    also a temporary file's target, :data:`camcli.atomic.TMP_RE`); None for any other name."""
+    ``x.shard-0-of-2.jsonl.inputs`` -> ``x.shard-0-of-2.jsonl``; also a temporary file's
+    target, :data:`camcli.atomic.TMP_RE`); None for any other name."""
     from camcli.atomic import TMP_RE
 
-    m = COMPANION_RE.match(name) or TMP_RE.match(name)
+    m = COMPANION_RE.match(name) or COUNT_RE.match(name) or TMP_RE.match(name)
     return m.group("name") if m else None
 
 
