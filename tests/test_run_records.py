@@ -364,3 +364,27 @@ def test_an_output_link_that_loops_is_refused_before_the_model_loads(tmp_path, c
     assert code == 2 and err.startswith(
         f"error: {loop}: a link that leads back to itself: give a file name"
     ), err
+
+
+def test_records_written_through_a_link_are_recorded_beside_the_file(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """Trial 13: ``predict -o LINK`` to a ``bbox`` records file replaced its records but left
+    its ``.FILE.run`` naming the bbox run, so ``bbox -o FILE --resume`` kept predict records.
+    That ``.FILE.run`` now records the run that wrote through the link; a file without one
+    (a shell redirect's) gets none."""
+    base = (cli_images / "a.jpg", "-w", cli_ckpt, "--workers", "0", "-q")
+    boxes = tmp_path / "b.jsonl"
+    assert camcli_run("bbox", *base, "-o", boxes)[0] == 0
+    link = tmp_path / "L"
+    link.symlink_to(boxes.name)
+    assert camcli_run("predict", *base, "-o", link)[0] == 0
+    side = json.loads((tmp_path / ".b.jsonl.run").read_text())
+    assert side["camcli_run"]["command"] == "predict" and side["file"] is True
+    code, _, err = camcli_run("bbox", *base, "-o", boxes, "--resume")
+    assert code == 2 and "holds records made with camcli predict, this run has camcli bbox" in err
+    plain, link2 = tmp_path / "plain.jsonl", tmp_path / "L2"
+    plain.write_text("")
+    link2.symlink_to(plain.name)
+    assert camcli_run("predict", *base, "-o", link2)[0] == 0
+    assert not (tmp_path / ".plain.jsonl.run").exists()

@@ -185,7 +185,7 @@ def _part_count(part: Path) -> tuple[int, dict | None]:
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         raise CamcliError(
             f'{cp}: not an input count ({{"inputs": N, "run": {{...}}}}); rerun that shard '
-            "with --resume",
+            "without --resume",
             Exit.NO_INPUT,
         ) from None
     return k, run

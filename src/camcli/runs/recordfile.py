@@ -221,19 +221,19 @@ def _written(target: Path) -> Path:
 
 def record_stream_run(output: str | os.PathLike, run: dict | None) -> None:
     """An ``--output`` link written through as a stream (:func:`camcli.atomic.stream_target`)
-    replaces the records of the file it points to: that file's ``.FILE.run`` then records
-    ``run`` (``"file": true``; removed when ``run`` is None), so that a later ``--resume`` of
-    the file by its own name does not take these records for an earlier run's. Devices and
-    FIFOs keep nothing.
+    replaces the records of the file it points to: when that file has a ``.FILE.run`` (an
+    earlier camcli run wrote it by its own name), it then records ``run`` (``"file": true``;
+    removed when ``run`` is None), so that a later ``--resume`` of the file does not take
+    these records for the earlier run's. Nothing is created beside a file that has none (a
+    shell redirect's, ``-o /dev/stdout``).
 
     Raises:
         CamcliError: (exit 5) ``.FILE.run`` cannot be written."""
     if not os.path.islink(output):
         return
-    written = _written(Path(output))
-    if not (_regular(written) or not os.path.lexists(written)):
-        return  # a device or FIFO behind the link: no file to record
-    sidecar = sidecar_path(written)
+    sidecar = sidecar_path(_written(Path(output)))
+    if not _regular(sidecar):
+        return
     try:
         if run is not None:
             write_atomic(sidecar, dumps({RUN_KEY: run, "file": True}).encode())
