@@ -184,16 +184,16 @@ def print_table(records: list[dict]) -> None:
 def check_targets(*paths: str | os.PathLike | None) -> None:
     """Refuse, before any work, an output file the user named that is a folder, a block device
     or a socket (:func:`camcli.atomic.stream_target`; it only looks: nothing is created), or
-    that lies under a file (``afile/x.png``: it could never be created), or whose name is
-    one camcli keeps for its own files beside an output (``.NAME.run``, ``.NAME.partial``,
-    ``.NAME.lock``, a temporary name; :func:`camcli.runs.shards.companion_name`; for a link,
-    its own name or the name of the file it points to): a run
-    writing NAME would overwrite it, or it the record of NAME's run. ``-`` and None (stdout)
-    pass.
+    that lies under a file (``afile/x.png``: it could never be created), a link that loops,
+    or whose name is one camcli keeps for its own files beside an output (``.NAME.run``,
+    ``.NAME.partial``, ``.NAME.lock``, ``PART.inputs``, a temporary name; for a link, its own
+    name or that of the file it points to; :func:`_refuse_companion`): a run writing NAME
+    would overwrite it, or it the record of NAME's run. ``-`` and None (stdout) pass.
 
     Raises:
         UsageError: one of ``paths`` is a folder, a block device or a socket, the nearest
-            part of it that exists is not a folder, or its name is a companion file's.
+            part of it that exists is not a folder, a looping link, or its name is a
+            companion file's.
     """
     from camcli.atomic import stream_target
     from camcli.errors import UsageError
