@@ -388,3 +388,105 @@ def test_records_written_through_a_link_are_recorded_beside_the_file(
     link2.symlink_to(plain.name)
     assert camcli_run("predict", *base, "-o", link2)[0] == 0
     assert not (tmp_path / ".plain.jsonl.run").exists()
+
+
+# --- trial 13c ---------------------------------------------------------------------------------
+
+
+def test_a_shard_resuming_from_a_merged_file_of_another_run_is_refused(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """``bbox -o F -k 2``, then ``bbox -o F --shard 0/2 --resume`` (top 5) took F's top-2
+    records into its part unchecked; F's ``.F.run`` is now checked as F's own resume would."""
+    out = tmp_path / "s.jsonl"
+    base = ("bbox", cli_images / "a.jpg", cli_images / "b.png", "-w", cli_ckpt, "-o", out)
+    base += ("--workers", "0", "-q")
+    assert camcli_run(*base, "-k", "2")[0] == 0
+    code, _, err = camcli_run(*base, "--shard", "0/2", "--resume")
+    assert code == 2 and "holds records made with --top-k 2, this run has --top-k 5" in err, err
+    assert not list(tmp_path.glob("s.shard-*"))
+    assert camcli_run(*base, "-k", "2", "--shard", "0/2", "--resume")[0] == 0  # the same run
+
+
+@pytest.mark.parametrize("what", ["dangling link", "fifo", "folder"])
+def test_a_run_record_that_is_not_a_regular_file_is_refused(tmp_path, what):
+    """camcli writes its run records as regular files: a link, FIFO or folder in place of
+    ``.F.run`` or ``PART.inputs`` is damage, refused on --resume (it was taken as no record,
+    and the resumed run recorded over it). ``.F.partial`` stays lenient (replaced, never read
+    through a link)."""
+    from camcli.errors import CamcliError
+    from camcli.runs.recordfile import RecordFile, sidecar_path
+    from camcli.runs.shards import count_path, partial_path
+
+    def plant(path):
+        path.unlink(missing_ok=True)
+        if what == "dangling link":
+            path.symlink_to("nowhere")
+        elif what == "fifo":
+            os.mkfifo(path)
+        else:
+            path.mkdir()
+
+    target = tmp_path / "p.jsonl"
+    RecordFile(target, resume=False, run=_run()).finish([])
+    plant(sidecar_path(target))
+    with pytest.raises(CamcliError, match="does not record the run that wrote it"):
+        RecordFile(target, resume=True, run=_run())
+    part = tmp_path / "q.shard-0-of-2.jsonl"
+    RecordFile(part, resume=False, part=True, run=_run()).finish([])
+    plant(count_path(part))
+    with pytest.raises(CamcliError, match="does not record the run that wrote it"):
+        RecordFile(part, resume=True, part=True, run=_run())
+    if what != "folder":  # (a folder there cannot be replaced: exit 5, as before)
+        other = tmp_path / "r.jsonl"
+        plant(partial_path(other))
+        RecordFile(other, resume=True, run=_run()).release()  # the partial file: lenient
+
+
+def test_a_draw_folder_records_its_run_from_the_start_and_resume_checks_it(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """An interrupted ``bbox --draw`` left no ``run.json``, so ``cam --resume`` took its
+    drawings for complete images; and ``bbox --draw D --resume`` with other options kept D's
+    drawings. The draw folder's run json now says ``"running": true`` from the start, and
+    ``--resume`` compares it."""
+    from camcli.api.drawing import open_drawdir
+    from camcli.api.split import Split
+
+    d = tmp_path / "killed"
+    open_drawdir(d, False, Split(), None, {"model": "m", "options": {"top_k": 5}}).release()
+    info = json.loads((d / "run.json").read_text())
+    assert info == {
+        "model": "m",
+        "options": {"top_k": 5},
+        "command": "bbox --draw",
+        "running": True,
+    }
+    code, _, err = camcli_run("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", d, "--resume")
+    assert code == 2 and "holds the files of a `camcli bbox --draw` run" in err, err
+    draw = tmp_path / "draw"
+    base = ("bbox", cli_images / "a.jpg", "-w", cli_ckpt, "--draw", draw, "--workers", "0", "-q")
+    assert camcli_run(*base, "-k", "3", "-o", tmp_path / "b.jsonl")[0] == 0
+    code, _, err = camcli_run(*base, "--resume", "-o", tmp_path / "new.jsonl")
+    assert code == 2 and err.startswith(
+        f"error: --resume: {draw} holds a run made with --top-k 3, this run has --top-k 5; "
+        "resume with the options of that run, or give a new --draw"
+    ), err
+    assert camcli_run(*base, "-k", "3", "--resume", "-o", tmp_path / "b.jsonl")[0] == 0
+
+
+def test_a_shard_written_through_a_link_records_its_run_beside_the_file(
+    tmp_path, cli_images, cli_ckpt, camcli_run
+):
+    """``bbox -o LINK --shard 0/2`` removed the ``.F.run`` of the file behind the link, and
+    ``bbox -o F --resume`` then mixed the shard's records with its own."""
+    base = (cli_images / "a.jpg", cli_images / "b.png", "-w", cli_ckpt, "--workers", "0", "-q")
+    target = tmp_path / "t.jsonl"
+    assert camcli_run("bbox", *base, "-o", target)[0] == 0
+    link = tmp_path / "l1"
+    link.symlink_to(target.name)
+    assert camcli_run("bbox", *base, "-o", link, "--shard", "0/2", "-k", "2")[0] == 0
+    side = json.loads((tmp_path / ".t.jsonl.run").read_text())
+    assert side["camcli_run"]["options"]["top_k"] == 2
+    code, _, err = camcli_run("bbox", *base, "-o", target, "--resume")
+    assert code == 2 and "made with --top-k 2, this run has --top-k 5" in err, err

@@ -203,7 +203,11 @@ def test_bbox_shards_merge_to_the_unsharded_records(refs, tmp_path, cli_images, 
     assert run_main("bbox", cli_images, *w, "--shard", "2/4") == 3  # nothing usable in it
     assert run_main("merge", out, draw) == 0
     assert out.read_bytes() == (refs / "boxes.jsonl").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.jsonl", "draw"]
+    # the merged FILE records the parts' run, as an unsharded run's does (trial 13)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".boxes.jsonl.run", "boxes.jsonl", "draw"]
+    merged = json.loads((tmp_path / ".boxes.jsonl.run").read_text())
+    unsharded = json.loads((refs / ".boxes.jsonl.run").read_text())
+    assert merged == unsharded and merged["file"] is True
     same_tree(draw, refs / "draw")
 
 

@@ -153,7 +153,7 @@ def run_bbox(
     cpu = session is not None and session.device.type == "cpu" and session.streams is None
     before = (lambda: emit[0](True)) if cpu else None
     try:
-        drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine)
+        drawdir = drawing.open_drawdir(opts.draw, opts.resume, split, mine, run)
         results, total, skipped = _bbox_results(opts, session, mine, sink, drawdir, before)
     except BaseException:
         boxer.close(cancel=True)

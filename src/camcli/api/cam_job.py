@@ -203,7 +203,7 @@ def run_cam_job(
     mine = split.select(items)
     copts = _cam_options(opts, session, items, progress)
     wopts = replace(opts.write, device_render=session.device_codec)
-    from camcli.runs.samerun import gt_options
+    from camcli.runs.samerun import check_same_run, gt_options
 
     gt = gt_options(opts.gt)  # once: a file edited during the run is recorded as it was read
     if opts.resume:
@@ -214,7 +214,7 @@ def run_cam_job(
 
             names.insert(0, shard_names(split.shard.index, split.shard.count)[1])
         for name in names:
-            _check_same_run(Path(opts.out), now, name)
+            check_same_run(Path(opts.out), now, name, "--out")
     outdir = OutDir(
         opts.out,
         resume=opts.resume,
@@ -276,52 +276,6 @@ def run_cam_job(
         total=len(items),
         main=split.main,
     )
-
-
-def _check_same_run(out: Path, now: dict, name: str = "run.json") -> None:
-    """Refuse ``--resume`` into a folder whose ``run.json`` (``name``: also a finished shard's
-    ``run.shard-I-of-N.json``; an earlier run that completed, was interrupted, failed or was
-    killed: ``"running": true``) names another model, weights or option, ``--gt`` included
-    (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
-    without a ``run.json`` (an older camcli's killed run) is resumed as it is; one whose
-    ``run.json`` cannot be read, is not a regular file (a folder, a FIFO: never read) or
-    records no options is damaged, and refused (resumed unchecked, the run would be recorded
-    as this one's); one whose ``run.json`` does not record an option (``--gt``: an older
-    camcli's) is resumed with any value of it.
-
-    Raises:
-        UsageError: the first difference (the option as typed), the folder's value and this
-            run's; or a damaged ``run.json``.
-    """
-    import json
-    import os
-    import stat
-
-    from camcli.errors import UsageError
-    from camcli.runs.samerun import as_stored, made_with, run_difference
-
-    now = as_stored(now)  # this run as run.json would hold it (lists, strings)
-    try:
-        if not stat.S_ISREG(os.stat(out / name).st_mode):  # a FIFO would block the read
-            raise ValueError(name)
-        before = json.loads((out / name).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError):
-        before = None
-    if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
-        raise UsageError(
-            f"--resume: {out / name} does not record the run that wrote {out} (damaged?), so "
-            "this run cannot be checked against it; rerun without --resume (the images are "
-            "done again) or give a new --out"
-        )
-    diff = run_difference(before, now)
-    if diff is not None:
-        was, is_now = made_with(*diff)
-        raise UsageError(
-            f"--resume: {out} holds a run made {was}, this run {is_now}; "
-            "resume with the options of that run, or give a new --out"
-        )
 
 
 def _options(copts: cams.CamOptions, wopts: CamWriteOptions, gt: dict, session: Session) -> dict:

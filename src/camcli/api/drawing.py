@@ -117,17 +117,42 @@ def caption_places(
 
 
 def open_drawdir(
-    draw: Path | None, resume: bool, split: Split, mine: list[inputs.InputItem] | None
+    draw: Path | None,
+    resume: bool,
+    split: Split,
+    mine: list[inputs.InputItem] | None,
+    run: dict | None = None,
 ) -> OutDir | None:
-    """The ``--draw`` folder (a shard's owns only its inputs' keys); None without ``draw``."""
+    """The ``--draw`` folder (a shard's owns only its inputs' keys); None without ``draw``.
+
+    With ``run`` (:func:`camcli.api.sink.part_run`): ``resume`` is refused when the folder's
+    run json records another run (:func:`camcli.runs.samerun.check_same_run`), and the run
+    json says ``"running": true`` from the start, so that a stopped or killed run is known
+    (and ``cam`` refuses the folder: :func:`camcli.runs.samerun.refuse_other_command`)."""
     if draw is None:
         return None
-    return OutDir(
+    from camcli.runs.samerun import check_same_run
+    from camcli.runs.shards import DRAW_MARK, shard_names
+
+    names = ["run.json"]
+    if split.shard is not None:
+        names.insert(0, shard_names(split.shard.index, split.shard.count)[1])
+    if resume and run is not None:
+        for name in names:
+            check_same_run(Path(draw), {**run, "command": DRAW_MARK}, name, "--draw")
+    drawdir = OutDir(
         draw,
         resume=resume,
         shard=split.shard,
         own_keys={it.key for it in mine} if split.shard is not None else None,
     )
+    if run is not None and (split.shard is not None or split.main):
+        try:
+            drawdir.write_run_json({**run, "command": DRAW_MARK, "running": True})
+        except BaseException:
+            drawdir.release()
+            raise
+    return drawdir
 
 
 def finish_drawings(

@@ -50,7 +50,7 @@ class RecordSink:
             if stream:  # through a link: the file behind it holds this run's records now
                 from camcli.runs.recordfile import record_stream_run
 
-                record_stream_run(output, run if split.shard is None else None)
+                record_stream_run(output, run)
             self.stdout = JsonlWriter(output if stream else "-")
         # the records go to this process's stdout, which then carries each failed input's
         # error: not a device, FIFO or link named with -o (/dev/null, a pipe)

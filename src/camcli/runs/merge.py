@@ -16,6 +16,7 @@ from pathlib import Path
 from camcli.atomic import write_atomic
 from camcli.data.records import iter_jsonl
 from camcli.errors import CamcliError, Exit
+from camcli.runs.recordfile import read_part_count, record_merged_run
 from camcli.runs.samerun import check_runs_recorded, made_with, run_difference
 from camcli.runs.shards import (
     MANIFEST,
@@ -128,7 +129,8 @@ class MergePlan:
     Attributes:
         path: the file written (``FILE``, or ``DIR/manifest.jsonl``).
         lines: its JSON Lines (without newlines), in input order.
-        run_json: ``DIR/run.json``'s content, or None.
+        run_json: ``DIR/run.json``'s content, or None (an ``--output`` FILE).
+        run: an ``--output`` FILE's run (from its parts), recorded in ``.FILE.run``.
         parts: the shard files removed after the write (unless kept).
     """
 
@@ -136,6 +138,7 @@ class MergePlan:
     lines: list[str]
     run_json: dict | None = None
     parts: list[Path] = field(default_factory=list)
+    run: dict | None = None  # an --output FILE's run, for its .FILE.run
 
     def write(self, *, keep_parts: bool = False) -> int:
         """Write the merged file(s), then remove the parts; returns the number of records.
@@ -144,7 +147,9 @@ class MergePlan:
             OSError: a write failed (nothing of the parts is removed).
         """
         write_lines(self.path, self.lines, stream_ok=self.run_json is None)
-        if self.run_json is not None:
+        if self.run_json is None:
+            record_merged_run(self.path, self.run)
+        else:
             text = json.dumps(self.run_json, indent=2, allow_nan=False) + "\n"
             write_atomic(self.path.parent / RUN_JSON, text.encode())
         if not keep_parts:
@@ -162,33 +167,6 @@ def _check_count(where: Path, n: int, found: int) -> None:
             f"({found} part(s) found)",
             Exit.NO_INPUT,
         )
-
-
-def _part_count(part: Path) -> tuple[int, dict | None]:
-    """The input count and run (None: a part of an older camcli) a finished ``--output``
-    part's ``PART.inputs`` file records (:func:`camcli.runs.shards.count_path`)."""
-    cp = count_path(part)
-    try:
-        value = json.loads(cp.read_text(encoding="utf-8"))
-        k, run = value["inputs"], value.get("run")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError
-        if run is not None and not isinstance(run, dict):
-            raise ValueError
-    except FileNotFoundError:
-        raise CamcliError(
-            f"{part}: no input count ({cp.name}) beside it, so its completeness is unknown: "
-            "the shard did not finish (or the part was copied without it); rerun that shard "
-            "with --resume",
-            Exit.NO_INPUT,
-        ) from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        raise CamcliError(
-            f'{cp}: not an input count ({{"inputs": N, "run": {{...}}}}); rerun that shard '
-            "without --resume",
-            Exit.NO_INPUT,
-        ) from None
-    return k, run
 
 
 def _check_one_file_run(target: Path, parts: list[Path], runs: list[dict | None]) -> None:
@@ -219,7 +197,7 @@ def plan_jsonl(target: Path) -> MergePlan:
             runs (another command, model, weights or option, see :func:`_check_one_file_run`).
     """
     n, parts = find_parts(target)
-    counts = [_part_count(p) for p in parts]
+    counts = [read_part_count(p) for p in parts]
     _check_one_file_run(target, parts, [run for _, run in counts])
     contents = []
     for p, (k, _) in zip(parts, counts):
@@ -232,7 +210,9 @@ def plan_jsonl(target: Path) -> MergePlan:
             )
         contents.append(lines)
     lines = interleave(contents, [str(p) for p in parts])
-    return MergePlan(target, lines, None, [*parts, *(count_path(p) for p in parts)])
+    plan = MergePlan(target, lines, None, [*parts, *(count_path(p) for p in parts)])
+    plan.run = counts[0][1]  # FILE's .FILE.run records it (or none, for an older camcli's)
+    return plan
 
 
 def merge_jsonl(target: Path, *, keep_parts: bool = False) -> int:

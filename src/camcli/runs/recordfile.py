@@ -55,7 +55,7 @@ class RecordFile:
         self.target = Path(target)
         self.partial = partial_path(self.target)
         # beside the file written: a FILE that is a link is written through it
-        self.sidecar = None if part else sidecar_path(_written(self.target))
+        self.sidecar = None if part else _sidecar_of(self.target)
         self.part = part
         self.run = run
         self.done: dict[str, dict] = {}
@@ -68,6 +68,8 @@ class RecordFile:
             if resume and run is not None:  # before anything is read or written
                 if part:
                     _check_part_run(self.target, run)
+                    # the merged FILE a part resumes from: checked as FILE itself would be
+                    also = tuple(a for a in also if _check_sidecar_run(a, _sidecar_of(a), run))
                 _check_partial_run(self.target, self.partial, run)
                 if self.sidecar is not None and (_regular(self.target) or _regular(self.partial)):
                     file_is_this_runs = _check_sidecar_run(self.target, self.sidecar, run)
@@ -231,7 +233,7 @@ def record_stream_run(output: str | os.PathLike, run: dict | None) -> None:
         CamcliError: (exit 5) ``.FILE.run`` cannot be written."""
     if not os.path.islink(output):
         return
-    sidecar = sidecar_path(_written(Path(output)))
+    sidecar = _sidecar_of(Path(output))
     if not _regular(sidecar):
         return
     try:
@@ -241,6 +243,11 @@ def record_stream_run(output: str | os.PathLike, run: dict | None) -> None:
             sidecar.unlink(missing_ok=True)
     except OSError as exc:
         raise write_error(exc, sidecar) from None
+
+
+def _sidecar_of(target: Path) -> Path:
+    """``.FILE.run`` of the file ``target`` names (beside the file a link points to)."""
+    return sidecar_path(_written(Path(target)))
 
 
 def sidecar_path(target: Path) -> Path:
@@ -299,12 +306,13 @@ def _recorded_run(
     empty_ok: bool = False,
 ) -> dict | None:
     """The run recorded under ``key`` in the JSON object of ``path`` (see
-    :func:`_json_object`); None when there is none (no file, or not a regular one: never
-    read). A regular ``path`` that records no run is damaged (cut, edited by hand): resuming
-    over it is refused, since a run resumed unchecked would be recorded as the new run's;
-    but for an older camcli's file, which records no run and holds ``older_key`` (a record's
-    ``image`` as a partial file's first line, the ``inputs`` count of a ``PART.inputs``), and
-    an empty file where ``empty_ok`` (a partial file before its first line).
+    :func:`_json_object`); None when there is none. A ``path`` there that records no run
+    (cut, edited by hand; a link, FIFO or folder, which camcli never writes there and never
+    reads) is damaged: resuming over it is refused, since a run resumed unchecked would be
+    recorded as the new run's; but for an older camcli's file, which records no run and holds
+    ``older_key`` (a record's ``image`` as a partial file's first line, the ``inputs`` count
+    of a ``PART.inputs``), and, where ``empty_ok`` (a partial file: replaced, never read
+    through a link), an empty or non-regular one.
 
     Raises:
         CamcliError: (exit 2) ``path`` is damaged; the fix is a run without ``--resume``."""
@@ -314,7 +322,7 @@ def _recorded_run(
         return run
     if data is not None and key not in data and older_key is not None and older_key in data:
         return None  # an older camcli's file, which records no run
-    if _regular(path) and not (empty_ok and _size(path) == 0):
+    if os.path.lexists(path) and not (empty_ok and (_size(path) == 0 or not _regular(path))):
         raise CamcliError(
             f"--resume: {path} does not record the run that wrote it (damaged?), so this "
             "run cannot be checked against it; rerun without --resume (the records are done "
@@ -350,3 +358,52 @@ def _regular(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False
+
+
+def read_part_count(part: Path) -> tuple[int, dict | None]:
+    """The input count and run (None: a part of an older camcli) a finished ``--output``
+    part's ``PART.inputs`` file records (:func:`camcli.runs.shards.count_path`), for
+    ``camcli merge``.
+
+    Raises:
+        CamcliError: (exit 3) none, or not a regular file holding ``{"inputs": N, ...}``."""
+    import json
+
+    cp = count_path(part)
+    try:
+        if os.path.lexists(cp) and not _regular(cp):  # a FIFO would block the read
+            raise ValueError(cp)
+        value = json.loads(cp.read_text(encoding="utf-8"))
+        k, run = value["inputs"], value.get("run")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError
+        if run is not None and not isinstance(run, dict):
+            raise ValueError
+    except FileNotFoundError:
+        raise CamcliError(
+            f"{part}: no input count ({cp.name}) beside it, so its completeness is unknown: "
+            "the shard did not finish (or the part was copied without it); rerun that shard "
+            "with --resume",
+            Exit.NO_INPUT,
+        ) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        raise CamcliError(
+            f'{cp}: not an input count ({{"inputs": N, "run": {{...}}}}); rerun that shard '
+            "without --resume",
+            Exit.NO_INPUT,
+        ) from None
+    return k, run
+
+
+def record_merged_run(target: Path, run: dict | None) -> None:
+    """After ``camcli merge`` wrote ``target`` from its parts: its ``.FILE.run`` records
+    ``run``, the parts' run (``"file": true``), or is removed (parts of an older camcli), so
+    that ``--resume`` of the merged FILE is checked against that run, not an earlier one's.
+
+    Raises:
+        OSError: ``.FILE.run`` cannot be written."""
+    sidecar = _sidecar_of(target)
+    if run is not None:
+        write_atomic(sidecar, dumps({RUN_KEY: run, "file": True}).encode())
+    elif _regular(sidecar):
+        sidecar.unlink()

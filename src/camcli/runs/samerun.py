@@ -3,7 +3,7 @@ against the resumed command) and ``camcli merge`` (each shard's against shard 0'
 they join the records of two processes in one manifest.
 
 Torch-free; nothing is read here but the ``--gt`` file's digest (:func:`gt_options`) and an
-output folder's run jsons (:func:`refuse_other_command`).
+output folder's run jsons (:func:`refuse_other_command`, :func:`check_same_run`).
 :func:`check_runs_recorded`: merge's check that the ``--output`` parts all record their run,
 or none does.
 """
@@ -230,3 +230,47 @@ def refuse_other_command(root: Path, command: str, flag: str) -> None:
                 f"`camcli {command}` a folder of its own",
                 Exit.USAGE,
             )
+
+
+def check_same_run(out: Path, now: dict, name: str = "run.json", flag: str = "--out") -> None:
+    """Refuse ``--resume`` into a folder (``cam --out``, ``bbox --draw``: ``flag``) whose
+    ``run.json`` (``name``: also a finished shard's
+    ``run.shard-I-of-N.json``; an earlier run that completed, was interrupted, failed or was
+    killed: ``"running": true``) names another model, weights or option, ``--gt`` included
+    (:func:`camcli.runs.samerun.run_difference`): its records would mix two runs. A folder
+    without a ``run.json`` (an older camcli's killed run) is resumed as it is; one whose
+    ``run.json`` cannot be read, is not a regular file (a link, folder or FIFO: never read)
+    or records no options is damaged, and refused (resumed unchecked, the run would be recorded
+    as this one's); one whose ``run.json`` does not record an option (``--gt``: an older
+    camcli's) is resumed with any value of it.
+
+    Raises:
+        UsageError: the first difference (the option as typed), the folder's value and this
+            run's; or a damaged ``run.json``.
+    """
+    import stat
+
+    from camcli.errors import UsageError
+
+    now = as_stored(now)  # this run as run.json would hold it (lists, strings)
+    if not os.path.lexists(out / name):
+        return
+    try:  # camcli writes a regular file there: a link, FIFO (blocks) or folder is not read
+        if not stat.S_ISREG(os.lstat(out / name).st_mode):
+            raise ValueError(name)
+        before = json.loads((out / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
+        raise UsageError(
+            f"--resume: {out / name} does not record the run that wrote {out} (damaged?), so "
+            "this run cannot be checked against it; rerun without --resume (the images are "
+            f"done again) or give a new {flag}"
+        )
+    diff = run_difference(before, now)
+    if diff is not None:
+        was, is_now = made_with(*diff)
+        raise UsageError(
+            f"--resume: {out} holds a run made {was}, this run {is_now}; "
+            f"resume with the options of that run, or give a new {flag}"
+        )
