@@ -829,7 +829,8 @@ def test_K1_parts_cut_at_line_boundaries_refused_nothing_written(tmp_path, capsy
     out2 = _predict_parts(tmp_path / "again", capsys)
     assert cli(capsys, "merge", out2)[0] == 0
     assert len(out2.read_text().splitlines()) == 6
-    assert sorted(p.name for p in out2.parent.iterdir()) == ["p.jsonl"]
+    # the parts and their input counts go; the merged FILE records their run (session 13)
+    assert sorted(p.name for p in out2.parent.iterdir()) == [".p.jsonl.run", "p.jsonl"]
 
 
 def test_K1_folder_parts_short_of_their_inputs_refused(tmp_path, capsys):
