@@ -325,6 +325,20 @@ def test_cam_resume_refusal_names_options_as_typed(
     assert code == 2 and said in err, err
 
 
+def _two_gt_files(tmp_path) -> list:
+    """Two ground-truth CSVs of ``a.jpg`` with other labels (other contents)."""
+    gts = []
+    for name, label in (("gt1.csv", "class a"), ("gt2.csv", "class b")):
+        gts.append(tmp_path / name)
+        gts[-1].write_text(f"path,label,xmin,ymin,xmax,ymax\na.jpg,{label},0,0,9,9\n")
+    return gts
+
+
+def _gt_shown(gt) -> str:
+    """A ``--gt`` file as a refusal names it: its absolute path and digest's first digits."""
+    return f"{gt.resolve()} (sha256 {hashlib.sha256(gt.read_bytes()).hexdigest()[:12]})"
+
+
 def test_records_file_resume_refuses_another_run(tmp_path, cli_images, cli_ckpt, camcli_run):
     """Trial 12: a finished ``predict -o F`` resumed with another --top-k, and a ``bbox -o F
     --gt A`` resumed with --gt B, kept the first run's records under the second's name. The
@@ -340,20 +354,13 @@ def test_records_file_resume_refuses_another_run(tmp_path, cli_images, cli_ckpt,
     ), err
     assert preds.read_bytes() == before
     assert camcli_run(*base, "--resume")[0] == 0  # the same run resumes
-    gts = []
-    for name, label in (("gt1.csv", "class a"), ("gt2.csv", "class b")):
-        gts.append(tmp_path / name)
-        gts[-1].write_text(f"path,label,xmin,ymin,xmax,ymax\na.jpg,{label},0,0,9,9\n")
+    gts = _two_gt_files(tmp_path)
     boxes = tmp_path / "b.jsonl"
     base = ["bbox", cli_images / "a.jpg", "-w", cli_ckpt, "-o", boxes, "--workers", "0", "-q"]
     assert camcli_run(*base, "--gt", gts[0])[0] == 0
     code, _, err = camcli_run(*base, "--gt", gts[1], "--resume")
     assert code == 2, err
-    d1, d2 = (hashlib.sha256(g.read_bytes()).hexdigest()[:12] for g in gts)
-    assert (
-        f"made with --gt {gts[0].resolve()} (sha256 {d1}), this run has --gt "
-        f"{gts[1].resolve()} (sha256 {d2});"
-    ) in err
+    assert f"made with --gt {_gt_shown(gts[0])}, this run has --gt {_gt_shown(gts[1])};" in err
     # trial 12b: records written from maps are recorded too; a network run never resumes them
     maps = tmp_path / "cams"
     assert camcli_run("cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", maps, "-q",
@@ -367,21 +374,16 @@ def test_cam_resume_refuses_another_gt(tmp_path, cli_images, cli_ckpt, camcli_ru
     """Trial D2: --resume with another --gt file (or --gt when the first run had none) was
     accepted: --gt was not in run.json's options. Now run.json records the file's absolute
     path, and the refusal names --gt and both values."""
-    gts = []
-    for name, label in (("gt1.csv", "class a"), ("gt2.csv", "class b")):
-        gts.append(tmp_path / name)
-        gts[-1].write_text(f"path,label,xmin,ymin,xmax,ymax\na.jpg,{label},0,0,9,9\n")
+    gts = _two_gt_files(tmp_path)
     out = tmp_path / "cams"
     base = ["cam", cli_images / "a.jpg", "-w", cli_ckpt, "--out", out, "--workers", "0", "-q"]
     assert camcli_run(*base, "--gt", gts[0])[0] == 0
     info = json.loads((out / "run.json").read_text())
     assert info["options"]["gt"] == str(gts[0].resolve())
     code, _, err = camcli_run(*base, "--gt", gts[1], "--resume")
-    d1, d2 = (hashlib.sha256(g.read_bytes()).hexdigest()[:12] for g in gts)
     assert code == 2 and err.startswith(
-        f"error: --resume: {out} holds a run made with --gt {gts[0].resolve()} (sha256 {d1}), "
-        f"this run has --gt {gts[1].resolve()} (sha256 {d2}); resume with the options of that "
-        "run, or give a new --out"
+        f"error: --resume: {out} holds a run made with --gt {_gt_shown(gts[0])}, this run has "
+        f"--gt {_gt_shown(gts[1])}; resume with the options of that run, or give a new --out"
     ), err
     code, _, err = camcli_run(*base, "--resume")
     assert code == 2 and f"made with --gt {gts[0].resolve()}, this run without --gt;" in err

@@ -61,6 +61,18 @@ def cut_bytes(name: str, limit: int) -> str:
     return "".join(out)
 
 
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file itself (not a link, FIFO, device or folder); False
+    when it does not exist. camcli's own records are always regular files: anything else
+    there is never read (a FIFO would block)."""
+    import stat
+
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def tmp_path_for(path: Path) -> Path:
     """The temporary name ``path`` is written under (same folder, so the rename is atomic)."""
     return path.with_name(

@@ -241,13 +241,14 @@ def _manifest_maps(base: Path) -> set[str] | None:
     list: ``manifest.jsonl`` and the shards' ``manifest.shard-I-of-N.jsonl`` (not merged
     yet). None when there is none (not a ``cam`` folder), none holds a record (damaged) or
     one cannot be read; only regular files are read (not a link, FIFO or folder)."""
+    from camcli.atomic import is_regular
     from camcli.data.records import iter_jsonl
 
     manifests = [base / "manifest.jsonl", *sorted(base.glob("manifest.shard-*-of-*.jsonl"))]
     listed: set[str] = set()
     records = 0
     try:
-        for m in filter(_is_regular, manifests):
+        for m in filter(is_regular, manifests):
             for line in iter_jsonl(m):
                 if line.value is None:
                     continue
@@ -258,13 +259,6 @@ def _manifest_maps(base: Path) -> set[str] | None:
     except OSError:
         return None
     return listed if records else None  # no record at all: not a manifest to go by
-
-
-def _is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _key(path: Path, root: str | os.PathLike | None) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from camcli.atomic import (
     TMP_NAME_MAX,
     cut_bytes,
+    is_regular,
     open_nofollow,
     remove_stray,
     write_atomic,
@@ -71,7 +71,8 @@ class RecordFile:
                     # the merged FILE a part resumes from: checked as FILE itself would be
                     also = tuple(a for a in also if _check_sidecar_run(a, _sidecar_of(a), run))
                 _check_partial_run(self.target, self.partial, run)
-                if self.sidecar is not None and (_regular(self.target) or _regular(self.partial)):
+                records = is_regular(self.target) or is_regular(self.partial)
+                if self.sidecar is not None and records:
                     file_is_this_runs = _check_sidecar_run(self.target, self.sidecar, run)
             # FILE's temporary file, left by a run killed as it wrote FILE
             remove_stray(self.target.parent, only={cut_bytes(self.target.name, TMP_NAME_MAX)})
@@ -79,9 +80,9 @@ class RecordFile:
                 for src in (*also, self.target, self.partial):
                     if src == self.target and not file_is_this_runs:
                         continue  # an earlier run's FILE, which this run is replacing
-                    if _regular(src):
+                    if is_regular(src):
                         self._load(src)
-            loaded_file = resume and file_is_this_runs and _regular(self.target)
+            loaded_file = resume and file_is_this_runs and is_regular(self.target)
             self._write_sidecar(file=loaded_file)
             self._fh = open_nofollow(self.partial, "w", fresh=True)
             if run is not None:  # what run this is, for --resume after a kill
@@ -234,7 +235,7 @@ def record_stream_run(output: str | os.PathLike, run: dict | None) -> None:
     if not os.path.islink(output):
         return
     sidecar = _sidecar_of(Path(output))
-    if not _regular(sidecar):
+    if not is_regular(sidecar):
         return
     try:
         if run is not None:
@@ -287,7 +288,7 @@ def _json_object(path: Path, *, first_line: bool) -> dict | None:
     ``path`` is unreadable, not a JSON object or not a regular file."""
     import json
 
-    if not _regular(path):
+    if not is_regular(path):
         return None
     try:
         with open(path, "rb") as fh:
@@ -322,7 +323,7 @@ def _recorded_run(
         return run
     if data is not None and key not in data and older_key is not None and older_key in data:
         return None  # an older camcli's file, which records no run
-    if os.path.lexists(path) and not (empty_ok and (_size(path) == 0 or not _regular(path))):
+    if os.path.lexists(path) and not (empty_ok and (_size(path) == 0 or not is_regular(path))):
         raise CamcliError(
             f"--resume: {path} does not record the run that wrote it (damaged?), so this "
             "run cannot be checked against it; rerun without --resume (the records are done "
@@ -352,14 +353,6 @@ def _refuse_another(before: object, run: dict, message) -> None:
         raise CamcliError(message(*made_with(*diff)), Exit.USAGE)
 
 
-def _regular(path: Path) -> bool:
-    """Whether ``path`` is a regular file itself (not a link, FIFO or folder)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
 def read_part_count(part: Path) -> tuple[int, dict | None]:
     """The input count and run (None: a part of an older camcli) a finished ``--output``
     part's ``PART.inputs`` file records (:func:`camcli.runs.shards.count_path`), for
@@ -371,7 +364,7 @@ def read_part_count(part: Path) -> tuple[int, dict | None]:
 
     cp = count_path(part)
     try:
-        if os.path.lexists(cp) and not _regular(cp):  # a FIFO would block the read
+        if os.path.lexists(cp) and not is_regular(cp):  # a FIFO would block the read
             raise ValueError(cp)
         value = json.loads(cp.read_text(encoding="utf-8"))
         k, run = value["inputs"], value.get("run")
@@ -405,5 +398,5 @@ def record_merged_run(target: Path, run: dict | None) -> None:
     sidecar = _sidecar_of(target)
     if run is not None:
         write_atomic(sidecar, dumps({RUN_KEY: run, "file": True}).encode())
-    elif _regular(sidecar):
+    elif is_regular(sidecar):
         sidecar.unlink()

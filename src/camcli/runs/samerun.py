@@ -10,6 +10,7 @@ or none does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -215,12 +216,12 @@ def refuse_other_command(root: Path, command: str, flag: str) -> None:
     Raises:
         CamcliError: (exit 2) the folder, the command it holds and the fix.
     """
-    import stat
+    from camcli.atomic import is_regular
 
     for f in [root / "run.json", *sorted(root.glob("run.shard-*-of-*.json"))]:
+        if not is_regular(f):
+            continue
         try:
-            if not stat.S_ISREG(os.stat(f).st_mode):
-                continue
             held = json.loads(f.read_text(encoding="utf-8")).get("command")
         except (OSError, ValueError, AttributeError):
             continue
@@ -248,19 +249,16 @@ def check_same_run(out: Path, now: dict, name: str = "run.json", flag: str = "--
         UsageError: the first difference (the option as typed), the folder's value and this
             run's; or a damaged ``run.json``.
     """
-    import stat
-
+    from camcli.atomic import is_regular
     from camcli.errors import UsageError
 
     now = as_stored(now)  # this run as run.json would hold it (lists, strings)
     if not os.path.lexists(out / name):
         return
-    try:  # camcli writes a regular file there: a link, FIFO (blocks) or folder is not read
-        if not stat.S_ISREG(os.lstat(out / name).st_mode):
-            raise ValueError(name)
-        before = json.loads((out / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        before = None
+    before = None  # camcli writes a regular file there: a link, FIFO (blocks) or folder is not read
+    if is_regular(out / name):
+        with contextlib.suppress(OSError, ValueError):
+            before = json.loads((out / name).read_text(encoding="utf-8"))
     if not isinstance(before, dict) or not isinstance(before.get("options"), dict):
         raise UsageError(
             f"--resume: {out / name} does not record the run that wrote {out} (damaged?), so "
